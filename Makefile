@@ -1,0 +1,41 @@
+# Two commands for a newcomer: `make run` and `make test`. Everything else is set up by them.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+GEN    := server/_gen/reranker/v1/reranker_pb2.py
+PROTO  := proto/reranker/v1/reranker.proto
+ADDR   ?= 127.0.0.1:50051
+PYTEST_ARGS ?=
+
+.PHONY: setup run test bench redis schema clean
+
+setup: $(STAMP) $(GEN)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Generated gRPC modules are a build output (never committed). The -I mapping makes them
+# importable as server._gen.reranker.v1.* (not as the third-party name `proto`).
+$(GEN): $(PROTO) $(STAMP)
+	mkdir -p server/_gen
+	$(PY) -m grpc_tools.protoc -Iserver/_gen=proto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTO)
+	touch server/_gen/__init__.py server/_gen/reranker/__init__.py server/_gen/reranker/v1/__init__.py
+
+run: setup
+	$(VENV)/bin/reranker serve --address $(ADDR) --policies policies
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m benchmarks.run
+
+schema: setup
+	$(VENV)/bin/reranker schema --output policies/policy.schema.json
+
+clean:
+	rm -rf $(VENV) server/_gen .pytest_cache .hypothesis

@@ -1,0 +1,112 @@
+"""The engine's public request / result types (plain dataclasses over numpy arrays).
+
+`server/` converts protobuf to and from these; in-process users build them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+SolverMode = Literal["auto", "greedy", "exact"]
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    """A dictionary-encoded string column: value of candidate i is dictionary[codes[i]]."""
+
+    codes: np.ndarray  # int64[N], each in [0, len(dictionary))
+    dictionary: tuple[str, ...]
+
+    @staticmethod
+    def from_values(values) -> "Attribute":
+        index: dict[str, int] = {}
+        codes = np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int64)
+        return Attribute(codes, tuple(index))
+
+    def values(self) -> list[str]:
+        d = self.dictionary
+        return [d[c] for c in self.codes.tolist()]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """Columnar candidates; every column has one entry per candidate (validated by the engine)."""
+
+    item_ids: list[str]
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # float64[N] each
+    attributes: dict[str, Attribute] = field(default_factory=dict)
+    numeric: dict[str, np.ndarray] = field(default_factory=dict)  # float64[N] each
+    embeddings: np.ndarray | None = None  # float32[N, dim]
+
+    @property
+    def n(self) -> int:
+        return len(self.item_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class RerankRequest:
+    policy: str
+    candidates: Candidates
+    slate_size: int = 0  # 0 = the policy's
+    budget_ms: float = 0.0  # 0 = the policy's
+    solver: SolverMode | None = None  # None = the policy's
+    objective_weights: dict[str, float] = field(default_factory=dict)  # overrides per column
+    explain: bool = False
+    request_id: str = ""
+    user_id: str = ""
+    deadline_ms: float | None = None  # time left before the caller's deadline, if any
+
+
+@dataclass(frozen=True, slots=True)
+class SlateItem:
+    item_id: str
+    index: int  # into the request's candidates
+    position: int  # 1-based
+    utility: float  # combined (undiscounted) utility of the item
+    contributions: dict[str, float] = field(default_factory=dict)  # explain: weight * score per column
+
+
+@dataclass(frozen=True, slots=True)
+class ConstraintReport:
+    name: str
+    kind: str  # max_count | min_count | window | pin
+    hard: bool
+    satisfied: bool
+    slack: float  # >= 0 when satisfied; how far from binding (see solvers.problem)
+    violation: float  # units of violation (0 when satisfied)
+    penalty: float  # objective cost paid for a soft rule (penalty * violation)
+    relaxed: bool  # a hard rule that was given up
+    reason: str = ""  # why it was relaxed, in the policy's words
+    cost: float | None = None  # explain: objective gained if this rule were dropped (greedy estimate)
+
+
+@dataclass(frozen=True, slots=True)
+class RerankResult:
+    items: list[SlateItem]
+    policy: str
+    policy_version: str
+    solver: str  # which solver produced the slate
+    status: str  # optimal | feasible | relaxed
+    objective: float
+    bound: float | None  # proven upper bound, when known
+    gap: float | None  # (bound - objective) / max(|bound|, eps), when known
+    constraints: list[ConstraintReport]
+    elapsed_us: dict[str, float]  # per stage: compile, solve, report, ... (server adds decode/encode)
+    eligible: int  # candidates left after filters
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInfo:
+    name: str
+    version: str
+    source: str  # file it was loaded from
+    digest: str  # sha256 of the file's bytes
+    slate_size: int
+    solver_mode: str
+    budget_ms: float
+    constraints: list[str]
+    description: str = ""

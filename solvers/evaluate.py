@@ -1,0 +1,41 @@
+"""Objective, violation and slack of a slate: the single definition shared by every solver."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from solvers._evaluate_kernels import constraint_status
+from solvers.problem import Evaluation, SlateProblem
+
+
+def evaluate(problem: SlateProblem, slate: np.ndarray) -> Evaluation:
+    """Score `slate` (int64 candidate indices, one per position) against `problem`.
+
+    Soft constraints cost penalty * violation; hard ones are reported in `violation` / `slack`
+    but never enter the objective.
+    """
+    slate = np.ascontiguousarray(slate, dtype=np.int64)
+    t = problem.constraints
+    C = t.n
+    violation = np.zeros(C, dtype=np.float64)
+    slack = np.zeros(C, dtype=np.float64)
+    if C:
+        constraint_status(slate, problem.codes, problem.n_values, t.kind, t.attr, t.value, t.bound,
+                          t.top, t.size, t.item, t.position, violation, slack)
+    L = slate.shape[0]
+    utility_part = float(problem.position_weight[:L] @ problem.utility[slate]) if L else 0.0
+    soft = ~t.hard
+    penalty_part = float(t.penalty[soft] @ violation[soft]) if C else 0.0
+    return Evaluation(utility_part - penalty_part, utility_part, penalty_part, violation, slack)
+
+
+def objective_upper_bound_unconstrained(problem: SlateProblem) -> float:
+    """Objective of the best slate ignoring every constraint: a valid upper bound whenever the
+    position weights are non-increasing and soft penalties are >= 0 (sorting is then optimal)."""
+    L = problem.length
+    if L == 0:
+        return 0.0
+    u = problem.utility
+    top = np.argpartition(-u, L - 1)[:L] if L < u.shape[0] else np.arange(u.shape[0])
+    vals = np.sort(u[top])[::-1]
+    return float(problem.position_weight @ vals)
