@@ -1,0 +1,436 @@
+"""Numba kernel of the constrained greedy. Imports only numpy and numba; assumes valid input.
+
+The public wrapper is solvers.greedy.solve_greedy; tests/naive.py holds the slow twin that must
+pick exactly the same slates. Semantics (shared with the twin):
+
+* Positions are filled in order 0..L-1. Active hard pins are placed first: their items are
+  reserved and pre-counted in every count rule, so earlier picks leave room for them.
+* At a free position p, every unused, unreserved candidate i is either blocked by an active hard
+  rule or has a gain  pw[p] * u[i] + soft bonuses - soft penalties; the best gain wins, ties to
+  the lowest index. Blocked means: a max_count rule whose count for i's value is already at its
+  bound (p inside its prefix); a window rule with a window containing p already holding `bound`
+  items of i's value; or the min_count look-ahead: for the active hard min_count rules of one
+  attribute, for every prefix end m, the items still needed by rules ending at or before m
+  (per value, the largest need) must fit into the free positions after p and before m.
+* When no candidate is feasible, the hard rule that gives way is the one that frees a candidate
+  at the least cost: r* = min over candidates of the highest rank among its blockers; the rule of
+  rank r* is relaxed, and the position is retried. Ranks order rules by priority (lowest first),
+  ties to the later rule in the policy.
+* At a pinned position, rules that the pinned item breaks (caps, windows, and the min_count
+  look-ahead with the pinned item already counted) give way if they rank below the pin;
+  if any outranks it, the pin gives way instead and the position is filled like a free one.
+* A hard min_count rule that needs more items than unused matching candidates remain is relaxed
+  as a shortage at the position where that becomes true.
+"""
+
+import numba as nb
+import numpy as np
+
+MAX_COUNT = 0
+MIN_COUNT = 1
+WINDOW = 2
+PIN = 3
+ALL_VALUES = -1
+
+RELAX_CONFLICT = 1
+RELAX_SHORTAGE = 2
+
+NEG_INF = -np.inf
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _before(u, a, b):
+    """True when candidate a precedes b in the scan order (utility desc, index asc)."""
+    return u[a] > u[b] or (u[a] == u[b] and a < b)
+
+
+@nb.njit(cache=True, nogil=True)
+def _sift_down(heap, n, k, u):
+    while True:
+        left = 2 * k + 1
+        if left >= n:
+            return
+        best = left
+        right = left + 1
+        if right < n and _before(u, heap[right], heap[left]):
+            best = right
+        if _before(u, heap[best], heap[k]):
+            tmp = heap[k]
+            heap[k] = heap[best]
+            heap[best] = tmp
+            k = best
+        else:
+            return
+
+
+@nb.njit(cache=True, nogil=True)
+def _window_hits(slate, codes, a, code, p, w, L, bound):
+    """Number of windows containing p that already hold >= bound items with `code` (p excluded)."""
+    if L < w:
+        cnt = 0
+        for r in range(L):
+            if r != p and slate[r] >= 0 and codes[a, slate[r]] == code:
+                cnt += 1
+        return 1 if cnt >= bound else 0
+    q_lo = max(0, p - w + 1)
+    q_hi = min(p, L - w)
+    hits = 0
+    # sliding count over windows [q, q + w) for q in q_lo..q_hi
+    cnt = 0
+    for r in range(q_lo, q_lo + w):
+        if r != p and slate[r] >= 0 and codes[a, slate[r]] == code:
+            cnt += 1
+    if cnt >= bound:
+        hits += 1
+    for q in range(q_lo + 1, q_hi + 1):
+        r_out = q - 1
+        r_in = q + w - 1
+        if r_out != p and slate[r_out] >= 0 and codes[a, slate[r_out]] == code:
+            cnt -= 1
+        if r_in != p and slate[r_in] >= 0 and codes[a, slate[r_in]] == code:
+            cnt += 1
+        if cnt >= bound:
+            hits += 1
+    return hits
+
+
+@nb.njit(cache=True, nogil=True)
+def _free_between(pinned_prefix, p, m):
+    """Free (unpinned) positions r with p < r < m."""
+    if m <= p + 1:
+        return 0
+    return (m - p - 1) - (pinned_prefix[m] - pinned_prefix[p + 1])
+
+
+@nb.njit(cache=True, nogil=True)
+def _min_lookahead_blocker(i, p, codes, kind, attr, value, bound, top, hard, active, cnt, off,
+                           pinned_prefix, need_buf, self_counted):
+    """Index of the hard min_count rule whose prefix would overflow if i were placed at p, or -1.
+
+    For each active rule c0 (prefix end m0), the needs of the same attribute's rules ending at or
+    before m0 are summed, one per value (the largest), and compared with the free positions left
+    between p and m0. Rules of one attribute and different values are disjoint, so the sum is a
+    necessary condition; across attributes an item may serve several rules, so none is summed."""
+    C = kind.shape[0]
+    for c in range(C):
+        if kind[c] == MIN_COUNT and hard[c] and active[c] and p < top[c]:
+            need = bound[c] - cnt[off[c]]
+            if not self_counted and value[c] >= 0 and codes[attr[c], i] == value[c]:
+                need -= 1
+            need_buf[c] = need if need > 0 else 0
+        else:
+            need_buf[c] = 0
+    for c0 in range(C):
+        if not (kind[c0] == MIN_COUNT and hard[c0] and active[c0] and p < top[c0]):
+            continue
+        a0 = attr[c0]
+        m0 = top[c0]
+        total = 0
+        # per value: the largest need among rules of this attribute ending at or before m0
+        for c in range(C):
+            if not (kind[c] == MIN_COUNT and hard[c] and active[c] and p < top[c]):
+                continue
+            if attr[c] != a0 or top[c] > m0 or need_buf[c] == 0:
+                continue
+            # count each value once: only the first rule (in index order) holding the max need
+            dominated = False
+            for c2 in range(C):
+                if c2 == c or not (kind[c2] == MIN_COUNT and hard[c2] and active[c2] and p < top[c2]):
+                    continue
+                if attr[c2] != a0 or value[c2] != value[c] or top[c2] > m0:
+                    continue
+                if need_buf[c2] > need_buf[c] or (need_buf[c2] == need_buf[c] and c2 < c):
+                    dominated = True
+                    break
+            if not dominated:
+                total += need_buf[c]
+        if total > _free_between(pinned_prefix, p, m0):
+            return c0
+    return -1
+
+
+@nb.njit(cache=True, nogil=True)
+def _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, size, hard, active,
+                       cnt, off, pinned_prefix, rank, need_buf, self_counted, stop_at_first):
+    """Highest rank among the active hard rules that forbid placing i at p (-1: none).
+
+    self_counted: i is a reserved pin already included in the counts.
+    stop_at_first: return as soon as any blocker is found (feasibility test only).
+    """
+    C = kind.shape[0]
+    worst = -1
+    for c in range(C):
+        if not (hard[c] and active[c]):
+            continue
+        k = kind[c]
+        if k == MAX_COUNT:
+            if p >= top[c]:
+                continue
+            code = codes[attr[c], i]
+            if value[c] != ALL_VALUES and value[c] != code:
+                continue
+            n_now = cnt[off[c] + code]
+            if self_counted:
+                n_now -= 1
+            if n_now >= bound[c]:
+                if stop_at_first:
+                    return rank[c]
+                if rank[c] > worst:
+                    worst = rank[c]
+        elif k == WINDOW:
+            code = codes[attr[c], i]
+            if value[c] != ALL_VALUES and value[c] != code:
+                continue
+            if _window_hits(slate, codes, attr[c], code, p, size[c], L, bound[c]) > 0:
+                if stop_at_first:
+                    return rank[c]
+                if rank[c] > worst:
+                    worst = rank[c]
+    # the rule whose prefix overflows is blamed (others of its attribute may be involved too)
+    c0 = _min_lookahead_blocker(i, p, codes, kind, attr, value, bound, top, hard, active, cnt, off,
+                                pinned_prefix, need_buf, self_counted)
+    if c0 >= 0 and rank[c0] > worst:
+        worst = rank[c0]
+    return worst
+
+
+@nb.njit(cache=True, nogil=True)
+def _gain(i, p, L, pw, u, slate, codes, kind, attr, value, bound, top, size, hard, penalty, item,
+          position, cnt, off):
+    g = pw[p] * u[i]
+    C = kind.shape[0]
+    for c in range(C):
+        if hard[c]:
+            continue
+        k = kind[c]
+        if k == MAX_COUNT:
+            if p < top[c]:
+                code = codes[attr[c], i]
+                if (value[c] == ALL_VALUES or value[c] == code) and cnt[off[c] + code] >= bound[c]:
+                    g -= penalty[c]
+        elif k == MIN_COUNT:
+            if p < top[c] and value[c] >= 0 and codes[attr[c], i] == value[c]:
+                if cnt[off[c]] < bound[c]:
+                    g += penalty[c]
+        elif k == WINDOW:
+            code = codes[attr[c], i]
+            if value[c] == ALL_VALUES or value[c] == code:
+                g -= penalty[c] * _window_hits(slate, codes, attr[c], code, p, size[c], L, bound[c])
+        else:  # PIN
+            if item[c] >= 0 and position[c] < L:
+                if p == position[c] and i != item[c]:
+                    g -= penalty[c]
+                elif i == item[c] and p != position[c]:
+                    g -= penalty[c]
+    return g
+
+
+@nb.njit(cache=True, nogil=True)
+def _count(i, p, codes, kind, attr, value, top, cnt, off, delta):
+    C = kind.shape[0]
+    for c in range(C):
+        k = kind[c]
+        if (k == MAX_COUNT or k == MIN_COUNT) and p < top[c]:
+            code = codes[attr[c], i]
+            if k == MAX_COUNT:
+                cnt[off[c] + code] += delta
+            elif value[c] >= 0 and code == value[c]:
+                cnt[off[c]] += delta
+
+
+_SIG = nb.void(
+    nb.float64[::1],  # utility
+    nb.float64[::1],  # pw
+    nb.int64[:, ::1],  # codes
+    nb.int64[::1],  # n_values
+    nb.int64[::1],  # kind
+    nb.int64[::1],  # attr
+    nb.int64[::1],  # value
+    nb.int64[::1],  # bound
+    nb.int64[::1],  # top
+    nb.int64[::1],  # size
+    nb.boolean[::1],  # hard
+    nb.float64[::1],  # penalty
+    nb.int64[::1],  # rank
+    nb.int64[::1],  # item
+    nb.int64[::1],  # position
+    nb.boolean[::1],  # active (in/out)
+    nb.int64[::1],  # slate (out)
+    nb.int64[::1],  # reason (out)
+    nb.int64[::1],  # relax_pos (out)
+)
+
+
+@nb.njit(_SIG, cache=True, nogil=True)
+def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, hard, penalty, rank,
+                 item, position, active, slate, reason, relax_pos):
+    N = u.shape[0]
+    L = pw.shape[0]
+    C = kind.shape[0]
+
+    # --- count storage: one slot per value for max_count, one slot for min_count
+    off = np.zeros(C + 1, dtype=np.int64)
+    for c in range(C):
+        width = 0
+        if kind[c] == MAX_COUNT:
+            width = n_values[attr[c]]
+        elif kind[c] == MIN_COUNT:
+            width = 1
+        off[c + 1] = off[c] + width
+    cnt = np.zeros(off[C] + 1, dtype=np.int64)
+    need_buf = np.zeros(C, dtype=np.int64)
+
+    used = np.zeros(N, dtype=np.bool_)
+    reserved = np.zeros(N, dtype=np.bool_)
+    pin_rule = np.full(L, -1, dtype=np.int64)
+    for p in range(L):
+        slate[p] = -1
+
+    # --- reserve active hard pins (compile guarantees distinct items and positions < L)
+    for c in range(C):
+        if kind[c] == PIN and hard[c] and active[c]:
+            q = position[c]
+            slate[q] = item[c]
+            pin_rule[q] = c
+            reserved[item[c]] = True
+            _count(item[c], q, codes, kind, attr, value, top, cnt, off, 1)
+    pinned_prefix = np.zeros(L + 1, dtype=np.int64)
+    for p in range(L):
+        pinned_prefix[p + 1] = pinned_prefix[p] + (1 if pin_rule[p] >= 0 else 0)
+
+    # --- matching candidates still available to each min_count rule (reserved pins excluded)
+    avail = np.zeros(C, dtype=np.int64)
+    max_bonus = 0.0
+    for c in range(C):
+        if kind[c] == MIN_COUNT:
+            if value[c] >= 0:
+                a = attr[c]
+                for i in range(N):
+                    if not reserved[i] and codes[a, i] == value[c]:
+                        avail[c] += 1
+            if not hard[c]:
+                max_bonus += penalty[c]
+
+    # --- lazy order: a max-heap popped on demand into `order`
+    heap = np.arange(N, dtype=np.int64)
+    for k in range(N // 2 - 1, -1, -1):
+        _sift_down(heap, N, k, u)
+    heap_n = N
+    order = np.empty(N, dtype=np.int64)
+    n_order = 0
+    head = 0  # order[:head] are all used or reserved
+
+    for p in range(L):
+        # shortages: a hard min rule needing more than the candidates left can give
+        for c in range(C):
+            if kind[c] == MIN_COUNT and hard[c] and active[c] and p < top[c]:
+                if bound[c] - cnt[off[c]] > avail[c]:
+                    active[c] = False
+                    reason[c] = RELAX_SHORTAGE
+                    relax_pos[c] = p
+
+        c_pin = pin_rule[p]
+        if c_pin >= 0:
+            i = slate[p]
+            while True:
+                worst = _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top,
+                                           size, hard, active, cnt, off, pinned_prefix, rank,
+                                           need_buf, True, False)
+                if worst < 0:
+                    break
+                if worst > rank[c_pin]:
+                    # a more important rule forbids the pin: the pin gives way
+                    active[c_pin] = False
+                    reason[c_pin] = RELAX_CONFLICT
+                    relax_pos[c_pin] = p
+                    _count(i, p, codes, kind, attr, value, top, cnt, off, -1)
+                    reserved[i] = False
+                    for c in range(C):
+                        if kind[c] == MIN_COUNT and value[c] >= 0 and codes[attr[c], i] == value[c]:
+                            avail[c] += 1
+                    slate[p] = -1
+                    pin_rule[p] = -1
+                    for r in range(p, L):
+                        pinned_prefix[r + 1] = pinned_prefix[r] + (1 if pin_rule[r] >= 0 else 0)
+                    # the freed item may sit before `head` in the scan order
+                    head = 0
+                    break
+                # relax the lowest-ranked rule that forbids the pin, then look again
+                for c in range(C):
+                    if rank[c] == worst:
+                        active[c] = False
+                        reason[c] = RELAX_CONFLICT
+                        relax_pos[c] = p
+            if pin_rule[p] >= 0:
+                used[i] = True
+                continue
+
+        # free position: best feasible gain, ties to the lowest index
+        while True:
+            best = -1
+            best_g = NEG_INF
+            j = head
+            while True:
+                if j == n_order:
+                    if heap_n == 0:
+                        break
+                    order[n_order] = heap[0]
+                    n_order += 1
+                    heap_n -= 1
+                    heap[0] = heap[heap_n]
+                    _sift_down(heap, heap_n, 0, u)
+                i = order[j]
+                j += 1
+                if used[i] or reserved[i]:
+                    continue
+                # later candidates cannot beat best_g: their gain is at most pw*u + max_bonus
+                # (the tiny relative slack keeps rounding from ending the scan early)
+                if best >= 0 and pw[p] * u[i] + max_bonus + 1e-12 * (1.0 + abs(best_g)) < best_g:
+                    break
+                if _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, size,
+                                      hard, active, cnt, off, pinned_prefix, rank, need_buf, False,
+                                      True) >= 0:
+                    continue
+                g = _gain(i, p, L, pw, u, slate, codes, kind, attr, value, bound, top, size, hard,
+                          penalty, item, position, cnt, off)
+                if g > best_g or (g == best_g and i < best) or best < 0:
+                    best = i
+                    best_g = g
+            if best >= 0:
+                break
+            # nothing feasible: relax the rule whose relaxation frees a candidate most cheaply
+            r_star = -1
+            for jj in range(n_order):
+                i = order[jj]
+                if used[i] or reserved[i]:
+                    continue
+                w = _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, size,
+                                       hard, active, cnt, off, pinned_prefix, rank, need_buf, False,
+                                       False)
+                if r_star < 0 or w < r_star:
+                    r_star = w
+            if r_star < 0:
+                break  # no candidate left at all (cannot happen when L <= N)
+            for c in range(C):
+                if rank[c] == r_star:
+                    active[c] = False
+                    reason[c] = RELAX_CONFLICT
+                    relax_pos[c] = p
+
+        if best < 0:
+            break
+        slate[p] = best
+        used[best] = True
+        _count(best, p, codes, kind, attr, value, top, cnt, off, 1)
+        for c in range(C):
+            if kind[c] == MIN_COUNT and value[c] >= 0 and codes[attr[c], best] == value[c]:
+                avail[c] -= 1
+        while head < n_order and (used[order[head]] or reserved[order[head]]):
+            head += 1
+
+    # a minimum the slate could not reach (e.g. fewer positions than it needs) is a shortage
+    for c in range(C):
+        if kind[c] == MIN_COUNT and hard[c] and active[c] and cnt[off[c]] < bound[c]:
+            active[c] = False
+            reason[c] = RELAX_SHORTAGE
+            relax_pos[c] = L

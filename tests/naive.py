@@ -1,0 +1,236 @@
+"""Slow, obviously-correct twins of the Numba kernels (plain Python, no numpy tricks).
+
+Each function follows the semantics written in the kernel module's docstring literally: it scans
+every candidate at every position, recounts from the slate each time, and never caches.
+"""
+
+from __future__ import annotations
+
+import math
+
+from solvers.problem import ALL_VALUES, MAX_COUNT, MIN_COUNT, PIN, WINDOW, SlateProblem
+
+RELAX_CONFLICT = 1
+RELAX_SHORTAGE = 2
+
+
+def windows(L: int, w: int) -> list[tuple[int, int]]:
+    """The windows [q, q + w) of a slate of length L (one window [0, L) when L < w)."""
+    if L < w:
+        return [(0, L)]
+    return [(q, q + w) for q in range(L - w + 1)]
+
+
+def constraint_status(problem: SlateProblem, slate: list[int]) -> tuple[list[float], list[float]]:
+    """(violation, slack) of every constraint, from the definitions in solvers.problem."""
+    t = problem.constraints
+    codes = problem.codes
+    L = len(slate)
+    violation, slack = [], []
+    for c in range(t.n):
+        kind, a, v, b = int(t.kind[c]), int(t.attr[c]), int(t.value[c]), int(t.bound[c])
+        if kind == PIN:
+            ok = t.item[c] >= 0 and t.position[c] < L and slate[t.position[c]] == t.item[c]
+            violation.append(0.0 if ok else 1.0)
+            slack.append(-violation[-1])
+        elif kind == MIN_COUNT:
+            m = min(int(t.top[c]), L)
+            count = sum(1 for p in range(m) if v >= 0 and codes[a][slate[p]] == v)
+            violation.append(float(max(0, b - count)))
+            slack.append(float(count - b))
+        elif kind == MAX_COUNT:
+            m = min(int(t.top[c]), L)
+            counts: dict[int, int] = {}
+            for p in range(m):
+                g = int(codes[a][slate[p]])
+                counts[g] = counts.get(g, 0) + 1
+            vals = list(counts) if v == ALL_VALUES else [v]
+            violation.append(float(sum(max(0, counts.get(g, 0) - b) for g in vals)))
+            slack.append(float(b - max([counts.get(g, 0) for g in vals], default=0)))
+        else:
+            total, worst = 0, 0
+            for lo, hi in windows(L, int(t.size[c])):
+                counts = {}
+                for p in range(lo, hi):
+                    g = int(codes[a][slate[p]])
+                    counts[g] = counts.get(g, 0) + 1
+                vals = list(counts) if v == ALL_VALUES else [v]
+                total += sum(max(0, counts.get(g, 0) - b) for g in vals)
+                worst = max([worst] + [counts.get(g, 0) for g in vals])
+            violation.append(float(total))
+            slack.append(float(b - worst))
+    return violation, slack
+
+
+def objective(problem: SlateProblem, slate: list[int]) -> float:
+    violation, _ = constraint_status(problem, slate)
+    t = problem.constraints
+    value = sum(problem.position_weight[p] * problem.utility[i] for p, i in enumerate(slate))
+    return value - sum(t.penalty[c] * violation[c] for c in range(t.n) if not t.hard[c])
+
+
+def ranks(priority) -> list[int]:
+    """Rank 0 gives way first: lowest priority, then the later rule."""
+    order = sorted(range(len(priority)), key=lambda c: (int(priority[c]), -c))
+    rank = [0] * len(priority)
+    for r, c in enumerate(order):
+        rank[c] = r
+    return rank
+
+
+def greedy(problem: SlateProblem) -> tuple[list[int], list[bool], list[int], list[int]]:
+    """Twin of solvers._greedy_kernels.greedy_slate: (slate, active, reason, relax_pos)."""
+    t = problem.constraints
+    u = [float(x) for x in problem.utility]
+    pw = [float(x) for x in problem.position_weight]
+    codes = problem.codes
+    N, L, C = len(u), len(pw), t.n
+    kind = [int(x) for x in t.kind]
+    attr, value, bound = [int(x) for x in t.attr], [int(x) for x in t.value], [int(x) for x in t.bound]
+    top, size = [int(x) for x in t.top], [int(x) for x in t.size]
+    hard, penalty = [bool(x) for x in t.hard], [float(x) for x in t.penalty]
+    item, position = [int(x) for x in t.item], [int(x) for x in t.position]
+    rank = ranks(t.priority)
+    active = [bool(x) for x in problem.active]
+    reason = [0] * C
+    relax_pos = [-1] * C
+
+    slate = [-1] * L
+    pin_of = [-1] * L  # rule pinning each position
+    for c in range(C):
+        if kind[c] == PIN and hard[c] and active[c]:
+            slate[position[c]] = item[c]
+            pin_of[position[c]] = c
+
+    def code(i, c):
+        return int(codes[attr[c]][i])
+
+    def matches(i, c):  # does item i fall under rule c's value?
+        return value[c] == ALL_VALUES or code(i, c) == value[c]
+
+    def prefix_count(c, g):
+        """Items (placed or reserved by a pin) with value g at positions < top[c]."""
+        return sum(1 for r in range(min(top[c], L)) if slate[r] >= 0 and code(slate[r], c) == g)
+
+    def window_hits(c, i, p):
+        g = code(i, c)
+        hits = 0
+        for lo, hi in windows(L, size[c]):
+            if lo <= p < hi:
+                n = sum(1 for r in range(lo, hi) if r != p and slate[r] >= 0 and code(slate[r], c) == g)
+                hits += n >= bound[c]
+        return hits
+
+    def free_between(p, m):
+        return sum(1 for r in range(p + 1, m) if pin_of[r] < 0)
+
+    def hard_min(c, p):
+        return kind[c] == MIN_COUNT and hard[c] and active[c] and p < top[c]
+
+    def lookahead_blocker(i, p, is_pin):
+        need = {}
+        for c in range(C):
+            if hard_min(c, p):
+                counted = is_pin or not (value[c] >= 0 and code(i, c) == value[c])
+                n = bound[c] - prefix_count(c, value[c]) - (0 if counted else 1)
+                need[c] = max(0, n)
+        for c0 in need:
+            per_value: dict[int, int] = {}
+            for c in need:
+                if attr[c] == attr[c0] and top[c] <= top[c0]:
+                    per_value[value[c]] = max(per_value.get(value[c], 0), need[c])
+            if sum(per_value.values()) > free_between(p, top[c0]):
+                return c0
+        return -1
+
+    def blockers(i, p, is_pin):
+        """Ranks of the active hard rules that forbid i at p."""
+        out = []
+        for c in range(C):
+            if not (hard[c] and active[c]) or not matches(i, c):
+                continue
+            if kind[c] == MAX_COUNT and p < top[c]:
+                n = prefix_count(c, code(i, c)) - (1 if is_pin else 0)
+                if n >= bound[c]:
+                    out.append(rank[c])
+            elif kind[c] == WINDOW and window_hits(c, i, p) > 0:
+                out.append(rank[c])
+        c0 = lookahead_blocker(i, p, is_pin)
+        if c0 >= 0:
+            out.append(rank[c0])
+        return out
+
+    def gain(i, p):
+        g = pw[p] * u[i]
+        for c in range(C):
+            if hard[c]:
+                continue
+            if kind[c] == MAX_COUNT and p < top[c] and matches(i, c):
+                if prefix_count(c, code(i, c)) >= bound[c]:
+                    g -= penalty[c]
+            elif kind[c] == MIN_COUNT and p < top[c] and value[c] >= 0 and code(i, c) == value[c]:
+                if prefix_count(c, value[c]) < bound[c]:
+                    g += penalty[c]
+            elif kind[c] == WINDOW and matches(i, c):
+                g -= penalty[c] * window_hits(c, i, p)
+            elif kind[c] == PIN and item[c] >= 0 and position[c] < L:
+                if (p == position[c]) != (i == item[c]):
+                    g -= penalty[c]
+        return g
+
+    def relax(c, why, p):
+        active[c] = False
+        reason[c] = why
+        relax_pos[c] = p
+
+    for p in range(L):
+        placed = {i for i in slate if i >= 0}
+        for c in range(C):
+            if hard_min(c, p):
+                available = sum(1 for i in range(N) if i not in placed and value[c] >= 0 and code(i, c) == value[c])
+                if bound[c] - prefix_count(c, value[c]) > available:
+                    relax(c, RELAX_SHORTAGE, p)
+        if pin_of[p] >= 0:
+            i, cp = slate[p], pin_of[p]
+            while True:
+                b = blockers(i, p, True)
+                if not b:
+                    break
+                if max(b) > rank[cp]:
+                    relax(cp, RELAX_CONFLICT, p)
+                    slate[p] = -1
+                    pin_of[p] = -1
+                    break
+                relax(rank.index(max(b)), RELAX_CONFLICT, p)
+            if pin_of[p] >= 0:
+                continue
+        while True:
+            taken = {i for i in slate if i >= 0}
+            free = [i for i in range(N) if i not in taken]
+            feasible = [i for i in free if not blockers(i, p, False)]
+            if feasible:
+                best = max(feasible, key=lambda i: (gain(i, p), -i))
+                slate[p] = best
+                break
+            if not free:
+                return slate, active, reason, relax_pos
+            r_star = min(max(blockers(i, p, False)) for i in free)
+            relax(rank.index(r_star), RELAX_CONFLICT, p)
+    for c in range(C):
+        if kind[c] == MIN_COUNT and hard[c] and active[c] and prefix_count(c, value[c]) < bound[c]:
+            relax(c, RELAX_SHORTAGE, L)
+    return slate, active, reason, relax_pos
+
+
+def brute_force_best(problem: SlateProblem) -> float:
+    """Best objective over all slates honouring every active hard rule (tiny problems only)."""
+    from itertools import permutations
+
+    t = problem.constraints
+    best = -math.inf
+    for slate in permutations(range(problem.n), problem.length):
+        violation, _ = constraint_status(problem, list(slate))
+        if any(t.hard[c] and problem.active[c] and violation[c] > 0 for c in range(t.n)):
+            continue
+        best = max(best, objective(problem, list(slate)))
+    return best
