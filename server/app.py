@@ -1,0 +1,162 @@
+"""Server assembly: `create_server` (bind, do not start) and `serve` (run until a signal).
+
+Nothing starts on import.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import time
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
+from server.servicer import SERVICE_NAME, RerankerServicer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_WORKERS = 8
+DEFAULT_GRACE_S = 5.0
+# Services whose health is reported: "" is the server as a whole.
+HEALTH_SERVICES = ("", SERVICE_NAME)
+
+
+def create_server(
+    address: str,
+    engine,
+    *,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_concurrent_rpcs: int | None = None,
+    health_servicer: health.HealthServicer | None = None,
+) -> tuple[grpc.Server, int]:
+    """Build a server for `engine` bound to `address` ("host:port"; port 0 = any free port).
+
+    The server is NOT started. It serves `reranker.v1.Reranker`, `grpc.health.v1.Health` and
+    server reflection. Health reports NOT_SERVING for "" and "reranker.v1.Reranker" until the
+    caller calls `set_serving(health_servicer, True)`; pass your own `health_servicer` to be able
+    to. Messages larger than `max_message_bytes` are refused by gRPC (RESOURCE_EXHAUSTED); past
+    `max_concurrent_rpcs` in flight, new calls are refused (RESOURCE_EXHAUSTED) instead of queued.
+
+    Returns (server, bound port). Raises RuntimeError if the address cannot be bound.
+    """
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # Fail loudly if another process already listens on the port.
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rerank"),
+        options=options,
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+    )
+    pb_grpc.add_RerankerServicer_to_server(RerankerServicer(engine), server)
+
+    if health_servicer is None:
+        health_servicer = health.HealthServicer()
+    set_serving(health_servicer, False)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise RuntimeError(f"cannot bind {address!r}: {exc}") from exc
+    if port == 0:  # older grpc versions report failure this way
+        raise RuntimeError(f"cannot bind {address!r}")
+    return server, port
+
+
+def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
+    """Report SERVING / NOT_SERVING for the server ("") and for reranker.v1.Reranker."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in HEALTH_SERVICES:
+        health_servicer.set(name, status)
+
+
+def serve(
+    address: str = DEFAULT_ADDRESS,
+    policies_dir: str = "policies",
+    *,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_concurrent_rpcs: int | None = None,
+    grace_s: float = DEFAULT_GRACE_S,
+) -> int:
+    """Load policies, start, warm up, report SERVING; run until SIGTERM / SIGINT. Returns 0.
+
+    SIGTERM / SIGINT: health goes NOT_SERVING (load balancers stop sending), in-flight calls get
+    `grace_s` seconds to finish, then the process exits 0. SIGHUP reloads the policies (an invalid
+    file never replaces a loaded policy; its errors are logged). Call from the main thread.
+    """
+    from engine.engine import Engine  # heavy (numba): imported when serving, not on import
+
+    t0 = time.perf_counter()
+    engine = Engine.from_directory(policies_dir)
+    health_servicer = health.HealthServicer()
+    server, port = create_server(
+        address,
+        engine,
+        max_workers=max_workers,
+        max_message_bytes=max_message_bytes,
+        max_concurrent_rpcs=max_concurrent_rpcs,
+        health_servicer=health_servicer,
+    )
+
+    events: queue.SimpleQueue[int] = queue.SimpleQueue()
+    handled = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {sig: signal.signal(sig, lambda signum, _frame: events.put(signum)) for sig in handled}
+    try:
+        server.start()
+        log.info("listening", extra={"address": address, "port": port, "policies_dir": policies_dir,
+                                      "policies": [p.name for p in engine.list_policies()],
+                                      "max_workers": max_workers})
+        engine.warmup()
+        set_serving(health_servicer, True)
+        log.info("serving", extra={"startup_ms": round((time.perf_counter() - t0) * 1e3, 1)})
+
+        while True:
+            try:
+                signum = events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if hasattr(signal, "SIGHUP") and signum == signal.SIGHUP:
+                _reload(engine)
+                continue
+            break
+        log.info("shutting down", extra={"signal": signal.Signals(signum).name, "grace_s": grace_s})
+        set_serving(health_servicer, False)
+        server.stop(grace_s).wait()
+        log.info("stopped")
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.stop(None)
+
+
+def _reload(engine) -> None:
+    try:
+        problems = engine.reload()
+    except Exception:  # noqa: BLE001 - a failed reload must not take the server down
+        log.exception("policy reload failed; keeping the loaded policies")
+        return
+    for problem in problems:
+        log.error("policy not reloaded", extra={"source": problem.source,
+                                                "issues": [str(i) for i in problem.issues]})
+    log.info("policies reloaded", extra={"policies": [p.name for p in engine.list_policies()],
+                                         "invalid": len(problems)})

@@ -1,0 +1,241 @@
+"""Protobuf <-> engine types. No gRPC here, no solving: columns in, columns out.
+
+Decoding turns each repeated field into one numpy array with a single C-level pass
+(`np.fromiter(..., count=n)`); the only per-element Python work is building the dictionary of a
+plain (not dictionary-encoded) string column. Structural problems that only exist on the wire
+(dictionary codes out of range, both string encodings set, an embedding matrix that is not N x dim,
+an unknown enum value) are reported here, as `InvalidRequest` with the proto field path. Everything
+about the *content* of the columns (lengths, NaN / inf, duplicate ids, unknown score columns, slate
+size and candidate-count limits) is the engine's job: a column of the wrong length is passed on
+with its real length so that the engine reports it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from engine.errors import FieldIssue, InvalidRequest
+from engine.types import (
+    Attribute,
+    Candidates,
+    ConstraintReport,
+    PolicyInfo,
+    RerankRequest,
+    RerankResult,
+)
+from server._gen.reranker.v1 import reranker_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# SolverMode enum number -> engine solver mode (None = the policy's).
+_SOLVER_MODES: dict[int, str | None] = {
+    pb.SOLVER_MODE_UNSPECIFIED: None,
+    pb.SOLVER_MODE_AUTO: "auto",
+    pb.SOLVER_MODE_GREEDY: "greedy",
+    pb.SOLVER_MODE_EXACT: "exact",
+}
+# Engine status -> SlateStatus enum number.
+_STATUSES: dict[str, int] = {
+    "optimal": pb.SLATE_STATUS_OPTIMAL,
+    "feasible": pb.SLATE_STATUS_FEASIBLE,
+    "relaxed": pb.SLATE_STATUS_RELAXED,
+}
+
+
+def key_path(prefix: str, key: str) -> str:
+    """Path of a map entry, as the engine spells it: candidates.scores['p_click']."""
+    return f"{prefix}[{key!r}]"
+
+
+# --------------------------------------------------------------------------------------- decode
+
+
+def decode_request(msg: pb.RerankRequest, *, deadline_ms: float | None = None) -> RerankRequest:
+    """`reranker.v1.RerankRequest` -> `engine.types.RerankRequest`.
+
+    Raises `InvalidRequest` (every structural issue found, each with its proto field path).
+    """
+    issues: list[FieldIssue] = []
+    candidates = _decode_candidates(msg.candidates, issues)
+    solver = _SOLVER_MODES.get(msg.solver, _INVALID)
+    if solver is _INVALID:
+        known = ", ".join(f"{pb.SolverMode.Name(v)} ({v})" for v in _SOLVER_MODES)
+        issues.append(FieldIssue("solver", f"unknown SolverMode value {msg.solver}; expected one of {known}"))
+    if issues:
+        raise InvalidRequest(issues)
+    return RerankRequest(
+        policy=msg.policy,
+        candidates=candidates,
+        slate_size=msg.slate_size,
+        budget_ms=msg.budget_ms,
+        solver=solver,
+        objective_weights=dict(msg.objective_weights),
+        explain=msg.explain,
+        request_id=msg.request_id,
+        user_id=msg.user_id,
+        deadline_ms=deadline_ms,
+    )
+
+
+_INVALID = object()
+
+
+def _floats(values, dtype=np.float64) -> np.ndarray:
+    return np.fromiter(values, dtype=dtype, count=len(values))
+
+
+def _decode_candidates(c: pb.Candidates, issues: list[FieldIssue]) -> Candidates:
+    item_ids = list(c.item_ids)
+    n = len(item_ids)
+    scores = {name: _floats(col.values) for name, col in c.scores.items()}
+    numeric = {name: _floats(col.values) for name, col in c.numeric.items()}
+    attributes: dict[str, Attribute] = {}
+    for name, col in c.attributes.items():
+        attr = _decode_attribute(key_path("candidates.attributes", name), col, issues)
+        if attr is not None:
+            attributes[name] = attr
+    embeddings = None
+    if c.HasField("embeddings"):
+        embeddings = _decode_embeddings(c.embeddings, n, issues)
+    return Candidates(item_ids, scores, attributes, numeric, embeddings)
+
+
+def attribute_from_values(values: list[str]) -> Attribute:
+    """Dictionary-encode a list of strings (dictionary in order of first appearance).
+
+    Same result as `Attribute.from_values`, about twice as fast on a list.
+    """
+    index = {v: i for i, v in enumerate(dict.fromkeys(values))}
+    codes = np.fromiter(map(index.__getitem__, values), dtype=np.int64, count=len(values))
+    return Attribute(codes, tuple(index))
+
+
+def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue]) -> Attribute | None:
+    n_values, n_dict, n_codes = len(col.values), len(col.dictionary), len(col.codes)
+    if n_values and (n_dict or n_codes):
+        issues.append(FieldIssue(
+            path,
+            f"set either 'values' (plain) or 'dictionary' + 'codes' (dictionary-encoded), not both "
+            f"(got {n_values} values, {n_dict} dictionary entries, {n_codes} codes)",
+        ))
+        return None
+    if not (n_dict or n_codes):
+        return attribute_from_values(list(col.values))
+
+    dictionary = tuple(col.dictionary)
+    ok = True
+    if len(set(dictionary)) != n_dict:
+        seen: dict[str, int] = {}
+        for j, v in enumerate(dictionary):
+            if v in seen:
+                issues.append(FieldIssue(
+                    f"{path}.dictionary[{j}]",
+                    f"duplicate value {v!r} (already at dictionary[{seen[v]}]); dictionary values must be distinct",
+                ))
+                break
+            seen[v] = j
+        ok = False
+    codes = np.fromiter(col.codes, dtype=np.int64, count=n_codes)
+    bad = np.flatnonzero(codes >= n_dict)
+    if bad.size:
+        first = int(bad[0])
+        more = f" ({bad.size} codes out of range in all)" if bad.size > 1 else ""
+        issues.append(FieldIssue(
+            f"{path}.codes[{first}]",
+            f"code {int(codes[first])} out of range: the dictionary has {n_dict} values, "
+            f"so codes must be < {n_dict}{more}",
+        ))
+        ok = False
+    return Attribute(codes, dictionary) if ok else None
+
+
+def _decode_embeddings(e: pb.Embeddings, n: int, issues: list[FieldIssue]) -> np.ndarray | None:
+    dim, got = e.dim, len(e.values)
+    if dim == 0:
+        if got:
+            issues.append(FieldIssue(
+                "candidates.embeddings.dim",
+                f"must be > 0 when embeddings.values is set (got {got} values)",
+            ))
+        return None
+    if got != n * dim:
+        issues.append(FieldIssue(
+            "candidates.embeddings.values",
+            f"expected N*dim = {n * dim} floats (N={n}, dim={dim}), got {got}",
+        ))
+        return None
+    return _floats(e.values, np.float32).reshape(n, dim)
+
+
+# --------------------------------------------------------------------------------------- encode
+
+
+def encode_result(result: RerankResult) -> pb.RerankResponse:
+    """`engine.types.RerankResult` -> `reranker.v1.RerankResponse`."""
+    resp = pb.RerankResponse(
+        policy=result.policy,
+        policy_version=result.policy_version,
+        request_id=result.request_id,
+        eligible=int(result.eligible),
+    )
+    add_item = resp.items.add
+    for it in result.items:
+        item = add_item(
+            item_id=it.item_id,
+            index=int(it.index),
+            position=int(it.position),
+            utility=float(it.utility),
+        )
+        if it.contributions:
+            item.contributions.update({k: float(v) for k, v in it.contributions.items()})
+    d = resp.diagnostics
+    d.solver = result.solver
+    status = _STATUSES.get(result.status)
+    if status is None:
+        log.warning("engine returned an unknown slate status", extra={"status": result.status})
+        status = pb.SLATE_STATUS_UNSPECIFIED
+    d.status = status
+    d.objective = float(result.objective)
+    if result.bound is not None:
+        d.bound = float(result.bound)
+    if result.gap is not None:
+        d.gap = float(result.gap)
+    d.elapsed_us.update({k: float(v) for k, v in result.elapsed_us.items()})
+    add_constraint = d.constraints.add
+    for c in result.constraints:
+        _encode_constraint(add_constraint(), c)
+    return resp
+
+
+def _encode_constraint(out: pb.ConstraintReport, c: ConstraintReport) -> None:
+    out.name = c.name
+    out.kind = c.kind
+    out.hard = bool(c.hard)
+    out.satisfied = bool(c.satisfied)
+    out.slack = float(c.slack)
+    out.violation = float(c.violation)
+    out.penalty = float(c.penalty)
+    out.relaxed = bool(c.relaxed)
+    out.reason = c.reason
+    if c.cost is not None:
+        out.cost = float(c.cost)
+
+
+def encode_policy_info(info: PolicyInfo) -> pb.PolicyInfo:
+    return pb.PolicyInfo(
+        name=info.name,
+        version=info.version,
+        source=info.source,
+        digest=info.digest,
+        slate_size=int(info.slate_size),
+        solver_mode=info.solver_mode,
+        budget_ms=float(info.budget_ms),
+        constraints=list(info.constraints),
+        description=info.description,
+    )
+
+
+def encode_issues(issues: list[FieldIssue]) -> list[pb.PolicyIssue]:
+    return [pb.PolicyIssue(path=i.path, message=i.message) for i in issues]
