@@ -41,7 +41,7 @@ def constraint_status(slate, codes, n_values, kind, attr, value, bound, top, siz
             p = position[c]
             ok = item[c] >= 0 and p < L and slate[p] == item[c]
             violation[c] = 0.0 if ok else 1.0
-            slack[c] = -violation[c]
+            slack[c] = 0.0 if ok else -1.0
             continue
         a = attr[c]
         v = value[c]

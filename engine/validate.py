@@ -1,0 +1,91 @@
+"""Request validation: every bad input becomes an InvalidRequest naming the field (proto paths)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.errors import FieldIssue, InvalidRequest
+from engine.types import Candidates, RerankRequest
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_candidates: int = 10_000
+    max_slate_size: int = 1_000
+    max_columns: int = 256  # per map (scores, attributes, numeric)
+    max_budget_ms: float = 60_000.0
+
+
+def _column_issues(kind: str, name: str, values: np.ndarray, n: int, finite: bool) -> list[FieldIssue]:
+    path = f"candidates.{kind}['{name}'].values"
+    if values.ndim != 1 or values.shape[0] != n:
+        got = values.shape[0] if values.ndim == 1 else f"shape {values.shape}"
+        return [FieldIssue(path, f"expected {n} values (one per item_id), got {got}")]
+    if finite:
+        bad = ~np.isfinite(values)
+        if bad.any():
+            j = int(np.argmax(bad))
+            return [FieldIssue(f"{path}[{j}]", f"must be a finite number, got {values[j]}"
+                               + (f" ({int(bad.sum())} non-finite values in this column)" if bad.sum() > 1 else ""))]
+    return []
+
+
+def validate_candidates(c: Candidates, limits: Limits) -> None:
+    """Structural checks of the candidate columns; raises InvalidRequest with every issue found."""
+    issues: list[FieldIssue] = []
+    n = c.n
+    if n == 0:
+        raise InvalidRequest("candidates.item_ids", "must not be empty: send at least one candidate")
+    if n > limits.max_candidates:
+        raise InvalidRequest(
+            "candidates.item_ids", f"at most {limits.max_candidates} candidates per request, got {n}"
+        )
+    ids = c.item_ids
+    if len(set(ids)) != n:
+        seen: dict[str, int] = {}
+        for j, item in enumerate(ids):
+            if item in seen:
+                issues.append(FieldIssue(f"candidates.item_ids[{j}]",
+                                         f"duplicate item id {item!r} (first at index {seen[item]})"))
+                break
+            seen[item] = j
+    if "" in ids:
+        issues.append(FieldIssue(f"candidates.item_ids[{ids.index('')}]", "must be a non-empty string"))
+    for kind, columns in (("scores", c.scores), ("numeric", c.numeric)):
+        if len(columns) > limits.max_columns:
+            issues.append(FieldIssue(f"candidates.{kind}", f"at most {limits.max_columns} columns, got {len(columns)}"))
+        for name, values in columns.items():
+            issues += _column_issues(kind, name, values, n, finite=True)
+    if len(c.attributes) > limits.max_columns:
+        issues.append(FieldIssue("candidates.attributes", f"at most {limits.max_columns} columns, got {len(c.attributes)}"))
+    for name, attr in c.attributes.items():
+        if attr.codes.shape[0] != n:
+            issues.append(FieldIssue(f"candidates.attributes['{name}']",
+                                     f"expected {n} values (one per item_id), got {attr.codes.shape[0]}"))
+    if c.embeddings is not None and c.embeddings.shape[0] != n:
+        issues.append(FieldIssue("candidates.embeddings.values",
+                                 f"expected {n} rows (one per item_id), got {c.embeddings.shape[0]}"))
+    elif c.embeddings is not None and not np.isfinite(c.embeddings).all():
+        issues.append(FieldIssue("candidates.embeddings.values", "must be finite numbers"))
+    if issues:
+        raise InvalidRequest(issues)
+
+
+def validate_request_scalars(req: RerankRequest, limits: Limits) -> None:
+    issues: list[FieldIssue] = []
+    if not req.policy:
+        issues.append(FieldIssue("policy", "required: the name of a loaded policy"))
+    if req.slate_size < 0 or req.slate_size > limits.max_slate_size:
+        issues.append(FieldIssue("slate_size",
+                                 f"must be between 1 and {limits.max_slate_size} (0 = the policy's), got {req.slate_size}"))
+    if not math.isfinite(req.budget_ms) or req.budget_ms < 0 or req.budget_ms > limits.max_budget_ms:
+        issues.append(FieldIssue("budget_ms",
+                                 f"must be between 0 and {limits.max_budget_ms:g} (0 = the policy's), got {req.budget_ms}"))
+    for name, w in req.objective_weights.items():
+        if not math.isfinite(w):
+            issues.append(FieldIssue(f"objective_weights['{name}']", f"must be a finite number, got {w}"))
+    if issues:
+        raise InvalidRequest(issues)
