@@ -46,7 +46,7 @@ _STATUSES: dict[str, int] = {
 
 def key_path(prefix: str, key: str) -> str:
     """Path of a map entry, as the engine spells it: candidates.scores['p_click']."""
-    return f"{prefix}[{key!r}]"
+    return f"{prefix}['{key}']"
 
 
 # --------------------------------------------------------------------------------------- decode
