@@ -1,0 +1,287 @@
+"""`reranker`: the one command-line entry point.
+
+    reranker serve    [--address 127.0.0.1:50051] [--policies policies] [--workers 8]
+    reranker validate FILE...                 exit 0 if every policy file is valid, 1 otherwise
+    reranker call     [--address ...] FILE.json   send a Rerank request, print slate + diagnostics
+    reranker policies [--address ...]             list the policies a running server has loaded
+    reranker schema   [--output FILE]             JSON Schema of the policy language
+
+Output goes through rich (tables); logs (serve) are JSON lines on stderr.
+Exit codes: 0 ok, 1 failure (invalid policy, RPC error), 2 usage error or unreadable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+_PIPE_WIDTH = 200
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI with `argv` (default: sys.argv[1:]); returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    out = Console(soft_wrap=True, highlight=False)
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    for console in (out, err):
+        if not console.is_terminal:  # piped / captured: do not squeeze tables into 80 columns
+            console.width = max(console.width, _PIPE_WIDTH)
+    return args.func(args, out, err)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reranker", description="Slate re-ranking service: server, client and policy tools."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the gRPC server until SIGTERM / SIGINT")
+    p.add_argument("--address", default=DEFAULT_ADDRESS, help="host:port to bind (default %(default)s)")
+    p.add_argument("--policies", default="policies", help="policy folder (default %(default)s)")
+    p.add_argument("--workers", type=_positive_int, default=8, help="handler threads (default %(default)s)")
+    p.add_argument("--max-message-mb", type=_positive_int, default=16,
+                   help="largest request / response in MiB (default %(default)s)")
+    p.add_argument("--grace", type=float, default=5.0,
+                   help="seconds in-flight calls get to finish on shutdown (default %(default)s)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("validate", help="check policy files; print every error as file: path: message")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("call", help="send a Rerank request from a JSON file to a running server")
+    p.add_argument("file", metavar="FILE.json")
+    p.add_argument("--address", default=DEFAULT_ADDRESS, help="server host:port (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the response as proto3 JSON instead of tables")
+    p.set_defaults(func=_cmd_call)
+
+    p = sub.add_parser("policies", help="list the policies loaded by a running server")
+    p.add_argument("--address", default=DEFAULT_ADDRESS, help="server host:port (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default %(default)s)")
+    p.set_defaults(func=_cmd_policies)
+
+    p = sub.add_parser("schema", help="write the JSON Schema of the policy language")
+    p.add_argument("--output", "-o", metavar="FILE", help="file to write (default: stdout)")
+    p.set_defaults(func=_cmd_schema)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------------------------ serve
+
+
+def _cmd_serve(args, out: Console, err: Console) -> int:
+    from server.app import serve
+    from server.logging_setup import configure_logging
+
+    configure_logging(args.log_level)
+    if not Path(args.policies).is_dir():
+        err.print(f"error: policy folder not found: {escape(args.policies)}")
+        return EXIT_USAGE
+    return serve(
+        args.address,
+        args.policies,
+        max_workers=args.workers,
+        max_message_bytes=args.max_message_mb * 1024 * 1024,
+        grace_s=args.grace,
+    )
+
+
+# --------------------------------------------------------------------------------- validate
+
+
+def _cmd_validate(args, out: Console, err: Console) -> int:
+    from engine.errors import PolicyInvalid
+    from engine.policy_loader import parse_policy_text
+
+    all_valid = True
+    for file in args.files:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            out.print(f"{escape(file)}: cannot read: {escape(str(exc))}", style="red")
+            all_valid = False
+            continue
+        try:
+            policy = parse_policy_text(text, file)
+        except PolicyInvalid as exc:
+            all_valid = False
+            for issue in exc.issues:
+                where = f"{issue.path}: " if issue.path else ""
+                out.print(f"{escape(file)}: {escape(where)}{escape(issue.message)}", style="red")
+            continue
+        name = getattr(policy, "name", "?")
+        version = getattr(policy, "version", "?")
+        out.print(f"{escape(file)}: OK (policy {escape(str(name))}, version {escape(str(version))})",
+                  style="green")
+    return EXIT_OK if all_valid else EXIT_FAIL
+
+
+# ------------------------------------------------------------------------------- call / policies
+
+
+def _channel(address: str):
+    import grpc
+
+    limit = 64 * 1024 * 1024
+    return grpc.insecure_channel(
+        address,
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+    )
+
+
+def _print_rpc_error(err: Console, exc) -> None:
+    from server.errors import FIELD_METADATA_KEY
+
+    err.print(f"error: {exc.code().name}: {escape(exc.details() or '')}", style="red")
+    fields = [v for k, v in (exc.trailing_metadata() or ()) if k == FIELD_METADATA_KEY]
+    if fields:
+        err.print(f"fields: {escape(', '.join(fields))}", style="red")
+
+
+def _cmd_call(args, out: Console, err: Console) -> int:
+    import grpc
+    from google.protobuf import json_format
+
+    from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
+    from server.request_json import load_request
+
+    try:
+        request = load_request(args.file)
+    except (OSError, ValueError) as exc:
+        err.print(f"error: {escape(str(exc))}", style="red")
+        return EXIT_USAGE
+    with _channel(args.address) as channel:
+        try:
+            response = pb_grpc.RerankerStub(channel).Rerank(request, timeout=args.timeout)
+        except grpc.RpcError as exc:
+            _print_rpc_error(err, exc)
+            return EXIT_FAIL
+    if args.json:
+        out.print_json(json_format.MessageToJson(
+            response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+    else:
+        _print_response(out, response)
+    return EXIT_OK
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def _print_response(out: Console, resp) -> None:
+    from server._gen.reranker.v1 import reranker_pb2 as pb
+
+    explain = any(item.contributions for item in resp.items)
+    columns = sorted({k for item in resp.items for k in item.contributions})
+    slate = Table(title=f"slate: policy {escape(resp.policy)} v{escape(resp.policy_version)}, "
+                        f"{len(resp.items)} of {resp.eligible} eligible")
+    slate.add_column("position", justify="right")
+    slate.add_column("item_id", no_wrap=True)
+    slate.add_column("index", justify="right")
+    slate.add_column("utility", justify="right")
+    for col in columns:
+        slate.add_column(escape(col), justify="right")
+    for item in resp.items:
+        row = [str(item.position), escape(item.item_id), str(item.index), _fmt(item.utility)]
+        if explain:
+            row += [_fmt(item.contributions[c]) if c in item.contributions else "" for c in columns]
+        slate.add_row(*row)
+    out.print(slate)
+
+    d = resp.diagnostics
+    status = pb.SlateStatus.Name(d.status).removeprefix("SLATE_STATUS_").lower()
+    bound = _fmt(d.bound) if d.HasField("bound") else "-"
+    gap = f"{d.gap:.3%}" if d.HasField("gap") else "-"
+    out.print(f"solver: {escape(d.solver)}   status: {status}   objective: {_fmt(d.objective)}   "
+              f"bound: {bound}   gap: {gap}")
+    stages = ["decode", "compile", "solve", "report", "encode", "total"]
+    stages += sorted(k for k in d.elapsed_us if k not in stages)
+    out.print("elapsed_us: " + "  ".join(f"{s}={d.elapsed_us[s]:.0f}" for s in stages if s in d.elapsed_us))
+
+    if d.constraints:
+        table = Table(title="constraints")
+        table.add_column("name", no_wrap=True)
+        for name in ("kind", "hard", "satisfied", "slack", "violation", "penalty", "relaxed"):
+            table.add_column(name)
+        table.add_column("reason", overflow="fold")
+        has_cost = any(c.HasField("cost") for c in d.constraints)
+        if has_cost:
+            table.add_column("cost", justify="right")
+        for c in d.constraints:
+            row = [escape(c.name), c.kind, _yes(c.hard), _yes(c.satisfied), _fmt(c.slack),
+                   _fmt(c.violation), _fmt(c.penalty), _yes(c.relaxed), escape(c.reason)]
+            if has_cost:
+                row.append(_fmt(c.cost) if c.HasField("cost") else "")
+            table.add_row(*row)
+        out.print(table)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _cmd_policies(args, out: Console, err: Console) -> int:
+    import grpc
+
+    from server._gen.reranker.v1 import reranker_pb2 as pb
+    from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
+
+    with _channel(args.address) as channel:
+        try:
+            resp = pb_grpc.RerankerStub(channel).ListPolicies(pb.ListPoliciesRequest(), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            _print_rpc_error(err, exc)
+            return EXIT_FAIL
+    table = Table(title=f"{len(resp.policies)} policies at {escape(args.address)}")
+    table.add_column("name", no_wrap=True)
+    for name in ("version", "slate_size", "solver", "budget_ms", "constraints", "source", "digest"):
+        table.add_column(name, overflow="fold")
+    for p in resp.policies:
+        table.add_row(escape(p.name), escape(p.version), str(p.slate_size), p.solver_mode,
+                      _fmt(p.budget_ms), escape(", ".join(p.constraints)), escape(p.source), p.digest[:12])
+    out.print(table)
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------- schema
+
+
+def _cmd_schema(args, out: Console, err: Console) -> int:
+    from engine.policy_loader import policy_json_schema
+
+    text = json.dumps(policy_json_schema(), indent=2) + "\n"
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            err.print(f"error: cannot write {escape(args.output)}: {escape(str(exc))}", style="red")
+            return EXIT_FAIL
+        out.print(f"wrote {escape(args.output)}")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
