@@ -1,0 +1,146 @@
+"""The `reranker` CLI, run in-process through main(argv)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from server.cli import main
+from server.request_json import load_request, request_from_json
+
+from tests.conftest import EXAMPLES_DIR, POLICIES_DIR
+
+EXAMPLE_REQUEST = EXAMPLES_DIR / "request_home_feed.json"
+
+BROKEN_POLICY = """\
+name: broken
+version: 1
+slate_size: 10
+objective:
+  weights: {p_click: 1.0}
+constraints:
+  - name: cap
+    type: max_count
+    attribute: category
+    max: 2
+    colour: red
+"""
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ------------------------------------------------------------------------------------ validate
+
+
+def test_validate_good_files(capsys):
+    files = sorted(str(p) for p in POLICIES_DIR.glob("*.yaml"))
+    assert files, "the repo ships example policies"
+    code, out, _ = run(capsys, "validate", *files)
+    assert code == 0, out
+    for f in files:
+        assert f"{f}: OK" in out
+
+
+def test_validate_bad_file_prints_file_path_message(capsys, tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text(BROKEN_POLICY)
+    good = str(POLICIES_DIR / "home_feed.yaml")
+    code, out, _ = run(capsys, "validate", good, str(bad))
+    assert code == 1
+    lines = out.splitlines()
+    assert any(line.startswith(f"{bad}: constraints[0]: unknown key 'colour'") for line in lines), out
+    assert f"{good}: OK" in out
+
+
+def test_validate_unreadable_file(capsys, tmp_path):
+    missing = tmp_path / "missing.yaml"
+    code, out, _ = run(capsys, "validate", str(missing))
+    assert code == 1
+    assert f"{missing}: cannot read" in out
+
+
+# -------------------------------------------------------------------------------------- schema
+
+
+def test_schema_writes_valid_json(capsys, tmp_path):
+    target = tmp_path / "policy.schema.json"
+    code, out, _ = run(capsys, "schema", "--output", str(target))
+    assert code == 0 and str(target) in out
+    schema = json.loads(target.read_text())
+    assert schema["type"] == "object"
+    assert {"name", "version", "slate_size", "objective", "constraints"} <= set(schema["properties"])
+
+
+def test_schema_to_stdout(capsys):
+    code, out, _ = run(capsys, "schema")
+    assert code == 0
+    assert json.loads(out)["type"] == "object"
+
+
+# ---------------------------------------------------------------------------- call / policies
+
+
+def test_call_prints_slate_and_diagnostics(capsys, live_server):
+    code, out, err = run(capsys, "call", "--address", live_server.address, str(EXAMPLE_REQUEST))
+    assert code == 0, err
+    assert "slate: policy home_feed" in out
+    assert "position" in out and "item_id" in out and "utility" in out
+    assert "solver:" in out and "status:" in out and "objective:" in out
+    assert "elapsed_us:" in out and "total=" in out
+    assert "constraints" in out
+    ids = load_request(EXAMPLE_REQUEST).candidates.item_ids
+    assert sum(item in out for item in ids) == 10  # the example asks for a slate of 10
+
+
+def test_call_json_output(capsys, live_server):
+    code, out, _ = run(capsys, "call", "--json", "--address", live_server.address, str(EXAMPLE_REQUEST))
+    assert code == 0
+    resp = json.loads(out)
+    assert len(resp["items"]) == 10 and resp["policy"] == "home_feed"
+
+
+def test_call_reports_rpc_errors_with_the_field(capsys, live_server, tmp_path):
+    obj = json.loads(EXAMPLE_REQUEST.read_text())
+    obj["candidates"]["scores"]["p_click"][3] = "NaN"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(obj))
+    code, _, err = run(capsys, "call", "--address", live_server.address, str(bad))
+    assert code == 1
+    assert "INVALID_ARGUMENT" in err and "candidates.scores['p_click'].values[3]" in err
+
+
+def test_call_rejects_a_malformed_file(capsys, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"policy": "home_feed", "candidates": {"item_ids": ["a"], "colour": 1}}')
+    code, _, err = run(capsys, "call", "--address", "127.0.0.1:1", str(bad))
+    assert code == 2
+    assert str(bad) in err and "colour" in err
+
+
+def test_policies_lists_loaded_policies(capsys, live_server):
+    code, out, _ = run(capsys, "policies", "--address", live_server.address)
+    assert code == 0
+    assert "home_feed" in out
+
+
+def test_request_json_accepts_both_spellings():
+    compact = request_from_json({
+        "policy": "p", "solver": "greedy", "slate_size": 2,
+        "candidates": {"item_ids": ["a", "b"], "scores": {"s": [1, 2]},
+                       "attributes": {"c": ["x", "y"], "d": {"dictionary": ["u"], "codes": [0, 0]}},
+                       "embeddings": [[1, 2], [3, 4]]},
+    })
+    canonical = request_from_json({
+        "policy": "p", "solver": "SOLVER_MODE_GREEDY", "slateSize": 2,
+        "candidates": {"itemIds": ["a", "b"], "scores": {"s": {"values": [1, 2]}},
+                       "attributes": {"c": {"values": ["x", "y"]}, "d": {"dictionary": ["u"], "codes": [0, 0]}},
+                       "embeddings": {"dim": 2, "values": [1, 2, 3, 4]}},
+    })
+    assert compact == canonical
+    with pytest.raises(ValueError, match="colour"):
+        request_from_json({"policy": "p", "colour": 1})
