@@ -122,7 +122,8 @@ def serve(
     previous = {sig: signal.signal(sig, lambda signum, _frame: events.put(signum)) for sig in handled}
     try:
         server.start()
-        log.info("listening", extra={"address": address, "port": port, "policies_dir": policies_dir,
+        log.info("listening", extra={"address": f"{address.rsplit(':', 1)[0]}:{port}", "port": port,
+                                      "policies_dir": policies_dir,
                                       "policies": [p.name for p in engine.list_policies()],
                                       "max_workers": max_workers})
         engine.warmup()

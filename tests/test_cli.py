@@ -144,3 +144,48 @@ def test_request_json_accepts_both_spellings():
     assert compact == canonical
     with pytest.raises(ValueError, match="colour"):
         request_from_json({"policy": "p", "colour": 1})
+
+
+# ------------------------------------------------------------------------------------- serve
+
+
+def test_serve_starts_reports_serving_and_exits_0_on_sigterm():
+    """`reranker serve` as a real process: JSON logs, health SERVING, graceful SIGTERM -> exit 0."""
+    import queue
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--address", "127.0.0.1:0",
+         "--policies", str(POLICIES_DIR), "--grace", "1"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=POLICIES_DIR.parent,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+
+    def wait_for(msg: str) -> dict:
+        while True:
+            record = json.loads(lines.get(timeout=60))
+            if record["msg"] == msg:
+                return record
+
+    try:
+        port = wait_for("listening")["port"]
+        wait_for("serving")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="reranker.v1.Reranker"), timeout=10).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for("shutting down")["signal"] == "SIGTERM"
+        wait_for("stopped")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
