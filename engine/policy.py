@@ -2,43 +2,92 @@
 
 A policy is a YAML document; `engine.policy_loader` parses and validates it into a `Policy`.
 Field names here ARE the language: changing one is a breaking change for every policy file.
+
+Rules that involve several fields are written as `_rule_issues()` methods returning
+`(path, message)` pairs relative to the model, so that a loader can report each one at the field
+it is about; `policy_conflicts()` holds the checks across constraints (names, pins, prefixes).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+NAME_RULE = "must start with a letter or digit and contain only letters, digits, '_', '.' and '-'"
+
+#: Error type of multi-field rule violations; `ctx["issues"]` holds `(path, message)` pairs.
+RULE_ERROR_TYPE = "policy_rule"
+
+# YAML gives native ints, floats and booleans: reject `max: true` or `hard: 1` instead of coercing.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+
+Issue = tuple[str, str]  # (path relative to the model, '' = the model itself; message)
+
+
+def _rules_error(issues: Sequence[Issue]) -> PydanticCustomError:
+    text = "; ".join(f"{path}: {msg}" if path else msg for path, msg in issues)
+    return PydanticCustomError(RULE_ERROR_TYPE, "{message}", {"message": text, "issues": tuple(issues)})
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
+    def _rule_issues(self) -> list[Issue]:
+        """Violations of rules spanning several fields of this model (none by default)."""
+        return []
+
+    @model_validator(mode="after")
+    def _check_rules(self):
+        issues = self._rule_issues()
+        if issues:
+            raise _rules_error(issues)
+        return self
+
+
+def _discount_kind(v: Any) -> str:
+    return "list" if isinstance(v, (list, tuple)) else "named"
+
 
 class Objective(_Model):
     """What to maximise: a weighted sum of score columns, discounted by position."""
 
-    weights: dict[str, float] = Field(
+    weights: dict[str, Float] = Field(
         min_length=1,
         description="Weight of each score column sent by the caller (e.g. p_click: 1.0).",
     )
-    position_discount: Union[Literal["log2", "reciprocal", "none"], list[Annotated[float, Field(ge=0)]]] = Field(
+    position_discount: Annotated[
+        Union[
+            Annotated[Literal["log2", "reciprocal", "none"], Tag("named")],
+            Annotated[list[Annotated[Float, Field(ge=0)]], Tag("list")],
+        ],
+        Discriminator(_discount_kind),
+    ] = Field(
         default="log2",
         description="log2: 1/log2(1+p); reciprocal: 1/p; none: 1; or an explicit non-increasing list, "
         "one weight per position (at least slate_size long).",
     )
 
-    @field_validator("position_discount")
-    @classmethod
-    def _non_increasing(cls, v):
-        if isinstance(v, list):
-            if not v:
-                raise ValueError("must be a non-empty list of weights")
-            if any(b > a for a, b in zip(v, v[1:])):
-                raise ValueError("must be non-increasing (a later position cannot weigh more)")
-        return v
+    def _rule_issues(self) -> list[Issue]:
+        v = self.position_discount
+        if not isinstance(v, list):
+            return []
+        if not v:
+            return [("position_discount", "must be a non-empty list of weights, one per position")]
+        for p, (a, b) in enumerate(zip(v, v[1:]), start=2):
+            if b > a:
+                return [(
+                    "position_discount",
+                    f"must be non-increasing (a later position cannot weigh more), "
+                    f"got {b:g} at position {p} after {a:g} at position {p - 1}",
+                )]
+        return []
 
 
 class AttributeFilter(_Model):
@@ -48,50 +97,57 @@ class AttributeFilter(_Model):
     in_: list[str] | None = Field(default=None, alias="in", min_length=1)
     not_in: list[str] | None = Field(default=None, min_length=1)
 
-    @model_validator(mode="after")
-    def _one_of(self):
-        if (self.in_ is None) == (self.not_in is None):
-            raise ValueError("give exactly one of 'in' or 'not_in'")
-        return self
+    def _rule_issues(self) -> list[Issue]:
+        if self.in_ is not None and self.not_in is not None:
+            return [("", "give exactly one of 'in' or 'not_in', got both")]
+        if self.in_ is None and self.not_in is None:
+            return [("", "give exactly one of 'in' or 'not_in', got neither")]
+        return []
 
 
 class NumericFilter(_Model):
     """Keep only candidates whose numeric feature lies in [min, max]."""
 
     numeric: str
-    min: float | None = None
-    max: float | None = None
+    min: Float | None = None
+    max: Float | None = None
 
-    @model_validator(mode="after")
-    def _range(self):
+    def _rule_issues(self) -> list[Issue]:
         if self.min is None and self.max is None:
-            raise ValueError("give 'min', 'max' or both")
+            return [("", "give 'min', 'max' or both")]
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"'min' ({self.min}) must be <= 'max' ({self.max})")
-        return self
+            return [("min", f"must be <= max ({self.max:g}), got {self.min:g}")]
+        return []
 
 
-Filter = Union[AttributeFilter, NumericFilter]
+def _filter_kind(v: Any) -> str:
+    numeric = isinstance(v, NumericFilter) or (isinstance(v, dict) and "numeric" in v)
+    return "numeric" if numeric else "attribute"
+
+
+Filter = Annotated[
+    Union[Annotated[AttributeFilter, Tag("attribute")], Annotated[NumericFilter, Tag("numeric")]],
+    Discriminator(_filter_kind),
+]
 
 
 class _Constraint(_Model):
     name: str = Field(pattern=NAME_PATTERN, description="Unique name; used in reports.")
-    hard: bool = Field(default=True, description="Hard rules must hold (or are reported relaxed).")
-    penalty: float | None = Field(
+    hard: Bool = Field(default=True, description="Hard rules must hold (or are reported relaxed).")
+    penalty: Float | None = Field(
         default=None, gt=0, description="Soft rules only: objective cost per unit of violation."
     )
-    priority: int = Field(
+    priority: Int = Field(
         default=0,
         description="When hard rules conflict, the one with the LOWEST priority gives way first.",
     )
 
-    @model_validator(mode="after")
-    def _soft_needs_penalty(self):
+    def _rule_issues(self) -> list[Issue]:
         if not self.hard and self.penalty is None:
-            raise ValueError("a soft constraint (hard: false) needs a 'penalty' > 0")
+            return [("penalty", "required when hard is false (a number > 0: the cost of each unit of violation)")]
         if self.hard and self.penalty is not None:
-            raise ValueError("'penalty' applies to soft constraints only; set hard: false or drop it")
-        return self
+            return [("penalty", "only soft rules have a penalty; set hard: false, or remove penalty")]
+        return []
 
 
 class MaxCount(_Constraint):
@@ -100,8 +156,8 @@ class MaxCount(_Constraint):
     type: Literal["max_count"]
     attribute: str
     value: str | None = None
-    max: int = Field(ge=0)
-    within_top: int | None = Field(default=None, ge=1)
+    max: Int = Field(ge=0)
+    within_top: Int | None = Field(default=None, ge=1)
 
 
 class MinCount(_Constraint):
@@ -110,16 +166,16 @@ class MinCount(_Constraint):
     type: Literal["min_count"]
     attribute: str
     value: str
-    min: int = Field(ge=1)
-    within_top: int | None = Field(default=None, ge=1)
+    min: Int = Field(ge=1)
+    within_top: Int | None = Field(default=None, ge=1)
 
-    @model_validator(mode="after")
-    def _fits_prefix(self):
+    def _rule_issues(self) -> list[Issue]:
+        issues = super()._rule_issues()
         if self.within_top is not None and self.min > self.within_top:
-            raise ValueError(
-                f"can never hold: needs {self.min} items within the top {self.within_top}"
+            issues.append(
+                ("min", f"must be <= within_top ({self.within_top}), got {self.min}: the rule can never hold")
             )
-        return self
+        return issues
 
 
 class Window(_Constraint):
@@ -128,34 +184,37 @@ class Window(_Constraint):
     type: Literal["window"]
     attribute: str
     value: str | None = None
-    size: int = Field(ge=2)
-    max: int = Field(ge=1)
+    size: Int = Field(ge=2)
+    max: Int = Field(ge=1)
 
-    @model_validator(mode="after")
-    def _meaningful(self):
+    def _rule_issues(self) -> list[Issue]:
+        issues = super()._rule_issues()
         if self.max >= self.size:
-            raise ValueError(f"'max' ({self.max}) must be < 'size' ({self.size}), else the rule never binds")
-        return self
+            issues.append(("max", f"must be < size ({self.size}), got {self.max}: otherwise the rule never binds"))
+        return issues
 
 
 class Pin(_Constraint):
     """Put item `item` (or the best item with `attribute == value`) at 1-based `position`."""
 
     type: Literal["pin"]
-    position: int = Field(ge=1)
+    position: Int = Field(ge=1)
     item: str | None = None
     attribute: str | None = None
     value: str | None = None
 
-    @model_validator(mode="after")
-    def _target(self):
-        by_item = self.item is not None
+    def _rule_issues(self) -> list[Issue]:
+        issues = super()._rule_issues()
         by_attr = self.attribute is not None or self.value is not None
-        if by_item == by_attr:
-            raise ValueError("give either 'item', or both 'attribute' and 'value'")
-        if by_attr and (self.attribute is None or self.value is None):
-            raise ValueError("pin by attribute needs both 'attribute' and 'value'")
-        return self
+        if self.item is not None and by_attr:
+            issues.append(("", "give either 'item', or 'attribute' and 'value', not both"))
+        elif self.item is None and not by_attr:
+            issues.append(("", "give either 'item', or both 'attribute' and 'value'"))
+        elif self.item is None and self.value is None:
+            issues.append(("value", "required when pinning by 'attribute'"))
+        elif self.item is None and self.attribute is None:
+            issues.append(("attribute", "required when pinning by 'value'"))
+        return issues
 
 
 Constraint = Annotated[Union[MaxCount, MinCount, Window, Pin], Field(discriminator="type")]
@@ -163,7 +222,7 @@ Constraint = Annotated[Union[MaxCount, MinCount, Window, Pin], Field(discriminat
 
 class SolverSettings(_Model):
     mode: Literal["auto", "greedy", "exact"] = "auto"
-    budget_ms: float = Field(default=10.0, gt=0, le=60_000)
+    budget_ms: Float = Field(default=10.0, gt=0, le=60_000)
 
 
 class Policy(_Model):
@@ -172,7 +231,7 @@ class Policy(_Model):
     name: str = Field(pattern=NAME_PATTERN)
     version: str = Field(min_length=1, description="Free text; reported with every answer.")
     description: str = ""
-    slate_size: int = Field(ge=1, le=1000)
+    slate_size: Int = Field(ge=1, le=1000)
     objective: Objective
     filters: list[Filter] = Field(default_factory=list)
     constraints: list[Constraint] = Field(default_factory=list)
@@ -180,21 +239,138 @@ class Policy(_Model):
 
     @field_validator("version", mode="before")
     @classmethod
-    def _version_str(cls, v):
-        return str(v) if isinstance(v, (int, float)) else v
+    def _version_str(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
-    @model_validator(mode="after")
-    def _cross_checks(self):
-        seen: set[str] = set()
-        for i, c in enumerate(self.constraints):
-            if c.name in seen:
-                raise ValueError(f"constraints[{i}].name: duplicate constraint name {c.name!r}")
-            seen.add(c.name)
-        if isinstance(self.objective.position_discount, list) and len(
-            self.objective.position_discount
-        ) < self.slate_size:
-            raise ValueError(
-                f"objective.position_discount: needs at least slate_size={self.slate_size} weights, "
-                f"got {len(self.objective.position_discount)}"
-            )
-        return self
+    def _rule_issues(self) -> list[Issue]:
+        return policy_conflicts(self.slate_size, self.objective, list(enumerate(self.constraints)))
+
+
+# --- checks across constraints -------------------------------------------------------------------
+
+
+def _ref(i: int, c: _Constraint) -> str:
+    return f"{c.name!r} (constraints[{i}])"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def policy_conflicts(
+    slate_size: int | None,
+    objective: Objective | None,
+    constraints: Sequence[tuple[int, MaxCount | MinCount | Window | Pin]],
+    names: Sequence[tuple[int, str]] | None = None,
+) -> list[Issue]:
+    """Rules that are valid one by one but not together, as `(path, message)` pairs.
+
+    `constraints` are `(index in the policy, constraint)` pairs, so a loader can pass only the
+    constraints that validated; `slate_size` / `objective` may be None when they did not.
+    `names` (default: those of `constraints`) are checked for duplicates.
+    """
+    issues: list[Issue] = []
+    first_by_name: dict[str, int] = {}
+    for i, name in names if names is not None else [(i, c.name) for i, c in constraints]:
+        if name in first_by_name:
+            issues.append((f"constraints[{i}].name", f"duplicate constraint name {name!r} "
+                           f"(already used by constraints[{first_by_name[name]}])"))
+        else:
+            first_by_name[name] = i
+
+    if slate_size is not None and objective is not None and isinstance(objective.position_discount, list):
+        n = len(objective.position_discount)
+        if 0 < n < slate_size:
+            issues.append(("objective.position_discount",
+                           f"needs at least slate_size ({slate_size}) weights, one per position, got {n}"))
+
+    if slate_size is None:
+        return issues
+    for i, c in constraints:
+        if isinstance(c, Pin) and c.position > slate_size:
+            issues.append((f"constraints[{i}].position", f"must be <= slate_size ({slate_size}), got {c.position}"))
+        if isinstance(c, (MaxCount, MinCount)) and c.within_top is not None and c.within_top > slate_size:
+            issues.append((f"constraints[{i}].within_top",
+                           f"must be <= slate_size ({slate_size}), got {c.within_top}"))
+        if isinstance(c, MinCount) and c.within_top is None and c.min > slate_size:
+            issues.append((f"constraints[{i}].min",
+                           f"must be <= slate_size ({slate_size}), got {c.min}: the rule can never hold"))
+
+    hard = [(i, c) for i, c in constraints if c.hard]
+    issues += _pin_clashes([(i, c) for i, c in hard if isinstance(c, Pin)])
+    mins = [(i, c) for i, c in hard if isinstance(c, MinCount)]
+    issues += _minimums_overflow(mins, slate_size)
+    issues += _minimums_over_caps(mins, [(i, c) for i, c in hard if isinstance(c, (MaxCount, Window))], slate_size)
+    return issues
+
+
+def _pin_clashes(pins: list[tuple[int, Pin]]) -> list[Issue]:
+    issues: list[Issue] = []
+    first_at: dict[int, tuple[int, Pin]] = {}
+    for i, p in pins:
+        if p.position in first_at:
+            j, q = first_at[p.position]
+            issues.append((f"constraints[{i}].position",
+                           f"can never hold together: hard pins {_ref(j, q)} and {_ref(i, p)} "
+                           f"both take position {p.position}"))
+        else:
+            first_at[p.position] = (i, p)
+    return issues
+
+
+def _minimums_overflow(mins: list[tuple[int, MinCount]], slate_size: int) -> list[Issue]:
+    """Hard minimums on one attribute need distinct items: within each prefix they must fit."""
+    issues: list[Issue] = []
+    by_attribute: dict[str, list[tuple[int, MinCount]]] = defaultdict(list)
+    for i, c in mins:
+        by_attribute[c.attribute].append((i, c))
+    for rules in by_attribute.values():
+        if len({c.value for _, c in rules}) < 2:
+            continue
+        for m in sorted({min(c.within_top or slate_size, slate_size) for _, c in rules}):
+            binding: dict[str, tuple[int, MinCount]] = {}  # per value, the largest minimum in the prefix
+            for i, c in rules:
+                if min(c.within_top or slate_size, slate_size) <= m:
+                    if c.value not in binding or c.min > binding[c.value][1].min:
+                        binding[c.value] = (i, c)
+            total = sum(c.min for _, c in binding.values())
+            if len(binding) >= 2 and total > m:
+                parts = sorted(binding.values(), key=lambda ic: ic[0])
+                needs = " and ".join(
+                    f"{_ref(i, c)} needs {_plural(c.min, 'item')} with {c.attribute}={c.value} "
+                    f"in the top {min(c.within_top or slate_size, slate_size)}"
+                    for i, c in parts
+                )
+                last = parts[-1][0]
+                issues.append((f"constraints[{last}].min",
+                               f"can never hold together: {needs}; that is {total} items "
+                               f"for {_plural(m, 'position')}"))
+                break  # one finding per attribute: the smallest prefix that overflows
+    return issues
+
+
+def _minimums_over_caps(
+    mins: list[tuple[int, MinCount]], caps: list[tuple[int, MaxCount | Window]], slate_size: int
+) -> list[Issue]:
+    """A hard minimum that a hard cap on the same attribute value can never let through."""
+    issues: list[Issue] = []
+    for i, lo in mins:
+        top = min(lo.within_top or slate_size, slate_size)
+        for j, cap in caps:
+            if cap.attribute != lo.attribute or cap.value not in (None, lo.value):
+                continue
+            scope = f"with {cap.attribute}={cap.value}" if cap.value is not None else f"per {cap.attribute} value"
+            if isinstance(cap, MaxCount):
+                cap_top = min(cap.within_top or slate_size, slate_size)
+                most = cap.max + max(0, top - cap_top)
+                rule = f"allows at most {_plural(cap.max, 'item')} {scope} in the top {cap_top}"
+            else:
+                most = (top // cap.size) * cap.max + min(cap.max, top % cap.size)
+                rule = (f"allows at most {_plural(cap.max, 'item')} {scope} in any {cap.size} "
+                        f"consecutive positions")
+            if lo.min > most:
+                issues.append((f"constraints[{i}].min",
+                               f"can never hold together: {_ref(i, lo)} needs {_plural(lo.min, 'item')} with "
+                               f"{lo.attribute}={lo.value} in the top {top}, but {_ref(j, cap)} {rule}, "
+                               f"so at most {most} there"))
+    return issues
