@@ -38,29 +38,38 @@ RELAX_SHORTAGE = 2
 NEG_INF = -np.inf
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
-def _before(u, a, b):
-    """True when candidate a precedes b in the scan order (utility desc, index asc)."""
-    return u[a] > u[b] or (u[a] == u[b] and a < b)
-
-
 @nb.njit(cache=True, nogil=True)
-def _sift_down(heap, n, k, u):
-    while True:
-        left = 2 * k + 1
-        if left >= n:
-            return
-        best = left
-        right = left + 1
-        if right < n and _before(u, heap[right], heap[left]):
-            best = right
-        if _before(u, heap[best], heap[k]):
-            tmp = heap[k]
-            heap[k] = heap[best]
-            heap[best] = tmp
-            k = best
-        else:
-            return
+def _extend_order(u, order, n_order, below, want):
+    """Append to `order` the next stretch of the scan order (utility desc, index asc): the
+    `want` best items with utility < below (all ties at the cut included). Returns the new
+    length and the new cut (the smallest utility appended; -inf once every item is in)."""
+    N = u.shape[0]
+    n_rest = 0
+    for i in range(N):
+        if u[i] < below:
+            n_rest += 1
+    rest = np.empty(n_rest, dtype=np.int64)
+    k = 0
+    for i in range(N):
+        if u[i] < below:
+            rest[k] = i
+            k += 1
+    if n_rest > want:
+        vals = u[rest]
+        cut = np.partition(vals, n_rest - want)[n_rest - want]
+        m = 0
+        for k in range(n_rest):
+            if vals[k] >= cut:
+                rest[m] = rest[k]
+                m += 1
+        rest = rest[:m]
+    else:
+        cut = -np.inf
+    # rest is in index order, so a stable sort on -utility breaks ties by lowest index
+    perm = np.argsort(-u[rest], kind="mergesort")
+    for k in range(rest.shape[0]):
+        order[n_order + k] = rest[perm[k]]
+    return n_order + rest.shape[0], cut
 
 
 @nb.njit(cache=True, nogil=True)
@@ -195,6 +204,21 @@ def _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, siz
 
 
 @nb.njit(cache=True, nogil=True)
+def _capped_until(i, p, codes, kind, attr, value, bound, top, hard, active, cnt, off):
+    """First position from which i may fit again under the active hard max_count rules (p when
+    none blocks it). Counts only grow, so a cap that is full now stays full up to its prefix end
+    unless a rule is relaxed or a pin released (the caller then forgets these marks)."""
+    until = p
+    for c in range(kind.shape[0]):
+        if kind[c] == MAX_COUNT and hard[c] and active[c] and p < top[c]:
+            code = codes[attr[c], i]
+            if (value[c] == ALL_VALUES or value[c] == code) and cnt[off[c] + code] >= bound[c]:
+                if top[c] > until:
+                    until = top[c]
+    return until
+
+
+@nb.njit(cache=True, nogil=True)
 def _gain(i, p, L, pw, u, slate, codes, kind, attr, value, bound, top, size, hard, penalty, item,
           position, cnt, off):
     g = pw[p] * u[i]
@@ -282,6 +306,7 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
 
     used = np.zeros(N, dtype=np.bool_)
     reserved = np.zeros(N, dtype=np.bool_)
+    capped_until = np.zeros(N, dtype=np.int64)  # i is blocked by a full cap while p < this
     pin_rule = np.full(L, -1, dtype=np.int64)
     for p in range(L):
         slate[p] = -1
@@ -311,13 +336,11 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
             if not hard[c]:
                 max_bonus += penalty[c]
 
-    # --- lazy order: a max-heap popped on demand into `order`
-    heap = np.arange(N, dtype=np.int64)
-    for k in range(N // 2 - 1, -1, -1):
-        _sift_down(heap, N, k, u)
-    heap_n = N
+    # --- lazy scan order: sorted stretches of the best remaining items, extended on demand
     order = np.empty(N, dtype=np.int64)
     n_order = 0
+    cut = np.inf  # every item with utility >= cut is already in order[:n_order]
+    stretch = 2 * L + 32
     head = 0  # order[:head] are all used or reserved
 
     for p in range(L):
@@ -352,8 +375,9 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                     pin_rule[p] = -1
                     for r in range(p, L):
                         pinned_prefix[r + 1] = pinned_prefix[r] + (1 if pin_rule[r] >= 0 else 0)
-                    # the freed item may sit before `head` in the scan order
+                    # the freed item may sit before `head` in the scan order; counts went down
                     head = 0
+                    capped_until[:] = 0
                     break
                 # relax the lowest-ranked rule that forbids the pin, then look again
                 for c in range(C):
@@ -361,6 +385,7 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                         active[c] = False
                         reason[c] = RELAX_CONFLICT
                         relax_pos[c] = p
+                capped_until[:] = 0
             if pin_rule[p] >= 0:
                 used[i] = True
                 continue
@@ -372,16 +397,13 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
             j = head
             while True:
                 if j == n_order:
-                    if heap_n == 0:
+                    if n_order == N:
                         break
-                    order[n_order] = heap[0]
-                    n_order += 1
-                    heap_n -= 1
-                    heap[0] = heap[heap_n]
-                    _sift_down(heap, heap_n, 0, u)
+                    n_order, cut = _extend_order(u, order, n_order, cut, stretch)
+                    stretch *= 2
                 i = order[j]
                 j += 1
-                if used[i] or reserved[i]:
+                if used[i] or reserved[i] or capped_until[i] > p:
                     continue
                 # later candidates cannot beat best_g: their gain is at most pw*u + max_bonus
                 # (the tiny relative slack keeps rounding from ending the scan early)
@@ -390,6 +412,8 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                 if _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, size,
                                       hard, active, cnt, off, pinned_prefix, rank, need_buf, False,
                                       True) >= 0:
+                    capped_until[i] = _capped_until(i, p, codes, kind, attr, value, bound, top,
+                                                    hard, active, cnt, off)
                     continue
                 g = _gain(i, p, L, pw, u, slate, codes, kind, attr, value, bound, top, size, hard,
                           penalty, item, position, cnt, off)
@@ -416,6 +440,7 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                     active[c] = False
                     reason[c] = RELAX_CONFLICT
                     relax_pos[c] = p
+            capped_until[:] = 0
 
         if best < 0:
             break
