@@ -168,6 +168,24 @@ def test_decode_embeddings():
         convert.decode_request(req)
 
 
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 1000, 40_000])
+def test_packed_columns_decode_exactly(n):
+    v = np.random.default_rng(n).normal(size=n)
+    got = convert._doubles(pb.DoubleColumn(values=v.tolist()))
+    assert got.dtype == np.float64 and got.flags.writeable and got.flags.c_contiguous
+    assert np.array_equal(got, v)
+    e = pb.Embeddings(dim=1, values=v.astype(np.float32).tolist())
+    assert np.array_equal(convert._packed(e, e.values, 2, "<f4", np.float32), v.astype(np.float32))
+
+
+def test_packed_columns_with_unknown_fields_or_unpacked_wire_format():
+    extra = bytes([7 << 3 | 0, 5, 9 << 3 | 2, 2, 1, 2])  # fields a newer client might send
+    col = pb.DoubleColumn.FromString(pb.DoubleColumn(values=[1.5, 2.5]).SerializeToString() + extra)
+    assert convert._doubles(col).tolist() == [1.5, 2.5]
+    unpacked = b"".join(bytes([1 << 3 | 1]) + np.float64(x).tobytes() for x in (1.0, 2.0, 3.0))
+    assert convert._doubles(pb.DoubleColumn.FromString(unpacked)).tolist() == [1.0, 2.0, 3.0]
+
+
 def test_decode_unequal_column_reaches_engine_with_its_real_length():
     req = _candidates(category=pb.StringColumn(values=["x"]))
     req.candidates.scores["p_buy"].values.extend([0.5] * 4)
