@@ -1,0 +1,220 @@
+"""gRPC round trip of Rerank against an echo server of the same payload size, in the same run.
+
+Two servers in this process, same gRPC options, each on a free localhost port:
+- the real one (create_server + Engine) with a home_feed-like policy: N=1000 candidates, 3 score
+  columns (p_click, p_add_to_cart, p_purchase), 3 attributes (category, seller_tier, seller),
+  K=50, max_count + min_count(within_top) + window, greedy solver;
+- an echo one: same request message (deserialised by gRPC like the real one), and a canned
+  response of the real response's size, with no work in between.
+
+The difference of the medians is what the server's work costs the caller; the transport and
+protobuf (de)serialisation are in both. Also reported: the server-side stage timings
+(`diagnostics.elapsed_us`) medians over the real calls. Calls alternate between the two servers in
+blocks, so drift of the machine affects both alike.
+
+    python -m benchmarks.bench_grpc [--quick] [--calls 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+from rich.console import Console
+
+from benchmarks.common import markdown_table, save
+from server._gen.reranker.v1 import reranker_pb2 as pb
+from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
+from server.app import DEFAULT_MAX_MESSAGE_BYTES, create_server
+
+N, K = 1000, 50
+STAGES = ("decode", "compile", "solve", "report", "encode", "total")
+ECHO_METHOD = "/reranker.bench.Echo/Rerank"
+
+POLICY = f"""\
+name: bench_feed
+version: bench-1
+description: home_feed-like policy for the gRPC benchmark (3 attributes, 3 rules, greedy).
+slate_size: {K}
+objective:
+  weights: {{p_click: 1.0, p_add_to_cart: 3.0, p_purchase: 10.0}}
+  position_discount: log2
+constraints:
+  - {{name: max_3_per_category, type: max_count, attribute: category, max: 3}}
+  - {{name: new_sellers_in_top_10, type: min_count, attribute: seller_tier, value: new, min: 3, within_top: 10}}
+  - {{name: spread_sellers, type: window, attribute: seller, size: 3, max: 1}}
+solver:
+  mode: greedy
+  budget_ms: 10
+"""
+
+COLUMNS = [("request_bytes", "request bytes"), ("response_bytes", "response bytes"),
+           ("echo_median_us", "echo median µs"), ("echo_p95_us", "echo p95 µs"),
+           ("echo_p99_us", "echo p99 µs"),
+           ("rerank_median_us", "Rerank median µs"), ("rerank_p95_us", "Rerank p95 µs"),
+           ("rerank_p99_us", "Rerank p99 µs"),
+           ("overhead_median_us", "Rerank - echo, median µs"), ("rerank_over_echo", "Rerank / echo (medians)"),
+           *[(f"server_{s}_us", f"server {s} µs (median)") for s in STAGES]]
+
+
+def make_request(encoding: str = "dictionary", n: int = N, seed: int = 0) -> pb.RerankRequest:
+    """A home_feed-like request; string columns plain or dictionary-encoded."""
+    rng = np.random.default_rng(seed)
+    req = pb.RerankRequest(policy="bench_feed", request_id="bench", slate_size=K,
+                           solver=pb.SOLVER_MODE_GREEDY)
+    c = req.candidates
+    c.item_ids.extend(f"sku-{i:07d}" for i in rng.permutation(10 * n)[:n].tolist())
+    p_click = rng.beta(2.0, 14.0, n)
+    p_atc = p_click * rng.beta(2.0, 5.0, n)
+    c.scores["p_click"].values.extend(p_click.tolist())
+    c.scores["p_add_to_cart"].values.extend(p_atc.tolist())
+    c.scores["p_purchase"].values.extend((p_atc * rng.beta(3.0, 4.0, n)).tolist())
+    columns = {
+        "category": ([f"cat-{j:02d}" for j in range(20)], rng.integers(0, 20, n)),
+        "seller_tier": (["established", "new"], (rng.random(n) < 0.05).astype(np.int64)),
+        "seller": ([f"seller-{j:03d}" for j in range(50)], rng.integers(0, 50, n)),
+    }
+    for name, (dictionary, codes) in columns.items():
+        col = c.attributes[name]
+        if encoding == "dictionary":
+            col.dictionary.extend(dictionary)
+            col.codes.extend(codes.tolist())
+        else:
+            col.values.extend(dictionary[j] for j in codes.tolist())
+    return req
+
+
+def _percentiles(samples_us: np.ndarray) -> tuple[float, float, float]:
+    p50, p95, p99 = np.percentile(samples_us, [50, 95, 99])
+    return float(p50), float(p95), float(p99)
+
+
+def _measure(encoding: str, rerank, echo, echo_servicer: "_Echo", calls: int, warmup: int,
+             block: int = 50) -> dict:
+    req = make_request(encoding)
+    canned = rerank(req, timeout=10)  # the echo answers with a response of the real size
+    echo_servicer.response = canned
+    for _ in range(warmup):
+        rerank(req, timeout=10)
+        echo(req, timeout=10)
+    t_rerank, t_echo, stages = [], [], {s: [] for s in STAGES}
+    perf = time.perf_counter_ns
+    while len(t_rerank) < calls:
+        for _ in range(min(block, calls - len(t_rerank))):
+            t0 = perf()
+            resp = rerank(req, timeout=10)
+            t_rerank.append((perf() - t0) / 1e3)
+            for s in STAGES:
+                stages[s].append(resp.diagnostics.elapsed_us[s])
+        for _ in range(block):
+            t0 = perf()
+            echo(req, timeout=10)
+            t_echo.append((perf() - t0) / 1e3)
+    rr, ee = np.asarray(t_rerank), np.asarray(t_echo[:calls])
+    r50, r95, r99 = _percentiles(rr)
+    e50, e95, e99 = _percentiles(ee)
+    return {
+        "encoding": encoding, "n": N, "k": K, "calls": calls,
+        "request_bytes": req.ByteSize(), "response_bytes": canned.ByteSize(),
+        "echo_median_us": e50, "echo_p95_us": e95, "echo_p99_us": e99,
+        "rerank_median_us": r50, "rerank_p95_us": r95, "rerank_p99_us": r99,
+        "overhead_median_us": r50 - e50, "rerank_over_echo": r50 / e50,
+        **{f"server_{s}_us": float(np.median(v)) for s, v in stages.items()},
+    }
+
+
+class _Echo:
+    """Answers every request with a canned response: gRPC + protobuf cost, no work."""
+
+    response: pb.RerankResponse = pb.RerankResponse()
+
+    def __call__(self, request: pb.RerankRequest, context) -> pb.RerankResponse:
+        return self.response
+
+
+def _echo_server(echo: _Echo) -> tuple[grpc.Server, int]:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=8),
+        options=[("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+                 ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+                 ("grpc.so_reuseport", 0)],
+    )
+    service, method = ECHO_METHOD.strip("/").split("/")
+    handler = grpc.unary_unary_rpc_method_handler(
+        echo, request_deserializer=pb.RerankRequest.FromString,
+        response_serializer=pb.RerankResponse.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {method: handler}),))
+    return server, server.add_insecure_port("127.0.0.1:0")
+
+
+def run(quick: bool = False, calls: int | None = None) -> dict:
+    """Measure; returns {"rows": [one dict per string encoding], "meta": {...}}."""
+    from engine.engine import Engine
+
+    calls = calls or (200 if quick else 2000)
+    warmup = 50 if quick else 200
+    encodings = ("dictionary",) if quick else ("dictionary", "plain")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "bench_feed.yaml").write_text(POLICY)
+        engine = Engine.from_directory(tmp)
+    engine.warmup()
+    real, real_port = create_server("127.0.0.1:0", engine, max_workers=8)
+    echo_servicer = _Echo()
+    echo, echo_port = _echo_server(echo_servicer)
+    real.start()
+    echo.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{real_port}") as ch_real, \
+                grpc.insecure_channel(f"127.0.0.1:{echo_port}") as ch_echo:
+            rerank = pb_grpc.RerankerStub(ch_real).Rerank
+            echo_call = ch_echo.unary_unary(ECHO_METHOD, request_serializer=pb.RerankRequest.SerializeToString,
+                                            response_deserializer=pb.RerankResponse.FromString)
+            rows = [_measure(enc, rerank, echo_call, echo_servicer, calls, warmup) for enc in encodings]
+    finally:
+        real.stop(None)
+        echo.stop(None)
+    meta = {"quick": quick, "calls": calls, "warmup": warmup, "n": N, "k": K,
+            "policy": "bench_feed (max_count + min_count within_top + window, greedy)",
+            "client": "sync stub, one call at a time, same process as both servers"}
+    return {"rows": rows, "meta": meta}
+
+
+def print_result(result: dict) -> None:
+    """One row per metric, one column per string encoding."""
+    from rich.table import Table
+
+    rows, meta = result["rows"], result["meta"]
+    table = Table(title=f"gRPC round trip, N={meta['n']}, K={meta['k']}, {meta['calls']} calls each")
+    table.add_column("metric")
+    for row in rows:
+        table.add_column(f"{row['encoding']} strings", justify="right")
+    for key, label in COLUMNS:
+        table.add_row(label, *[_fmt(row[key]) for row in rows])
+    Console().print(table)
+
+
+def _fmt(v: float) -> str:
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:.2f}" if abs(v) < 10 else f"{v:,.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="gRPC Rerank round trip vs an echo of the same size")
+    parser.add_argument("--quick", action="store_true", help="200 calls, dictionary encoding only")
+    parser.add_argument("--calls", type=int, default=None, help="calls per server and encoding")
+    args = parser.parse_args()
+    result = run(quick=args.quick, calls=args.calls)
+    path = save("grpc", result["rows"], result["meta"])
+    print_result(result)
+    Console().out(markdown_table(result["rows"], [("encoding", "string columns"), *COLUMNS]))
+    Console().out(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
