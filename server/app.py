@@ -28,6 +28,10 @@ DEFAULT_GRACE_S = 5.0
 HEALTH_SERVICES = ("", SERVICE_NAME)
 
 
+class BindError(RuntimeError):
+    """The server could not listen on the address (in use, bad host, no permission)."""
+
+
 def create_server(
     address: str,
     engine,
@@ -45,7 +49,7 @@ def create_server(
     to. Messages larger than `max_message_bytes` are refused by gRPC (RESOURCE_EXHAUSTED); past
     `max_concurrent_rpcs` in flight, new calls are refused (RESOURCE_EXHAUSTED) instead of queued.
 
-    Returns (server, bound port). Raises RuntimeError if the address cannot be bound.
+    Returns (server, bound port). Raises BindError if the address cannot be bound.
     """
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -71,9 +75,9 @@ def create_server(
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
-        raise RuntimeError(f"cannot bind {address!r}: {exc}") from exc
+        raise BindError(f"cannot listen on {address!r}: {exc}") from exc
     if port == 0:  # older grpc versions report failure this way
-        raise RuntimeError(f"cannot bind {address!r}")
+        raise BindError(f"cannot listen on {address!r}")
     return server, port
 
 

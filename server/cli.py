@@ -91,20 +91,24 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_serve(args, out: Console, err: Console) -> int:
-    from server.app import serve
+    from server.app import BindError, serve
     from server.logging_setup import configure_logging
 
     configure_logging(args.log_level)
     if not Path(args.policies).is_dir():
         err.print(f"error: policy folder not found: {escape(args.policies)}")
         return EXIT_USAGE
-    return serve(
-        args.address,
-        args.policies,
-        max_workers=args.workers,
-        max_message_bytes=args.max_message_mb * 1024 * 1024,
-        grace_s=args.grace,
-    )
+    try:
+        return serve(
+            args.address,
+            args.policies,
+            max_workers=args.workers,
+            max_message_bytes=args.max_message_mb * 1024 * 1024,
+            grace_s=args.grace,
+        )
+    except BindError as exc:
+        err.print(f"error: {escape(str(exc))}", style="red")
+        return EXIT_FAIL
 
 
 # --------------------------------------------------------------------------------- validate
@@ -151,12 +155,16 @@ def _channel(address: str):
 
 
 def _print_rpc_error(err: Console, exc) -> None:
+    import grpc
+
     from server.errors import FIELD_METADATA_KEY
 
     err.print(f"error: {exc.code().name}: {escape(exc.details() or '')}", style="red")
     fields = [v for k, v in (exc.trailing_metadata() or ()) if k == FIELD_METADATA_KEY]
     if fields:
         err.print(f"fields: {escape(', '.join(fields))}", style="red")
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        err.print("is a server running there? start one with: reranker serve --address HOST:PORT")
 
 
 def _cmd_call(args, out: Console, err: Console) -> int:

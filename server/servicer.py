@@ -8,7 +8,7 @@ import time
 
 import grpc
 
-from engine.errors import PolicyInvalid
+from engine.errors import InvalidRequest, PolicyInvalid
 from server import convert
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
@@ -17,6 +17,9 @@ from server.errors import DeadlineExpired, abort, to_error_message, to_status
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reranker"].full_name  # "reranker.v1.Reranker"
+
+# Policies are small documents; refuse anything bigger before parsing it.
+MAX_POLICY_CHARS = 1 << 20
 
 # grpc reports a huge time_remaining() when the caller set no deadline; above this, treat as none.
 _NO_DEADLINE_S = 365 * 24 * 3600.0
@@ -105,6 +108,10 @@ class RerankerServicer(pb_grpc.RerankerServicer):
     ) -> pb.ValidatePolicyResponse:
         source = request.filename or "<request>"
         try:
+            if len(request.yaml) > MAX_POLICY_CHARS:
+                raise InvalidRequest(
+                    "yaml", f"a policy document is at most {MAX_POLICY_CHARS} characters, got {len(request.yaml)}"
+                )
             try:
                 issues = self._engine.validate_policy_text(request.yaml, source)
             except PolicyInvalid as exc:  # the issues ARE the answer, not an RPC error

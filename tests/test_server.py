@@ -425,6 +425,12 @@ def test_validate_policy_reports_yaml_syntax_errors(stub):
     assert "YAML" in resp.issues[0].message
 
 
+def test_validate_policy_refuses_huge_documents(stub):
+    err = rpc_error(stub.ValidatePolicy, pb.ValidatePolicyRequest(yaml="#" * (2 << 20)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details().startswith("yaml: a policy document is at most 1048576 characters")
+
+
 def test_rerank_batch_isolates_a_bad_request(stub):
     good = example_request()
     bad = example_request()
