@@ -117,10 +117,37 @@ def _yaml_error_message(err: yaml.YAMLError) -> str:
     return f"invalid YAML: {err}"
 
 
+#: Largest document, in nodes once every alias is expanded. Nested aliases multiply: a few hundred
+#: bytes can expand to billions of nodes, and walking them would stall the server.
+MAX_EXPANDED_NODES = 100_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes in the document with every alias expanded, counted in time linear in the graph
+    (each distinct node is visited once; aliases share node objects)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = 1  # guards against recursive aliases
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            total += _expanded_size(k, memo) + _expanded_size(v, memo)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            total += _expanded_size(item, memo)
+    memo[key] = total
+    return total
+
+
 def _load_yaml(text: str, source: str) -> tuple[Any, _Yaml, list[FieldIssue]]:
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+            raise PolicyInvalid(source, [FieldIssue(
+                "", f"document too large: more than {MAX_EXPANDED_NODES:,} values once YAML aliases "
+                    "are expanded (nested anchors multiply); write the values out instead")])
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as err:
         raise PolicyInvalid(source, [FieldIssue("", _yaml_error_message(err))]) from None

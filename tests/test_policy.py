@@ -519,3 +519,12 @@ def test_a_new_file_cannot_take_a_live_name(tmp_path: Path) -> None:
     errors = store.reload_directory(tmp_path)
     assert store.get("feed").source == str(tmp_path / "b.yaml")
     assert [e.source for e in errors] == [str(tmp_path / "a.yaml")]
+
+
+def test_alias_bomb_is_rejected_quickly():
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        levels.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    text = "\n".join(levels) + "\nname: p\n"
+    with pytest.raises(PolicyInvalid, match="document too large: more than 100,000 values once YAML aliases are expanded"):
+        parse_policy_text(text, "bomb.yaml")  # walking the expanded document would take hours
