@@ -1,0 +1,373 @@
+"""Exact backends (MIP, CP-SAT) and conflict search over the one canned instance set.
+
+Every backend runs over the same instances with the same checker (`check`): a valid slate
+(distinct, length L, active hard rules hold by evaluate), a bound never below the slate's
+objective, and the SolveResult arrays well formed. Tiny instances are compared with brute force,
+medium ones between MIP and CP-SAT without LP pricing (an independent path through the
+reductions), infeasible ones against their known minimal conflict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from solvers.cpsat import find_conflict, solve_cpsat
+from solvers.evaluate import evaluate
+from solvers.mip import solve_mip
+from solvers.problem import RELAX_INFEASIBLE, RELAX_NONE, RELAX_PIN_INVALID, SolveResult
+from solvers.reduce import build_model, canonical_slate, lp_upper_bound, prepare
+from tests.instances import (
+    INFEASIBLE, MEDIUM, TINY, active_hard, brute_force, is_valid, random_tiny, with_active,
+)
+
+LIMIT = 20.0  # generous: every instance here is proven in well under a second
+TOL = 1e-6
+
+BACKENDS = {
+    "mip": lambda p, **kw: solve_mip(p, time_limit_s=LIMIT, **kw),
+    "cpsat": lambda p, **kw: solve_cpsat(p, time_limit_s=LIMIT, **kw),
+    "cpsat_unpriced": lambda p, **kw: solve_cpsat(p, time_limit_s=LIMIT, prune=False, **kw),
+}
+
+
+def objective(problem, slate) -> float:
+    return evaluate(problem, np.asarray(slate, dtype=np.int64)).objective
+
+
+def check(problem, res: SolveResult, solver: str) -> float | None:
+    """The one checker: returns the objective of a feasible answer, None when infeasible."""
+    C = problem.constraints.n
+    assert res.solver == solver.split("_")[0]
+    assert res.relaxed.shape == (C,) and res.relax_reason.shape == (C,)
+    assert res.relax_position.shape == (C,)
+    pre = problem.constraints.hard & ~problem.active
+    assert np.all(res.relaxed[pre]), "rules relaxed before solving stay reported relaxed"
+    assert np.all(res.relax_reason[~res.relaxed] == RELAX_NONE)
+    if res.status == "infeasible":
+        return None
+    assert res.status in ("optimal", "feasible", "relaxed"), res.status
+    assert is_valid(dataclasses.replace(problem, active=problem.active & ~res.relaxed),
+                    res.slate), "slate must be valid under the rules it did not relax"
+    obj = objective(problem, res.slate)
+    assert res.bound >= obj - TOL * max(1.0, abs(obj))
+    return obj
+
+
+def feasible_slates(problem):
+    hard = active_hard(problem)
+    for perm in itertools.permutations(range(problem.n), problem.length):
+        s = np.array(perm, dtype=np.int64)
+        if np.all(evaluate(problem, s).violation[hard] == 0.0):
+            yield s
+
+
+def worst_feasible(problem) -> np.ndarray | None:
+    worst, arg = np.inf, None
+    for s in feasible_slates(problem):
+        v = objective(problem, s)
+        if v < worst:
+            worst, arg = v, s
+    return arg
+
+
+def neighbours(problem, slate, rng, count=200):
+    """Feasible slates one swap or one replacement away from `slate`."""
+    N, L = problem.n, problem.length
+    out = []
+    for _ in range(count):
+        s = slate.copy()
+        if rng.random() < 0.5:
+            a, b = rng.choice(L, size=2, replace=False)
+            s[a], s[b] = s[b], s[a]
+        else:
+            unused = np.setdiff1d(np.arange(N), s)
+            s[rng.integers(L)] = rng.choice(unused)
+        if is_valid(problem, s):
+            out.append(s)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny instances: brute force is the truth
+# --------------------------------------------------------------------------------------------
+
+_BF_CACHE: dict[str, tuple[float, np.ndarray | None]] = {}
+
+
+def _bf(inst):
+    if inst.name not in _BF_CACHE:
+        _BF_CACHE[inst.name] = brute_force(inst.problem())
+    return _BF_CACHE[inst.name]
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("inst", TINY, ids=lambda i: i.name)
+def test_tiny_equals_brute_force(inst, backend):
+    p = inst.problem()
+    best, _ = _bf(inst)
+    res = BACKENDS[backend](p)
+    obj = check(p, res, backend)
+    if best == -np.inf:
+        assert res.status == "infeasible"
+        return
+    assert res.status == "optimal"
+    assert obj == pytest.approx(best, abs=TOL)
+    assert res.bound == pytest.approx(best, abs=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["mip", "cpsat"])
+@pytest.mark.parametrize("inst", TINY, ids=lambda i: i.name)
+def test_tiny_from_worst_hint(inst, backend):
+    """Warm-started from the worst feasible slate, the optimum is still found."""
+    p = inst.problem()
+    best, _ = _bf(inst)
+    hint = worst_feasible(p)
+    if hint is None:
+        pytest.skip("infeasible instance")
+    res = BACKENDS[backend](p, hint=hint)
+    assert check(p, res, backend) == pytest.approx(best, abs=TOL)
+
+
+def test_tiny_instances_cover_the_rule_kinds():
+    kinds = set()
+    for inst in TINY:
+        p = inst.problem()
+        t = p.constraints
+        kinds |= {(int(k), bool(h)) for k, h in zip(t.kind, t.hard)}
+    assert kinds == {(k, h) for k in range(4) for h in (True, False)}
+
+
+# --------------------------------------------------------------------------------------------
+# Medium instances: two independent backends agree; no constructible slate beats the optimum
+# --------------------------------------------------------------------------------------------
+
+_MEDIUM_CACHE: dict[str, SolveResult] = {}
+
+
+def _mip_medium(inst):
+    if inst.name not in _MEDIUM_CACHE:
+        _MEDIUM_CACHE[inst.name] = solve_mip(inst.problem(), time_limit_s=LIMIT)
+    return _MEDIUM_CACHE[inst.name]
+
+
+@pytest.mark.parametrize("inst", MEDIUM, ids=lambda i: i.name)
+def test_medium_mip_and_cpsat_agree(inst):
+    p = inst.problem()
+    mip = _mip_medium(inst)
+    cps = solve_cpsat(p, time_limit_s=LIMIT, prune=False)
+    a, b = check(p, mip, "mip"), check(p, cps, "cpsat")
+    assert mip.status == cps.status == "optimal"
+    assert a == pytest.approx(b, abs=1e-6 * max(1.0, abs(a)))
+
+
+@pytest.mark.parametrize("inst", MEDIUM, ids=lambda i: i.name)
+def test_medium_optimum_beats_every_constructed_slate(inst):
+    p = inst.problem()
+    res = _mip_medium(inst)
+    opt = check(p, res, "mip")
+    rng = np.random.default_rng(0)
+    near = neighbours(p, res.slate, rng)
+    assert near, "the neighbourhood should hold feasible slates"
+    for s in near:
+        assert objective(p, s) <= opt + TOL
+    # warm-started from a worse feasible slate, both backends come back to the optimum
+    hint = min(near, key=lambda s: objective(p, s))
+    for name in ("mip", "cpsat"):
+        r = BACKENDS[name](p, hint=hint)
+        assert check(p, r, name) == pytest.approx(opt, abs=1e-6 * max(1.0, abs(opt)))
+
+
+def test_pricing_keeps_far_fewer_columns_than_the_universe():
+    p = MEDIUM[2].problem()
+    res = _mip_medium(MEDIUM[2])
+    prep = prepare(p, hint=res.slate, deadline=float("inf"))
+    assert prep.cols.shape[0] * 5 < prep.model.n_cols
+    assert prep.upper_bound >= objective(p, res.slate) - TOL
+
+
+# --------------------------------------------------------------------------------------------
+# Infeasible instances and conflicts
+# --------------------------------------------------------------------------------------------
+
+def feasible(problem) -> bool:
+    if problem.n <= 8 and problem.length <= 5:
+        return brute_force(problem)[1] is not None
+    return solve_mip(problem, time_limit_s=LIMIT).status != "infeasible"
+
+
+@pytest.mark.parametrize("backend", ["mip", "cpsat"])
+@pytest.mark.parametrize("inst", INFEASIBLE, ids=lambda i: i.name)
+def test_infeasible_is_proven(inst, backend):
+    p = inst.problem()
+    res = BACKENDS[backend](p)
+    assert check(p, res, backend) is None
+    assert res.status == "infeasible"
+    assert res.slate.shape == (0,)
+    hint = np.arange(p.length, dtype=np.int64)
+    res = BACKENDS[backend](p, hint=hint)
+    assert res.status == "infeasible" and np.array_equal(res.slate, hint)
+
+
+@pytest.mark.parametrize("inst", INFEASIBLE, ids=lambda i: i.name)
+def test_find_conflict_is_the_known_minimal_conflict(inst):
+    p = inst.problem()
+    core = find_conflict(p, time_limit_s=LIMIT)
+    assert core is not None and set(core) == set(inst.conflict)
+    assert not feasible(with_active(p, core)), "the conflict must be infeasible"
+    for c in core:
+        rest = [d for d in core if d != c]
+        assert feasible(with_active(p, rest)), f"dropping row {c} must make the rest feasible"
+
+
+@pytest.mark.parametrize("inst", TINY[:6] + MEDIUM[:3], ids=lambda i: i.name)
+def test_find_conflict_none_when_feasible(inst):
+    assert find_conflict(inst.problem(), time_limit_s=LIMIT) is None
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**31 - 1))
+def test_find_conflict_minimal_on_random_tiny(seed):
+    p = random_tiny(seed)
+    core = find_conflict(p, time_limit_s=LIMIT)
+    best, _ = brute_force(p)
+    if best > -np.inf:
+        assert core is None
+        return
+    assert core is not None and set(core) <= set(np.flatnonzero(active_hard(p)).tolist())
+    assert brute_force(with_active(p, core))[1] is None
+    for c in core:
+        assert brute_force(with_active(p, [d for d in core if d != c]))[1] is not None
+
+
+def test_relax_gives_way_to_the_lowest_priority_rule_of_the_conflict():
+    inst = next(i for i in INFEASIBLE if i.name == "inf_spacing")
+    p = inst.problem()  # rule 0 (minimum, priority 2) against rule 1 (window, priority 1)
+    for solve in (solve_mip, solve_cpsat):
+        res = solve(p, time_limit_s=LIMIT, relax=True)
+        assert res.status == "relaxed"
+        assert np.flatnonzero(res.relaxed).tolist() == [1]
+        assert res.relax_reason[1] == RELAX_INFEASIBLE
+        check(p, res, res.solver)
+        best, _ = brute_force(with_active(p, [0, 2])) if p.n <= 7 else (None, None)
+        assert best is None or objective(p, res.slate) == pytest.approx(best, abs=TOL)
+
+
+def test_relax_keeps_pre_relaxed_rules_and_reasons():
+    inst = next(i for i in INFEASIBLE if i.name == "inf_pins_cap")
+    p = inst.problem()
+    act = p.active.copy()
+    act[4] = False
+    reason = p.pre_reason.copy()
+    reason[4] = RELAX_PIN_INVALID
+    p = dataclasses.replace(p, active=act, pre_reason=reason)
+    res = solve_mip(p, time_limit_s=LIMIT, relax=True)
+    assert res.status == "relaxed"
+    assert res.relaxed[4] and res.relax_reason[4] == RELAX_PIN_INVALID
+    assert res.relaxed[1:4].sum() == 1 and res.relax_reason[res.relaxed[1:4].nonzero()[0] + 1] \
+        == RELAX_INFEASIBLE
+    check(p, res, "mip")
+
+
+def test_relax_on_a_feasible_problem_changes_nothing():
+    p = TINY[1].problem()
+    res = solve_mip(p, time_limit_s=LIMIT, relax=True)
+    assert res.status == "optimal" and not res.relaxed.any()
+
+
+# --------------------------------------------------------------------------------------------
+# Budgets and hints
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["mip", "cpsat"])
+def test_zero_budget_returns_a_valid_answer_no_worse_than_the_hint(backend):
+    inst = MEDIUM[2]
+    p = inst.problem()
+    opt_slate = _mip_medium(inst).slate
+    hint = min(neighbours(p, opt_slate, np.random.default_rng(1)), key=lambda s: objective(p, s))
+    solve = solve_mip if backend == "mip" else solve_cpsat
+    res = solve(p, time_limit_s=0.0, hint=hint)
+    assert res.status in ("optimal", "feasible", "timeout")
+    if res.status == "timeout":
+        assert np.array_equal(res.slate, hint)
+    else:
+        assert check(p, res, backend) >= objective(p, hint) - TOL
+
+
+def test_infeasible_hint_is_ignored():
+    inst = next(i for i in TINY if i.name == "mixed")
+    p = inst.problem()
+    bad = np.arange(p.length, dtype=np.int64)  # breaks the pin
+    assert not is_valid(p, bad)
+    res = solve_mip(p, time_limit_s=LIMIT, hint=bad)
+    assert res.status == "optimal" and check(p, res, "mip") == pytest.approx(_bf(inst)[0])
+
+
+# --------------------------------------------------------------------------------------------
+# The reductions
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("inst", [i for i in TINY if i.name not in ("infeasible_tiny",)],
+                         ids=lambda i: i.name)
+def test_weak_duality_bound_holds_for_any_multipliers(inst):
+    """lp_upper_bound is valid for arbitrary duals: UB >= optimum, and UB + d[k] bounds every
+    slate using column k (here: the brute-force optimum's columns)."""
+    p = inst.problem()
+    best, slate = _bf(inst)
+    m = build_model(p)
+    if m.conflict or m.free_pos.shape[0] == 0:
+        return
+    canon = canonical_slate(m, slate)
+    assert canon is not None and objective(p, canon) >= best - TOL
+    cols = m.columns_of(canon)
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        pi = rng.normal(scale=2.0, size=m.free_pos.shape[0])
+        mu = rng.normal(scale=1.0, size=m.rows.n)
+        ub, d = lp_upper_bound(m, pi, mu)
+        assert ub >= best - TOL
+        assert np.all(ub + d[cols] >= best - TOL)
+
+
+@pytest.mark.parametrize("inst", TINY, ids=lambda i: i.name)
+def test_model_reads_every_slate_like_evaluate(inst):
+    """Column costs + constant + penalised row violations == evaluate's objective, for every
+    feasible slate the model can express."""
+    p = inst.problem()
+    m = build_model(p)
+    if m.conflict:
+        return
+    keys = m.col_keys()
+    for s in itertools.islice(feasible_slates(p), 200):
+        cols = m.columns_of(s)
+        if cols is None:
+            continue
+        assert np.array_equal(keys[cols], s[m.free_pos] * p.length + m.free_pos)
+        val = m.col_cost[cols].sum() + m.constant - m.rows.penalty @ m.violations(cols)
+        hard = ~m.rows.soft
+        assert np.all(m.violations(cols)[hard] == 0)
+        assert val == pytest.approx(objective(p, s), abs=1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# Property: exact == brute force on random tiny instances
+# --------------------------------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**31 - 1), st.booleans())
+def test_exact_equals_brute_force_on_random_tiny(seed, use_hint):
+    p = random_tiny(seed)
+    best, arg = brute_force(p)
+    hint = worst_feasible(p) if (use_hint and arg is not None) else None
+    for name in ("mip", "cpsat"):
+        res = BACKENDS[name](p, hint=hint)
+        obj = check(p, res, name)
+        if best == -np.inf:
+            assert res.status == "infeasible"
+        else:
+            assert res.status == "optimal" and obj == pytest.approx(best, abs=TOL)
