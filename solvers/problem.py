@@ -115,6 +115,8 @@ class SolveResult:
     solver: str  # "greedy", "mip", "cpsat", ...
     status: str  # "optimal" | "feasible" | "relaxed" | "timeout" | "infeasible"
     bound: float = float("nan")  # proven upper bound on the objective, NaN when unknown
+    # minimal sets of hard rules found to conflict (row indices), in the order they were relaxed
+    conflicts: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
