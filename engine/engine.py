@@ -12,17 +12,19 @@ import numpy as np
 from engine.compile import CompiledPolicy, compile_policy, compile_request
 from engine.errors import FieldIssue, PolicyInvalid
 from engine.policy_loader import LoadedPolicy, PolicyStore, parse_policy_text
-from engine.report import constraint_reports, gap, is_trivially_optimal, slate_items
-from engine.types import PolicyInfo, RerankRequest, RerankResult
+from engine import portfolio
+from engine.report import conflict_text, constraint_reports, gap, slate_items
+from engine.types import ConflictReport, PolicyInfo, RerankRequest, RerankResult
 from engine.validate import Limits, validate_candidates, validate_request_scalars
-from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
+from solvers.evaluate import evaluate
 from solvers.greedy import solve_greedy
 from solvers.greedy import warmup as warmup_greedy
 from solvers.problem import SlateProblem, SolveResult
 
 log = logging.getLogger(__name__)
 
-_RELATIVE_TOL = 1e-12
+#: Kept back from the caller's deadline for the trip back (encode, network).
+DEADLINE_MARGIN_MS = 1.0
 
 
 def _us(t0: int) -> float:
@@ -52,6 +54,7 @@ class Engine:
         """Compile every kernel and every loaded policy, so the first request is fast."""
         t0 = time.perf_counter()
         warmup_greedy()
+        portfolio.warmup()
         for loaded in self.store.list():
             self._compiled_policy(loaded)
         log.info("warm-up done", extra={"seconds": round(time.perf_counter() - t0, 3)})
@@ -102,19 +105,24 @@ class Engine:
         t_compiled = time.perf_counter_ns()
         elapsed = {"compile": (t_compiled - t_start) / 1000.0}
 
-        result = solve_greedy(problem)
+        mode = req.solver or loaded.policy.solver.mode
+        budget_ms = req.budget_ms or loaded.policy.solver.budget_ms
+        if req.deadline_ms is not None:
+            budget_ms = min(budget_ms, max(req.deadline_ms - DEADLINE_MARGIN_MS, 0.0))
+        deadline = t_start / 1e9 + budget_ms / 1000.0  # perf_counter seconds
+        outcome = portfolio.solve(problem, mode=mode, deadline=deadline)
+        result = outcome.result
+        if mode != "greedy" or req.explain:
+            outcome.conflicts = portfolio.explain_conflicts(problem, outcome, deadline=deadline)
         t_solved = time.perf_counter_ns()
-        elapsed["solve_greedy"] = (t_solved - t_compiled) / 1000.0
+        elapsed.update(outcome.elapsed_us)
+        elapsed["solve"] = (t_solved - t_compiled) / 1000.0
 
         ev = evaluate(problem, result.slate)
-        bound = objective_upper_bound_unconstrained(problem)
-        status = result.status
-        if not result.relaxed.any():
-            if is_trivially_optimal(problem) or ev.objective >= bound - _RELATIVE_TOL * max(1.0, abs(bound)):
-                status = "optimal"
-                bound = max(bound, ev.objective)
+        bound = outcome.bound
+        status = outcome.status
         costs = self._rule_costs(problem, result, ev.objective) if req.explain else None
-        report = constraint_reports(cp, compiled, result, ev, costs)
+        report = constraint_reports(cp, compiled, result, ev, costs, outcome.conflicts)
         items = slate_items(compiled, result.slate, req.candidates.item_ids,
                             req.candidates.scores, req.explain)
         elapsed["report"] = _us(t_solved)
@@ -123,6 +131,9 @@ class Engine:
             items=items, policy=loaded.policy.name, policy_version=loaded.policy.version,
             solver=result.solver, status=status, objective=ev.objective, bound=bound,
             gap=gap(ev.objective, bound), constraints=report, elapsed_us=elapsed,
+            budget_ms=budget_ms, exact_status=outcome.exact_status,
+            conflicts=[ConflictReport([cp.names[k] for k in sorted(core)], conflict_text(cp, sorted(core)))
+                       for core in outcome.conflicts],
             eligible=problem.n, request_id=req.request_id,
         )
 

@@ -10,9 +10,7 @@ from engine.compile import Compiled, CompiledPolicy
 from engine.policy import MaxCount, MinCount, Pin, Window
 from engine.types import ConstraintReport, SlateItem
 from solvers.evaluate import Evaluation
-from solvers.problem import (
-    KIND_NAMES, RELAX_CONFLICT, RELAX_INFEASIBLE, RELAX_SHORTAGE, SlateProblem, SolveResult,
-)
+from solvers.problem import KIND_NAMES, RELAX_CONFLICT, RELAX_INFEASIBLE, RELAX_SHORTAGE, SolveResult
 
 
 def describe(c) -> str:
@@ -33,12 +31,28 @@ def describe(c) -> str:
     return type(c).__name__
 
 
+def conflict_text(cp: CompiledPolicy, core: list[int], gave_way: int | None = None) -> str:
+    """A minimal conflict in the policy's words."""
+    rules = cp.policy.constraints
+    parts = [f"'{rules[k].name}' ({describe(rules[k])})" for k in core]
+    if len(parts) == 1:
+        text = f"{parts[0]} cannot hold for these candidates"
+    else:
+        text = f"{', '.join(parts[:-1])} conflicts with {parts[-1]} given these candidates"
+    if gave_way is not None and len(core) > 1:
+        text += f"; '{rules[gave_way].name}' has the lowest priority and gave way"
+    return text
+
+
 def relax_reason(cp: CompiledPolicy, compiled: Compiled, result: SolveResult, j: int,
-                 rank: np.ndarray) -> str:
+                 rank: np.ndarray, conflicts: list[list[int]]) -> str:
     c = cp.policy.constraints[j]
     code = int(result.relax_reason[j])
     if j in compiled.reasons and not compiled.problem.active[j]:
         return f"'{c.name}' ({describe(c)}) relaxed: {compiled.reasons[j]}"
+    for core in conflicts:
+        if j in core:
+            return f"relaxed: {conflict_text(cp, core, j)}"
     pos = int(result.relax_position[j])
     if code == RELAX_SHORTAGE:
         return (f"'{c.name}' ({describe(c)}) relaxed: ran out of eligible candidates that satisfy it"
@@ -56,7 +70,8 @@ def relax_reason(cp: CompiledPolicy, compiled: Compiled, result: SolveResult, j:
 
 
 def constraint_reports(cp: CompiledPolicy, compiled: Compiled, result: SolveResult,
-                       ev: Evaluation, costs: dict[int, float] | None) -> list[ConstraintReport]:
+                       ev: Evaluation, costs: dict[int, float] | None,
+                       conflicts: list[list[int]] = ()) -> list[ConstraintReport]:
     from solvers.greedy import constraint_ranks
 
     t = compiled.problem.constraints
@@ -66,7 +81,7 @@ def constraint_reports(cp: CompiledPolicy, compiled: Compiled, result: SolveResu
         relaxed = bool(result.relaxed[j])
         violation = float(ev.violation[j])
         hard = bool(t.hard[j])
-        reason = relax_reason(cp, compiled, result, j, rank) if relaxed else ""
+        reason = relax_reason(cp, compiled, result, j, rank, list(conflicts)) if relaxed else ""
         if not relaxed and not hard and violation > 0 and j in compiled.reasons:
             reason = compiled.reasons[j]
         out.append(ConstraintReport(
@@ -95,8 +110,3 @@ def gap(objective: float, bound: float) -> float | None:
     if math.isnan(bound):
         return None
     return max(0.0, bound - objective) / max(abs(bound), 1e-12)
-
-
-def is_trivially_optimal(problem: SlateProblem) -> bool:
-    """Sorting by utility is optimal: no rule can change the slate and weights never increase."""
-    return problem.constraints.n == 0 and bool(np.all(np.diff(problem.position_weight) <= 0))

@@ -84,6 +84,12 @@ class ConstraintReport:
 
 
 @dataclass(frozen=True, slots=True)
+class ConflictReport:
+    rules: list[str]  # constraint names, in policy order
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
 class RerankResult:
     items: list[SlateItem]
     policy: str
@@ -97,6 +103,9 @@ class RerankResult:
     elapsed_us: dict[str, float]  # per stage: compile, solve, report, ... (server adds decode/encode)
     eligible: int  # candidates left after filters
     request_id: str = ""
+    budget_ms: float = 0.0  # the solve budget that applied (policy / request, capped by deadline)
+    exact_status: str = ""  # what the exact solver said when it ran: optimal, feasible, timeout...
+    conflicts: list[ConflictReport] = field(default_factory=list)  # minimal conflicting rule sets
 
 
 @dataclass(frozen=True, slots=True)

@@ -263,6 +263,10 @@ def encode_result(result: RerankResult) -> pb.RerankResponse:
     if result.gap is not None:
         d.gap = float(result.gap)
     d.elapsed_us.update({k: float(v) for k, v in result.elapsed_us.items()})
+    d.budget_ms = float(result.budget_ms)
+    d.exact_status = result.exact_status
+    for conflict in result.conflicts:
+        d.conflicts.add(rules=conflict.rules, description=conflict.description)
     add_constraint = d.constraints.add
     for c in result.constraints:
         _encode_constraint(add_constraint(), c)

@@ -176,12 +176,15 @@ def test_conflict_relaxes_lower_priority_and_names_the_stronger_rule():
         {"name": "cap", "type": "max_count", "attribute": "category", "max": 2, "priority": 1},
         {"name": "spacing", "type": "window", "attribute": "seller", "size": 2, "max": 1, "priority": 9},
     ]))
-    r = eng.rerank(RerankRequest("p", c, explain=True))
+    r = eng.rerank(RerankRequest("p", c, solver="greedy"))
     cap, spacing = r.constraints
     assert cap.relaxed and not spacing.relaxed
     assert cap.reason.startswith("'cap' (at most 2 of one category) gave way at position 3: no remaining candidate")
     assert "'spacing'" in cap.reason
     check_answer(eng.store.get("p").policy, c, r)
+    # with explain, a conflict search settles that the cap alone cannot hold (one category)
+    r = eng.rerank(RerankRequest("p", c, solver="greedy", explain=True, budget_ms=5000))
+    assert r.constraints[0].reason == "relaxed: 'cap' (at most 2 of one category) cannot hold for these candidates"
 
 
 def test_soft_rule_penalty_and_costs():
@@ -279,3 +282,70 @@ def test_every_slate_is_valid_or_says_what_was_relaxed(rules, n, k, seed):
     c = candidates(n, seed=seed)
     result = eng.rerank(RerankRequest("p", c))
     check_answer(eng.store.get("p").policy, c, result)
+
+
+# ------------------------------------------------------------------- exact solver and conflicts
+
+
+def _prefix_trap(n: int = 60, seed: int = 1) -> Candidates:
+    """Candidates on which the greedy is not optimal: rare 'new' items must fit a prefix while a
+    seller window and caps interact."""
+    c = candidates(n, seed=seed, rare=0.15)
+    return c
+
+
+def test_exact_mode_certifies_and_never_loses_to_greedy():
+    doc = policy(slate_size=10, constraints=[
+        {"name": "new_top5", "type": "min_count", "attribute": "seller_tier", "value": "new", "min": 2, "within_top": 5},
+        {"name": "spacing", "type": "window", "attribute": "seller", "size": 3, "max": 1},
+        {"name": "cap", "type": "max_count", "attribute": "category", "max": 2},
+        {"name": "videos", "type": "min_count", "attribute": "content_type", "value": "video", "min": 2,
+         "within_top": 6, "hard": False, "penalty": 0.3},
+    ], solver={"mode": "exact", "budget_ms": 5000})
+    eng = engine_with(doc)
+    for seed in range(5):
+        c = _prefix_trap(seed=seed)
+        greedy = eng.rerank(RerankRequest("p", c, solver="greedy"))
+        exact = eng.rerank(RerankRequest("p", c))
+        check_answer(eng.store.get("p").policy, c, exact)
+        assert exact.exact_status == "optimal"
+        assert exact.status == "optimal" and exact.gap == pytest.approx(0.0, abs=1e-6)
+        assert exact.objective >= greedy.objective - 1e-9
+        assert greedy.bound >= exact.objective - 1e-9  # the cheap bound is valid
+        assert "solve_exact" in exact.elapsed_us and "solve_exact" not in greedy.elapsed_us
+
+
+def test_conflicting_rules_are_explained_in_the_policys_words():
+    # every 'new' item comes from one seller: 3 new in the top 5 needs that seller 3 times in 5
+    # positions, which the spacing rule (1 per 3 consecutive) forbids
+    n = 40
+    c = candidates(n, seed=4)
+    tiers = ["new" if i < 6 else "top" for i in range(n)]
+    sellers = ["s-new" if i < 6 else f"s{i}" for i in range(n)]
+    c.attributes["seller_tier"] = Attribute.from_values(tiers)
+    c.attributes["seller"] = Attribute.from_values(sellers)
+    doc = policy(slate_size=8, constraints=[
+        {"name": "new_sellers", "type": "min_count", "attribute": "seller_tier", "value": "new", "min": 3,
+         "within_top": 5, "priority": 1},
+        {"name": "seller_spacing", "type": "window", "attribute": "seller", "size": 3, "max": 1, "priority": 5},
+    ], solver={"mode": "auto", "budget_ms": 5000})
+    eng = engine_with(doc)
+    r = eng.rerank(RerankRequest("p", c))
+    new, spacing = r.constraints
+    assert r.status == "relaxed"
+    assert new.relaxed and not spacing.relaxed
+    assert new.reason == (
+        "relaxed: 'new_sellers' (at least 3 of seller_tier = 'new' in the top 5) conflicts with "
+        "'seller_spacing' (at most 1 of one seller in any 3 consecutive positions) given these "
+        "candidates; 'new_sellers' has the lowest priority and gave way")
+    (conflict,) = r.conflicts
+    assert conflict.rules == ["new_sellers", "seller_spacing"]
+    assert conflict.description.endswith("given these candidates")
+    check_answer(eng.store.get("p").policy, c, r)
+
+
+def test_greedy_mode_never_runs_an_exact_solver(engine):
+    c = candidates(300, seed=9)
+    r = engine.rerank(RerankRequest("marketplace", c, solver="greedy"))
+    assert "solve_exact" not in r.elapsed_us and r.exact_status == ""
+    assert r.solver == "greedy"

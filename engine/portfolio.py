@@ -1,0 +1,175 @@
+"""Anytime portfolio: the greedy always answers; an exact solve improves or certifies it when the
+budget left and the problem warrant it; the best valid slate wins.
+
+Budget contract: the exact solver gets the time left before `deadline` (a perf_counter instant)
+minus a safety margin for reporting and encoding; it hands back its incumbent or nothing, never
+an error, and the greedy slate is always there to fall back on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
+from solvers.greedy import constraint_ranks, solve_greedy
+from solvers.problem import MAX_COUNT, RELAX_CONFLICT, SlateProblem, SolveResult
+
+log = logging.getLogger(__name__)
+
+#: Time kept back from the budget for reporting and encoding the answer.
+SAFETY_S = 0.0008
+#: Below this much time left, an exact solve is not started (model building alone takes ~1 ms).
+MIN_EXACT_S = 0.002
+#: Relative tolerance for "the objective reaches the bound".
+TOL = 1e-9
+
+
+@dataclass
+class Outcome:
+    result: SolveResult  # the winning slate
+    objective: float
+    bound: float  # NaN when unknown
+    status: str  # optimal | feasible | relaxed
+    elapsed_us: dict[str, float] = field(default_factory=dict)
+    conflicts: list[list[int]] = field(default_factory=list)  # minimal conflicting rule sets
+    exact_status: str = ""  # what the exact solver said, when it ran ("" = not run)
+
+
+def greedy_is_optimal(problem: SlateProblem) -> bool:
+    """The greedy slate is provably optimal: non-increasing weights and either no rules, or only
+    hard whole-slate caps on one attribute (a partition matroid, on which greedy is optimal)."""
+    w = problem.position_weight
+    if not (np.all(w >= 0) and np.all(np.diff(w) <= 0)):
+        return False
+    t = problem.constraints
+    if t.n == 0:
+        return True
+    L = problem.length
+    return bool(np.all(t.kind == MAX_COUNT) and np.all(t.hard) and np.all(t.top >= L)
+                and np.unique(t.attr).shape[0] == 1)
+
+
+def _relax_key(result: SolveResult, rank: np.ndarray) -> tuple:
+    """Smaller is better: the most important rule relaxed first, then how many were."""
+    ranks = sorted((int(rank[c]) for c in np.flatnonzero(result.relaxed)), reverse=True)
+    return tuple(ranks)
+
+
+def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
+    """Greedy, then (mode auto/exact, time permitting) the exact MIP warm-started from it."""
+    elapsed: dict[str, float] = {}
+    t0 = time.perf_counter()
+    greedy = solve_greedy(problem)
+    t1 = time.perf_counter()
+    elapsed["solve_greedy"] = (t1 - t0) * 1e6
+    g_obj = evaluate(problem, greedy.slate).objective
+    sort_bound = objective_upper_bound_unconstrained(problem)
+    relaxed = bool(greedy.relaxed.any())
+
+    def greedy_outcome(bound: float, exact_status: str = "") -> Outcome:
+        if not relaxed and (greedy_is_optimal(problem) or g_obj >= bound - TOL * max(1.0, abs(bound))):
+            return Outcome(greedy, g_obj, max(bound, g_obj), "optimal", elapsed, exact_status=exact_status)
+        return Outcome(greedy, g_obj, bound if not relaxed else sort_bound,
+                       "relaxed" if relaxed else "feasible", elapsed, exact_status=exact_status)
+
+    if mode == "greedy" or problem.length == 0:
+        return greedy_outcome(sort_bound)
+    if not relaxed and (greedy_is_optimal(problem) or g_obj >= sort_bound - TOL * max(1.0, abs(sort_bound))):
+        return greedy_outcome(sort_bound)
+    left = deadline - time.perf_counter() - SAFETY_S
+    if left < MIN_EXACT_S:
+        return greedy_outcome(sort_bound)
+
+    from solvers.mip import solve_mip  # imported lazily: greedy-only users never load HiGHS
+
+    t2 = time.perf_counter()
+    try:
+        exact = solve_mip(problem, time_limit_s=left, hint=greedy.slate, relax=True)
+    except Exception:  # noqa: BLE001 - an exact solver failure must never fail the request
+        log.exception("exact solver failed; answering with the greedy slate")
+        elapsed["solve_exact"] = (time.perf_counter() - t2) * 1e6
+        return greedy_outcome(sort_bound, "error")
+    elapsed["solve_exact"] = (time.perf_counter() - t2) * 1e6
+
+    if exact.status not in ("optimal", "feasible", "relaxed"):
+        # timeout / infeasible without a usable slate: the greedy stands; a bound from the exact
+        # solve applies only when both looked at the same rules (greedy relaxed nothing)
+        bound = sort_bound
+        if not relaxed and exact.status == "timeout" and math.isfinite(exact.bound):
+            bound = min(sort_bound, exact.bound)
+        return greedy_outcome(bound, exact.status)
+
+    e_obj = evaluate(problem, exact.slate).objective
+    rank = constraint_ranks(problem.constraints.priority)
+    e_key, g_key = _relax_key(exact, rank), _relax_key(greedy, rank)
+    exact_wins = e_key < g_key or (e_key == g_key and e_obj > g_obj + TOL * max(1.0, abs(g_obj)))
+    conflicts = [list(c) for c in exact.conflicts]
+    if not exact_wins:
+        out = greedy_outcome(sort_bound, exact.status)
+        if not relaxed and math.isfinite(exact.bound) and e_key == g_key:
+            out.bound = max(min(sort_bound, exact.bound), g_obj)
+            if out.bound <= g_obj + TOL * max(1.0, abs(g_obj)) and exact.status == "optimal":
+                out.status = "optimal"
+        out.conflicts = conflicts
+        return out
+    exact_relaxed = bool(exact.relaxed.any())
+    bound = exact.bound if math.isfinite(exact.bound) else sort_bound
+    if exact_relaxed:
+        status = "relaxed"
+    elif exact.status == "optimal":
+        status = "optimal"
+    else:
+        status = "feasible"
+    return Outcome(exact, e_obj, max(bound, e_obj), status, elapsed, conflicts, exact.status)
+
+
+def explain_conflicts(problem: SlateProblem, outcome: Outcome, *, deadline: float) -> list[list[int]]:
+    """Minimal conflicting rule sets behind the relaxations of `outcome`, if time allows.
+
+    The greedy relaxes a rule when it cannot place a candidate; whether the rules truly conflict
+    (rather than the greedy having painted itself into a corner) is settled here by CP-SAT."""
+    if outcome.conflicts or not outcome.result.relaxed.any():
+        return outcome.conflicts
+    if not np.any(outcome.result.relax_reason == RELAX_CONFLICT):
+        return []
+    left = deadline - time.perf_counter() - SAFETY_S
+    if left < MIN_EXACT_S:
+        return []
+    from solvers.cpsat import ConflictSearchTimeout, find_conflict
+
+    try:
+        core = find_conflict(problem, time_limit_s=left)
+    except ConflictSearchTimeout:
+        return []
+    except Exception:  # noqa: BLE001
+        log.exception("conflict search failed")
+        return []
+    return [core] if core else []
+
+
+__all__ = ["Outcome", "solve", "explain_conflicts", "greedy_is_optimal"]
+
+
+def warmup() -> None:
+    """Load the exact solvers' modules and run each once on a tiny problem, so that the first
+    real request does not pay for imports (HiGHS, OR-Tools) or first-call set-up."""
+    from solvers.cpsat import find_conflict
+    from solvers.greedy import warmup as _  # noqa: F401  (kernels compiled by the caller)
+    from solvers.mip import solve_mip
+    from solvers.problem import MIN_COUNT, ConstraintTable
+
+    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+    table = ConstraintTable(kind=i64(MAX_COUNT, MIN_COUNT), attr=i64(0, 0), value=i64(-1, 1),
+                            bound=i64(1, 1), top=i64(2, 2), size=i64(0, 0), hard=np.array([True, True]),
+                            penalty=np.zeros(2), priority=i64(0, 0), item=i64(-1, -1), position=i64(-1, -1))
+    problem = SlateProblem(utility=np.array([3.0, 2.0, 1.0]), position_weight=np.array([1.0, 0.5]),
+                           codes=np.array([[0, 0, 1]], dtype=np.int64), n_values=i64(2),
+                           constraints=table, active=np.ones(2, dtype=np.bool_),
+                           pre_reason=np.zeros(2, dtype=np.int64))
+    solve_mip(problem, time_limit_s=1.0, hint=None)
+    find_conflict(problem, time_limit_s=1.0)
