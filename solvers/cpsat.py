@@ -30,9 +30,18 @@ from solvers.reduce import ExactModel, build_model, model_rows, row_incidence
 
 OBJECTIVE_RESOLUTION = 1e9
 
-# Tuned on benchmarks/bench_exact.py (2-core machine): see the measurement in that module's
-# docstring. Presolve on a model this small is mostly probing time that a latency budget cannot
-# afford; the LP relaxation (linearization_level 2) gives CP-SAT the same bound the MIP uses.
+# Tuned on the LP-priced models of benchmarks/bench_exact.py (2-core machine, 4 seeds each of
+# N/K/rules = 500/20/mixed, 1000/20/mixed, 1000/50/mixed, 500/50/spacing, 100/20/mixed,
+# 1000/20/caps, greedy hint, 5 s limit; median ms on 500/20/mixed, proven of 24):
+#   defaults, 1 worker                                   2654 ms, 17/24 proven
+#   defaults, 2 workers                                  2624 ms, 17/24
+#   1 worker, linearization_level 2                        12 ms, 24/24
+#   + cp_model_presolve off                                 8 ms, 24/24
+#   + symmetry 0, probing 0, 1 presolve iteration (these)   7 ms, 24/24 (1000/50/mixed: 35 ms)
+#   the same with 2 workers                              2592 ms, 17/24
+# The LP relaxation (linearization_level 2) is what proves these optima. With 2 workers CP-SAT's
+# worker portfolio applies its own per-worker settings and the runs look like the defaults.
+# Presolve stays on but short (one iteration, no probing): slightly faster than off.
 CPSAT_PARAMS: dict[str, object] = {
     "num_workers": 1,
     "linearization_level": 2,
@@ -60,7 +69,7 @@ def _params(solver: cp_model.CpSolver, time_limit: float, params: dict) -> None:
 
 
 def _add_structure(cp: cp_model.CpModel, model: ExactModel, cols: np.ndarray):
-    """x per column, one per free position, each item at most once. Returns (x, by_pos)."""
+    """x per column, one per free position, each item at most once. Returns x."""
     x = [cp.new_bool_var(f"x{k}") for k in range(cols.shape[0])]
     pos = model.col_pos[cols]
     order = np.argsort(pos, kind="stable")
@@ -75,20 +84,29 @@ def _add_structure(cp: cp_model.CpModel, model: ExactModel, cols: np.ndarray):
     return x
 
 
-def _row_members(model: ExactModel, cols: np.ndarray) -> list[list[int]]:
+def _row_members(model: ExactModel, cols: np.ndarray,
+                 live_only: bool = False) -> dict[int, list[int]]:
+    """Row -> positions in `cols` of its columns. live_only: leave out <= rows with at most rhs
+    entries (they can neither bind nor cost); otherwise every row, empty ones included."""
     rr, cc = row_incidence(model, cols)
     order = np.argsort(rr, kind="stable")
     rr, cc = rr[order], cc[order]
     cuts = np.searchsorted(rr, np.arange(model.rows.n + 1))
-    return [cc[cuts[r]:cuts[r + 1]].tolist() for r in range(model.rows.n)]
+    r = model.rows
+    rows = np.arange(r.n)
+    if live_only:
+        rows = np.flatnonzero(~r.upper | (np.diff(cuts) > r.rhs))
+    return {k: cc[cuts[k]:cuts[k + 1]].tolist() for k in rows.tolist()}
 
 
 def cpsat_backend(model: ExactModel, cols: np.ndarray, start: np.ndarray | None,
                   time_limit: float, params: dict | None = None) -> _Run:
-    """Solve the model restricted to `cols` with CP-SAT (scaled integer objective)."""
+    """Solve the model restricted to `cols` with CP-SAT (scaled integer objective).
+    `time_limit` covers model building too: CP-SAT gets what is left of it."""
+    t_enter = time.perf_counter()
     # ---- data ------------------------------------------------------------------------------
     r = model.rows
-    members = _row_members(model, cols)
+    members = _row_members(model, cols, live_only=True)
     cost = model.col_cost[cols]
     top = max(np.abs(cost).max(initial=0.0), r.penalty.max(initial=0.0), 1e-12)
     scale = OBJECTIVE_RESOLUTION / top
@@ -97,8 +115,8 @@ def cpsat_backend(model: ExactModel, cols: np.ndarray, start: np.ndarray | None,
     x = _add_structure(cp, model, cols)
     e_terms = []
     e_ub_total = 0
-    for k in range(r.n):
-        lits = [x[i] for i in members[k]]
+    for k, mem in members.items():
+        lits = [x[i] for i in mem]
         rhs = int(r.rhs[k])
         if r.soft[k]:
             ub = max(len(lits) - rhs, 0) if r.upper[k] else max(rhs, 0)
@@ -145,7 +163,8 @@ def cpsat_backend(model: ExactModel, cols: np.ndarray, start: np.ndarray | None,
                 cp.add_hint(e, int(viol[k]))
     # ---- solve, then status and bound before values -----------------------------------------
     solver = cp_model.CpSolver()
-    _params(solver, time_limit, CPSAT_PARAMS if params is None else params)
+    _params(solver, time_limit - (time.perf_counter() - t_enter),
+            CPSAT_PARAMS if params is None else params)
     status = solver.solve(cp)
     err = 0.5 * (model.free_pos.shape[0] + e_ub_total) / scale
     if status == cp_model.INFEASIBLE:
@@ -286,3 +305,16 @@ def find_conflict(problem: SlateProblem, *, time_limit_s: float) -> list[int] | 
 def _confirm(solve, rules: list[int]) -> bool:
     status, _ = solve(rules)
     return status == cp_model.INFEASIBLE
+
+
+def warmup() -> None:
+    """The CP-SAT paths once (solve cold and with a hint, conflict search); see mip.warmup."""
+    import dataclasses
+
+    from solvers.mip import warmup_problem
+
+    problem = warmup_problem()
+    first = solve_cpsat(problem, time_limit_s=1.0)
+    solve_cpsat(problem, time_limit_s=1.0, hint=first.slate)
+    all_on = dataclasses.replace(problem, active=np.ones(problem.constraints.n, dtype=np.bool_))
+    find_conflict(all_on, time_limit_s=1.0)

@@ -12,14 +12,26 @@ which is `evaluate`'s objective term by term: max_count with ALL_VALUES has one 
 per value, window one per window and value, soft pins add penalty to their column and -penalty
 to the constant, hard pins fix their position.
 
-Backend choice, measured with `benchmarks/bench_exact.py --backends` (same reduced model, same
-columns, 2-core machine; time to proven optimum, median over the quick families):
+Backend choice, by measurement (`python -m benchmarks.bench_exact --quick --backends`: the same
+reduced model and columns, greedy slate as start, one call incl. model building, 2-core
+machine, 3 seeds of the "mixed" family; median ms, all four found the same optimum):
 
-    highspy (HiGHS 1.16, model passed as CSC arrays)   see BACKEND_MEASUREMENT below
-    pywraplp SCIP / CBC, MathOpt HiGHS                 (per-variable Python model building)
+                                   highspy  pywraplp SCIP  pywraplp CBC  MathOpt HiGHS
+    N=500,  K=20, LP-priced          3.9        50.5          34.2          18.0
+    N=1000, K=20, LP-priced          2.0         7.8           5.3           5.5
+    N=500,  K=20, class-reduced     92         1017          1262           865
+    N=1000, K=20, class-reduced    185         2299          2353          1979
 
-The arrays-in API of highspy matters as much as the solver: pywraplp and MathOpt build the model
-one Python call per variable / coefficient, which alone costs milliseconds at these sizes.
+highspy wins everywhere: HiGHS is the fastest engine here, and its arrays-in API (the model
+passed as CSC arrays) avoids the per-variable Python calls that pywraplp and MathOpt need.
+The rows show the other lesson of the issue: formulation beats solver. LP pricing in
+solvers.reduce (reduced-cost fixing against the hint) cuts the model from ~17 000 columns to a
+few dozen; each call is then 24-90x faster for every backend (the pricing itself costs 2-7 ms).
+
+HiGHS options (HIGHS_OPTIONS), measured on the priced models (median ms, 4 seeds each):
+presolve off and the feasibility-jump heuristic off (pointless with a start) take N=500, K=20
+mixed from 7.7 to 2.9, N=1000, K=50 mixed from 21.5 to 8.5, N=100, K=20 from 12.1 to 3.6; the
+models are already reduced, HiGHS presolve only costs time.
 """
 
 from __future__ import annotations
@@ -27,18 +39,20 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import highspy
 import numpy as np
+from scipy.sparse import csc_matrix
 
-from solvers.evaluate import evaluate
+from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
 from solvers.problem import RELAX_INFEASIBLE, RELAX_NONE, SlateProblem, SolveResult
-from solvers.reduce import ExactModel, Prepared, hard_feasible, prepare, prune_columns, row_incidence
+from solvers.reduce import (
+    ExactModel, Prepared, hard_feasible, prepare, prune_columns, row_incidence, weights_monotone,
+)
 
 # Proven optimal means: incumbent within this relative gap of the bound (HiGHS's default 1e-4
 # would call slates optimal that lose 0.01 %; the exact tests compare to brute force at 1e-6).
 MIP_REL_GAP = 1e-7
 MIP_ABS_GAP = 1e-9
-
-BACKEND_MEASUREMENT = """(filled in from benchmarks/bench_exact.py, see module docstring)"""
 
 # HiGHS options on top of output off, time limit, gaps, one thread and a fixed seed.
 HIGHS_OPTIONS: dict[str, object] = {"presolve": "off", "mip_heuristic_run_feasibility_jump": False}
@@ -53,10 +67,9 @@ class _Run:
 
 def highs_mip(model: ExactModel, cols: np.ndarray, start: np.ndarray | None,
               time_limit: float) -> _Run:
-    """Solve the model restricted to `cols` with HiGHS. `start` = columns of a feasible slate."""
-    import highspy
-    from scipy.sparse import csc_matrix
-
+    """Solve the model restricted to `cols` with HiGHS. `start` = columns of a feasible slate.
+    `time_limit` covers model building too: HiGHS gets what is left of it."""
+    t_enter = time.perf_counter()
     # ---- data ------------------------------------------------------------------------------
     r = model.rows
     P = model.free_pos.shape[0]
@@ -103,7 +116,7 @@ def highs_mip(model: ExactModel, cols: np.ndarray, start: np.ndarray | None,
     lp.integrality_ = [highspy.HighsVarType.kInteger] * n + [highspy.HighsVarType.kContinuous] * n_e
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
-    h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
+    h.setOptionValue("time_limit", max(float(time_limit) - (time.perf_counter() - t_enter), 1e-3))
     h.setOptionValue("mip_rel_gap", MIP_REL_GAP)
     h.setOptionValue("mip_abs_gap", MIP_ABS_GAP)
     h.setOptionValue("threads", 1)
@@ -160,11 +173,33 @@ def _check(problem: SlateProblem, model: ExactModel, run: _Run) -> np.ndarray | 
     return slate if hard_feasible(problem, slate) else None
 
 
+# Least cost per column of one backend call (building + first LP), with / without a starting
+# solution, measured on benchmarks/bench_exact.py models (HiGHS: numpy arrays, ~8 row entries per
+# column, root LP from scratch ~10 us per column; CP-SAT: one Python call per variable and row
+# entry). A backend is not started when this alone would overrun the time left: solvers check
+# their time limits between steps, not inside model building or a root LP.
+CALL_SECONDS_PER_COLUMN = {"mip": (3e-6, 1e-5), "cpsat": (2e-5, 4e-5)}
+
+
+def _cheap_bound(problem: SlateProblem) -> float:
+    """Sorting bound (no rule can raise the objective above the best unconstrained slate) when it
+    is valid: non-increasing weights >= 0 and soft penalties >= 0. NaN otherwise."""
+    t = problem.constraints
+    if weights_monotone(problem) and np.all(t.penalty[~t.hard] >= 0.0):
+        return objective_upper_bound_unconstrained(problem)
+    return float("nan")
+
+
 def exact_solve(problem: SlateProblem, *, time_limit_s: float, hint: np.ndarray | None,
                 backend, solver: str, price: bool = True) -> SolveResult:
     """Prepare (reduce + price), find an incumbent if none, prune, solve; shared by MIP and
     CP-SAT. `backend(model, cols, start_cols, time_limit) -> _Run`. price=False skips the LP
-    pricing and reduced-cost fixing (class reduction and pin fixing stay)."""
+    pricing and reduced-cost fixing (class reduction and pin fixing stay).
+
+    Budget: half of it for the reductions and the LP, the rest for the backend. When the LP does
+    not finish, the unpriced model (tens of thousands of columns at N=1000) is not built: the
+    incumbent comes back as "feasible", or the LP's small column set is searched for one.
+    """
     t0 = time.perf_counter()
     deadline = t0 + max(float(time_limit_s), 0.0)
     L = problem.length
@@ -182,12 +217,24 @@ def exact_solve(problem: SlateProblem, *, time_limit_s: float, hint: np.ndarray 
                        "optimal" if ok else "infeasible",
                        evaluate(problem, slate).objective if ok else -np.inf, solver=solver)
     incumbent, inc_obj, cols = prep.incumbent, prep.incumbent_objective, prep.cols
-    ub = prep.upper_bound
-    if incumbent is None and prep.reduced is not None and prep.seed_cols.shape[0] < cols.shape[0]:
+    ub = prep.upper_bound if np.isfinite(prep.upper_bound) else _cheap_bound(problem)
+    per_col = CALL_SECONDS_PER_COLUMN.get(solver, (0.0, 0.0))
+
+    def affordable(c: np.ndarray, warm: bool) -> bool:
+        return c.shape[0] * per_col[not warm] < deadline - time.perf_counter()
+
+    complete = True  # `cols` holds an optimal slate (if any): a proof there is a proof
+    if price and prep.reduced is None and not affordable(cols, incumbent is not None):
+        # the LP did not finish in its share of the budget, and the unpriced model is too big
+        if incumbent is not None:
+            return _result(problem, incumbent, "feasible", max(ub, inc_obj), solver=solver)
+        cols, complete = prep.seed_cols, False
+    elif incumbent is None and prep.reduced is not None and prep.seed_cols.shape[0] < cols.shape[0]:
         # No feasible hint: solve the small LP-restricted model first for an incumbent; when it is
         # optimal there and pricing keeps no column outside it, it is optimal everywhere.
         left = deadline - time.perf_counter()
-        run = backend(model, prep.seed_cols, None, 0.5 * left)
+        run = backend(model, prep.seed_cols, None, 0.5 * left) \
+            if affordable(prep.seed_cols, False) else _Run("timeout", None, np.inf)
         slate = _check(problem, model, run)
         if slate is not None:
             incumbent, inc_obj = slate, evaluate(problem, slate).objective
@@ -197,11 +244,14 @@ def exact_solve(problem: SlateProblem, *, time_limit_s: float, hint: np.ndarray 
                                solver=solver)
     start = model.columns_of(incumbent) if incumbent is not None else None
     left = deadline - time.perf_counter()
-    run = backend(model, cols, start, left)
+    run = backend(model, cols, start, left) if affordable(cols, start is not None) \
+        else _Run("timeout", None, np.inf)
+    if not complete:  # a restricted column set proves nothing about the whole problem
+        run = _Run("feasible" if run.cols is not None else "timeout", run.cols, np.inf)
     slate = _check(problem, model, run)
     if run.status == "infeasible":
         if incumbent is not None:  # cannot happen unless numerics disagree: keep the incumbent
-            return _result(problem, incumbent, "feasible", ub, solver=solver)
+            return _result(problem, incumbent, "feasible", max(ub, inc_obj), solver=solver)
         return _result(problem, _empty_or(hint, L), "infeasible", -np.inf, solver=solver)
     if slate is None:
         if incumbent is not None:
@@ -239,6 +289,7 @@ def relax_by_priority(problem: SlateProblem, *, time_limit_s: float, solve) -> S
     reason = np.asarray(problem.pre_reason, dtype=np.int64).copy()
     current = problem
     newly = np.zeros(problem.constraints.n, dtype=np.bool_)
+    cores: list[tuple[int, ...]] = []
     while True:
         left = deadline - time.perf_counter()
         if left <= 0:
@@ -249,6 +300,7 @@ def relax_by_priority(problem: SlateProblem, *, time_limit_s: float, solve) -> S
             return dataclasses.replace(res, status="timeout")
         if core is None:
             break
+        cores.append(tuple(int(k) for k in core))
         c = lowest_priority(problem, core)
         active[c] = False
         reason[c] = RELAX_INFEASIBLE
@@ -258,7 +310,8 @@ def relax_by_priority(problem: SlateProblem, *, time_limit_s: float, solve) -> S
     relaxed = problem.constraints.hard & ~active
     out_reason = np.where(relaxed, reason, RELAX_NONE).astype(np.int64)
     status = "relaxed" if res.status in ("optimal", "feasible") and newly.any() else res.status
-    return dataclasses.replace(res, relaxed=relaxed, relax_reason=out_reason, status=status)
+    return dataclasses.replace(res, relaxed=relaxed, relax_reason=out_reason, status=status,
+                               conflicts=tuple(cores))
 
 
 def solve_mip(problem: SlateProblem, *, time_limit_s: float, hint: np.ndarray | None = None,
@@ -280,3 +333,36 @@ def solve_mip(problem: SlateProblem, *, time_limit_s: float, hint: np.ndarray | 
     if relax:
         return relax_by_priority(problem, time_limit_s=time_limit_s, solve=once)
     return once(problem, time_limit_s)
+
+
+def warmup_problem() -> SlateProblem:
+    """A small problem touching every exact code path (caps, minimums, a soft window, a pin and
+    an inactive minimum, 3 of category 0 in the top 3, that conflicts with the cap of 2)."""
+    from solvers.problem import ALL_VALUES, MAX_COUNT, MIN_COUNT, PIN, WINDOW, ConstraintTable
+
+    rng = np.random.default_rng(0)
+    n, L = 40, 8
+    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+    table = ConstraintTable(
+        kind=i64(MAX_COUNT, MIN_COUNT, WINDOW, PIN, MIN_COUNT),
+        attr=i64(0, 1, 0, -1, 0), value=i64(ALL_VALUES, 1, ALL_VALUES, -1, 0),
+        bound=i64(2, 2, 1, 0, 3), top=i64(L, 4, L, L, 3), size=i64(0, 0, 2, 0, 0),
+        hard=np.array([True, True, False, True, True]), penalty=np.array([0, 0, 0.1, 0, 0.0]),
+        priority=i64(0, 1, 0, 0, 0), item=i64(-1, -1, -1, 5, -1), position=i64(-1, -1, -1, 1, -1),
+    )
+    return SlateProblem(
+        utility=rng.gamma(2.0, 1.0, size=n), position_weight=1.0 / np.log2(np.arange(2, L + 2)),
+        codes=np.stack([rng.integers(0, 5, size=n), (rng.random(n) < 0.3).astype(np.int64)]),
+        n_values=i64(5, 2), constraints=table, active=np.array([True, True, True, True, False]),
+        pre_reason=np.zeros(5, dtype=np.int64),
+    )
+
+
+def warmup() -> None:
+    """Run every MIP code path once (LP pricing with and without a start, MIP, relaxation with
+    a conflict search), so the first request does not pay one-time initialisation (~20 ms)."""
+    problem = warmup_problem()
+    first = solve_mip(problem, time_limit_s=1.0)
+    solve_mip(problem, time_limit_s=1.0, hint=first.slate)
+    all_on = dataclasses.replace(problem, active=np.ones(problem.constraints.n, dtype=np.bool_))
+    solve_mip(all_on, time_limit_s=1.0, relax=True)

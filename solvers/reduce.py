@@ -25,7 +25,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import highspy
 import numpy as np
+from scipy.sparse import csc_matrix
 
 from solvers.evaluate import evaluate
 from solvers.problem import ALL_VALUES, MAX_COUNT, MIN_COUNT, PIN, WINDOW, SlateProblem
@@ -33,6 +35,11 @@ from solvers.problem import ALL_VALUES, MAX_COUNT, MIN_COUNT, PIN, WINDOW, Slate
 # Reduced-cost fixing keeps a column unless its bound is below the incumbent by more than this
 # (relative to max(1, |incumbent|)): floating error in LP duals can never prune a useful column.
 PRUNE_TOL = 1e-7
+
+# Rough cost of building and solving the restricted LP per column (benchmarks/bench_exact.py
+# models; with / without a starting basis from the incumbent): an LP that cannot finish in the
+# time left is not started.
+LP_SECONDS_PER_COLUMN = (4e-6, 1e-5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,7 +173,8 @@ class ExactModel:
     pins: PinRows  # empty unless built with fix_pins=False
     constant: float  # objective part that no column decides
     canonical: bool  # class order / rank-position restriction applied (monotone weights)
-    conflict: tuple[int, ...]  # hard rows that provably cannot hold (pins, impossible minimums)
+    conflict: tuple[int, ...]  # a hard row that provably cannot hold (alone, or with the hard
+    # pins when fix_pins: bad or clashing pins, impossible minimums, caps the pins exceed)
 
     @property
     def length(self) -> int:
@@ -394,6 +402,11 @@ def build_model(problem: SlateProblem, *, objective: bool = True,
                   rhs=np.int64, upper=np.bool_, soft=np.bool_, penalty=np.float64)
     rows = CountRows(**{k: (np.concatenate(v) if v else np.zeros(0, dtype=dtypes[k]))
                         for k, v in parts.items()})
+    broken = np.flatnonzero(rows.upper & ~rows.soft & (rows.rhs < 0))
+    if broken.shape[0] and not conflict:
+        # the hard-pinned items alone exceed this cap: no slate keeps both (the only way the
+        # LP relaxation of solvers.reduce._lp_solve, with its artificial columns, is infeasible)
+        conflict = [int(rows.constraint[broken[0]])]
     kp = np.array(kept_pins, dtype=np.int64)
     pins = PinRows(kp, t.item[kp].astype(np.int64), t.position[kp].astype(np.int64))
     return ExactModel(problem, fixed, free_pos, items, klass, rank, order, class_start, col_item,
@@ -541,9 +554,7 @@ def _lp_solve(model: ExactModel, cols: np.ndarray, time_limit: float,
     basic slack or violation column) and primal feasible, so primal simplex starts at the
     incumbent instead of from scratch.
     """
-    import highspy
-    from scipy.sparse import csc_matrix
-
+    t_enter = time.perf_counter()
     r = model.rows
     P = model.free_pos.shape[0]
     n = cols.shape[0]
@@ -590,7 +601,7 @@ def _lp_solve(model: ExactModel, cols: np.ndarray, time_limit: float,
     lp.a_matrix_.value_ = A.data
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
-    h.setOptionValue("time_limit", max(time_limit, 1e-3))
+    h.setOptionValue("time_limit", max(time_limit - (time.perf_counter() - t_enter), 1e-3))
     h.setOptionValue("threads", 1)
     # measured on N=1000, K=20 mixed: primal simplex without presolve 6 ms, default 17 ms
     h.setOptionValue("presolve", "off")
@@ -705,6 +716,8 @@ def prepare(problem: SlateProblem, *, hint: np.ndarray | None, deadline: float,
         if left <= 0:
             break
         R = np.flatnonzero(in_R)
+        if R.shape[0] * LP_SECONDS_PER_COLUMN[inc_cols is None] > left:
+            break  # this LP would not finish in time; without its duals nothing is pruned
         start = None
         if inc_cols is not None:
             start = np.searchsorted(R, inc_cols)  # incumbent items are always in R

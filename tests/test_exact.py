@@ -253,6 +253,7 @@ def test_relax_gives_way_to_the_lowest_priority_rule_of_the_conflict():
         assert res.status == "relaxed"
         assert np.flatnonzero(res.relaxed).tolist() == [1]
         assert res.relax_reason[1] == RELAX_INFEASIBLE
+        assert res.conflicts == ((0, 1),)
         check(p, res, res.solver)
         best, _ = brute_force(with_active(p, [0, 2])) if p.n <= 7 else (None, None)
         assert best is None or objective(p, res.slate) == pytest.approx(best, abs=TOL)
