@@ -118,7 +118,7 @@ def failure_probability(mt: np.ndarray, p: float) -> float:
     fail = 0.0
     q = 1.0 - p
     for i in range(1, k + 1):
-        # counts 0..i; update in place from high to low via slicing on a copy of the prefix.
+        # d holds counts 0..i-1; one more position moves mass p from count c to c + 1.
         prev = d[:i].copy()
         d[:i] = prev * q
         d[1:i + 1] += prev * p
@@ -145,7 +145,8 @@ def _adjusted_alpha_cached(k: int, p: float, alpha: float) -> float:
     # Levels below bps[0] give the all-zero table (failure 0). Failure probability is
     # non-decreasing in the level (tables grow pointwise), so binary-search the largest j whose
     # table T(bps[j]) still has failure <= alpha. T(bps[-1]) = T(alpha) fails (checked above).
-    lo, hi = -1, bps.size - 1  # invariant: T(bps[lo]) passes (lo = -1: zero table); T(bps[hi]) fails
+    # Invariant: T(bps[lo]) passes (lo = -1: the zero table); T(bps[hi]) fails.
+    lo, hi = -1, bps.size - 1
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if failure_probability(_mtable_from(cdf, bps[mid]), p) <= limit:
@@ -240,6 +241,7 @@ def multi_mtables(k: int, ps: list[float], alpha: float, adjust: bool = True) ->
     if not ps:
         return []
     if sum(ps) > 1.0 + 1e-9:
-        raise ValueError(f"ps: proportions of disjoint protected groups must sum to <= 1, got {sum(ps)!r}")
+        raise ValueError("ps: proportions of disjoint protected groups must sum to <= 1, "
+                         f"got {sum(ps)!r}")
     level = alpha / len(ps)
     return [fair_mtable(k, p, level, adjust) for p in ps]
