@@ -28,8 +28,20 @@ $(GEN): $(PROTO) $(STAMP)
 run: setup
 	$(VENV)/bin/reranker serve --address $(ADDR) --policies policies
 
-test: setup
+test: setup redis
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The Redis ledger tests start their own redis-server processes (tests/redis_server.py); this
+# only makes sure the binary exists. Without it they are skipped (and fail when CI is set).
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server (apt-get)"; \
+	    apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "*** redis-server not found: install it (e.g. 'sudo apt-get install redis-server'" \
+	         "or 'brew install redis'); the Redis ledger tests will be skipped until then ***" >&2; \
+	  fi; }
 
 bench: setup
 	$(PY) -m benchmarks.run
