@@ -1,7 +1,8 @@
-"""Numba kernel computing violation and slack of every constraint for one slate.
+"""Numba kernels scoring one slate: violation and slack of every constraint, and the similarity
+diversity term of every position.
 
-Imports only numpy and numba. Assumes valid input (see solvers.evaluate for the checked wrapper).
-The definitions are documented in solvers.problem; tests/naive.py has the slow twin.
+Imports only numpy and numba. Assumes valid input (see solvers.evaluate for the wrapper).
+The definitions are documented in solvers.problem; tests/naive.py has the slow twins.
 """
 
 import numba as nb
@@ -11,7 +12,15 @@ MAX_COUNT = 0
 MIN_COUNT = 1
 WINDOW = 2
 PIN = 3
+COVERAGE = 4
+CALIBRATION = 5
 ALL_VALUES = -1
+
+DIV_MMR = 1
+DIV_DPP = 2
+DPP_EPS = 1e-10
+DPP_SPAN_EPS = 1e-6
+CALIBRATION_ALPHA = 0.01
 
 _SIG = nb.void(
     nb.int64[::1],  # slate
@@ -25,6 +34,8 @@ _SIG = nb.void(
     nb.int64[::1],  # size
     nb.int64[::1],  # item
     nb.int64[::1],  # position
+    nb.float64[::1],  # target (calibration distributions, flat)
+    nb.int64[::1],  # target_offset [C + 1]
     nb.float64[::1],  # out violation
     nb.float64[::1],  # out slack
 )
@@ -32,11 +43,41 @@ _SIG = nb.void(
 
 @nb.njit(_SIG, cache=True, nogil=True)
 def constraint_status(slate, codes, n_values, kind, attr, value, bound, top, size, item, position,
-                      violation, slack):
+                      target, toff, violation, slack):
     L = slate.shape[0]
     C = kind.shape[0]
+    N = codes.shape[1]
     for c in range(C):
         k = kind[c]
+        if k == COVERAGE or k == CALIBRATION:
+            a = attr[c]
+            m = min(top[c], L)
+            counts = np.zeros(n_values[a], dtype=np.int64)
+            for p in range(m):
+                counts[codes[a, slate[p]]] += 1
+            if k == COVERAGE:
+                seen = np.zeros(n_values[a], dtype=np.bool_)
+                n_distinct = 0
+                for i in range(N):
+                    if not seen[codes[a, i]]:
+                        seen[codes[a, i]] = True
+                        n_distinct += 1
+                covered = 0
+                for g in range(counts.shape[0]):
+                    if counts[g] > 0:
+                        covered += 1
+                viol = float(min(top[c], n_distinct) - covered)
+            else:
+                viol = 0.0
+                keep = 1.0 - CALIBRATION_ALPHA
+                for g in range(counts.shape[0]):
+                    tg = target[toff[c] + g]
+                    if tg > 0.0:
+                        q = counts[g] / m if m > 0 else 0.0
+                        viol += tg * np.log(tg / (keep * q + CALIBRATION_ALPHA * tg))
+            violation[c] = viol
+            slack[c] = -viol
+            continue
         if k == PIN:
             p = position[c]
             ok = item[c] >= 0 and p < L and slate[p] == item[c]
@@ -102,3 +143,82 @@ def constraint_status(slate, codes, n_values, kind, attr, value, bound, top, siz
                         worst = counts[v]
             violation[c] = float(viol)
             slack[c] = float(b - worst)
+
+
+@nb.njit(cache=True, nogil=True)
+def _cholesky_row(S, Cv, piv, a, n_before, lo):
+    """Row a of the incremental Cholesky of S over positions lo, lo+1, ... (against the n_before
+    earlier rows; a row whose residual is <= DPP_SPAN_EPS gets pivot 0 and adds nothing).
+    Returns the residual of row a and stores its pivot."""
+    r = 1.0
+    for b in range(n_before):
+        e = 0.0
+        if piv[b] > 0.0:
+            acc = 0.0
+            for m in range(b):
+                acc += Cv[a, m] * Cv[b, m]
+            e = (S[lo + a, lo + b] - acc) / piv[b]
+        Cv[a, b] = e
+        r -= e * e
+    piv[a] = np.sqrt(r) if r > DPP_SPAN_EPS else 0.0
+    return r
+
+
+_DIV_SIG = nb.void(
+    nb.int64[::1],  # slate
+    nb.float32[:, ::1],  # embeddings [N, d]
+    nb.int64,  # div_mode
+    nb.float64,  # div_weight (beta)
+    nb.int64,  # div_window (0 = every earlier position)
+    nb.float64[::1],  # out div [L]
+)
+
+
+@nb.njit(_DIV_SIG, cache=True, nogil=True)
+def slate_diversity(slate, emb, div_mode, beta, window, div):
+    """div[p] = the diversity term of slate[p] given the items above it (solvers.problem)."""
+    L = slate.shape[0]
+    d = emb.shape[1]
+    # cosine matrix of the slate's items (a zero row is similar to nothing)
+    x = np.zeros((L, d))
+    norm = np.zeros(L)
+    for p in range(L):
+        n2 = 0.0
+        for k in range(d):
+            x[p, k] = np.float64(emb[slate[p], k])
+            n2 += x[p, k] * x[p, k]
+        norm[p] = np.sqrt(n2)
+    S = np.zeros((L, L))
+    for p in range(L):
+        for q in range(p):
+            if norm[p] > 0.0 and norm[q] > 0.0:
+                s = 0.0
+                for k in range(d):
+                    s += x[p, k] * x[q, k]
+                S[p, q] = s / (norm[p] * norm[q])
+                S[q, p] = S[p, q]
+    if window >= L - 1:
+        window = 0  # the window reaches every earlier position
+    if div_mode == DIV_MMR:
+        for p in range(L):
+            lo = max(0, p - window) if window > 0 else 0
+            m = 0.0
+            for q in range(lo, p):
+                if S[p, q] > m:
+                    m = S[p, q]
+            div[p] = -beta * m
+        return
+    Cv = np.zeros((L, L))  # row a: c-vector of the a-th item of the current sequence
+    piv = np.zeros(L)
+    if window == 0:
+        # one incremental Cholesky over the slate in order (Chen et al.'s recurrence)
+        for a in range(L):
+            div[a] = beta * np.log(max(_cholesky_row(S, Cv, piv, a, a, 0), DPP_EPS))
+        return
+    for p in range(L):
+        # the same recurrence over the window's items, then slate[p] against them
+        lo = max(0, p - window)
+        r = 1.0
+        for a in range(p - lo + 1):
+            r = _cholesky_row(S, Cv, piv, a, a, lo)
+        div[p] = beta * np.log(max(r, DPP_EPS))

@@ -21,6 +21,45 @@ pick exactly the same slates. Semantics (shared with the twin):
   if any outranks it, the pin gives way instead and the position is filled like a free one.
 * A hard min_count rule that needs more items than unused matching candidates remain is relaxed
   as a shortage at the position where that becomes true.
+
+Similarity diversity, coverage and calibration (definitions in solvers.problem) ride on the same
+loop, so every hard rule, pin, relaxation and soft rule above keeps working with them:
+
+* gain(i, p) = pw[p] * (u[i] + div_i(p)) + soft bonuses - soft penalties, div_i(p) <= 0 being the
+  diversity term i would have at p given the items at positions < p (pins at later positions do
+  not count). Coverage adds +penalty when p < top and no item of i's value is yet in the rule's
+  prefix; calibration adds penalty * (KL(prefix) - KL(prefix + i)) when p < top. As for counts,
+  "the prefix" holds the items placed at positions < p and the hard pins reserved at positions
+  in [p, top). KL of an empty prefix is the KL against q = 0, i.e. log(1 / alpha): the gains then
+  telescope to penalty * (log(1 / alpha) - KL(final prefix)), the objective's term plus a constant.
+* Equivalences (no other rules, pw[p] > 0, so the pick at p is argmax_i u_i + div_i):
+  DPP picks argmax_i u_i + beta * log r_i = argmax_i log(q_i^2 r_i), with q_i = exp(u_i / (2 beta)):
+  that is Chen, Zhang & Zhou (2018)'s greedy MAP on L = diag(q) S diag(q) (their d_i^2 is
+  q_i^2 r_i), and with a window their sliding-window variant, as long as every selected item's
+  residual exceeds DPP_SPAN_EPS. Where they stop (the span is full: d2 below their epsilon), this
+  slate goes on, every residual floored at DPP_EPS, i.e. by utility. MMR picks
+  argmax_i u_i - beta * max(0, max_j cos) = classic MMR, lambda * u_i - (1 - lambda) * max_j sim,
+  with lambda = 1 / (1 + beta) and sim = max(0, cos). tests/test_diversity.py checks both
+  against numpy implementations.
+* Lazy evaluation (no N x N kernel is ever built). Each candidate carries state folded in only when
+  the scan examines it: dcnt[i] = slate positions already folded in. DPP without window keeps
+  Chen's c-vector M[i, :p] and d2[i] (starting at 1): folding slate[t] = j gives
+  e = (cos(i, j) - <M[j, :t], M[i, :t]>) / dsel[t], M[i, t] = e, d2[i] -= e^2, where dsel[t] =
+  sqrt(d2 of j when it was placed), or 0 (e = 0) when that d2 <= DPP_SPAN_EPS: j adds nothing to
+  the span. Every placed item, pins included, is brought up to date before it is placed, so dsel is
+  right. MMR without window keeps a running max cosine. With a window w the per-candidate state
+  is the cosine to each slate position (M[i, t], only the last w are computed); MMR takes the max
+  over the window, DPP solves against the Cholesky factor of the window's similarity block
+  (rebuilt after each placement, skipping members with pivot <= DPP_SPAN_EPS):
+  r = 1 - ||Lw^{-1} x||^2. The arithmetic does not depend on when a candidate is folded.
+* Without a window, a stale div is an upper bound (residuals only shrink and the max similarity
+  only grows as the slate grows), so a candidate with pw[p] * (u + stale div) + max bonus below
+  the best gain (with the scan's tiny slack) is skipped without being brought up to date
+  (lazy greedy, Minoux 1978): it cannot win or tie. div <= 0 keeps the scan's stop rule valid;
+  the bonus bound of position p adds the coverage rewards and, per calibration row, penalty x the
+  largest KL decrease any value could give (computed once per position).
+* pw >= 0 is assumed (as the scan's stop rule always did); penalties of coverage and calibration
+  rows are >= 0 and those rows are never hard (solvers.greedy checks).
 """
 
 import numba as nb
@@ -30,7 +69,15 @@ MAX_COUNT = 0
 MIN_COUNT = 1
 WINDOW = 2
 PIN = 3
+COVERAGE = 4
+CALIBRATION = 5
 ALL_VALUES = -1
+
+DIV_MMR = 1
+DIV_DPP = 2
+DPP_EPS = 1e-10
+DPP_SPAN_EPS = 1e-6
+CALIBRATION_ALPHA = 0.01
 
 RELAX_CONFLICT = 1
 RELAX_SHORTAGE = 2
@@ -218,10 +265,160 @@ def _capped_until(i, p, codes, kind, attr, value, bound, top, hard, active, cnt,
     return until
 
 
+
+# --- similarity diversity ------------------------------------------------------------------------
+
+@nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _dot(emb, i, j):
+    """<e_i, e_j> of float32 rows, accumulated in float64 (reassociated so it vectorises)."""
+    s = 0.0
+    for k in range(emb.shape[1]):
+        s += np.float64(emb[i, k]) * np.float64(emb[j, k])
+    return s
+
+
 @nb.njit(cache=True, nogil=True)
-def _gain(i, p, L, pw, u, slate, codes, kind, attr, value, bound, top, size, hard, penalty, item,
-          position, cnt, off):
-    g = pw[p] * u[i]
+def _cos(emb, norm, i, j):
+    """Cosine of rows i and j, <e_i, e_j> / (|e_i| |e_j|) (exactly +-1 for parallel rows in one
+    dimension); norm[x] < 0 means not computed yet; a zero row has cosine 0 with everything."""
+    if norm[i] < 0.0:
+        norm[i] = np.sqrt(_dot(emb, i, i))
+    if norm[j] < 0.0:
+        norm[j] = np.sqrt(_dot(emb, j, j))
+    if norm[i] == 0.0 or norm[j] == 0.0:
+        return 0.0
+    return _dot(emb, i, j) / (norm[i] * norm[j])
+
+
+@nb.njit(cache=True, nogil=True)
+def _div_refresh(i, p, slate, emb, mode, beta, w, norm, dcnt, dval, mx, d2, M, dsel, Wc, Wd,
+                 ebuf):
+    """Bring candidate i's diversity state up to position p (fold in slate[dcnt[i]..p-1]) and
+    return div_i(p). Without a window the stored value, once stale, is an upper bound."""
+    if dcnt[i] == p:
+        return dval[i]
+    if w == 0:
+        if mode == DIV_MMR:
+            m = mx[i]
+            for t in range(dcnt[i], p):
+                s = _cos(emb, norm, i, slate[t])
+                if s > m:
+                    m = s
+            mx[i] = m
+            dv = -beta * m
+        else:
+            r = d2[i]
+            for t in range(dcnt[i], p):
+                if dsel[t] > 0.0:
+                    j = slate[t]
+                    acc = 0.0
+                    for k in range(t):
+                        acc += M[j, k] * M[i, k]
+                    e = (_cos(emb, norm, i, j) - acc) / dsel[t]
+                    M[i, t] = e
+                    r -= e * e
+                else:
+                    M[i, t] = 0.0
+            d2[i] = r
+            dv = beta * np.log(max(r, DPP_EPS))
+    else:
+        lo = max(0, p - w)
+        for t in range(max(dcnt[i], lo), p):
+            M[i, t] = _cos(emb, norm, i, slate[t])
+        if mode == DIV_MMR:
+            m = 0.0
+            for t in range(lo, p):
+                if M[i, t] > m:
+                    m = M[i, t]
+            dv = -beta * m
+        else:
+            r = 1.0
+            for k in range(p - lo):
+                e = 0.0
+                if Wd[k] > 0.0:
+                    acc = 0.0
+                    for l in range(k):
+                        acc += Wc[k, l] * ebuf[l]
+                    e = (M[i, lo + k] - acc) / Wd[k]
+                ebuf[k] = e
+                r -= e * e
+            dv = beta * np.log(max(r, DPP_EPS))
+    dcnt[i] = p
+    dval[i] = dv
+    return dv
+
+
+@nb.njit(cache=True, nogil=True)
+def _window_factor(p, slate, w, M, Wc, Wd):
+    """Cholesky factor (rows Wc, pivots Wd) of the similarity block of the window of position p,
+    the items at positions max(0, p - w)..p-1, in slate order; a member whose residual given the
+    earlier members is <= DPP_SPAN_EPS gets pivot 0 (it adds nothing to the span). M[j, t] holds the
+    cosine of slate item j with the item at position t (every placed item was brought up to date
+    at its own position, and the window only reaches back w positions)."""
+    lo = max(0, p - w)
+    for k in range(p - lo):
+        j = slate[lo + k]
+        r = 1.0
+        for l in range(k):
+            e = 0.0
+            if Wd[l] > 0.0:
+                acc = 0.0
+                for m in range(l):
+                    acc += Wc[l, m] * Wc[k, m]
+                e = (M[j, lo + l] - acc) / Wd[l]
+            Wc[k, l] = e
+            r -= e * e
+        Wd[k] = np.sqrt(r) if r > DPP_SPAN_EPS else 0.0
+
+
+@nb.njit(cache=True, nogil=True)
+def _div_placed(j, p, slate, mode, w, d2, dsel, M, Wc, Wd):
+    """Item j (brought up to date at p) is placed at p: record what the next positions need."""
+    if w == 0:
+        if mode == DIV_DPP:
+            dsel[p] = np.sqrt(d2[j]) if d2[j] > DPP_SPAN_EPS else 0.0
+    elif mode == DIV_DPP:
+        _window_factor(p + 1, slate, w, M, Wc, Wd)
+
+
+# --- calibration ---------------------------------------------------------------------------------
+
+@nb.njit(cache=True, nogil=True)
+def _calibration_deltas(c, nv, cnt, off, target, toff, out):
+    """out[toff[c] + g] = KL(prefix) - KL(prefix + one item of value g) for calibration row c,
+    whose counts are cnt[off[c] + v] (v < nv) and total cnt[off[c] + nv]; returns the max."""
+    base = off[c]
+    tb = toff[c]
+    n = cnt[base + nv]
+    keep = 1.0 - CALIBRATION_ALPHA
+    before = 0.0
+    after = 0.0  # KL with the total n + 1 and unchanged counts (corrected per g below)
+    for v in range(nv):
+        tv = target[tb + v]
+        if tv > 0.0:
+            q = cnt[base + v] / n if n > 0 else 0.0
+            before += tv * np.log(tv / (keep * q + CALIBRATION_ALPHA * tv))
+            after += tv * np.log(tv / (keep * (cnt[base + v] / (n + 1)) + CALIBRATION_ALPHA * tv))
+    best = -np.inf
+    for g in range(nv):
+        tg = target[tb + g]
+        kl = after
+        if tg > 0.0:
+            smooth = CALIBRATION_ALPHA * tg
+            old = tg * np.log(tg / (keep * (cnt[base + g] / (n + 1)) + smooth))
+            new = tg * np.log(tg / (keep * ((cnt[base + g] + 1) / (n + 1)) + smooth))
+            kl = after - old + new
+        d = before - kl
+        out[tb + g] = d
+        if d > best:
+            best = d
+    return best
+
+
+@nb.njit(cache=True, nogil=True)
+def _gain(i, p, L, pw, u, div, slate, codes, kind, attr, value, bound, top, size, hard, penalty,
+          item, position, cnt, off, cal, toff):
+    g = pw[p] * (u[i] + div)
     C = kind.shape[0]
     for c in range(C):
         if hard[c]:
@@ -240,12 +437,18 @@ def _gain(i, p, L, pw, u, slate, codes, kind, attr, value, bound, top, size, har
             code = codes[attr[c], i]
             if value[c] == ALL_VALUES or value[c] == code:
                 g -= penalty[c] * _window_hits(slate, codes, attr[c], code, p, size[c], L, bound[c])
-        else:  # PIN
+        elif k == PIN:
             if item[c] >= 0 and position[c] < L:
                 if p == position[c] and i != item[c]:
                     g -= penalty[c]
                 elif i == item[c] and p != position[c]:
                     g -= penalty[c]
+        elif k == COVERAGE:
+            if p < top[c] and cnt[off[c] + codes[attr[c], i]] == 0:
+                g += penalty[c]
+        else:  # CALIBRATION
+            if p < top[c]:
+                g += penalty[c] * cal[toff[c] + codes[attr[c], i]]
     return g
 
 
@@ -254,12 +457,15 @@ def _count(i, p, codes, kind, attr, value, top, cnt, off, delta):
     C = kind.shape[0]
     for c in range(C):
         k = kind[c]
-        if (k == MAX_COUNT or k == MIN_COUNT) and p < top[c]:
+        if k != PIN and k != WINDOW and p < top[c]:
             code = codes[attr[c], i]
-            if k == MAX_COUNT:
+            if k == MIN_COUNT:
+                if value[c] >= 0 and code == value[c]:
+                    cnt[off[c]] += delta
+            else:  # MAX_COUNT, COVERAGE: per value; CALIBRATION: per value and the total
                 cnt[off[c] + code] += delta
-            elif value[c] >= 0 and code == value[c]:
-                cnt[off[c]] += delta
+                if k == CALIBRATION:
+                    cnt[off[c + 1] - 1] += delta
 
 
 _SIG = nb.void(
@@ -278,6 +484,12 @@ _SIG = nb.void(
     nb.int64[::1],  # rank
     nb.int64[::1],  # item
     nb.int64[::1],  # position
+    nb.float64[::1],  # target (calibration distributions, flat)
+    nb.int64[::1],  # target_offset [C + 1]
+    nb.float32[:, ::1],  # embeddings [N, d] ([0, 0] when diversity is off)
+    nb.int64,  # div_mode
+    nb.float64,  # div_weight (beta)
+    nb.int64,  # div_window
     nb.boolean[::1],  # active (in/out)
     nb.int64[::1],  # slate (out)
     nb.int64[::1],  # reason (out)
@@ -287,22 +499,49 @@ _SIG = nb.void(
 
 @nb.njit(_SIG, cache=True, nogil=True)
 def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, hard, penalty, rank,
-                 item, position, active, slate, reason, relax_pos):
+                 item, position, target, toff, emb, div_mode, beta, div_window, active, slate,
+                 reason, relax_pos):
     N = u.shape[0]
     L = pw.shape[0]
     C = kind.shape[0]
 
-    # --- count storage: one slot per value for max_count, one slot for min_count
+    # --- count storage: one slot per value for max_count and coverage, one slot for min_count,
+    # one per value plus the total for calibration
     off = np.zeros(C + 1, dtype=np.int64)
+    n_cal = 0
+    n_cov = 0
     for c in range(C):
         width = 0
-        if kind[c] == MAX_COUNT:
+        if kind[c] == MAX_COUNT or kind[c] == COVERAGE:
             width = n_values[attr[c]]
+            if kind[c] == COVERAGE:
+                n_cov += 1
         elif kind[c] == MIN_COUNT:
             width = 1
+        elif kind[c] == CALIBRATION:
+            width = n_values[attr[c]] + 1
+            n_cal += 1
         off[c + 1] = off[c] + width
     cnt = np.zeros(off[C] + 1, dtype=np.int64)
     need_buf = np.zeros(C, dtype=np.int64)
+    cal = np.zeros(target.shape[0], dtype=np.float64)  # per-value KL decrease at this position
+
+    # --- diversity state (see the module docstring); sized 0 when unused
+    mode = div_mode if beta > 0.0 else 0
+    win = div_window if div_window < L - 1 else 0  # a window reaching back to 0 is no window
+    Nd = N if mode != 0 else 0
+    norm = np.full(Nd, -1.0)
+    dcnt = np.zeros(Nd, dtype=np.int64)
+    dval = np.zeros(Nd)
+    mx = np.zeros(Nd if (mode == DIV_MMR and win == 0) else 0)
+    d2 = np.ones(Nd if (mode == DIV_DPP and win == 0) else 0)
+    M = np.empty((Nd, L) if (mode == DIV_DPP or win > 0) else (0, 0))
+    dsel = np.zeros(L if (mode == DIV_DPP and win == 0) else 0)
+    wd = win if (mode == DIV_DPP and win > 0) else 0
+    Wc = np.zeros((wd, wd))
+    Wd = np.zeros(wd)
+    ebuf = np.zeros(wd)
+    lazy = mode != 0 and win == 0  # stale div values are upper bounds
 
     used = np.zeros(N, dtype=np.bool_)
     reserved = np.zeros(N, dtype=np.bool_)
@@ -388,7 +627,23 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                 capped_until[:] = 0
             if pin_rule[p] >= 0:
                 used[i] = True
+                if mode != 0:
+                    _div_refresh(i, p, slate, emb, mode, beta, win, norm, dcnt, dval, mx, d2, M,
+                                 dsel, Wc, Wd, ebuf)
+                    _div_placed(i, p, slate, mode, win, d2, dsel, M, Wc, Wd)
                 continue
+
+        # bound on the soft bonuses at p: min_count rewards, coverage rewards, and per calibration
+        # row the largest KL decrease (the per-value decreases are tabled once per position)
+        bonus = max_bonus
+        if n_cov + n_cal > 0:
+            for c in range(C):
+                if p < top[c]:
+                    if kind[c] == COVERAGE:
+                        bonus += penalty[c]
+                    elif kind[c] == CALIBRATION:
+                        bonus += penalty[c] * _calibration_deltas(c, n_values[attr[c]], cnt, off,
+                                                                  target, toff, cal)
 
         # free position: best feasible gain, ties to the lowest index
         while True:
@@ -405,18 +660,26 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                 j += 1
                 if used[i] or reserved[i] or capped_until[i] > p:
                     continue
-                # later candidates cannot beat best_g: their gain is at most pw*u + max_bonus
+                # later candidates cannot beat best_g: their gain is at most pw*u + bonus
                 # (the tiny relative slack keeps rounding from ending the scan early)
-                if best >= 0 and pw[p] * u[i] + max_bonus + 1e-12 * (1.0 + abs(best_g)) < best_g:
+                slack = 1e-12 * (1.0 + abs(best_g))
+                if best >= 0 and pw[p] * u[i] + bonus + slack < best_g:
                     break
+                # lazy greedy: a stale diversity term is an upper bound on the current one
+                if lazy and best >= 0 and pw[p] * (u[i] + dval[i]) + bonus + slack < best_g:
+                    continue
                 if _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, size,
                                       hard, active, cnt, off, pinned_prefix, rank, need_buf, False,
                                       True) >= 0:
                     capped_until[i] = _capped_until(i, p, codes, kind, attr, value, bound, top,
                                                     hard, active, cnt, off)
                     continue
-                g = _gain(i, p, L, pw, u, slate, codes, kind, attr, value, bound, top, size, hard,
-                          penalty, item, position, cnt, off)
+                div = 0.0
+                if mode != 0:
+                    div = _div_refresh(i, p, slate, emb, mode, beta, win, norm, dcnt, dval, mx,
+                                       d2, M, dsel, Wc, Wd, ebuf)
+                g = _gain(i, p, L, pw, u, div, slate, codes, kind, attr, value, bound, top, size,
+                          hard, penalty, item, position, cnt, off, cal, toff)
                 if g > best_g or (g == best_g and i < best) or best < 0:
                     best = i
                     best_g = g
@@ -446,6 +709,8 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
             break
         slate[p] = best
         used[best] = True
+        if mode != 0:
+            _div_placed(best, p, slate, mode, win, d2, dsel, M, Wc, Wd)
         _count(best, p, codes, kind, attr, value, top, cnt, off, 1)
         for c in range(C):
             if kind[c] == MIN_COUNT and value[c] >= 0 and codes[attr[c], best] == value[c]:

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from solvers._evaluate_kernels import constraint_status
+from solvers._evaluate_kernels import constraint_status, slate_diversity
 from solvers.problem import Evaluation, SlateProblem
+
+
+def diversity_terms(problem: SlateProblem, slate: np.ndarray) -> np.ndarray:
+    """div_p of every position of `slate` (zeros when diversity is off)."""
+    slate = np.ascontiguousarray(slate, dtype=np.int64)
+    div = np.zeros(slate.shape[0], dtype=np.float64)
+    if problem.diversity_on and slate.shape[0]:
+        emb = np.ascontiguousarray(problem.embeddings, dtype=np.float32)
+        slate_diversity(slate, emb, int(problem.div_mode), float(problem.div_weight),
+                        int(problem.div_window), div)
+    return div
 
 
 def evaluate(problem: SlateProblem, slate: np.ndarray) -> Evaluation:
     """Score `slate` (int64 candidate indices, one per position) against `problem`.
 
-    Soft constraints cost penalty * violation; hard ones are reported in `violation` / `slack`
-    but never enter the objective.
+    objective = utility_part + diversity_part - penalty_part: soft constraints cost
+    penalty * violation; hard ones are reported in `violation` / `slack` but never enter the
+    objective; diversity_part = sum_p position_weight[p] * div_p (0 without diversity).
     """
     slate = np.ascontiguousarray(slate, dtype=np.int64)
     t = problem.constraints
@@ -21,17 +33,24 @@ def evaluate(problem: SlateProblem, slate: np.ndarray) -> Evaluation:
     slack = np.zeros(C, dtype=np.float64)
     if C:
         constraint_status(slate, problem.codes, problem.n_values, t.kind, t.attr, t.value, t.bound,
-                          t.top, t.size, t.item, t.position, violation, slack)
+                          t.top, t.size, t.item, t.position,
+                          np.ascontiguousarray(t.target, dtype=np.float64),
+                          np.ascontiguousarray(t.target_offset, dtype=np.int64), violation, slack)
     L = slate.shape[0]
     utility_part = float(problem.position_weight[:L] @ problem.utility[slate]) if L else 0.0
+    diversity_part = 0.0
+    if problem.diversity_on and L:
+        diversity_part = float(problem.position_weight[:L] @ diversity_terms(problem, slate))
     soft = ~t.hard
     penalty_part = float(t.penalty[soft] @ violation[soft]) if C else 0.0
-    return Evaluation(utility_part - penalty_part, utility_part, penalty_part, violation, slack)
+    return Evaluation(utility_part + diversity_part - penalty_part, utility_part, penalty_part,
+                      violation, slack, diversity_part)
 
 
 def objective_upper_bound_unconstrained(problem: SlateProblem) -> float:
     """Objective of the best slate ignoring every constraint: a valid upper bound whenever the
-    position weights are non-increasing and soft penalties are >= 0 (sorting is then optimal)."""
+    position weights are non-increasing and soft penalties are >= 0 (sorting is then optimal;
+    diversity terms, coverage and calibration violations only ever subtract)."""
     L = problem.length
     if L == 0:
         return 0.0

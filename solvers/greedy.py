@@ -1,7 +1,9 @@
 """Constrained greedy: the always-available answer, in microseconds.
 
-`solve_greedy` validates nothing (engine.compile builds valid problems); it coerces arrays, runs
-the Numba kernel in solvers._greedy_kernels and assembles a SolveResult.
+`solve_greedy` trusts the constraint table (engine.compile builds valid problems) but checks the
+parts a caller may get wrong when building a problem by hand: the diversity inputs and the
+coverage / calibration rows (`check_extensions`). It coerces arrays, runs the Numba kernel in
+solvers._greedy_kernels and assembles a SolveResult.
 """
 
 from __future__ import annotations
@@ -9,7 +11,54 @@ from __future__ import annotations
 import numpy as np
 
 from solvers import _greedy_kernels as _k
-from solvers.problem import PIN, RELAX_NONE, SlateProblem, SolveResult
+from solvers.problem import (
+    CALIBRATION, COVERAGE, DIV_DPP, DIV_MMR, DIV_NONE, PIN, RELAX_NONE, SlateProblem, SolveResult,
+)
+
+_NO_EMBEDDINGS = np.zeros((0, 0), dtype=np.float32)
+
+
+def check_extensions(problem: SlateProblem) -> None:
+    """Raise ValueError (what, expected, got) when the diversity settings or a coverage /
+    calibration row cannot be solved as documented in solvers.problem. Cheap checks only:
+    finite embeddings are the request validation's job."""
+    if problem.div_mode not in (DIV_NONE, DIV_MMR, DIV_DPP):
+        raise ValueError(f"div_mode: must be {DIV_NONE} (none), {DIV_MMR} (mmr) or {DIV_DPP} "
+                         f"(dpp), got {problem.div_mode!r}")
+    if not (np.isfinite(problem.div_weight) and problem.div_weight >= 0):
+        raise ValueError(f"div_weight: must be a finite number >= 0, got {problem.div_weight!r}")
+    if problem.div_window < 0:
+        raise ValueError(f"div_window: must be an integer >= 0, got {problem.div_window!r}")
+    if problem.diversity_on:
+        emb = problem.embeddings
+        if emb is None:
+            raise ValueError("embeddings: required when div_mode is set, got None")
+        if emb.ndim != 2 or emb.shape[0] != problem.n:
+            raise ValueError(f"embeddings: must have shape (N, d) with N = {problem.n} candidates, "
+                             f"got {emb.shape}")
+    t = problem.constraints
+    for c in np.flatnonzero((t.kind == COVERAGE) | (t.kind == CALIBRATION)):
+        name = "coverage" if t.kind[c] == COVERAGE else "calibration"
+        if t.hard[c]:
+            raise ValueError(f"constraints[{c}] ({name}): must be soft (hard=False), got hard=True")
+        if not (t.penalty[c] >= 0):
+            raise ValueError(f"constraints[{c}] ({name}).penalty: must be >= 0, got {t.penalty[c]}")
+        if t.kind[c] == CALIBRATION:
+            width = int(problem.n_values[t.attr[c]])
+            target = t.target_of(c)
+            if target.shape[0] != width:
+                raise ValueError(f"constraints[{c}] (calibration).target: must have one share per "
+                                 f"value ({width}), got {target.shape[0]}")
+            if not (np.all(target >= 0) and abs(float(target.sum()) - 1.0) <= 1e-9):
+                raise ValueError(f"constraints[{c}] (calibration).target: must be shares >= 0 "
+                                 f"summing to 1, got {target.tolist()}")
+
+
+def kernel_embeddings(problem: SlateProblem) -> np.ndarray:
+    """The float32 C-contiguous embeddings the kernels take ([0, 0] when diversity is off)."""
+    if not problem.diversity_on:
+        return _NO_EMBEDDINGS
+    return np.ascontiguousarray(problem.embeddings, dtype=np.float32)
 
 
 def constraint_ranks(priority: np.ndarray) -> np.ndarray:
@@ -29,13 +78,20 @@ def solve_greedy(problem: SlateProblem, *, active: np.ndarray | None = None) -> 
     """
     t = problem.constraints
     L = problem.length
+    if problem.div_mode != DIV_NONE or np.any(t.kind > PIN):
+        check_extensions(problem)
     act = np.array(problem.active if active is None else active, dtype=np.bool_, copy=True)
     slate = np.empty(L, dtype=np.int64)
     reason = np.array(problem.pre_reason, dtype=np.int64, copy=True)
     relax_pos = np.full(t.n, -1, dtype=np.int64)
     _k.greedy_slate(problem.utility, problem.position_weight, problem.codes, problem.n_values,
                     t.kind, t.attr, t.value, t.bound, t.top, t.size, t.hard, t.penalty,
-                    constraint_ranks(t.priority), t.item, t.position, act, slate, reason, relax_pos)
+                    constraint_ranks(t.priority), t.item, t.position,
+                    np.ascontiguousarray(t.target, dtype=np.float64),
+                    np.ascontiguousarray(t.target_offset, dtype=np.int64),
+                    kernel_embeddings(problem), int(problem.div_mode), float(problem.div_weight),
+                    int(problem.div_window),
+                    act, slate, reason, relax_pos)
     relaxed = t.hard & ~act
     if active is not None:
         relaxed &= np.asarray(active, dtype=np.bool_)  # rules dropped by the caller are not "relaxed"
@@ -46,6 +102,8 @@ def solve_greedy(problem: SlateProblem, *, active: np.ndarray | None = None) -> 
 
 def warmup() -> None:
     """Compile (or load from cache) every kernel on a tiny problem touching every code path."""
+    from dataclasses import replace
+
     from solvers.evaluate import evaluate
     from solvers.problem import ConstraintTable, MAX_COUNT, MIN_COUNT, WINDOW
 
@@ -63,3 +121,18 @@ def warmup() -> None:
         active=np.ones(4, dtype=np.bool_), pre_reason=np.zeros(4, dtype=np.int64),
     )
     evaluate(problem, solve_greedy(problem).slate)
+
+    # diversity (every mode, with and without a window) with coverage and calibration rows
+    extended = ConstraintTable(
+        kind=i64(MAX_COUNT, COVERAGE, CALIBRATION, PIN), attr=i64(0, 0, 0, -1),
+        value=i64(-1, -1, -1, -1), bound=i64(2, 0, 0, 0), top=i64(3, 3, 3, 3), size=i64(0, 0, 0, 0),
+        hard=np.array([True, False, False, True]), penalty=np.array([0.0, 1.0, 1.0, 0.0]),
+        priority=i64(0, 0, 0, 0), item=i64(-1, -1, -1, 3), position=i64(-1, -1, -1, 2),
+        target=np.array([0.5, 0.5]), target_offset=i64(0, 0, 0, 2, 2),
+    )
+    emb = np.array([[1, 0], [0.6, 0.8], [0, 1], [0, 0]], dtype=np.float32)
+    for mode in (DIV_MMR, DIV_DPP):
+        for window in (0, 1):
+            p = replace(problem, constraints=extended, embeddings=emb, div_mode=mode,
+                        div_weight=0.5, div_window=window)
+            evaluate(p, solve_greedy(p).slate)

@@ -6,7 +6,9 @@ definition of objective, violation and slack that every solver and the report sh
 
 Objective of a slate s (s[p] = candidate index at 0-based position p, L = len(s)):
 
-    sum_p position_weight[p] * utility[s[p]]  -  sum_{soft c} penalty[c] * violation[c]
+    sum_p position_weight[p] * (utility[s[p]] + div_p)  -  sum_{soft c} penalty[c] * violation[c]
+
+(div_p, the similarity-diversity term below, is 0 unless SlateProblem.div_mode is set.)
 
 Hard constraints never enter the objective: they hold, or they are reported relaxed.
 
@@ -20,6 +22,37 @@ Violation units per constraint kind (positions counted 0-based; `top` = prefix l
   slack = bound - max over windows and values of count_v(W).
 - PIN: violation = 0 if s[position] == item else 1 (item == -1, or position >= L: violated);
   slack = -violation.
+- COVERAGE (soft only; penalty = reward per value, >= 0): covered = distinct values of the
+  attribute at positions < top; violation = max_coverable - covered with
+  max_coverable = min(top, distinct values of the attribute among the N candidates);
+  slack = -violation.
+- CALIBRATION (soft only; penalty = weight of the KL term, >= 0; target distribution t over the
+  attribute's value codes 0..n_values-1, stored in ConstraintTable.target, sums to 1): with
+  q = distribution of the attribute over positions < top (q = 0 when that prefix is empty) and
+  q~ = (1 - CALIBRATION_ALPHA) * q + CALIBRATION_ALPHA * t (Steck 2018's smoothing, alpha = 0.01,
+  which keeps KL finite), violation = KL(t || q~) = sum_{v: t_v > 0} t_v * log(t_v / q~_v);
+  slack = -violation. (An empty prefix scores log(1 / alpha); only slates with L = 0 have one.)
+
+Similarity diversity (SlateProblem.div_mode, div_weight = beta >= 0, div_window = w >= 0) adds
+sum_p position_weight[p] * div_p to the objective, div_p <= 0 being the term of the item s[p]
+given P_p = the items at positions < p (only the last w of them when w > 0):
+
+- cos(i, j) = <e_i, e_j> / (|e_i| |e_j|) over the float32 embedding rows (the kernels normalise;
+  a zero row has cosine 0 with every item, and similarity 1 with itself).
+- MMR (DIV_MMR): div_p = -beta * max(0, max_{j in P_p} cos(s[p], j)); 0 when P_p is empty.
+- DPP (DIV_DPP): div_p = beta * log(max(r_p, DPP_EPS)), r_p = the residual variance of s[p]'s unit
+  vector given P_p: r = 1 - x^T S_BB^{-1} x, S the cosine-similarity matrix (S_ii = 1), x = S_Bi,
+  and B = the items of P_p that extend the span, taken in slate order: j in P_p belongs to B when
+  its own residual given the earlier members of B exceeds DPP_SPAN_EPS = 1e-6 (so a selected item
+  already in the span, e.g. once more than d items are placed, adds nothing). This is the d_i^2
+  of Chen, Zhang & Zhou (2018)'s incremental Cholesky on the kernel S; see
+  solvers._greedy_kernels. Why 1e-6 and not 1e-10: a member with a residual of 1e-8 divides the
+  later updates by 1e-4, and the rounding noise of residuals that should be 0 (a full span) then
+  reaches the 1e-10 floor, so which items count as "in the span" would depend on rounding.
+
+Every extra term is <= 0 (div, -penalty * violation), so `objective_upper_bound_unconstrained`
+stays a valid bound. `SlateProblem.greedy_only` tells whether a problem uses any of them (the exact
+solvers model only the four original kinds and the plain utility).
 """
 
 from __future__ import annotations
@@ -33,7 +66,19 @@ MAX_COUNT = 0
 MIN_COUNT = 1
 WINDOW = 2
 PIN = 3
-KIND_NAMES = ("max_count", "min_count", "window", "pin")
+COVERAGE = 4  # soft only
+CALIBRATION = 5  # soft only
+KIND_NAMES = ("max_count", "min_count", "window", "pin", "coverage", "calibration")
+
+# Similarity diversity modes (SlateProblem.div_mode).
+DIV_NONE = 0
+DIV_MMR = 1
+DIV_DPP = 2
+DIV_NAMES = ("none", "mmr", "dpp")
+
+CALIBRATION_ALPHA = 0.01  # q~ = (1 - alpha) q + alpha t
+DPP_EPS = 1e-10  # residual floor inside the log
+DPP_SPAN_EPS = 1e-6  # an item whose residual is <= this adds nothing to the span (see below)
 
 # Special ConstraintTable.value codes.
 ALL_VALUES = -1  # the rule applies to every value of the attribute separately
@@ -49,23 +94,40 @@ RELAX_INFEASIBLE = 4  # an exact solver proved the rules cannot all hold togethe
 
 @dataclass(frozen=True, slots=True)
 class ConstraintTable:
-    """One row per policy constraint, in policy order. All arrays have length C."""
+    """One row per policy constraint, in policy order. All arrays but `target` and
+    `target_offset` have length C."""
 
-    kind: np.ndarray  # int64: MAX_COUNT | MIN_COUNT | WINDOW | PIN
+    kind: np.ndarray  # int64: MAX_COUNT | MIN_COUNT | WINDOW | PIN | COVERAGE | CALIBRATION
     attr: np.ndarray  # int64: row of SlateProblem.codes; -1 for PIN
-    value: np.ndarray  # int64: value code, ALL_VALUES or NO_MATCH; -1 for PIN
-    bound: np.ndarray  # int64: max (MAX_COUNT, WINDOW) or min (MIN_COUNT); 0 for PIN
+    value: np.ndarray  # int64: value code, ALL_VALUES or NO_MATCH; -1 for PIN (unused by
+    #                    COVERAGE / CALIBRATION, which look at every value)
+    bound: np.ndarray  # int64: max (MAX_COUNT, WINDOW) or min (MIN_COUNT); else 0
     top: np.ndarray  # int64: prefix length covered, 1..L (L when the rule covers the slate)
     size: np.ndarray  # int64: window size (WINDOW), else 0
-    hard: np.ndarray  # bool
+    hard: np.ndarray  # bool (always False for COVERAGE / CALIBRATION)
     penalty: np.ndarray  # float64: cost per violation unit (soft rules), 0 for hard
     priority: np.ndarray  # int64: higher = more important; the lowest gives way first
     item: np.ndarray  # int64: PIN: pinned candidate index or -1; else -1
     position: np.ndarray  # int64: PIN: 0-based position; else -1
+    # CALIBRATION targets, flat: row c's distribution over its attribute's value codes is
+    # target[target_offset[c]:target_offset[c + 1]] (n_values[attr[c]] entries summing to 1;
+    # empty for other rows). None (the default) means no calibration rows: empty / zero arrays.
+    target: np.ndarray | None = None  # float64[sum of widths]
+    target_offset: np.ndarray | None = None  # int64[C + 1]
+
+    def __post_init__(self) -> None:
+        if self.target is None:
+            object.__setattr__(self, "target", np.zeros(0, dtype=np.float64))
+        if self.target_offset is None:
+            object.__setattr__(self, "target_offset", np.zeros(self.n + 1, dtype=np.int64))
 
     @property
     def n(self) -> int:
         return int(self.kind.shape[0])
+
+    def target_of(self, c: int) -> np.ndarray:
+        """Target distribution of calibration row c (empty for other rows)."""
+        return self.target[self.target_offset[c]:self.target_offset[c + 1]]
 
     @staticmethod
     def empty() -> "ConstraintTable":
@@ -85,6 +147,11 @@ class SlateProblem:
     constraints:      ConstraintTable
     active:           bool[C]       False for hard rules relaxed before solving (see pre_reason)
     pre_reason:       int64[C]      RELAX_* code of rules relaxed before solving, else RELAX_NONE
+    embeddings:       float32[N, d] or None; rows need not be normalised (the kernels divide by
+                                    the norms; zero rows are similar to nothing)
+    div_mode:         DIV_NONE | DIV_MMR | DIV_DPP
+    div_weight:       beta >= 0 (0 switches diversity off)
+    div_window:       0 = compare with every item above; w > 0 = only with the last w
     """
 
     utility: np.ndarray
@@ -94,10 +161,25 @@ class SlateProblem:
     constraints: ConstraintTable
     active: np.ndarray
     pre_reason: np.ndarray
+    embeddings: np.ndarray | None = None
+    div_mode: int = DIV_NONE
+    div_weight: float = 0.0
+    div_window: int = 0
 
     @property
     def n(self) -> int:
         return int(self.utility.shape[0])
+
+    @property
+    def diversity_on(self) -> bool:
+        return self.div_mode != DIV_NONE and self.div_weight > 0.0
+
+    @property
+    def greedy_only(self) -> bool:
+        """True when the problem has terms only the greedy and `evaluate` model: similarity
+        diversity, COVERAGE or CALIBRATION rows (the exact solvers must not be used)."""
+        kind = self.constraints.kind
+        return self.diversity_on or bool(np.any((kind == COVERAGE) | (kind == CALIBRATION)))
 
     @property
     def length(self) -> int:
@@ -126,3 +208,4 @@ class Evaluation:
     penalty_part: float
     violation: np.ndarray  # float64[C]
     slack: np.ndarray  # float64[C]
+    diversity_part: float = 0.0  # sum_p position_weight[p] * div_p (<= 0); included in objective
