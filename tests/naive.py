@@ -1,17 +1,93 @@
 """Slow, obviously-correct twins of the Numba kernels (plain Python, no numpy tricks).
 
 Each function follows the semantics written in the kernel module's docstring literally: it scans
-every candidate at every position, recounts from the slate each time, and never caches.
+every candidate at every position, recounts from the slate each time, and never caches. The
+diversity terms come straight from their definitions in solvers.problem: the largest cosine for
+MMR, and for DPP the residual 1 - x^T S_BB^{-1} x from a linear solve; KL divergences are summed
+exactly (math.fsum) so that equal distributions give equal values whatever the order.
 """
 
 from __future__ import annotations
 
 import math
 
-from solvers.problem import ALL_VALUES, MAX_COUNT, MIN_COUNT, PIN, WINDOW, SlateProblem
+import numpy as np
+
+from solvers.problem import (
+    ALL_VALUES, CALIBRATION, CALIBRATION_ALPHA, COVERAGE, DIV_MMR, DPP_EPS, DPP_SPAN_EPS, MAX_COUNT,
+    MIN_COUNT, PIN, WINDOW, SlateProblem,
+)
 
 RELAX_CONFLICT = 1
 RELAX_SHORTAGE = 2
+
+
+class Similarity:
+    """Cosine similarity of the problem's embedding rows, from the definition (zero rows: 0)."""
+
+    def __init__(self, problem: SlateProblem):
+        self.v = np.asarray(problem.embeddings, dtype=np.float32).astype(np.float64)
+        self.norm = [math.sqrt(float(x @ x)) for x in self.v]
+        self._basis: dict[tuple[int, ...], list[int]] = {}  # memo only: same answer, less time
+
+    def cos(self, i: int, j: int) -> float:
+        if self.norm[i] == 0.0 or self.norm[j] == 0.0:
+            return 0.0
+        return float(self.v[i] @ self.v[j]) / (self.norm[i] * self.norm[j])
+
+    def s(self, i: int, j: int) -> float:
+        """The similarity kernel S: cosine off the diagonal, 1 on it."""
+        return 1.0 if i == j else self.cos(i, j)
+
+    def residual(self, x: int, basis: list[int]) -> float:
+        """1 - S_xB S_BB^{-1} S_Bx: the squared distance of x's unit vector from span(basis)."""
+        if not basis:
+            return 1.0
+        S = np.array([[self.s(a, b) for b in basis] for a in basis])
+        s = np.array([self.s(x, b) for b in basis])
+        return float(1.0 - s @ np.linalg.solve(S, s))
+
+    def basis(self, items: list[int]) -> list[int]:
+        """The items (in order) whose residual given the earlier members exceeds DPP_SPAN_EPS."""
+        key = tuple(items)
+        if key not in self._basis:
+            out: list[int] = []
+            for j in items:
+                if self.residual(j, out) > DPP_SPAN_EPS:
+                    out.append(j)
+            self._basis[key] = out
+        return self._basis[key]
+
+
+def diversity_term(problem: SlateProblem, sim: Similarity, above: list[int], i: int) -> float:
+    """div of item i placed below the items `above` (all earlier positions, in order)."""
+    if not (problem.div_mode and problem.div_weight > 0):
+        return 0.0
+    w = int(problem.div_window)
+    prev = above[-w:] if w > 0 and len(above) > w else above
+    beta = float(problem.div_weight)
+    if problem.div_mode == DIV_MMR:
+        return -beta * max([0.0] + [sim.cos(i, j) for j in prev])
+    return beta * math.log(max(sim.residual(i, sim.basis(prev)), DPP_EPS))
+
+
+def diversity_terms(problem: SlateProblem, slate: list[int]) -> list[float]:
+    if not (problem.div_mode and problem.div_weight > 0):
+        return [0.0] * len(slate)
+    sim = Similarity(problem)
+    return [diversity_term(problem, sim, list(slate[:p]), i) for p, i in enumerate(slate)]
+
+
+def kl_divergence(target, counts, n: int) -> float:
+    """KL(target || q~), q = counts / n (0 when n == 0), q~ = (1 - alpha) q + alpha target."""
+    terms = []
+    for v, tv in enumerate(target):
+        tv = float(tv)
+        if tv > 0:
+            q = counts[v] / n if n > 0 else 0.0
+            smoothed = (1.0 - CALIBRATION_ALPHA) * q + CALIBRATION_ALPHA * tv
+            terms.append(tv * math.log(tv / smoothed))
+    return math.fsum(terms)
 
 
 def windows(L: int, w: int) -> list[tuple[int, int]]:
@@ -29,7 +105,16 @@ def constraint_status(problem: SlateProblem, slate: list[int]) -> tuple[list[flo
     violation, slack = [], []
     for c in range(t.n):
         kind, a, v, b = int(t.kind[c]), int(t.attr[c]), int(t.value[c]), int(t.bound[c])
-        if kind == PIN:
+        if kind in (COVERAGE, CALIBRATION):
+            prefix = [int(codes[a][i]) for i in slate[: min(int(t.top[c]), L)]]
+            if kind == COVERAGE:
+                max_coverable = min(int(t.top[c]), len({int(x) for x in codes[a]}))
+                violation.append(float(max_coverable - len(set(prefix))))
+            else:
+                counts = [prefix.count(g) for g in range(int(problem.n_values[a]))]
+                violation.append(kl_divergence(t.target_of(c), counts, len(prefix)))
+            slack.append(-violation[-1])
+        elif kind == PIN:
             ok = t.item[c] >= 0 and t.position[c] < L and slate[t.position[c]] == t.item[c]
             violation.append(0.0 if ok else 1.0)
             slack.append(-violation[-1])
@@ -65,7 +150,8 @@ def constraint_status(problem: SlateProblem, slate: list[int]) -> tuple[list[flo
 def objective(problem: SlateProblem, slate: list[int]) -> float:
     violation, _ = constraint_status(problem, slate)
     t = problem.constraints
-    value = sum(problem.position_weight[p] * problem.utility[i] for p, i in enumerate(slate))
+    div = diversity_terms(problem, slate)
+    value = sum(problem.position_weight[p] * (problem.utility[i] + div[p]) for p, i in enumerate(slate))
     return value - sum(t.penalty[c] * violation[c] for c in range(t.n) if not t.hard[c])
 
 
@@ -160,8 +246,11 @@ def greedy(problem: SlateProblem) -> tuple[list[int], list[bool], list[int], lis
             out.append(rank[c0])
         return out
 
+    sim = Similarity(problem) if problem.div_mode and problem.div_weight > 0 else None
+
     def gain(i, p):
-        g = pw[p] * u[i]
+        div = diversity_term(problem, sim, slate[:p], i) if sim is not None else 0.0
+        g = pw[p] * (u[i] + div)
         for c in range(C):
             if hard[c]:
                 continue
@@ -176,6 +265,17 @@ def greedy(problem: SlateProblem) -> tuple[list[int], list[bool], list[int], lis
             elif kind[c] == PIN and item[c] >= 0 and position[c] < L:
                 if (p == position[c]) != (i == item[c]):
                     g -= penalty[c]
+            elif kind[c] == COVERAGE and p < top[c]:
+                if prefix_count(c, code(i, c)) == 0:
+                    g += penalty[c]
+            elif kind[c] == CALIBRATION and p < top[c]:
+                counts = [prefix_count(c, v) for v in range(int(problem.n_values[attr[c]]))]
+                n = sum(counts)
+                after = list(counts)
+                after[code(i, c)] += 1
+                target = t.target_of(c)
+                g += penalty[c] * (kl_divergence(target, counts, n)
+                                   - kl_divergence(target, after, n + 1))
         return g
 
     def relax(c, why, p):

@@ -5,12 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 from solvers.problem import (
-    ALL_VALUES, MAX_COUNT, MIN_COUNT, NO_MATCH, PIN, WINDOW, ConstraintTable, SlateProblem,
+    ALL_VALUES, CALIBRATION, COVERAGE, MAX_COUNT, MIN_COUNT, NO_MATCH, PIN, WINDOW, ConstraintTable,
+    SlateProblem,
 )
 
 
 def random_problem(seed: int, *, n: int | None = None, k: int | None = None,
-                   n_rules: int | None = None, ties: bool = False) -> SlateProblem:
+                   n_rules: int | None = None, ties: bool = False, div_mode: int = 0,
+                   extras: int = 0) -> SlateProblem:
+    """A seeded random problem. div_mode (1 MMR, 2 DPP) adds random embeddings (zero rows,
+    duplicates of row 0, low dimensions, clusters), weight and window; extras adds that many
+    coverage / calibration rows at random places. Both draw from a second generator, so the
+    problem of a seed without them is unchanged."""
     rng = np.random.default_rng(seed)
     n = int(n if n is not None else rng.integers(0, 25))
     k = int(k if k is not None else rng.integers(1, 12))
@@ -62,19 +68,64 @@ def random_problem(seed: int, *, n: int | None = None, k: int | None = None,
                 pin_pos.add(row["position"])
                 pin_items.add(row["item"])
         rows.append(row)
-    return make_problem(utility, pw, codes, n_values, rows)
+    if not (div_mode or extras):
+        return make_problem(utility, pw, codes, n_values, rows)
+
+    ext = np.random.default_rng([seed, 2024])
+    for _ in range(extras):
+        a = int(ext.integers(0, A))
+        kind = COVERAGE if ext.random() < 0.5 else CALIBRATION
+        row = dict(kind=kind, attr=a, value=ALL_VALUES, bound=0,
+                   top=int(ext.integers(1, max(L, 1) + 1)), size=0, hard=False,
+                   penalty=float(ext.uniform(0.05, 2.0)), priority=int(ext.integers(0, 3)),
+                   item=-1, position=-1)
+        if kind == CALIBRATION:
+            width = int(n_values[a])
+            if ext.random() < 0.3:
+                target = np.full(width, 1.0 / width)  # symmetric: exact ties between values
+            else:
+                target = ext.dirichlet(np.ones(width)) * (ext.random(width) < 0.8)
+                target = target / target.sum() if target.sum() > 0 else np.full(width, 1.0 / width)
+            row["target"] = target
+        rows.insert(int(ext.integers(0, len(rows) + 1)), row)
+    diversity = {}
+    if div_mode:
+        diversity = dict(embeddings=random_embeddings(ext, n), div_mode=div_mode,
+                         div_weight=float(ext.choice([0.05, 0.3, 1.0, 3.0])),
+                         div_window=int(ext.choice([0, 0, 0, 1, 2, 3])))
+    return make_problem(utility, pw, codes, n_values, rows, **diversity)
 
 
-def make_problem(utility, pw, codes, n_values, rows: list[dict]) -> SlateProblem:
+def random_embeddings(rng: np.random.Generator, n: int) -> np.ndarray:
+    """float32 [n, d], d small (so the span runs out), sometimes clustered, with some zero rows
+    and some exact copies of row 0."""
+    d = int(rng.choice([1, 2, 3, 4, 8]))
+    emb = rng.normal(size=(n, d))
+    if rng.random() < 0.3:
+        centers = rng.normal(size=(3, d))
+        emb = centers[rng.integers(0, 3, size=n)] + 0.2 * emb
+    emb[rng.random(n) < 0.1] = 0.0
+    if n > 2 and rng.random() < 0.5:
+        emb[rng.choice(np.arange(1, n), size=min(2, n - 1), replace=False)] = emb[0]
+    return np.ascontiguousarray(emb, dtype=np.float32)
+
+
+def make_problem(utility, pw, codes, n_values, rows: list[dict], **diversity) -> SlateProblem:
+    """A SlateProblem from rule dicts (keys of ConstraintTable; calibration rows add `target`).
+    `diversity`: embeddings, div_mode, div_weight, div_window."""
     def col(key, dtype):
         return np.array([r[key] for r in rows], dtype=dtype)
 
+    widths = [len(r["target"]) if r["kind"] == CALIBRATION else 0 for r in rows]
+    targets = [np.asarray(r["target"], dtype=np.float64) for r in rows if r["kind"] == CALIBRATION]
     table = ConstraintTable(
         kind=col("kind", np.int64), attr=col("attr", np.int64), value=col("value", np.int64),
         bound=col("bound", np.int64), top=col("top", np.int64), size=col("size", np.int64),
         hard=col("hard", np.bool_), penalty=col("penalty", np.float64),
         priority=col("priority", np.int64), item=col("item", np.int64),
         position=col("position", np.int64),
+        target=np.concatenate(targets) if targets else None,
+        target_offset=np.concatenate([[0], np.cumsum(widths)]).astype(np.int64) if targets else None,
     )
     C = len(rows)
     return SlateProblem(
@@ -83,4 +134,5 @@ def make_problem(utility, pw, codes, n_values, rows: list[dict]) -> SlateProblem
         codes=np.ascontiguousarray(codes, dtype=np.int64),
         n_values=np.ascontiguousarray(n_values, dtype=np.int64),
         constraints=table, active=np.ones(C, dtype=np.bool_), pre_reason=np.zeros(C, dtype=np.int64),
+        **diversity,
     )
