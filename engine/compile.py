@@ -12,31 +12,48 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import FieldIssue, InvalidRequest
-from engine.policy import AttributeFilter, MaxCount, MinCount, NumericFilter, Pin, Policy, Window
+from engine.policy import (
+    AttributeFilter, Calibration, Coverage, FairPrefix, MaxCount, MinCount, NumericFilter, Pin,
+    Policy, Window,
+)
 from engine.types import Candidates, RerankRequest
 from solvers.problem import (
-    ALL_VALUES, MAX_COUNT, MIN_COUNT, NO_MATCH, PIN, RELAX_NONE, RELAX_PIN_INVALID, RELAX_SHORTAGE,
-    WINDOW, ConstraintTable, SlateProblem,
+    ALL_VALUES, CALIBRATION, COVERAGE, MAX_COUNT, MIN_COUNT, NO_MATCH, PIN, RELAX_PIN_INVALID,
+    RELAX_SHORTAGE, WINDOW, ConstraintTable, SlateProblem,
 )
 
-_KIND = {MaxCount: MAX_COUNT, MinCount: MIN_COUNT, Window: WINDOW, Pin: PIN}
+_KIND = {MaxCount: MAX_COUNT, MinCount: MIN_COUNT, Window: WINDOW, Pin: PIN, Coverage: COVERAGE,
+         Calibration: CALIBRATION}
+_DIVERSITY = {"mmr": 1, "dpp": 2}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the constraint table; a policy rule gives one row, a fair_prefix rule several."""
+
+    owner: int  # index of the policy constraint
+    kind: int
+    attr: int  # row of SlateProblem.codes; -1 for pins
+    value: str | None  # None: every value (caps, windows, coverage, calibration)
+    bound: int
+    top: int  # prefix length, 0 = the whole slate
+    size: int
+    hard: bool
+    penalty: float
+    priority: int
+    label: str | None = None  # what this row asks, when it is one part of a larger rule
 
 
 @dataclass(frozen=True)
 class CompiledPolicy:
-    """The request-independent part of a policy, as arrays."""
+    """The request-independent part of a policy."""
 
     policy: Policy
     attributes: tuple[str, ...]  # rows of SlateProblem.codes, in first-use order
     needs_attribute: dict[str, str]  # attribute -> where the policy uses it (for error messages)
-    kind: np.ndarray
-    attr: np.ndarray
-    bound: np.ndarray
-    top: np.ndarray  # 0 = the whole slate
-    size: np.ndarray
-    hard: np.ndarray
-    penalty: np.ndarray
-    priority: np.ndarray
+    rows: tuple[Row, ...]  # every rule but fair_prefix (expanded per request: it depends on K)
+    fair: tuple[int, ...]  # indices of fair_prefix rules
+    required: tuple[str, ...] = ()  # attributes every request must send
 
     @property
     def names(self) -> list[str]:
@@ -46,29 +63,68 @@ class CompiledPolicy:
 def compile_policy(policy: Policy) -> CompiledPolicy:
     attributes: list[str] = []
     needs: dict[str, str] = {}
-    rows = []
+
+    def attr_row(name: str, where: str) -> int:
+        if name not in attributes:
+            attributes.append(name)
+            needs[name] = where
+        return attributes.index(name)
+
+    rows: list[Row] = []
+    fair: list[int] = []
     for j, c in enumerate(policy.constraints):
-        a = -1
-        attr_name = getattr(c, "attribute", None)
-        if attr_name is not None:
-            if attr_name not in attributes:
-                attributes.append(attr_name)
-                needs[attr_name] = f"constraints[{j}] '{c.name}'"
-            a = attributes.index(attr_name) if not isinstance(c, Pin) else -1
-        bound = c.max if isinstance(c, (MaxCount, Window)) else c.min if isinstance(c, MinCount) else 0
-        top = getattr(c, "within_top", None) or 0
-        rows.append((_KIND[type(c)], a, bound, top, getattr(c, "size", 0), c.hard,
-                     c.penalty or 0.0, c.priority))
+        where = f"constraints[{j}] '{c.name}'"
+        penalty = c.penalty or 0.0
+        if isinstance(c, Pin):
+            if c.attribute is not None:
+                needs.setdefault(c.attribute, where)
+            rows.append(Row(j, PIN, -1, None, 0, 0, 0, c.hard, penalty, c.priority))
+        elif isinstance(c, FairPrefix):
+            attr_row(c.attribute, where)
+            fair.append(j)
+        else:
+            a = attr_row(c.attribute, where)
+            kind, bound, size = _KIND[type(c)], 0, 0
+            if isinstance(c, (MaxCount, Window)):
+                bound = c.max
+            elif isinstance(c, MinCount):
+                bound = c.min
+            if isinstance(c, Window):
+                size = c.size
+            value = getattr(c, "value", None)
+            rows.append(Row(j, kind, a, value, bound, getattr(c, "within_top", None) or 0, size,
+                            c.hard, penalty, c.priority))
     for j, f in enumerate(policy.filters):
         if isinstance(f, AttributeFilter):
             needs.setdefault(f.attribute, f"filters[{j}]")
+    required = list(attributes)
+    if policy.exposure is not None:
+        for j, rule in enumerate(policy.exposure.amortized):
+            needs.setdefault(rule.attribute, f"exposure.amortized[{j}] '{rule.name}'")
+            required.append(rule.attribute)
+        if policy.exposure.lp is not None:
+            needs.setdefault(policy.exposure.lp.attribute, f"exposure.lp '{policy.exposure.lp.name}'")
+            required.append(policy.exposure.lp.attribute)
+    return CompiledPolicy(policy, tuple(attributes), needs, tuple(rows), tuple(fair),
+                          tuple(dict.fromkeys(required)))
 
-    def col(k, dtype):
-        return np.array([r[k] for r in rows], dtype=dtype)
 
-    return CompiledPolicy(policy, tuple(attributes), needs, col(0, np.int64), col(1, np.int64),
-                          col(2, np.int64), col(3, np.int64), col(4, np.int64), col(5, np.bool_),
-                          col(6, np.float64), col(7, np.int64))
+def fair_rows(cp: CompiledPolicy, L: int) -> list[Row]:
+    """FA*IR m-tables as min_count rows: for each protected value, at least m(i) in the top i
+    wherever the table steps up (Zehlike et al. 2017); the m-tables are cached per (L, p, alpha)."""
+    from solvers.fair import multi_mtables, prefix_minimums
+
+    out: list[Row] = []
+    for j in cp.fair:
+        c: FairPrefix = cp.policy.constraints[j]
+        a = cp.attributes.index(c.attribute)
+        tables = multi_mtables(L, [c.p] * len(c.protected), c.alpha, adjust=c.adjust) if L else []
+        for value, table in zip(c.protected, tables):
+            for top, need in prefix_minimums(table):
+                label = f"at least {need} of {c.attribute} = {value!r} in the top {top}"
+                out.append(Row(j, MIN_COUNT, a, value, int(need), int(top), 0, c.hard,
+                               c.penalty or 0.0, c.priority, label))
+    return out
 
 
 def position_weights(discount, length: int) -> np.ndarray:
@@ -90,7 +146,12 @@ class Compiled:
     index: np.ndarray  # int64[N_eligible]: eligible candidate -> index in the request
     weights: dict[str, float]
     slate_size: int
-    reasons: dict[int, str] = field(default_factory=dict)  # constraint row -> why pre-relaxed
+    rows: list[Row]  # one per ConstraintTable row
+    reasons: dict[int, str] = field(default_factory=dict)  # row -> why it was pre-relaxed
+    boost: np.ndarray | None = None  # float64[N_eligible]: exposure boost included in utility
+
+    def rows_of(self, j: int) -> list[int]:
+        return [r for r, row in enumerate(self.rows) if row.owner == j]
 
 
 def _weights(policy: Policy, req: RerankRequest) -> dict[str, float]:
@@ -139,12 +200,15 @@ def _eligible(policy: Policy, c: Candidates) -> np.ndarray:
     return mask
 
 
-def compile_request(cp: CompiledPolicy, req: RerankRequest) -> Compiled:
+def compile_request(cp: CompiledPolicy, req: RerankRequest,
+                    boosts: dict[str, dict[str, float]] | None = None) -> Compiled:
+    """`boosts`: attribute -> value -> utility added to every candidate with that value (the
+    amortized exposure controller's output; see engine.amortized)."""
     policy = cp.policy
     cands = req.candidates
     weights = _weights(policy, req)
 
-    missing = [a for a in cp.attributes if a not in cands.attributes]
+    missing = [a for a in cp.required if a not in cands.attributes]
     if missing:
         raise InvalidRequest([FieldIssue(f"candidates.attributes['{a}']",
                                          f"required by policy '{policy.name}' ({cp.needs_attribute[a]}) but not sent")
@@ -155,6 +219,17 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest) -> Compiled:
     for name, w in weights.items():
         if w != 0.0:
             utility_all += w * cands.scores[name]
+    boost_all = None
+    for attr_name, by_value in (boosts or {}).items():
+        attr = cands.attributes.get(attr_name)
+        if attr is None:
+            raise InvalidRequest(f"candidates.attributes['{attr_name}']",
+                                 f"required by policy '{policy.name}' (exposure.amortized) but not sent")
+        per_code = np.array([by_value.get(v, 0.0) for v in attr.dictionary], dtype=np.float64)
+        if per_code.any():
+            boost_all = (boost_all if boost_all is not None else np.zeros(cands.n)) + per_code[attr.codes]
+    if boost_all is not None:
+        utility_all += boost_all
     mask = _eligible(policy, cands) if policy.filters else None
     index = np.flatnonzero(mask) if mask is not None else np.arange(cands.n, dtype=np.int64)
     utility = np.ascontiguousarray(utility_all[index])
@@ -178,104 +253,165 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest) -> Compiled:
         n_values[a] = max(len(attr.dictionary), 1)
         lookups.append({v: k for k, v in enumerate(attr.dictionary)})
 
-    C = len(policy.constraints)
+    rows = list(cp.rows) + (fair_rows(cp, L) if cp.fair else [])
+    C = len(rows)
+    kind = np.array([r.kind for r in rows], dtype=np.int64)
+    attr_rows = np.array([r.attr for r in rows], dtype=np.int64)
     value = np.full(C, -1, dtype=np.int64)
-    top = np.where(cp.top > 0, np.minimum(cp.top, L), L).astype(np.int64)
+    bound = np.array([r.bound for r in rows], dtype=np.int64)
+    top = np.array([min(r.top, L) if r.top > 0 else L for r in rows], dtype=np.int64)
+    size = np.array([r.size for r in rows], dtype=np.int64)
+    hard = np.array([r.hard for r in rows], dtype=np.bool_)
+    penalty = np.array([r.penalty for r in rows], dtype=np.float64)
+    priority = np.array([r.priority for r in rows], dtype=np.int64)
     item = np.full(C, -1, dtype=np.int64)
     position = np.full(C, -1, dtype=np.int64)
     active = np.ones(C, dtype=np.bool_)
     pre_reason = np.zeros(C, dtype=np.int64)
     reasons: dict[int, str] = {}
 
-    def pre_relax(j: int, code: int, why: str) -> None:
-        if cp.hard[j]:
-            active[j] = False
-            pre_reason[j] = code
-        reasons[j] = why
+    def pre_relax(r: int, code: int, why: str) -> None:
+        if hard[r]:
+            active[r] = False
+            pre_reason[r] = code
+        reasons[r] = why
 
     pins: list[int] = []
-    for j, c in enumerate(policy.constraints):
-        if isinstance(c, Pin):
-            pins.append(j)
-        elif c.value is not None:
-            value[j] = lookups[cp.attr[j]].get(c.value, NO_MATCH)
+    for r, row in enumerate(rows):
+        if row.kind == PIN:
+            pins.append(r)
+        elif row.value is not None:
+            value[r] = lookups[row.attr].get(row.value, NO_MATCH)
         else:
-            value[j] = ALL_VALUES
+            value[r] = ALL_VALUES
 
-    for j, c in enumerate(policy.constraints):
-        if isinstance(c, MinCount):
-            have = int(np.count_nonzero(codes[cp.attr[j]] == value[j])) if value[j] >= 0 else 0
-            prefix = int(top[j])
-            if have < c.min:
-                pre_relax(j, RELAX_SHORTAGE, f"only {have} eligible candidate{'s' if have != 1 else ''} "
-                                             f"{'has' if have == 1 else 'have'} {c.attribute} = {c.value!r}; {c.min} required")
-            elif prefix < c.min:
-                pre_relax(j, RELAX_SHORTAGE, f"the slate has only {prefix} position{'s' if prefix != 1 else ''} "
-                                             f"for the {c.min} items required")
+    for r, row in enumerate(rows):
+        if row.kind == MIN_COUNT:
+            rule = policy.constraints[row.owner]
+            have = int(np.count_nonzero(codes[row.attr] == value[r])) if value[r] >= 0 else 0
+            prefix = int(top[r])
+            if have < row.bound:
+                pre_relax(r, RELAX_SHORTAGE, f"only {have} eligible candidate{'s' if have != 1 else ''} "
+                                             f"{'has' if have == 1 else 'have'} {rule.attribute} = {row.value!r}; "
+                                             f"{row.bound} required")
+            elif prefix < row.bound:
+                pre_relax(r, RELAX_SHORTAGE, f"the slate has only {prefix} position{'s' if prefix != 1 else ''} "
+                                             f"for the {row.bound} items required")
 
-    _resolve_pins(policy, cp, cands, index, utility, codes, lookups, L, pins, item, position,
+    _resolve_pins(policy, rows, cands, index, utility, L, pins, item, position, priority, hard,
                   pre_relax)
+    target, target_offset = _calibration_targets(policy, rows, req, cands, n_values, lookups)
+    table = ConstraintTable(kind, attr_rows, value, bound, top, size, hard, penalty, priority, item,
+                            position, target=target, target_offset=target_offset)
+    diversity = {}
+    if policy.diversity is not None:
+        emb = cands.embeddings
+        if emb is None:
+            raise InvalidRequest("candidates.embeddings", f"required by policy '{policy.name}' "
+                                                          f"(diversity: {policy.diversity.method}) but not sent")
+        diversity = dict(embeddings=_unit_rows(emb[index]), div_mode=_DIVERSITY[policy.diversity.method],
+                         div_weight=float(policy.diversity.weight), div_window=int(policy.diversity.window))
+    problem = SlateProblem(utility, pw, codes, n_values, table, active, pre_reason, **diversity)
+    boost = boost_all[index] if boost_all is not None else None
+    return Compiled(problem, index, weights, K, rows, reasons, boost)
 
-    table = ConstraintTable(cp.kind, cp.attr, value, cp.bound, top, cp.size, cp.hard, cp.penalty,
-                            cp.priority, item, position)
-    problem = SlateProblem(utility, pw, codes, n_values, table, active, pre_reason)
-    return Compiled(problem, index, weights, K, reasons)
+
+def _unit_rows(emb: np.ndarray) -> np.ndarray:
+    """float32 rows scaled to unit length (zero rows stay zero: similar to nothing)."""
+    emb = np.asarray(emb, dtype=np.float32)
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    return np.ascontiguousarray(emb / np.where(norms > 0, norms, 1.0), dtype=np.float32)
 
 
-def _resolve_pins(policy, cp, cands, index, utility, codes, lookups, L, pins, item, position,
-                  pre_relax) -> None:
-    """Pins by item id or by attribute value -> eligible candidate indices; clashes relaxed by rank."""
+def _calibration_targets(policy: Policy, rows: list[Row], req: RerankRequest, cands: Candidates,
+                         n_values: np.ndarray, lookups: list[dict[str, int]]):
+    """Flat target distributions of the calibration rows over their attribute's value codes.
+
+    Target shares of values absent from the request cannot be met by any slate; the rest are
+    renormalised to sum to 1."""
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    chunks = []
+    for r, row in enumerate(rows):
+        width = 0
+        if row.kind == CALIBRATION:
+            rule: Calibration = policy.constraints[row.owner]
+            shares = req.targets.get(rule.name, rule.target)  # the request's, else the policy's
+            path = f"targets['{rule.name}']"
+            if shares is None:
+                raise InvalidRequest(path, f"required by policy '{policy.name}' (constraints[{row.owner}] "
+                                           f"'{rule.name}' has no target): a share per {rule.attribute} value")
+            vec = np.zeros(int(n_values[row.attr]), dtype=np.float64)
+            for v, share in shares.items():
+                if not (share >= 0 and np.isfinite(share)):
+                    raise InvalidRequest(f"{path}['{v}']", f"must be a finite number >= 0, got {share}")
+                k = lookups[row.attr].get(v)
+                if k is not None:
+                    vec[k] += share
+            total = vec.sum()
+            if total <= 0:
+                vec[:] = 1.0 / vec.shape[0]  # nothing of the target is among the candidates
+            else:
+                vec /= total
+            chunks.append(vec)
+            width = vec.shape[0]
+        offsets[r + 1] = offsets[r] + width
+    target = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float64)
+    return target, offsets
+
+
+def _resolve_pins(policy: Policy, rows: list[Row], cands: Candidates, index: np.ndarray,
+                  utility: np.ndarray, L: int, pins: list[int], item: np.ndarray,
+                  position: np.ndarray, priority: np.ndarray, hard: np.ndarray, pre_relax) -> None:
+    """Pins by item id or by attribute value -> eligible candidate indices; clashes between hard
+    pins are settled by rank (the more important pin keeps its place)."""
     if not pins:
         return
     from solvers.greedy import constraint_ranks
 
-    rank = constraint_ranks(cp.priority)
+    rank = constraint_ranks(priority)
     taken_pos: dict[int, int] = {}
     taken_item: dict[int, int] = {}
-    # most important pins choose first
-    for j in sorted(pins, key=lambda j: -rank[j]):
-        c: Pin = policy.constraints[j]
-        position[j] = c.position - 1
+    for r in sorted(pins, key=lambda r: -rank[r]):  # most important pins choose first
+        c: Pin = policy.constraints[rows[r].owner]
+        position[r] = c.position - 1
         if c.item is not None:
             try:
-                r = cands.item_ids.index(c.item)
+                row = cands.item_ids.index(c.item)
             except ValueError:
-                pre_relax(j, RELAX_PIN_INVALID, f"item {c.item!r} is not among the candidates")
+                pre_relax(r, RELAX_PIN_INVALID, f"item {c.item!r} is not among the candidates")
                 continue
-            k = int(np.searchsorted(index, r))  # index is sorted: position of r if eligible
-            if k >= index.shape[0] or index[k] != r:
-                pre_relax(j, RELAX_PIN_INVALID, f"item {c.item!r} was removed by the policy's filters")
+            k = int(np.searchsorted(index, row))  # index is sorted: position of row if eligible
+            if k >= index.shape[0] or index[k] != row:
+                pre_relax(r, RELAX_PIN_INVALID, f"item {c.item!r} was removed by the policy's filters")
                 continue
         else:
-            name = c.attribute
-            if name not in lookups and name not in cands.attributes:
-                pre_relax(j, RELAX_PIN_INVALID, f"candidates carry no attribute {name!r}")
+            attr = cands.attributes.get(c.attribute)
+            if attr is None:
+                pre_relax(r, RELAX_PIN_INVALID, f"candidates carry no attribute {c.attribute!r}")
                 continue
-            attr = cands.attributes[name]
             code = {v: q for q, v in enumerate(attr.dictionary)}.get(c.value, NO_MATCH)
             match = attr.codes[index] == code
-            if cp.hard[j]:
+            if hard[r]:
                 for other in taken_item:
                     match[other] = False
             if not match.any():
-                pre_relax(j, RELAX_PIN_INVALID, f"no eligible candidate has {name} = {c.value!r}")
+                pre_relax(r, RELAX_PIN_INVALID, f"no eligible candidate has {c.attribute} = {c.value!r}")
                 continue
             cand = np.flatnonzero(match)
             k = int(cand[np.argmax(utility[cand])])  # argmax: first (lowest index) among ties
+        item[r] = k
         if c.position > L:
-            item[j] = k
-            pre_relax(j, RELAX_PIN_INVALID, f"position {c.position} is beyond the slate ({L} items)")
+            pre_relax(r, RELAX_PIN_INVALID, f"position {c.position} is beyond the slate ({L} items)")
             continue
-        item[j] = k
-        if not cp.hard[j]:
+        if not hard[r]:
             continue
-        if position[j] in taken_pos:
-            pre_relax(j, RELAX_PIN_INVALID,
-                      f"position {c.position} is already pinned by '{policy.constraints[taken_pos[position[j]]].name}'")
+        if position[r] in taken_pos:
+            other = policy.constraints[rows[taken_pos[int(position[r])]].owner].name
+            pre_relax(r, RELAX_PIN_INVALID, f"position {c.position} is already pinned by '{other}'")
             continue
         if k in taken_item:
-            pre_relax(j, RELAX_PIN_INVALID,
-                      f"the same item is already pinned by '{policy.constraints[taken_item[k]].name}'")
+            other = policy.constraints[rows[taken_item[k]].owner].name
+            pre_relax(r, RELAX_PIN_INVALID, f"the same item is already pinned by '{other}'")
             continue
-        taken_pos[int(position[j])] = j
-        taken_item[k] = j
+        taken_pos[int(position[r])] = r
+        taken_item[k] = r

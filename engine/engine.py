@@ -9,17 +9,19 @@ from dataclasses import replace
 
 import numpy as np
 
-from engine.compile import CompiledPolicy, compile_policy, compile_request
+from engine.compile import Compiled, CompiledPolicy, compile_policy, compile_request
 from engine.errors import FieldIssue, PolicyInvalid
 from engine.policy_loader import LoadedPolicy, PolicyStore, parse_policy_text
-from engine import portfolio
+from engine import exposure, portfolio
+from engine.amortized import boosts, exposure_deltas, merit_by_group
+from engine.ledger import InProcessLedger, Ledger, ledger_from_url
 from engine.report import conflict_text, constraint_reports, gap, slate_items
-from engine.types import ConflictReport, PolicyInfo, RerankRequest, RerankResult
+from engine.types import ConflictReport, ExposureLPReport, PolicyInfo, RerankRequest, RerankResult
 from engine.validate import Limits, validate_candidates, validate_request_scalars
-from solvers.evaluate import evaluate
+from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
 from solvers.greedy import solve_greedy
 from solvers.greedy import warmup as warmup_greedy
-from solvers.problem import SlateProblem, SolveResult
+from solvers.problem import SolveResult
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +37,23 @@ class Engine:
     """Thread-safe: `rerank` may be called from many threads at once."""
 
     def __init__(self, store: PolicyStore, *, limits: Limits | None = None,
-                 policies_dir: str | None = None):
+                 policies_dir: str | None = None, ledger: Ledger | None = None):
         self.store = store
         self.limits = limits or Limits()
         self.policies_dir = policies_dir
+        self.ledger: Ledger = ledger if ledger is not None else InProcessLedger()
         self._compiled: dict[tuple[str, str], CompiledPolicy] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_directory(cls, policies_dir: str, *, limits: Limits | None = None) -> "Engine":
+    def from_directory(cls, policies_dir: str, *, limits: Limits | None = None,
+                       ledger_url: str | None = None) -> "Engine":
+        """`ledger_url`: None / "memory://" (in-process, the default) or "redis://host:port/db"
+        (shared by every replica) for the exposure ledger of amortized fairness rules."""
         store = PolicyStore.from_directory(policies_dir)
         for err in store.errors:
             log.error("policy rejected", extra={"source": err.source, "error": str(err)})
-        return cls(store, limits=limits, policies_dir=policies_dir)
+        return cls(store, limits=limits, policies_dir=policies_dir, ledger=ledger_from_url(ledger_url))
 
     # ---------------------------------------------------------------- lifecycle
     def warmup(self) -> None:
@@ -57,6 +63,9 @@ class Engine:
         portfolio.warmup()
         for loaded in self.store.list():
             self._compiled_policy(loaded)
+            lp = loaded.policy.exposure.lp if loaded.policy.exposure else None
+            if lp is not None:
+                exposure.warmup(lp.top_m, min(lp.top_m, loaded.policy.slate_size), lp.criterion)
         log.info("warm-up done", extra={"seconds": round(time.perf_counter() - t0, 3)})
 
     def reload(self) -> list[PolicyInvalid]:
@@ -100,7 +109,9 @@ class Engine:
         loaded = self.store.get(req.policy)
         validate_candidates(req.candidates, self.limits)
         cp = self._compiled_policy(loaded)
-        compiled = compile_request(cp, req)
+        amortized = loaded.policy.exposure.amortized if loaded.policy.exposure else []
+        group_boosts = self._exposure_boosts(loaded.policy.name, amortized) if amortized else None
+        compiled = compile_request(cp, req, group_boosts)
         problem = compiled.problem
         t_compiled = time.perf_counter_ns()
         elapsed = {"compile": (t_compiled - t_start) / 1000.0}
@@ -110,7 +121,22 @@ class Engine:
         if req.deadline_ms is not None:
             budget_ms = min(budget_ms, max(req.deadline_ms - DEADLINE_MARGIN_MS, 0.0))
         deadline = t_start / 1e9 + budget_ms / 1000.0  # perf_counter seconds
-        outcome = portfolio.solve(problem, mode=mode, deadline=deadline)
+        lp_out = None
+        lp_rule = loaded.policy.exposure.lp if loaded.policy.exposure else None
+        if lp_rule is not None:
+            attr = req.candidates.attributes[lp_rule.attribute]
+            lp_out = exposure.apply(lp_rule, problem, attr.codes[compiled.index], attr.dictionary,
+                                    f"{loaded.policy.name}/{loaded.policy.version}/{req.user_id}/{req.request_id}",
+                                    deadline)
+        if lp_out is not None and lp_out.problem is not None:
+            # the sampled fair ranking, within the hard rules: greedy on the steered utilities,
+            # reported against the policy's own objective
+            outcome = portfolio.solve(lp_out.problem, mode="greedy", deadline=deadline)
+            outcome.objective = evaluate(problem, outcome.result.slate).objective
+            outcome.bound = objective_upper_bound_unconstrained(problem)
+            outcome.status = "relaxed" if outcome.result.relaxed.any() else "feasible"
+        else:
+            outcome = portfolio.solve(problem, mode=mode, deadline=deadline)
         result = outcome.result
         if mode != "greedy" or req.explain:
             outcome.conflicts = portfolio.explain_conflicts(problem, outcome, deadline=deadline)
@@ -121,10 +147,12 @@ class Engine:
         ev = evaluate(problem, result.slate)
         bound = outcome.bound
         status = outcome.status
-        costs = self._rule_costs(problem, result, ev.objective) if req.explain else None
+        costs = self._rule_costs(compiled, result, ev.objective) if req.explain else None
         report = constraint_reports(cp, compiled, result, ev, costs, outcome.conflicts)
         items = slate_items(compiled, result.slate, req.candidates.item_ids,
                             req.candidates.scores, req.explain)
+        if amortized:
+            self._record_exposure(loaded.policy.name, amortized, compiled, req, result.slate)
         elapsed["report"] = _us(t_solved)
         elapsed["engine_total"] = _us(t_start)
         return RerankResult(
@@ -132,28 +160,61 @@ class Engine:
             solver=result.solver, status=status, objective=ev.objective, bound=bound,
             gap=gap(ev.objective, bound), constraints=report, elapsed_us=elapsed,
             budget_ms=budget_ms, exact_status=outcome.exact_status,
-            conflicts=[ConflictReport([cp.names[k] for k in sorted(core)], conflict_text(cp, sorted(core)))
+            boosts={f"{attr}={value}": b for attr, by_value in (group_boosts or {}).items()
+                    for value, b in by_value.items()},
+            exposure_lp=None if lp_out is None else ExposureLPReport(
+                lp_out.status, lp_out.objective, lp_out.expected_exposure, lp_out.solve_ms),
+            conflicts=[ConflictReport(sorted({cp.names[compiled.rows[r].owner] for r in core},
+                                             key=cp.names.index),
+                                      conflict_text(cp, compiled, sorted(core)))
                        for core in outcome.conflicts],
             eligible=problem.n, request_id=req.request_id,
         )
 
+    # ---------------------------------------------------------------- exposure across requests
+    def _exposure_boosts(self, policy: str, rules) -> dict[str, dict[str, float]]:
+        """Utility boost per attribute value from the ledger (summed over rules on one attribute)."""
+        out: dict[str, dict[str, float]] = {}
+        for rule in rules:
+            snap = self.ledger.snapshot(f"{policy}/{rule.name}")
+            for group, b in boosts(snap, rule.target, rule.gain).items():
+                if b:
+                    by_value = out.setdefault(rule.attribute, {})
+                    by_value[group] = by_value.get(group, 0.0) + b
+        return out
+
+    def _record_exposure(self, policy: str, rules, compiled: Compiled, req: RerankRequest,
+                         slate) -> None:
+        """Add this answer's exposure (position weights) and merit (utility before boosts)."""
+        u = compiled.problem.utility - (compiled.boost if compiled.boost is not None else 0.0)
+        pw = compiled.problem.position_weight
+        for rule in rules:
+            attr = req.candidates.attributes[rule.attribute]
+            codes = attr.codes[compiled.index]
+            merit = merit_by_group(codes, attr.dictionary, u) if rule.target is None else None
+            groups = [attr.dictionary[c] for c in codes[slate].tolist()]
+            deltas = exposure_deltas(groups, pw[: len(groups)], u[slate], candidate_merit=merit)
+            self.ledger.record(f"{policy}/{rule.name}", deltas)
+
     @staticmethod
-    def _rule_costs(problem: SlateProblem, result: SolveResult, objective: float) -> dict[int, float]:
-        """What each rule costs: objective of the greedy slate without the rule minus this
+    def _rule_costs(compiled: Compiled, result: SolveResult, objective: float) -> dict[int, float]:
+        """What each policy rule costs: objective of the greedy slate without the rule minus this
         answer's objective (a greedy estimate; it can be slightly negative)."""
+        problem = compiled.problem
         t = problem.constraints
         costs: dict[int, float] = {}
-        for j in range(t.n):
-            if t.hard[j]:
-                if result.relaxed[j]:
+        for j in sorted({row.owner for row in compiled.rows}):
+            rows = compiled.rows_of(j)
+            if t.hard[rows[0]]:
+                if result.relaxed[rows].any():
                     costs[j] = 0.0
                     continue
                 active = problem.active.copy()
-                active[j] = False
+                active[rows] = False
                 variant = replace(problem, active=active)
             else:
                 penalty = t.penalty.copy()
-                penalty[j] = 0.0
+                penalty[rows] = 0.0
                 variant = replace(problem, constraints=replace(t, penalty=penalty))
             alt = solve_greedy(variant, active=variant.active)
             costs[j] = evaluate(variant, alt.slate).objective - objective

@@ -217,7 +217,100 @@ class Pin(_Constraint):
         return issues
 
 
-Constraint = Annotated[Union[MaxCount, MinCount, Window, Pin], Field(discriminator="type")]
+class Coverage(_Constraint):
+    """Reward each distinct value of `attribute` present in the top `within_top` (soft only):
+    the objective pays `penalty` for every value that could have been covered and was not."""
+
+    type: Literal["coverage"]
+    attribute: str
+    within_top: Int | None = Field(default=None, ge=1)
+    hard: Bool = Field(default=False, description="Coverage is always soft.")
+
+    def _rule_issues(self) -> list[Issue]:
+        if self.hard:
+            return [("hard", "coverage is a soft rule: set hard: false and a penalty (the reward per value)")]
+        return super()._rule_issues()
+
+
+class Calibration(_Constraint):
+    """Keep the slate's distribution over `attribute` close to `target` (Steck 2018): the
+    objective pays `penalty` times KL(target || slate distribution) (soft only). A request may
+    send its own target under `targets['<rule name>']` (e.g. the user's taste profile), which
+    replaces the policy's; without a `target` in the policy, every request must send one."""
+
+    type: Literal["calibration"]
+    attribute: str
+    target: dict[str, Annotated[Float, Field(ge=0)]] | None = None
+    within_top: Int | None = Field(default=None, ge=1)
+    hard: Bool = Field(default=False, description="Calibration is always soft.")
+
+    def _rule_issues(self) -> list[Issue]:
+        issues = []
+        if self.hard:
+            issues.append(("hard", "calibration is a soft rule: set hard: false and a penalty (the weight of the KL term)"))
+        else:
+            issues += super()._rule_issues()
+        if self.target is not None and not sum(self.target.values()) > 0:
+            issues.append(("target", "must give some value a share > 0"))
+        return issues
+
+
+class FairPrefix(_Constraint):
+    """Ranked group fairness (FA*IR, Zehlike et al. 2017): every prefix of the slate holds at
+    least the number of items with `attribute` in `protected` that a fair coin with success
+    probability `p` would give, at significance `alpha` (adjusted for testing every prefix)."""
+
+    type: Literal["fair_prefix"]
+    attribute: str
+    protected: list[str] = Field(min_length=1, description="Protected values; one minimum table each.")
+    p: Float = Field(gt=0, lt=1, description="Target minimum share of each protected value.")
+    alpha: Float = Field(default=0.1, gt=0, lt=1, description="Significance of the fairness test.")
+    adjust: Bool = Field(default=True, description="Correct alpha for testing every prefix (the paper's adjustment).")
+
+
+Constraint = Annotated[Union[MaxCount, MinCount, Window, Pin, Coverage, Calibration, FairPrefix],
+                       Field(discriminator="type")]
+
+
+class Diversity(_Model):
+    """Similarity diversity over the request's embeddings (candidates.embeddings).
+
+    mmr: an item loses `weight` x (its largest cosine similarity to the items above it);
+    dpp: an item gains `weight` x log(its residual variance given the items above it), the greedy
+    MAP of a determinantal point process (Chen, Zhang & Zhou 2018). Both are scaled by the
+    position weight, like the item's utility. `window` > 0 compares only with the last `window`
+    items (sliding window)."""
+
+    method: Literal["mmr", "dpp"]
+    weight: Float = Field(gt=0, description="Strength of the diversity term relative to utility.")
+    window: Int = Field(default=0, ge=0, description="0: all items above; w: only the last w.")
+
+
+class Amortized(_Model):
+    """Exposure across requests (FairCo-style controller): groups of `attribute` whose share of
+    cumulative exposure is below target get a utility boost proportional to the shortfall."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    attribute: str
+    target: dict[str, Annotated[Float, Field(gt=0, lt=1)]] | None = Field(
+        default=None, description="Target share of exposure per value; omitted: proportional to merit.")
+    gain: Float = Field(default=1.0, gt=0, description="Controller gain (boost per unit of shortfall).")
+
+
+class ExposureLP(_Model):
+    """Per-request fairness of exposure (Singh & Joachims 2018) over the top `top_m` candidates:
+    an LP over doubly stochastic ranking matrices, sampled by Birkhoff-von Neumann decomposition."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    attribute: str
+    top_m: Int = Field(default=20, ge=2, le=100)
+    criterion: Literal["demographic_parity", "disparate_treatment"] = "demographic_parity"
+    tolerance: Float = Field(default=0.05, ge=0)
+
+
+class Exposure(_Model):
+    amortized: list[Amortized] = Field(default_factory=list)
+    lp: ExposureLP | None = None
 
 
 class SolverSettings(_Model):
@@ -235,6 +328,8 @@ class Policy(_Model):
     objective: Objective
     filters: list[Filter] = Field(default_factory=list)
     constraints: list[Constraint] = Field(default_factory=list)
+    diversity: Diversity | None = None
+    exposure: Exposure | None = None
     solver: SolverSettings = Field(default_factory=SolverSettings)
 
     @field_validator("version", mode="before")
@@ -289,7 +384,7 @@ def policy_conflicts(
     for i, c in constraints:
         if isinstance(c, Pin) and c.position > slate_size:
             issues.append((f"constraints[{i}].position", f"must be <= slate_size ({slate_size}), got {c.position}"))
-        if isinstance(c, (MaxCount, MinCount)) and c.within_top is not None and c.within_top > slate_size:
+        if isinstance(c, (MaxCount, MinCount, Coverage, Calibration)) and c.within_top is not None and c.within_top > slate_size:
             issues.append((f"constraints[{i}].within_top",
                            f"must be <= slate_size ({slate_size}), got {c.within_top}"))
         if isinstance(c, MinCount) and c.within_top is None and c.min > slate_size:

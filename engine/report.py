@@ -7,10 +7,10 @@ import math
 import numpy as np
 
 from engine.compile import Compiled, CompiledPolicy
-from engine.policy import MaxCount, MinCount, Pin, Window
+from engine.policy import Calibration, Coverage, FairPrefix, MaxCount, MinCount, Pin, Window
 from engine.types import ConstraintReport, SlateItem
 from solvers.evaluate import Evaluation
-from solvers.problem import KIND_NAMES, RELAX_CONFLICT, RELAX_INFEASIBLE, RELAX_SHORTAGE, SolveResult
+from solvers.problem import RELAX_CONFLICT, RELAX_INFEASIBLE, RELAX_SHORTAGE, SolveResult
 
 
 def describe(c) -> str:
@@ -28,67 +28,85 @@ def describe(c) -> str:
     if isinstance(c, Pin):
         target = f"item {c.item!r}" if c.item is not None else f"the best {c.attribute} = {c.value!r}"
         return f"{target} at position {c.position}"
+    if isinstance(c, Coverage):
+        where = f" in the top {c.within_top}" if c.within_top else ""
+        return f"as many distinct {c.attribute} values as possible{where}"
+    if isinstance(c, Calibration):
+        where = f" of the top {c.within_top}" if c.within_top else ""
+        return f"{c.attribute} distribution{where} close to its target"
+    if isinstance(c, FairPrefix):
+        groups = ", ".join(repr(v) for v in c.protected)
+        return f"every prefix holds enough {c.attribute} = {groups} (FA*IR, p={c.p:g}, alpha={c.alpha:g})"
     return type(c).__name__
 
 
-def conflict_text(cp: CompiledPolicy, core: list[int], gave_way: int | None = None) -> str:
-    """A minimal conflict in the policy's words."""
-    rules = cp.policy.constraints
-    parts = [f"'{rules[k].name}' ({describe(rules[k])})" for k in core]
+def row_text(cp: CompiledPolicy, compiled: Compiled, r: int) -> str:
+    """`'name' (what the row asks)` for one constraint-table row."""
+    row = compiled.rows[r]
+    c = cp.policy.constraints[row.owner]
+    return f"'{c.name}' ({row.label or describe(c)})"
+
+
+def conflict_text(cp: CompiledPolicy, compiled: Compiled, core: list[int], gave_way: int | None = None) -> str:
+    """A minimal conflict (constraint-table rows) in the policy's words."""
+    parts = [row_text(cp, compiled, r) for r in core]
     if len(parts) == 1:
         text = f"{parts[0]} cannot hold for these candidates"
     else:
         text = f"{', '.join(parts[:-1])} conflicts with {parts[-1]} given these candidates"
     if gave_way is not None and len(core) > 1:
-        text += f"; '{rules[gave_way].name}' has the lowest priority and gave way"
+        text += f"; '{cp.policy.constraints[compiled.rows[gave_way].owner].name}' has the lowest priority and gave way"
     return text
 
 
-def relax_reason(cp: CompiledPolicy, compiled: Compiled, result: SolveResult, j: int,
+def relax_reason(cp: CompiledPolicy, compiled: Compiled, result: SolveResult, r: int,
                  rank: np.ndarray, conflicts: list[list[int]]) -> str:
-    c = cp.policy.constraints[j]
-    code = int(result.relax_reason[j])
-    if j in compiled.reasons and not compiled.problem.active[j]:
-        return f"'{c.name}' ({describe(c)}) relaxed: {compiled.reasons[j]}"
+    """Why row r was relaxed, in the policy's words."""
+    head = row_text(cp, compiled, r)
+    if r in compiled.reasons and not compiled.problem.active[r]:
+        return f"{head} relaxed: {compiled.reasons[r]}"
     for core in conflicts:
-        if j in core:
-            return f"relaxed: {conflict_text(cp, core, j)}"
-    pos = int(result.relax_position[j])
+        if r in core:
+            return f"relaxed: {conflict_text(cp, compiled, core, r)}"
+    code = int(result.relax_reason[r])
+    pos = int(result.relax_position[r])
     if code == RELAX_SHORTAGE:
-        return (f"'{c.name}' ({describe(c)}) relaxed: ran out of eligible candidates that satisfy it"
-                f" together with the other rules")
+        return f"{head} relaxed: ran out of eligible candidates that satisfy it together with the other rules"
     if code == RELAX_INFEASIBLE:
-        return f"'{c.name}' ({describe(c)}) relaxed: the hard rules cannot all hold for these candidates"
+        return f"{head} relaxed: the hard rules cannot all hold for these candidates"
     if code == RELAX_CONFLICT:
         t = compiled.problem.constraints
-        stronger = [cp.policy.constraints[k].name for k in range(t.n)
-                    if t.hard[k] and not result.relaxed[k] and rank[k] > rank[j]]
+        stronger = []
+        for k in range(t.n):
+            name = cp.policy.constraints[compiled.rows[k].owner].name
+            if t.hard[k] and not result.relaxed[k] and rank[k] > rank[r] and name not in stronger:
+                stronger.append(name)
         others = f" together with {', '.join(repr(s) for s in stronger)}" if stronger else ""
-        return (f"'{c.name}' ({describe(c)}) gave way at position {pos + 1}: no remaining candidate "
-                f"could satisfy it{others}")
-    return f"'{c.name}' ({describe(c)}) relaxed"
+        return f"{head} gave way at position {pos + 1}: no remaining candidate could satisfy it{others}"
+    return f"{head} relaxed"
 
 
 def constraint_reports(cp: CompiledPolicy, compiled: Compiled, result: SolveResult,
                        ev: Evaluation, costs: dict[int, float] | None,
                        conflicts: list[list[int]] = ()) -> list[ConstraintReport]:
+    """One report per policy rule (a rule expanded into several rows is summed over them)."""
     from solvers.greedy import constraint_ranks
 
     t = compiled.problem.constraints
     rank = constraint_ranks(t.priority)
     out = []
     for j, c in enumerate(cp.policy.constraints):
-        relaxed = bool(result.relaxed[j])
-        violation = float(ev.violation[j])
-        hard = bool(t.hard[j])
-        reason = relax_reason(cp, compiled, result, j, rank, list(conflicts)) if relaxed else ""
-        if not relaxed and not hard and violation > 0 and j in compiled.reasons:
-            reason = compiled.reasons[j]
+        rows = compiled.rows_of(j)
+        violation = float(ev.violation[rows].sum()) if rows else 0.0
+        slack = float(ev.slack[rows].min()) if rows else 0.0
+        relaxed_rows = [r for r in rows if result.relaxed[r]]
+        reason = relax_reason(cp, compiled, result, relaxed_rows[0], rank, list(conflicts)) if relaxed_rows else ""
+        if not relaxed_rows and not c.hard and violation > 0:
+            reason = next((compiled.reasons[r] for r in rows if r in compiled.reasons), "")
         out.append(ConstraintReport(
-            name=c.name, kind=KIND_NAMES[int(t.kind[j])], hard=hard, satisfied=violation == 0.0,
-            slack=float(ev.slack[j]), violation=violation,
-            penalty=0.0 if hard else float(t.penalty[j]) * violation, relaxed=relaxed,
-            reason=reason, cost=None if costs is None else costs.get(j),
+            name=c.name, kind=c.type, hard=bool(c.hard), satisfied=violation == 0.0, slack=slack,
+            violation=violation, penalty=0.0 if c.hard else float(t.penalty[rows] @ ev.violation[rows]) if rows else 0.0,
+            relaxed=bool(relaxed_rows), reason=reason, cost=None if costs is None else costs.get(j),
         ))
     return out
 
@@ -102,6 +120,8 @@ def slate_items(compiled: Compiled, slate: np.ndarray, item_ids: list[str], scor
         contrib = {}
         if explain:
             contrib = {name: w * float(scores[name][r]) for name, w in compiled.weights.items()}
+            if compiled.boost is not None:
+                contrib["exposure_boost"] = float(compiled.boost[slate[p]])
         items.append(SlateItem(item_ids[r], r, p + 1, u, contrib))
     return items
 

@@ -55,6 +55,8 @@ class RerankRequest:
     solver: SolverMode | None = None  # None = the policy's
     objective_weights: dict[str, float] = field(default_factory=dict)  # overrides per column
     explain: bool = False
+    # per calibration rule without a target in the policy: value -> share (rule name -> ...)
+    targets: dict[str, dict[str, float]] = field(default_factory=dict)
     request_id: str = ""
     user_id: str = ""
     deadline_ms: float | None = None  # time left before the caller's deadline, if any
@@ -90,6 +92,14 @@ class ConflictReport:
 
 
 @dataclass(frozen=True, slots=True)
+class ExposureLPReport:
+    status: str  # LP status, or "skipped: <why>"
+    objective: float  # expected utility of the fair ranking distribution
+    expected_exposure: dict[str, float]  # group -> expected exposure over the top M
+    solve_ms: float
+
+
+@dataclass(frozen=True, slots=True)
 class RerankResult:
     items: list[SlateItem]
     policy: str
@@ -106,6 +116,8 @@ class RerankResult:
     budget_ms: float = 0.0  # the solve budget that applied (policy / request, capped by deadline)
     exact_status: str = ""  # what the exact solver said when it ran: optimal, feasible, timeout...
     conflicts: list[ConflictReport] = field(default_factory=list)  # minimal conflicting rule sets
+    boosts: dict[str, float] = field(default_factory=dict)  # "attribute=value" -> exposure boost
+    exposure_lp: ExposureLPReport | None = None
 
 
 @dataclass(frozen=True, slots=True)

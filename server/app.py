@@ -100,8 +100,12 @@ def serve(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_concurrent_rpcs: int | None = None,
     grace_s: float = DEFAULT_GRACE_S,
+    ledger_url: str | None = None,
 ) -> int:
     """Load policies, start, warm up, report SERVING; run until SIGTERM / SIGINT. Returns 0.
+
+    `ledger_url`: where amortized-fairness rules keep cumulative exposure: None / "memory://"
+    (this process only) or "redis://host:port/db" (shared by every replica).
 
     SIGTERM / SIGINT: health goes NOT_SERVING (load balancers stop sending), in-flight calls get
     `grace_s` seconds to finish, then the process exits 0. SIGHUP reloads the policies (an invalid
@@ -110,7 +114,7 @@ def serve(
     from engine.engine import Engine  # heavy (numba): imported when serving, not on import
 
     t0 = time.perf_counter()
-    engine = Engine.from_directory(policies_dir)
+    engine = Engine.from_directory(policies_dir, ledger_url=ledger_url)
     health_servicer = health.HealthServicer()
     server, port = create_server(
         address,

@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=5.0,
                    help="seconds in-flight calls get to finish on shutdown (default %(default)s)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--ledger", default=None, metavar="URL",
+                   help="exposure ledger for amortized fairness: memory:// (default, this process) "
+                        "or redis://host:port/db (shared by every replica)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("validate", help="check policy files; print every error as file: path: message")
@@ -105,6 +108,7 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
             max_workers=args.workers,
             max_message_bytes=args.max_message_mb * 1024 * 1024,
             grace_s=args.grace,
+            ledger_url=args.ledger,
         )
     except BindError as exc:
         err.print(f"error: {escape(str(exc))}", style="red")

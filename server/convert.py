@@ -73,6 +73,7 @@ def decode_request(msg: pb.RerankRequest, *, deadline_ms: float | None = None) -
         budget_ms=msg.budget_ms,
         solver=solver,
         objective_weights=dict(msg.objective_weights),
+        targets={name: dict(dist.shares) for name, dist in msg.targets.items()},
         explain=msg.explain,
         request_id=msg.request_id,
         user_id=msg.user_id,
@@ -267,6 +268,13 @@ def encode_result(result: RerankResult) -> pb.RerankResponse:
     d.exact_status = result.exact_status
     for conflict in result.conflicts:
         d.conflicts.add(rules=conflict.rules, description=conflict.description)
+    d.boosts.update({k: float(v) for k, v in result.boosts.items()})
+    if result.exposure_lp is not None:
+        lp = result.exposure_lp
+        d.exposure_lp.status = lp.status
+        d.exposure_lp.objective = float(lp.objective)
+        d.exposure_lp.expected_exposure.update(lp.expected_exposure)
+        d.exposure_lp.solve_ms = float(lp.solve_ms)
     add_constraint = d.constraints.add
     for c in result.constraints:
         _encode_constraint(add_constraint(), c)

@@ -41,6 +41,7 @@ def candidates(n: int, seed: int = 0, *, rare: float = 0.1) -> Candidates:
         scores={s: rng.random(n) for s in SCORES},
         attributes=attrs,
         numeric={"price": rng.uniform(1, 500, n)},
+        embeddings=rng.normal(size=(n, 16)).astype(np.float32),
     )
 
 
@@ -62,7 +63,7 @@ def policy(**kw) -> dict:
 # ------------------------------------------------------------------- example policies
 
 
-@pytest.mark.parametrize("name", ["home_feed", "search", "marketplace"])
+@pytest.mark.parametrize("name", ["home_feed", "search", "marketplace", "discovery"])
 @pytest.mark.parametrize("n", [1, 5, 60, 1000])
 def test_example_policies_give_valid_slates(engine, name, n):
     c = candidates(n, seed=n)

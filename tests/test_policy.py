@@ -71,7 +71,7 @@ def test_example_details() -> None:
 def test_examples_folder_loads_without_errors() -> None:
     store = PolicyStore.from_directory(POLICIES)
     assert store.errors == []
-    assert [lp.name for lp in store.list()] == ["home_feed", "marketplace", "search"]
+    assert [lp.name for lp in store.list()] == ["discovery", "home_feed", "marketplace", "search"]
 
 
 def test_committed_schema_is_up_to_date(tmp_path: Path) -> None:
@@ -136,18 +136,18 @@ BAD = {
     ),
     "unknown top-level key": (
         HEAD + "constraint: []\n",
-        ["unknown key 'constraint' (allowed: constraints, description, filters, name, objective, slate_size, "
-         "solver, version); did you mean 'constraints'? (line 6)"],
+        ["unknown key 'constraint' (allowed: constraints, description, diversity, exposure, filters, name, "
+         "objective, slate_size, solver, version); did you mean 'constraints'? (line 6)"],
     ),
     "unknown constraint type": (
         with_constraints("{name: a, type: maxcount, attribute: category, max: 2}"),
-        ["constraints[0].type: must be one of 'max_count', 'min_count', 'window', 'pin', got 'maxcount'; "
+        ["constraints[0].type: must be one of 'max_count', 'min_count', 'window', 'pin', 'coverage', 'calibration', 'fair_prefix', got 'maxcount'; "
          "did you mean 'max_count'? (line 7)"],
     ),
     "constraint without type": (
         with_constraints("{name: a, attribute: category, max: 2}"),
-        ["constraints[0].type: required: the kind of rule, one of 'max_count', 'min_count', 'window', 'pin' "
-         "(line 7)"],
+        ["constraints[0].type: required: the kind of rule, one of 'max_count', 'min_count', 'window', 'pin', "
+         "'coverage', 'calibration', 'fair_prefix' (line 7)"],
     ),
     "missing required": (
         with_constraints("{name: a, type: min_count, attribute: seller_tier, value: new}"),
