@@ -54,6 +54,15 @@ def greedy_is_optimal(problem: SlateProblem) -> bool:
                 and np.unique(t.attr).shape[0] == 1)
 
 
+def exact_supported(problem: SlateProblem) -> bool:
+    """The exact MIP models counts, windows and pins; not similarity diversity, coverage or
+    calibration (their objective terms are not linear in the assignment)."""
+    from solvers.problem import CALIBRATION, COVERAGE
+
+    kinds = problem.constraints.kind
+    return problem.div_mode == 0 and not np.any((kinds == COVERAGE) | (kinds == CALIBRATION))
+
+
 def _relax_key(result: SolveResult, rank: np.ndarray) -> tuple:
     """Smaller is better: the most important rule relaxed first, then how many were."""
     ranks = sorted((int(rank[c]) for c in np.flatnonzero(result.relaxed)), reverse=True)
@@ -77,7 +86,7 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
         return Outcome(greedy, g_obj, bound if not relaxed else sort_bound,
                        "relaxed" if relaxed else "feasible", elapsed, exact_status=exact_status)
 
-    if mode == "greedy" or problem.length == 0:
+    if mode == "greedy" or problem.length == 0 or not exact_supported(problem):
         return greedy_outcome(sort_bound)
     if not relaxed and (greedy_is_optimal(problem) or g_obj >= sort_bound - TOL * max(1.0, abs(sort_bound))):
         return greedy_outcome(sort_bound)
