@@ -44,7 +44,7 @@ def greedy_is_optimal(problem: SlateProblem) -> bool:
     """The greedy slate is provably optimal: non-increasing weights and either no rules, or only
     hard whole-slate caps on one attribute (a partition matroid, on which greedy is optimal)."""
     w = problem.position_weight
-    if not (np.all(w >= 0) and np.all(np.diff(w) <= 0)):
+    if problem.div_mode != 0 or not (np.all(w >= 0) and np.all(np.diff(w) <= 0)):
         return False
     t = problem.constraints
     if t.n == 0:
