@@ -208,7 +208,7 @@ def exact_solve(problem: SlateProblem, *, time_limit_s: float, hint: np.ndarray 
     prep: Prepared = prepare(problem, hint=hint, deadline=t0 + 0.5 * (deadline - t0),
                              price=price)
     model = prep.model
-    if model.conflict:
+    if model.conflict or prep.infeasible:
         return _result(problem, _empty_or(hint, L), "infeasible", -np.inf, solver=solver)
     if model.free_pos.shape[0] == 0:  # every position pinned
         slate = model.fixed.copy()
@@ -277,7 +277,7 @@ def lowest_priority(problem: SlateProblem, rows: list[int]) -> int:
 def relax_by_priority(problem: SlateProblem, *, time_limit_s: float, solve) -> SolveResult:
     """Solve; while the active hard rules are infeasible, find a minimal conflict and relax its
     lowest-priority member (RELAX_INFEASIBLE), then solve again. Status "relaxed" when any rule
-    was relaxed here."""
+    was relaxed here; `conflicts` lists the conflicts in the order they were relaxed."""
     from solvers.cpsat import ConflictSearchTimeout, find_conflict
 
     t0 = time.perf_counter()
@@ -288,28 +288,26 @@ def relax_by_priority(problem: SlateProblem, *, time_limit_s: float, solve) -> S
     active = np.asarray(problem.active, dtype=np.bool_).copy()
     reason = np.asarray(problem.pre_reason, dtype=np.int64).copy()
     current = problem
-    newly = np.zeros(problem.constraints.n, dtype=np.bool_)
     cores: list[tuple[int, ...]] = []
-    while True:
+    while res.status == "infeasible":
         left = deadline - time.perf_counter()
-        if left <= 0:
-            return dataclasses.replace(res, status="timeout")
         try:
-            core = find_conflict(current, time_limit_s=left)
+            core = find_conflict(current, time_limit_s=left, known_infeasible=True) \
+                if left > 0 else None
         except ConflictSearchTimeout:
-            return dataclasses.replace(res, status="timeout")
-        if core is None:
-            break
+            core = None
+        if core is None:  # out of time (or the solvers disagree): report what is known
+            return dataclasses.replace(res, status="timeout" if left <= 0 or cores else
+                                       res.status, conflicts=tuple(cores))
         cores.append(tuple(int(k) for k in core))
         c = lowest_priority(problem, core)
         active[c] = False
         reason[c] = RELAX_INFEASIBLE
-        newly[c] = True
         current = dataclasses.replace(current, active=active.copy(), pre_reason=reason.copy())
-    res = solve(current, max(deadline - time.perf_counter(), 0.0))
+        res = solve(current, max(deadline - time.perf_counter(), 0.0))
     relaxed = problem.constraints.hard & ~active
     out_reason = np.where(relaxed, reason, RELAX_NONE).astype(np.int64)
-    status = "relaxed" if res.status in ("optimal", "feasible") and newly.any() else res.status
+    status = "relaxed" if res.status in ("optimal", "feasible") else res.status
     return dataclasses.replace(res, relaxed=relaxed, relax_reason=out_reason, status=status,
                                conflicts=tuple(cores))
 

@@ -535,10 +535,11 @@ class Prepared:
     incumbent: np.ndarray | None  # canonical feasible slate, or None
     incumbent_objective: float  # its objective, -inf when none
     stats: dict
+    infeasible: bool = False  # proven by lp_infeasible: no slate meets the hard rules
 
 
 def _lp_solve(model: ExactModel, cols: np.ndarray, time_limit: float,
-              start: np.ndarray | None = None):
+              start: np.ndarray | None = None, phase1: bool = False):
     """LP relaxation over `cols`, made always feasible by big-M artificial columns (one per free
     position, one per hard minimum row; they exist only in this restricted LP).
 
@@ -553,6 +554,9 @@ def _lp_solve(model: ExactModel, cols: np.ndarray, time_limit: float,
     (block triangular: each position row holds exactly one basic column, each other row one
     basic slack or violation column) and primal feasible, so primal simplex starts at the
     incumbent instead of from scratch.
+    phase1: feasibility of the hard rows only (zero column costs, soft rows left out, the
+    artificial columns cost 1 each): the duals then price a Farkas-type certificate.
+    Also returns the total value of the artificial columns.
     """
     t_enter = time.perf_counter()
     r = model.rows
@@ -564,7 +568,10 @@ def _lp_solve(model: ExactModel, cols: np.ndarray, time_limit: float,
     I = it.shape[0]
     rr, cc = row_incidence(model, cols)
     nnz = np.bincount(rr, minlength=r.n)
-    live = np.flatnonzero(~r.upper | (nnz > r.rhs))
+    live_mask = ~r.upper | (nnz > r.rhs)
+    if phase1:
+        live_mask &= ~r.soft  # soft rows always hold (their violation is free here)
+    live = np.flatnonzero(live_mask)
     R = live.shape[0]
     row_of = np.full(r.n, -1, dtype=np.int64)
     row_of[live] = np.arange(R)
@@ -586,7 +593,11 @@ def _lp_solve(model: ExactModel, cols: np.ndarray, time_limit: float,
     A = csc_matrix((vals, (row_idx, col_idx)), shape=(P + I + R, n_col))
     inf = highspy.kHighsInf
     rhs = r.rhs[live].astype(np.float64)
-    cost = np.concatenate([-model.col_cost[cols], r.penalty[live][e_rows], np.full(n_a + P, big_m)])
+    if phase1:
+        cost = np.concatenate([np.zeros(n), np.zeros(n_e), np.ones(n_a + P)])
+    else:
+        cost = np.concatenate([-model.col_cost[cols], r.penalty[live][e_rows],
+                               np.full(n_a + P, big_m)])
     lp = highspy.HighsLp()
     lp.num_col_ = n_col
     lp.num_row_ = A.shape[0]
@@ -632,7 +643,8 @@ def _lp_solve(model: ExactModel, cols: np.ndarray, time_limit: float,
     sigma_rows = np.maximum(y[P:P + I], 0.0)
     mu = np.zeros(r.n)
     mu[live] = y[P + I:]
-    return pi, it, sigma_rows, mu
+    art = float(np.asarray(sol.col_value)[n + n_e:].sum())
+    return pi, it, sigma_rows, mu, art
 
 
 def _clip_duals(model: ExactModel, mu: np.ndarray) -> np.ndarray:
@@ -659,6 +671,52 @@ def lp_upper_bound(model: ExactModel, pi: np.ndarray, mu: np.ndarray) -> tuple[f
     np.maximum.at(sigma, model.col_item, red)
     ub = float(pi.sum() + sigma.sum() + mu @ model.rows.rhs + model.constant)
     return ub, red - sigma[model.col_item]
+
+
+def lp_infeasible(model: ExactModel, items_in: np.ndarray, deadline: float,
+                  max_rounds: int = 8) -> bool:
+    """True when weak LP duality proves that no slate meets the hard rows.
+
+    Phase-1 column generation: the hard rows' LP over a restricted item set with artificial
+    columns; price the universe with its duals (zero column costs). For any multipliers pi
+    (free), mu (>= 0 on <= rows, <= 0 on >= rows, 0 on soft rows) and sigma_j = max(0, max_p
+    red[j, p]) with red = -pi[p] - sum of mu over the column's rows, every 0/1 slate x meeting
+    the hard rows satisfies 0 <= sum(pi) + sum(sigma) + mu.rhs + sum_k (red_k - sigma) x_k
+    <= sum(pi) + sum(sigma) + mu.rhs. So a negative right-hand side is a proof of infeasibility,
+    valid whatever the accuracy of the duals. False means "not proven" (LP feasible, out of
+    rounds or of time).
+    """
+    r = model.rows
+    cap = np.where(r.soft, 0.0, np.inf)
+    items_in = items_in.copy()
+    for _ in range(max_rounds):
+        in_R = items_in[model.col_item]
+        R = np.flatnonzero(in_R)
+        left = deadline - time.perf_counter()
+        if left <= 0 or R.shape[0] * LP_SECONDS_PER_COLUMN[1] > left:
+            return False
+        res = _lp_solve(model, R, left, None, phase1=True)
+        if res is None:
+            return False
+        pi, it, sigma_rows, mu, art = res
+        if art <= 1e-9:
+            return False  # the restricted LP is feasible, so is the whole one
+        mu = np.where(r.upper, np.clip(mu, 0.0, cap), np.clip(mu, -cap, 0.0))
+        red = -pi[np.searchsorted(model.free_pos, model.col_pos)] - row_prices(model, mu)
+        sig = np.zeros(model.items.shape[0])
+        sig[it] = sigma_rows
+        enter = (~in_R) & (red - sig[model.col_item] > 1e-9)
+        if enter.any():
+            score = np.full(model.items.shape[0], -np.inf)
+            np.maximum.at(score, model.col_item[enter], red[enter])
+            cand = np.flatnonzero(score > -np.inf)
+            items_in[cand[np.argsort(-score[cand], kind="stable")[:max(10, model.length)]]] = True
+            continue
+        sigma = np.zeros(model.items.shape[0])
+        np.maximum.at(sigma, model.col_item, red)
+        value = float(pi.sum() + sigma.sum() + mu @ r.rhs)
+        return value < -1e-7
+    return False
 
 
 def _initial_items(model: ExactModel, hint_slate: np.ndarray | None,
@@ -711,6 +769,7 @@ def prepare(problem: SlateProblem, *, hint: np.ndarray | None, deadline: float,
     inc_cols = model.columns_of(incumbent) if incumbent is not None else None
     ub, d = np.inf, None
     rounds = 0
+    last_art = 0.0
     for rounds in range(1, max_rounds + 1):
         left = deadline - time.perf_counter()
         if left <= 0:
@@ -724,7 +783,7 @@ def prepare(problem: SlateProblem, *, hint: np.ndarray | None, deadline: float,
         res = _lp_solve(model, R, left, start)
         if res is None:
             break
-        pi, it, sigma_rows, mu = res
+        pi, it, sigma_rows, mu, last_art = res
         mu = _clip_duals(model, mu)
         red = model.col_cost - pi[np.searchsorted(model.free_pos, model.col_pos)] \
             - row_prices(model, mu)
@@ -747,6 +806,10 @@ def prepare(problem: SlateProblem, *, hint: np.ndarray | None, deadline: float,
         in_R = items_in[model.col_item]
     stats.update(lp_rounds=rounds, lp_bound=ub, n_seed_items=int(items_in.sum()))
     seed = np.flatnonzero(in_R)
+    if incumbent is None and last_art > 1e-7 and lp_infeasible(model, items_in, deadline):
+        # the big-M LP still needs its artificial columns: try to prove the hard rows infeasible
+        stats["prepare_s"] = time.perf_counter() - t0
+        return Prepared(model, all_cols, seed, -np.inf, None, None, -np.inf, stats, True)
     if d is None or not np.isfinite(inc_obj):
         stats["prepare_s"] = time.perf_counter() - t0
         return Prepared(model, all_cols, seed, ub, d, incumbent, inc_obj, stats)
@@ -759,3 +822,27 @@ def prune_columns(ub: float, d: np.ndarray, lower_bound: float) -> np.ndarray:
     """Columns whose LP bound UB + d reaches lower_bound (minus a relative tolerance)."""
     tol = PRUNE_TOL * max(1.0, abs(lower_bound))
     return np.flatnonzero(ub + d >= lower_bound - tol).astype(np.int64)
+
+
+def kept_candidates(problem: SlateProblem, *, hint: np.ndarray | None = None,
+                    time_limit_s: float = 1.0) -> np.ndarray:
+    """Sorted candidate indices that survive every reduction above (hard-pinned ones included):
+    some optimal slate uses only these. With a feasible `hint`, LP pricing prunes against it."""
+    prep = prepare(problem, hint=hint, deadline=time.perf_counter() + time_limit_s)
+    m = prep.model
+    used = m.items[np.unique(m.col_item[prep.cols])]
+    return np.union1d(used, m.fixed[m.fixed >= 0]).astype(np.int64)
+
+
+def prove_infeasible(problem: SlateProblem, *, deadline: float) -> bool:
+    """True when the active hard rules provably admit no slate: a trivial conflict of the model
+    (bad or clashing pins, impossible minimums, caps the pins exceed) or the LP certificate of
+    lp_infeasible. False means "not proven"."""
+    model = build_model(problem, objective=False, fix_pins=True)
+    if model.conflict:
+        return True
+    if model.free_pos.shape[0] == 0 or model.n_cols == 0:
+        return False
+    items_in = np.zeros(model.items.shape[0], dtype=np.bool_)
+    items_in[_initial_items(model, None)] = True
+    return lp_infeasible(model, items_in, deadline)
