@@ -30,7 +30,7 @@ from ortools.sat.python import cp_model
 from solvers.mip import _Run, exact_solve, relax_by_priority
 from solvers.problem import PIN, SlateProblem, SolveResult
 from solvers.reduce import (
-    ExactModel, build_model, constraint_classes, model_rows, row_incidence,
+    ExactModel, build_model, constraint_classes, hard_rules_view, model_rows, row_incidence,
 )
 
 OBJECTIVE_RESOLUTION = 1e9
@@ -369,6 +369,7 @@ def find_conflict(problem: SlateProblem, *, time_limit_s: float,
     deadline = t0 + max(float(time_limit_s), 0.0)
     if problem.length == 0:
         return None
+    problem = hard_rules_view(problem)  # feasibility needs the hard rows only
     t = problem.constraints
     model = build_model(problem, objective=False, fix_pins=False)
     if model.conflict:  # a rule that cannot hold on its own is a minimal conflict by itself

@@ -46,7 +46,8 @@ from scipy.sparse import csc_matrix
 from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
 from solvers.problem import RELAX_INFEASIBLE, RELAX_NONE, SlateProblem, SolveResult
 from solvers.reduce import (
-    ExactModel, Prepared, hard_feasible, prepare, prune_columns, row_incidence, weights_monotone,
+    ExactModel, Prepared, hard_feasible, prepare, prune_columns, row_incidence, unsupported_terms,
+    weights_monotone,
 )
 
 # Proven optimal means: incumbent within this relative gap of the bound (HiGHS's default 1e-4
@@ -202,6 +203,10 @@ def exact_solve(problem: SlateProblem, *, time_limit_s: float, hint: np.ndarray 
     """
     t0 = time.perf_counter()
     deadline = t0 + max(float(time_limit_s), 0.0)
+    why = unsupported_terms(problem)
+    if why is not None:
+        raise ValueError(f"{solver}: the problem has {why}, which the exact solvers do not "
+                         "model (SlateProblem.greedy_only); use the greedy")
     L = problem.length
     if L == 0:
         return _result(problem, np.zeros(0, dtype=np.int64), "optimal", 0.0, solver=solver)

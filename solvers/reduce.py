@@ -60,6 +60,34 @@ def model_rows(problem: SlateProblem, *, objective: bool = True) -> np.ndarray:
     return rows
 
 
+def unsupported_terms(problem: SlateProblem) -> str | None:
+    """Why the exact model cannot represent `problem`'s objective, or None. The exact solvers
+    model the utility and the MAX_COUNT / MIN_COUNT / WINDOW / PIN rows; similarity diversity,
+    COVERAGE and CALIBRATION are the greedy's (SlateProblem.greedy_only)."""
+    kinds = problem.constraints.kind[model_rows(problem)]
+    if np.any((kinds < MAX_COUNT) | (kinds > PIN)):
+        return "coverage / calibration rows"
+    if getattr(problem, "diversity_on", False):
+        return "similarity diversity (MMR / DPP)"
+    return None
+
+
+def hard_rules_view(problem: SlateProblem) -> SlateProblem:
+    """The same candidates and active hard rows with every soft term removed (soft rows become
+    inactive hard rows, diversity off): feasibility questions only need this."""
+    import dataclasses
+
+    t = problem.constraints
+    soft = ~t.hard
+    if not soft.any() and not getattr(problem, "diversity_on", False):
+        return problem
+    view = dataclasses.replace(problem, constraints=dataclasses.replace(t, hard=t.hard | soft),
+                               active=np.asarray(problem.active, dtype=np.bool_) & ~soft)
+    if hasattr(problem, "div_weight"):
+        view = dataclasses.replace(view, div_weight=0.0)
+    return view
+
+
 def weights_monotone(problem: SlateProblem) -> bool:
     """True when position weights are >= 0 and non-increasing (every real discount curve)."""
     w = problem.position_weight
@@ -244,6 +272,9 @@ def build_model(problem: SlateProblem, *, objective: bool = True,
     u = problem.utility
     w = problem.position_weight
     rows_on = model_rows(problem, objective=objective)
+    if np.any(t.kind[rows_on] > PIN) or np.any(t.kind[rows_on] < MAX_COUNT):
+        raise ValueError("build_model: only max_count, min_count, window and pin rows can be "
+                         f"modelled exactly, got kinds {sorted(set(t.kind[rows_on].tolist()))}")
     conflict: list[int] = []
 
     # ---- classes: the universe of candidates that can appear in some optimal slate ---------

@@ -300,6 +300,26 @@ def test_zero_budget_returns_a_valid_answer_no_worse_than_the_hint(backend):
         assert check(p, res, backend) >= objective(p, hint) - TOL
 
 
+def test_terms_the_exact_model_lacks_are_refused_but_conflicts_still_found():
+    """Coverage / calibration rows and similarity diversity are the greedy's: the exact solvers
+    refuse them with a clear error; feasibility (hard rows only) is still searched."""
+    from solvers.problem import COVERAGE
+
+    base = next(i for i in INFEASIBLE if i.name == "inf_spacing").problem()
+    t = base.constraints
+    table = dataclasses.replace(
+        t, **{f: np.r_[getattr(t, f), v] for f, v in dict(
+            kind=COVERAGE, attr=2, value=-1, bound=0, top=base.length, size=0, hard=False,
+            penalty=0.3, priority=0, item=-1, position=-1).items()},
+        target=None, target_offset=None)
+    p = dataclasses.replace(base, constraints=table, active=np.r_[base.active, True],
+                            pre_reason=np.r_[base.pre_reason, 0])
+    for solve in (solve_mip, solve_cpsat):
+        with pytest.raises(ValueError, match="coverage / calibration rows"):
+            solve(p, time_limit_s=LIMIT)
+    assert find_conflict(p, time_limit_s=LIMIT) == [0, 1]
+
+
 def test_infeasible_hint_is_ignored():
     inst = next(i for i in TINY if i.name == "mixed")
     p = inst.problem()
