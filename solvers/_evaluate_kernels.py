@@ -146,6 +146,14 @@ def constraint_status(slate, codes, n_values, kind, attr, value, bound, top, siz
 
 
 @nb.njit(cache=True, nogil=True)
+def _dot(a, b):
+    s = 0.0
+    for k in range(a.shape[0]):
+        s += a[k] * b[k]
+    return s
+
+
+@nb.njit(cache=True, nogil=True)
 def _cholesky_row(S, Cv, piv, a, n_before, lo):
     """Row a of the incremental Cholesky of S over positions lo, lo+1, ... (against the n_before
     earlier rows; a row whose residual is <= DPP_SPAN_EPS gets pivot 0 and adds nothing).
@@ -181,21 +189,16 @@ def slate_diversity(slate, emb, div_mode, beta, window, div):
     d = emb.shape[1]
     # cosine matrix of the slate's items (a zero row is similar to nothing)
     x = np.zeros((L, d))
-    norm = np.zeros(L)
+    n2 = np.zeros(L)
     for p in range(L):
-        n2 = 0.0
         for k in range(d):
             x[p, k] = np.float64(emb[slate[p], k])
-            n2 += x[p, k] * x[p, k]
-        norm[p] = np.sqrt(n2)
+        n2[p] = _dot(x[p], x[p])
     S = np.zeros((L, L))
     for p in range(L):
         for q in range(p):
-            if norm[p] > 0.0 and norm[q] > 0.0:
-                s = 0.0
-                for k in range(d):
-                    s += x[p, k] * x[q, k]
-                S[p, q] = s / (norm[p] * norm[q])
+            if n2[p] > 0.0 and n2[q] > 0.0:
+                S[p, q] = _dot(x[p], x[q]) / np.sqrt(n2[p] * n2[q])
                 S[q, p] = S[p, q]
     if window >= L - 1:
         window = 0  # the window reaches every earlier position

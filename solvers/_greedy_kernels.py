@@ -51,15 +51,29 @@ loop, so every hard rule, pin, relaxation and soft rule above keeps working with
   is the cosine to each slate position (M[i, t], only the last w are computed); MMR takes the max
   over the window, DPP solves against the Cholesky factor of the window's similarity block
   (rebuilt after each placement, skipping members with pivot <= DPP_SPAN_EPS):
-  r = 1 - ||Lw^{-1} x||^2. The arithmetic does not depend on when a candidate is folded.
+  r = 1 - ||Lw^{-1} x||^2. Cosines are <e_i, e_j> / sqrt(|e_i|^2 |e_j|^2) in float64, one dot
+  routine computing both, so identical rows have cosine exactly 1. The arithmetic of a fold does
+  not depend on when it happens, so the lazy scan changes no value.
+* A full span: once d items that are not zero rows have joined the span (of the window), every
+  residual is exactly 0 (1 for a zero row), so it is set without folding; without a window the
+  key of the candidates not yet examined becomes max(u + beta * log(DPP_EPS), u0), u0 = the best
+  utility of an unused zero row (the norms of all rows are computed once, when that happens).
 * Without a window, a stale div is an upper bound (residuals only shrink and the max similarity
-  only grows as the slate grows), so a candidate with pw[p] * (u + stale div) + max bonus below
-  the best gain (with the scan's tiny slack) is skipped without being brought up to date
-  (lazy greedy, Minoux 1978): it cannot win or tie. div <= 0 keeps the scan's stop rule valid;
-  the bonus bound of position p adds the coverage rewards and, per calibration row, penalty x the
-  largest KL decrease any value could give (computed once per position).
+  only grows as the slate grows): lazy greedy (Minoux 1978). Candidates are examined best bound
+  first: a max-heap holds those examined before, keyed by u + stale div, and the utility scan
+  order supplies the others (key u, as div <= 0). The scan stops when pw[p] * (best key left) +
+  bonus bound is below the best gain (with the scan's tiny slack): nothing left can win or tie,
+  so the winner is the one the plain scan would pick. Examined candidates go back into the heap
+  with their new keys. With a window (stale values are no bound) or without diversity, the
+  utility-order scan runs as before. The bonus bound of position p adds the coverage rewards
+  and, per calibration row, penalty x the largest KL decrease any value could give (computed
+  once per position).
 * pw >= 0 is assumed (as the scan's stop rule always did); penalties of coverage and calibration
   rows are >= 0 and those rows are never hard (solvers.greedy checks).
+
+Helpers that allocate nothing are compiled with `_nrt=False`: Numba otherwise reference-counts
+every array argument of a call that is not inlined (two atomic operations, ~5 ns per array), and
+the scan calls them for every candidate it examines.
 """
 
 import numba as nb
@@ -119,7 +133,7 @@ def _extend_order(u, order, n_order, below, want):
     return n_order + rest.shape[0], cut
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _window_hits(slate, codes, a, code, p, w, L, bound):
     """Number of windows containing p that already hold >= bound items with `code` (p excluded)."""
     if L < w:
@@ -150,7 +164,7 @@ def _window_hits(slate, codes, a, code, p, w, L, bound):
     return hits
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _free_between(pinned_prefix, p, m):
     """Free (unpinned) positions r with p < r < m."""
     if m <= p + 1:
@@ -158,7 +172,7 @@ def _free_between(pinned_prefix, p, m):
     return (m - p - 1) - (pinned_prefix[m] - pinned_prefix[p + 1])
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _min_lookahead_blocker(i, p, codes, kind, attr, value, bound, top, hard, active, cnt, off,
                            pinned_prefix, need_buf, self_counted):
     """Index of the hard min_count rule whose prefix would overflow if i were placed at p, or -1.
@@ -205,7 +219,7 @@ def _min_lookahead_blocker(i, p, codes, kind, attr, value, bound, top, hard, act
     return -1
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, size, hard, active,
                        cnt, off, pinned_prefix, rank, need_buf, self_counted, stop_at_first):
     """Highest rank among the active hard rules that forbid placing i at p (-1: none).
@@ -250,7 +264,7 @@ def _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, siz
     return worst
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _capped_until(i, p, codes, kind, attr, value, bound, top, hard, active, cnt, off):
     """First position from which i may fit again under the active hard max_count rules (p when
     none blocks it). Counts only grow, so a cap that is full now stays full up to its prefix end
@@ -265,72 +279,102 @@ def _capped_until(i, p, codes, kind, attr, value, bound, top, hard, active, cnt,
     return until
 
 
-
 # --- similarity diversity ------------------------------------------------------------------------
 
-@nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _dot(emb, i, j):
-    """<e_i, e_j> of float32 rows, accumulated in float64 (reassociated so it vectorises)."""
+@nb.njit(cache=True, nogil=True, _nrt=False, fastmath={"reassoc", "contract"})
+def _dot64(A, a, B, b):
+    """<A[a], B[b]> of float64 rows (reassociated so it vectorises; the same function computes
+    the squared norms, so identical rows have <x, y> == |x|^2 == |y|^2 and cosine exactly 1).
+    Rows are passed by index: a slice would cost a reference count per call."""
     s = 0.0
-    for k in range(emb.shape[1]):
-        s += np.float64(emb[i, k]) * np.float64(emb[j, k])
+    for k in range(A.shape[1]):
+        s += A[a, k] * B[b, k]
     return s
 
 
-@nb.njit(cache=True, nogil=True)
-def _cos(emb, norm, i, j):
-    """Cosine of rows i and j, <e_i, e_j> / (|e_i| |e_j|) (exactly +-1 for parallel rows in one
-    dimension); norm[x] < 0 means not computed yet; a zero row has cosine 0 with everything."""
-    if norm[i] < 0.0:
-        norm[i] = np.sqrt(_dot(emb, i, i))
-    if norm[j] < 0.0:
-        norm[j] = np.sqrt(_dot(emb, j, j))
-    if norm[i] == 0.0 or norm[j] == 0.0:
-        return 0.0
-    return _dot(emb, i, j) / (norm[i] * norm[j])
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _load(emb, i, X, x, n2):
+    """X[x] = row i in float64; n2[i] = |row i|^2 if not known yet (< 0)."""
+    for k in range(X.shape[1]):
+        X[x, k] = np.float64(emb[i, k])
+    if n2[i] < 0.0:
+        n2[i] = _dot64(X, x, X, x)
 
 
-@nb.njit(cache=True, nogil=True)
-def _div_refresh(i, p, slate, emb, mode, beta, w, norm, dcnt, dval, mx, d2, M, dsel, Wc, Wd,
-                 ebuf):
+@nb.njit(cache=True, nogil=True, _nrt=False, fastmath={"reassoc", "contract"})
+def _dot_rows(M, a, b, n):
+    """<M[a, :n], M[b, :n]>."""
+    s = 0.0
+    for k in range(n):
+        s += M[a, k] * M[b, k]
+    return s
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _cos_batch(emb, i, n2, P, slate, t0, t1, xi, out):
+    """out[t] = cos(row i, item placed at t) = <e_i, e_j> / sqrt(|e_i|^2 |e_j|^2) for
+    t0 <= t < t1, P[t] holding e_j in float64 (exactly 1 for identical rows, +-1 for parallel
+    rows in one dimension; 0 when either is a zero row)."""
+    _load(emb, i, xi, 0, n2)
+    for t in range(t0, t1):
+        n2j = n2[slate[t]]
+        if n2[i] == 0.0 or n2j == 0.0:
+            out[t] = 0.0
+        else:
+            out[t] = _dot64(xi, 0, P, t) / np.sqrt(n2[i] * n2j)
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _div_refresh(i, p, slate, emb, mode, beta, w, n2, P, dcnt, dval, mx, d2, M, dsel, Wc, Wd,
+                 ebuf, rank, xi, xbuf):
     """Bring candidate i's diversity state up to position p (fold in slate[dcnt[i]..p-1]) and
-    return div_i(p). Without a window the stored value, once stale, is an upper bound."""
+    return div_i(p). Without a window the stored value, once stale, is an upper bound.
+
+    rank[0] (rank[1]): members of the span (of the window's span) that are not zero rows; once
+    it reaches d every other residual is exactly 0 (1 for a zero row), without computing it."""
     if dcnt[i] == p:
         return dval[i]
+    d = emb.shape[1]
     if w == 0:
         if mode == DIV_MMR:
+            _cos_batch(emb, i, n2, P, slate, dcnt[i], p, xi, xbuf)
             m = mx[i]
             for t in range(dcnt[i], p):
-                s = _cos(emb, norm, i, slate[t])
-                if s > m:
-                    m = s
+                if xbuf[t] > m:
+                    m = xbuf[t]
             mx[i] = m
             dv = -beta * m
         else:
-            r = d2[i]
-            for t in range(dcnt[i], p):
-                if dsel[t] > 0.0:
-                    j = slate[t]
-                    acc = 0.0
-                    for k in range(t):
-                        acc += M[j, k] * M[i, k]
-                    e = (_cos(emb, norm, i, j) - acc) / dsel[t]
-                    M[i, t] = e
-                    r -= e * e
-                else:
-                    M[i, t] = 0.0
+            if rank[0] >= d:  # the span is full
+                if n2[i] < 0.0:
+                    _load(emb, i, xi, 0, n2)
+                r = 1.0 if n2[i] == 0.0 else 0.0
+            else:
+                _cos_batch(emb, i, n2, P, slate, dcnt[i], p, xi, xbuf)
+                r = d2[i]
+                for t in range(dcnt[i], p):
+                    if dsel[t] > 0.0:
+                        e = (xbuf[t] - _dot_rows(M, slate[t], i, t)) / dsel[t]
+                        M[i, t] = e
+                        r -= e * e
+                    else:
+                        M[i, t] = 0.0
             d2[i] = r
             dv = beta * np.log(max(r, DPP_EPS))
     else:
         lo = max(0, p - w)
+        _cos_batch(emb, i, n2, P, slate, max(dcnt[i], lo), p, xi, xbuf)
         for t in range(max(dcnt[i], lo), p):
-            M[i, t] = _cos(emb, norm, i, slate[t])
+            M[i, t] = xbuf[t]
         if mode == DIV_MMR:
             m = 0.0
             for t in range(lo, p):
                 if M[i, t] > m:
                     m = M[i, t]
             dv = -beta * m
+        elif rank[1] >= d:  # the window spans everything
+            r = 1.0 if n2[i] == 0.0 else 0.0
+            dv = beta * np.log(max(r, DPP_EPS))
         else:
             r = 1.0
             for k in range(p - lo):
@@ -348,14 +392,16 @@ def _div_refresh(i, p, slate, emb, mode, beta, w, norm, dcnt, dval, mx, d2, M, d
     return dv
 
 
-@nb.njit(cache=True, nogil=True)
-def _window_factor(p, slate, w, M, Wc, Wd):
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _window_factor(p, slate, w, n2, M, Wc, Wd):
     """Cholesky factor (rows Wc, pivots Wd) of the similarity block of the window of position p,
     the items at positions max(0, p - w)..p-1, in slate order; a member whose residual given the
-    earlier members is <= DPP_SPAN_EPS gets pivot 0 (it adds nothing to the span). M[j, t] holds the
-    cosine of slate item j with the item at position t (every placed item was brought up to date
-    at its own position, and the window only reaches back w positions)."""
+    earlier members is <= DPP_SPAN_EPS gets pivot 0 (it adds nothing to the span). M[j, t] holds
+    the cosine of slate item j with the item at position t (every placed item was brought up to
+    date at its own position, and the window only reaches back w positions). Returns the number
+    of members that are not zero rows."""
     lo = max(0, p - w)
+    members = 0
     for k in range(p - lo):
         j = slate[lo + k]
         r = 1.0
@@ -369,21 +415,69 @@ def _window_factor(p, slate, w, M, Wc, Wd):
             Wc[k, l] = e
             r -= e * e
         Wd[k] = np.sqrt(r) if r > DPP_SPAN_EPS else 0.0
+        if Wd[k] > 0.0 and n2[j] > 0.0:
+            members += 1
+    return members
 
 
-@nb.njit(cache=True, nogil=True)
-def _div_placed(j, p, slate, mode, w, d2, dsel, M, Wc, Wd):
-    """Item j (brought up to date at p) is placed at p: record what the next positions need."""
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _div_placed(j, p, slate, emb, mode, w, n2, P, d2, dsel, M, Wc, Wd, rank):
+    """Item j (brought up to date at p) is placed at p: keep its row and record what the next
+    positions need."""
+    _load(emb, j, P, p, n2)
     if w == 0:
         if mode == DIV_DPP:
             dsel[p] = np.sqrt(d2[j]) if d2[j] > DPP_SPAN_EPS else 0.0
+            if dsel[p] > 0.0 and n2[j] > 0.0:
+                rank[0] += 1
     elif mode == DIV_DPP:
-        _window_factor(p + 1, slate, w, M, Wc, Wd)
+        rank[1] = _window_factor(p + 1, slate, w, n2, M, Wc, Wd)
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _heap_push(hkey, hidx, n, key, i):
+    """Insert (key, i) into the max-heap hkey/hidx[:n] (the caller then counts n + 1)."""
+    pos = n
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        if hkey[parent] >= key:
+            break
+        hkey[pos] = hkey[parent]
+        hidx[pos] = hidx[parent]
+        pos = parent
+    hkey[pos] = key
+    hidx[pos] = i
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _heap_pop(hkey, hidx, n):
+    """Remove and return the item with the largest key of hkey/hidx[:n] (the caller then counts
+    n - 1)."""
+    top = hidx[0]
+    n -= 1
+    if n > 0:
+        key = hkey[n]
+        i = hidx[n]
+        pos = 0
+        while True:
+            child = 2 * pos + 1
+            if child >= n:
+                break
+            if child + 1 < n and hkey[child + 1] > hkey[child]:
+                child += 1
+            if hkey[child] <= key:
+                break
+            hkey[pos] = hkey[child]
+            hidx[pos] = hidx[child]
+            pos = child
+        hkey[pos] = key
+        hidx[pos] = i
+    return top
 
 
 # --- calibration ---------------------------------------------------------------------------------
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _calibration_deltas(c, nv, cnt, off, target, toff, out):
     """out[toff[c] + g] = KL(prefix) - KL(prefix + one item of value g) for calibration row c,
     whose counts are cnt[off[c] + v] (v < nv) and total cnt[off[c] + nv]; returns the max."""
@@ -415,7 +509,7 @@ def _calibration_deltas(c, nv, cnt, off, target, toff, out):
     return best
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _gain(i, p, L, pw, u, div, slate, codes, kind, attr, value, bound, top, size, hard, penalty,
           item, position, cnt, off, cal, toff):
     g = pw[p] * (u[i] + div)
@@ -452,7 +546,7 @@ def _gain(i, p, L, pw, u, div, slate, codes, kind, attr, value, bound, top, size
     return g
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _count(i, p, codes, kind, attr, value, top, cnt, off, delta):
     C = kind.shape[0]
     for c in range(C):
@@ -530,7 +624,15 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
     mode = div_mode if beta > 0.0 else 0
     win = div_window if div_window < L - 1 else 0  # a window reaching back to 0 is no window
     Nd = N if mode != 0 else 0
-    norm = np.full(Nd, -1.0)
+    d = emb.shape[1]
+    n2 = np.full(Nd, -1.0)  # squared norms (-1: not computed yet)
+    P = np.zeros((L if mode != 0 else 0, d))  # rows of the placed items, in float64
+    span_rank = np.zeros(2, dtype=np.int64)
+    xi = np.zeros((1, d))  # the candidate's row in float64
+    xbuf = np.zeros(L)  # a candidate's cosines to the positions it folds in
+    floor_div = beta * np.log(DPP_EPS)
+    zero_rows = np.zeros(0, dtype=np.int64)  # known once the span is full (DPP without window)
+    zero_known = False
     dcnt = np.zeros(Nd, dtype=np.int64)
     dval = np.zeros(Nd)
     mx = np.zeros(Nd if (mode == DIV_MMR and win == 0) else 0)
@@ -542,6 +644,13 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
     Wd = np.zeros(wd)
     ebuf = np.zeros(wd)
     lazy = mode != 0 and win == 0  # stale div values are upper bounds
+    Nh = N if lazy else 0
+    hkey = np.empty(Nh)  # max-heap of examined candidates by u + stale div
+    hidx = np.empty(Nh, dtype=np.int64)
+    hsize = 0
+    seen = np.zeros(Nh, dtype=np.bool_)  # taken from the scan order into the heap
+    defer = np.empty(Nh, dtype=np.int64)  # examined during the current scan
+    sp = 0  # order[:sp] are seen, used or reserved
 
     used = np.zeros(N, dtype=np.bool_)
     reserved = np.zeros(N, dtype=np.bool_)
@@ -617,6 +726,10 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                     # the freed item may sit before `head` in the scan order; counts went down
                     head = 0
                     capped_until[:] = 0
+                    if lazy:
+                        seen[i] = True
+                        _heap_push(hkey, hidx, hsize, u[i] + dval[i], i)
+                        hsize += 1
                     break
                 # relax the lowest-ranked rule that forbids the pin, then look again
                 for c in range(C):
@@ -628,9 +741,10 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
             if pin_rule[p] >= 0:
                 used[i] = True
                 if mode != 0:
-                    _div_refresh(i, p, slate, emb, mode, beta, win, norm, dcnt, dval, mx, d2, M,
-                                 dsel, Wc, Wd, ebuf)
-                    _div_placed(i, p, slate, mode, win, d2, dsel, M, Wc, Wd)
+                    _div_refresh(i, p, slate, emb, mode, beta, win, n2, P, dcnt, dval, mx, d2, M,
+                                 dsel, Wc, Wd, ebuf, span_rank, xi, xbuf)
+                    _div_placed(i, p, slate, emb, mode, win, n2, P, d2, dsel, M, Wc, Wd,
+                                span_rank)
                 continue
 
         # bound on the soft bonuses at p: min_count rewards, coverage rewards, and per calibration
@@ -645,12 +759,94 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                         bonus += penalty[c] * _calibration_deltas(c, n_values[attr[c]], cnt, off,
                                                                   target, toff, cal)
 
+        # once the span is full (DPP without window) every div is the floor, but for zero rows
+        # (div 0): a candidate's gain is then at most pw * max(u + floor, u0) + bonus, u0 = the
+        # best utility of an unused zero row. full_span is False otherwise.
+        full_span = mode == DIV_DPP and win == 0 and d > 0 and span_rank[0] >= d
+        u0 = -np.inf
+        if full_span:
+            if not zero_known:
+                zero_known = True
+                n_zero = 0
+                for i in range(N):
+                    if n2[i] < 0.0:
+                        _load(emb, i, xi, 0, n2)
+                    if n2[i] == 0.0:
+                        n_zero += 1
+                zero_rows = np.empty(n_zero, dtype=np.int64)
+                n_zero = 0
+                for i in range(N):
+                    if n2[i] == 0.0:
+                        zero_rows[n_zero] = i
+                        n_zero += 1
+            for z in zero_rows:
+                if not used[z] and not reserved[z] and u[z] > u0:
+                    u0 = u[z]
+
         # free position: best feasible gain, ties to the lowest index
         while True:
             best = -1
             best_g = NEG_INF
+            if lazy:
+                # examine candidates by their bound on u + div, best first: the heap holds those
+                # examined before (u + stale div), the scan order the rest (u; the cap once the
+                # span is full); stop when the best bound left cannot reach best_g
+                n_def = 0
+                while True:
+                    while True:  # the next unseen candidate of the scan order
+                        if sp == n_order:
+                            if n_order == N:
+                                break
+                            n_order, cut = _extend_order(u, order, n_order, cut, stretch)
+                            stretch *= 2
+                        i = order[sp]
+                        if used[i] or reserved[i] or seen[i]:
+                            sp += 1
+                            continue
+                        break
+                    key_s = NEG_INF
+                    if sp < n_order:
+                        key_s = u[order[sp]]
+                        if full_span:
+                            key_s = max(key_s + floor_div, u0)
+                    if hsize == 0 and sp == n_order:
+                        break
+                    from_heap = hsize > 0 and hkey[0] >= key_s
+                    key = hkey[0] if from_heap else key_s
+                    if best >= 0 and pw[p] * key + bonus + 1e-12 * (1.0 + abs(best_g)) < best_g:
+                        break
+                    if from_heap:
+                        i = _heap_pop(hkey, hidx, hsize)
+                        hsize -= 1
+                        if used[i] or reserved[i]:
+                            continue  # dropped (a released pin is pushed again)
+                    else:
+                        i = order[sp]
+                        sp += 1
+                        seen[i] = True
+                    defer[n_def] = i  # back into the heap after this scan
+                    n_def += 1
+                    if capped_until[i] > p:
+                        continue
+                    if _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top,
+                                          size, hard, active, cnt, off, pinned_prefix, rank,
+                                          need_buf, False, True) >= 0:
+                        capped_until[i] = _capped_until(i, p, codes, kind, attr, value, bound,
+                                                        top, hard, active, cnt, off)
+                        continue
+                    div = _div_refresh(i, p, slate, emb, mode, beta, win, n2, P, dcnt, dval, mx,
+                                       d2, M, dsel, Wc, Wd, ebuf, span_rank, xi, xbuf)
+                    g = _gain(i, p, L, pw, u, div, slate, codes, kind, attr, value, bound, top,
+                              size, hard, penalty, item, position, cnt, off, cal, toff)
+                    if g > best_g or (g == best_g and i < best) or best < 0:
+                        best = i
+                        best_g = g
+                for k in range(n_def):
+                    if defer[k] != best:
+                        _heap_push(hkey, hidx, hsize, u[defer[k]] + dval[defer[k]], defer[k])
+                        hsize += 1
             j = head
-            while True:
+            while not lazy:
                 if j == n_order:
                     if n_order == N:
                         break
@@ -662,12 +858,8 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                     continue
                 # later candidates cannot beat best_g: their gain is at most pw*u + bonus
                 # (the tiny relative slack keeps rounding from ending the scan early)
-                slack = 1e-12 * (1.0 + abs(best_g))
-                if best >= 0 and pw[p] * u[i] + bonus + slack < best_g:
+                if best >= 0 and pw[p] * u[i] + bonus + 1e-12 * (1.0 + abs(best_g)) < best_g:
                     break
-                # lazy greedy: a stale diversity term is an upper bound on the current one
-                if lazy and best >= 0 and pw[p] * (u[i] + dval[i]) + bonus + slack < best_g:
-                    continue
                 if _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, size,
                                       hard, active, cnt, off, pinned_prefix, rank, need_buf, False,
                                       True) >= 0:
@@ -676,8 +868,8 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                     continue
                 div = 0.0
                 if mode != 0:
-                    div = _div_refresh(i, p, slate, emb, mode, beta, win, norm, dcnt, dval, mx,
-                                       d2, M, dsel, Wc, Wd, ebuf)
+                    div = _div_refresh(i, p, slate, emb, mode, beta, win, n2, P, dcnt, dval,
+                                       mx, d2, M, dsel, Wc, Wd, ebuf, span_rank, xi, xbuf)
                 g = _gain(i, p, L, pw, u, div, slate, codes, kind, attr, value, bound, top, size,
                           hard, penalty, item, position, cnt, off, cal, toff)
                 if g > best_g or (g == best_g and i < best) or best < 0:
@@ -710,7 +902,7 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
         slate[p] = best
         used[best] = True
         if mode != 0:
-            _div_placed(best, p, slate, mode, win, d2, dsel, M, Wc, Wd)
+            _div_placed(best, p, slate, emb, mode, win, n2, P, d2, dsel, M, Wc, Wd, span_rank)
         _count(best, p, codes, kind, attr, value, top, cnt, off, 1)
         for c in range(C):
             if kind[c] == MIN_COUNT and value[c] >= 0 and codes[attr[c], best] == value[c]:

@@ -8,6 +8,8 @@ solvers._greedy_kernels and assembles a SolveResult.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from solvers import _greedy_kernels as _k
@@ -25,7 +27,7 @@ def check_extensions(problem: SlateProblem) -> None:
     if problem.div_mode not in (DIV_NONE, DIV_MMR, DIV_DPP):
         raise ValueError(f"div_mode: must be {DIV_NONE} (none), {DIV_MMR} (mmr) or {DIV_DPP} "
                          f"(dpp), got {problem.div_mode!r}")
-    if not (np.isfinite(problem.div_weight) and problem.div_weight >= 0):
+    if not (math.isfinite(problem.div_weight) and problem.div_weight >= 0):
         raise ValueError(f"div_weight: must be a finite number >= 0, got {problem.div_weight!r}")
     if problem.div_window < 0:
         raise ValueError(f"div_window: must be an integer >= 0, got {problem.div_window!r}")
@@ -78,7 +80,7 @@ def solve_greedy(problem: SlateProblem, *, active: np.ndarray | None = None) -> 
     """
     t = problem.constraints
     L = problem.length
-    if problem.div_mode != DIV_NONE or np.any(t.kind > PIN):
+    if problem.div_mode != DIV_NONE or (t.n and max(t.kind.tolist()) > PIN):
         check_extensions(problem)
     act = np.array(problem.active if active is None else active, dtype=np.bool_, copy=True)
     slate = np.empty(L, dtype=np.int64)

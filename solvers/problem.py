@@ -37,18 +37,20 @@ Similarity diversity (SlateProblem.div_mode, div_weight = beta >= 0, div_window 
 sum_p position_weight[p] * div_p to the objective, div_p <= 0 being the term of the item s[p]
 given P_p = the items at positions < p (only the last w of them when w > 0):
 
-- cos(i, j) = <e_i, e_j> / (|e_i| |e_j|) over the float32 embedding rows (the kernels normalise;
-  a zero row has cosine 0 with every item, and similarity 1 with itself).
+- cos(i, j) = <e_i, e_j> / sqrt(|e_i|^2 |e_j|^2) over the float32 embedding rows, in float64
+  (the kernels normalise; identical rows have cosine exactly 1; a zero row has cosine 0 with
+  every item, and similarity 1 with itself).
 - MMR (DIV_MMR): div_p = -beta * max(0, max_{j in P_p} cos(s[p], j)); 0 when P_p is empty.
 - DPP (DIV_DPP): div_p = beta * log(max(r_p, DPP_EPS)), r_p = the residual variance of s[p]'s unit
   vector given P_p: r = 1 - x^T S_BB^{-1} x, S the cosine-similarity matrix (S_ii = 1), x = S_Bi,
   and B = the items of P_p that extend the span, taken in slate order: j in P_p belongs to B when
   its own residual given the earlier members of B exceeds DPP_SPAN_EPS = 1e-6 (so a selected item
-  already in the span, e.g. once more than d items are placed, adds nothing). This is the d_i^2
-  of Chen, Zhang & Zhou (2018)'s incremental Cholesky on the kernel S; see
-  solvers._greedy_kernels. Why 1e-6 and not 1e-10: a member with a residual of 1e-8 divides the
-  later updates by 1e-4, and the rounding noise of residuals that should be 0 (a full span) then
-  reaches the 1e-10 floor, so which items count as "in the span" would depend on rounding.
+  already in the span adds nothing; once d members that are not zero rows span the space, every
+  residual is 0, or 1 for a zero row). This is the d_i^2 of Chen, Zhang & Zhou (2018)'s
+  incremental Cholesky on the kernel S; see solvers._greedy_kernels. Why 1e-6 and not 1e-10: a
+  member with a residual of 1e-8 divides the later updates by 1e-4, and the rounding noise of
+  residuals that should be 0 (a full span) then reaches the 1e-10 floor, so which items count as
+  "in the span" would depend on rounding.
 
 Every extra term is <= 0 (div, -penalty * violation), so `objective_upper_bound_unconstrained`
 stays a valid bound. `SlateProblem.greedy_only` tells whether a problem uses any of them (the exact

@@ -27,13 +27,14 @@ class Similarity:
 
     def __init__(self, problem: SlateProblem):
         self.v = np.asarray(problem.embeddings, dtype=np.float32).astype(np.float64)
-        self.norm = [math.sqrt(float(x @ x)) for x in self.v]
+        self.n2 = [float(x @ x) for x in self.v]
         self._basis: dict[tuple[int, ...], list[int]] = {}  # memo only: same answer, less time
 
     def cos(self, i: int, j: int) -> float:
-        if self.norm[i] == 0.0 or self.norm[j] == 0.0:
+        """<e_i, e_j> / sqrt(|e_i|^2 |e_j|^2): exactly 1 for identical rows."""
+        if self.n2[i] == 0.0 or self.n2[j] == 0.0:
             return 0.0
-        return float(self.v[i] @ self.v[j]) / (self.norm[i] * self.norm[j])
+        return float(self.v[i] @ self.v[j]) / math.sqrt(self.n2[i] * self.n2[j])
 
     def s(self, i: int, j: int) -> float:
         """The similarity kernel S: cosine off the diagonal, 1 on it."""

@@ -23,7 +23,7 @@ from tests.random_problems import make_problem, random_embeddings, random_proble
 from tests.test_greedy import _check_against_twin, _check_valid
 
 
-# --- kernel vs twin -------------------------------------------------------------------------------
+# --- kernel vs twin ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", [0, DIV_MMR, DIV_DPP])
 @pytest.mark.parametrize("seed", range(150))
@@ -56,12 +56,13 @@ def test_evaluate_matches_definitions(seed):
     assert ev.slack.tolist() == pytest.approx(slack, abs=1e-12)
     div = naive.diversity_terms(problem, slate.tolist())
     assert diversity_terms(problem, slate).tolist() == pytest.approx(div, abs=1e-9)
-    assert ev.diversity_part == pytest.approx(float(problem.position_weight[: len(slate)] @ div), abs=1e-9)
+    pw = problem.position_weight[: len(slate)]
+    assert ev.diversity_part == pytest.approx(float(pw @ div), abs=1e-9)
     assert ev.objective == pytest.approx(naive.objective(problem, slate.tolist()), abs=1e-9)
     assert ev.diversity_part <= 0.0
 
 
-# --- equivalences with the published algorithms ---------------------------------------------------
+# --- equivalences with the published algorithms --------------------------------------------------
 
 def _unit(emb):
     v = emb.astype(np.float64)
@@ -178,7 +179,7 @@ def test_mmr_is_classic_mmr(seed):
     assert ours == classic_mmr(u, sim, min(k, N), 1.0 / (1.0 + beta))
 
 
-# --- edge cases ------------------------------------------------------------------------------------
+# --- edge cases ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", [DIV_MMR, DIV_DPP])
 def test_zero_embeddings_change_nothing(mode):
@@ -209,6 +210,20 @@ def test_dpp_goes_on_by_utility_once_the_span_is_full(window):
     assert np.all(np.isfinite(div))
 
 
+def test_full_span_puts_zero_rows_first():
+    # d = 2: once two items span the plane every other residual is 0 (floored), but a zero row
+    # (no embedding) has residual 1 and div 0, so the two zero rows come next, then utility
+    u = np.array([9.0, 8.0, 7.0, 6.0, 5.0, 1.0, 0.5])
+    emb = np.array([[1, 0], [0.6, 0.8], [0, 1], [1, 1], [2, 1], [0, 0], [0, 0]], dtype=np.float32)
+    problem = _diversity_problem(u, emb, 6, DIV_DPP, 1.0)
+    slate = solve_greedy(problem).slate.tolist()
+    assert slate == [0, 1, 5, 6, 2, 3]
+    assert _check_against_twin(problem).slate.tolist() == slate
+    div = diversity_terms(problem, np.array(slate))
+    assert div.tolist() == pytest.approx([0.0, math.log(0.64), 0.0, 0.0, math.log(DPP_EPS),
+                                          math.log(DPP_EPS)])
+
+
 def test_duplicates_are_pushed_down():
     u = np.array([3.0, 2.9, 1.0, 0.5])
     emb = np.array([[1, 0], [1, 0], [0, 1], [1, 1]], dtype=np.float32)
@@ -222,7 +237,8 @@ def test_zero_weight_is_no_diversity():
         p = random_problem(seed, div_mode=DIV_DPP, extras=1)
         off = replace(p, div_weight=0.0)
         assert not off.diversity_on
-        assert solve_greedy(off).slate.tolist() == solve_greedy(replace(p, div_mode=0)).slate.tolist()
+        plain = replace(p, div_mode=0)
+        assert solve_greedy(off).slate.tolist() == solve_greedy(plain).slate.tolist()
         assert evaluate(off, solve_greedy(off).slate).diversity_part == 0.0
 
 
@@ -258,7 +274,7 @@ def test_diversity_composes_with_hard_rules():
         assert ev.violation.tolist() == [0.0, 0.0]
 
 
-# --- coverage and calibration ----------------------------------------------------------------------
+# --- coverage and calibration --------------------------------------------------------------------
 
 def _soft(kind, **kw):
     return {**dict(kind=kind, attr=0, value=-1, bound=0, top=3, size=0, hard=False, penalty=1.5,
@@ -305,9 +321,10 @@ def test_calibration_zero_target_values_and_empty_prefix():
     row = _soft(CALIBRATION, top=1, target=[1.0, 0.0, 0.0])
     problem = make_problem(np.array([1.0, 2.0, 3.0]), [1.0], codes, [3], [row])
     assert evaluate(problem, np.array([0])).violation[0] == pytest.approx(0.0)
-    assert evaluate(problem, np.array([2])).violation[0] == pytest.approx(-math.log(CALIBRATION_ALPHA))
+    worst = -math.log(CALIBRATION_ALPHA)  # all of the target's mass on an absent value
+    assert evaluate(problem, np.array([2])).violation[0] == pytest.approx(worst)
     empty = make_problem(np.zeros(0), [], np.zeros((1, 0), dtype=np.int64), [3], [row])
-    assert evaluate(empty, np.zeros(0, dtype=np.int64)).violation[0] == pytest.approx(-math.log(CALIBRATION_ALPHA))
+    assert evaluate(empty, np.zeros(0, dtype=np.int64)).violation[0] == pytest.approx(worst)
 
 
 def test_kind_names_and_greedy_only():
@@ -317,7 +334,7 @@ def test_kind_names_and_greedy_only():
     assert random_problem(1, n=10, div_mode=DIV_MMR).greedy_only
 
 
-# --- input checks ----------------------------------------------------------------------------------
+# --- input checks --------------------------------------------------------------------------------
 
 def _base():
     return random_problem(5, n=10, k=4, n_rules=0, div_mode=DIV_DPP)
@@ -338,7 +355,8 @@ def test_bad_diversity_settings(change, message):
 
 
 @pytest.mark.parametrize("row, message", [
-    (_soft(COVERAGE, hard=True), "constraints[0] (coverage): must be soft (hard=False), got hard=True"),
+    (_soft(COVERAGE, hard=True),
+     "constraints[0] (coverage): must be soft (hard=False), got hard=True"),
     (_soft(COVERAGE, penalty=-1.0), "constraints[0] (coverage).penalty: must be >= 0, got -1.0"),
     (_soft(CALIBRATION, target=[0.5, 0.2]),
      "constraints[0] (calibration).target: must be shares >= 0 summing to 1, got [0.5, 0.2]"),
