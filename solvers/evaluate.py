@@ -13,6 +13,8 @@ def diversity_terms(problem: SlateProblem, slate: np.ndarray) -> np.ndarray:
     slate = np.ascontiguousarray(slate, dtype=np.int64)
     div = np.zeros(slate.shape[0], dtype=np.float64)
     if problem.diversity_on and slate.shape[0]:
+        if problem.embeddings is None:
+            raise ValueError("embeddings: required when div_mode is set, got None")
         emb = np.ascontiguousarray(problem.embeddings, dtype=np.float32)
         slate_diversity(slate, emb, int(problem.div_mode), float(problem.div_weight),
                         int(problem.div_window), div)

@@ -354,6 +354,13 @@ def test_bad_diversity_settings(change, message):
     assert str(e.value) == message
 
 
+def test_evaluate_needs_the_embeddings():
+    problem = replace(_base(), embeddings=None)
+    with pytest.raises(ValueError) as e:
+        evaluate(problem, np.arange(4))
+    assert str(e.value) == "embeddings: required when div_mode is set, got None"
+
+
 @pytest.mark.parametrize("row, message", [
     (_soft(COVERAGE, hard=True),
      "constraints[0] (coverage): must be soft (hard=False), got hard=True"),
