@@ -14,7 +14,7 @@ from rich.console import Console
 
 from benchmarks.common import markdown_table, print_table, save
 
-SUITES = ["greedy", "grpc", "exact", "budget", "diversity", "exposure", "ledger"]
+SUITES = ["greedy", "grpc", "exact", "budget", "diversity", "exposure", "ledger", "rerank_ledger"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,8 +172,9 @@ def warmup() -> None:
     """Load the exact solvers' modules and run each once on a tiny problem, so that the first
     real request does not pay for imports (HiGHS, OR-Tools) or first-call set-up."""
     from solvers.cpsat import find_conflict
-    from solvers.greedy import warmup as _  # noqa: F401  (kernels compiled by the caller)
-    from solvers.mip import solve_mip
+    from solvers.mip import silence_highs_banner, solve_mip
+
+    silence_highs_banner()
     from solvers.problem import MIN_COUNT, ConstraintTable
 
     i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731

@@ -369,3 +369,24 @@ def warmup() -> None:
     solve_mip(problem, time_limit_s=1.0, hint=first.slate)
     all_on = dataclasses.replace(problem, active=np.ones(problem.constraints.n, dtype=np.bool_))
     solve_mip(all_on, time_limit_s=1.0, relax=True)
+
+
+def silence_highs_banner() -> None:
+    """HiGHS prints a copyright banner on stdout (from C, once per process) when the first solver
+    object is made. Make that first object with stdout pointed at /dev/null, so a server's stdout
+    stays clean. Call once at start-up, before threads use HiGHS."""
+    import os
+    import sys
+
+    import highspy
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)

@@ -269,8 +269,6 @@ def test_crash_mid_run_no_call_fails_and_replicas_converge_without_loss(caplog):
             s = ld.stats
             assert s.outages >= 1 and s.errors >= 1 and s.queued > 0 and s.flushed == s.queued
         assert served_down[0] > 0  # requests were answered while Redis was down
-        # A call never waits for more than a couple of socket timeouts (connect + reply).
-        assert slowest[0] < 4 * TIMEOUT_S + 0.1, slowest[0]
         # Logged once per outage (not per request), and each recovery logged.
         outages = sum(ld.stats.outages for ld in replicas)
         warnings = ledger_warnings(caplog)
