@@ -11,13 +11,12 @@ over the greedy slate alone (mean objective gain, %).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
 from benchmarks.bench_exact import bench_problem
-from benchmarks.common import markdown_table, print_table, save
+from benchmarks.common import bench_main
 from engine import portfolio
 from solvers.evaluate import evaluate
 from solvers.greedy import solve_greedy, warmup
@@ -52,13 +51,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    rows = run(args.quick)
-    print_table("Portfolio under a budget", rows, COLUMNS)
-    save("budget", rows, {"quick": args.quick})
-    print(markdown_table(rows, COLUMNS))
+    bench_main("budget", "Portfolio under a budget", run, COLUMNS, __doc__)
 
 
 if __name__ == "__main__":

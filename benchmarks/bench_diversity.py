@@ -22,14 +22,13 @@ top 10, 1 per seller in any 3 positions) to show the combined cost.
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import replace
 
 import numpy as np
 
 from benchmarks.bench_greedy import instance as rules_instance
-from benchmarks.common import markdown_table, print_table, save, time_calls
+from benchmarks.common import bench_main, time_calls
 from solvers.evaluate import evaluate
 from solvers.greedy import solve_greedy, warmup
 from solvers.problem import DIV_DPP, DIV_MMR, DPP_EPS, DPP_SPAN_EPS
@@ -163,13 +162,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    rows = run(args.quick)
-    print_table("Similarity diversity (medians; numpy measured in the same run)", rows, COLUMNS)
-    save("diversity", rows, {"quick": args.quick})
-    print(markdown_table(rows, COLUMNS))
+    bench_main("diversity", "Similarity diversity (medians; numpy measured in the same run)", run, COLUMNS, __doc__)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,11 @@ Rules active in every instance: max 3 per category, at least 3 'new'-tier items 
 
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 
 from benchmarks.baselines import python_greedy, python_greedy_fullscan, topk_argpartition
-from benchmarks.common import markdown_table, print_table, save, time_calls
+from benchmarks.common import bench_main, time_calls
 from solvers.evaluate import evaluate
 from solvers.greedy import solve_greedy, warmup
 from solvers.problem import ALL_VALUES, MAX_COUNT, MIN_COUNT, WINDOW
@@ -73,13 +72,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    rows = run(args.quick)
-    print_table("In-process greedy (medians)", rows, COLUMNS)
-    save("greedy", rows, {"quick": args.quick})
-    print(markdown_table(rows, COLUMNS))
+    bench_main("greedy", "In-process greedy (medians)", run, COLUMNS, __doc__)
 
 
 if __name__ == "__main__":

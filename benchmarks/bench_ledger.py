@@ -16,13 +16,12 @@ restarted server caught up, for "redis down"), that Redis holds exactly what was
 
 from __future__ import annotations
 
-import argparse
 import threading
 import time
 
 import numpy as np
 
-from benchmarks.common import markdown_table, print_table, save, time_calls
+from benchmarks.common import bench_main, time_calls
 from engine.ledger import InProcessLedger, RedisLedger
 from tests.redis_server import RedisServer
 
@@ -137,13 +136,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    rows = run(args.quick)
-    print_table("Ledger snapshot + record round trip (medians)", rows, COLUMNS)
-    save("ledger", rows, {"quick": args.quick})
-    print(markdown_table(rows, COLUMNS))
+    bench_main("ledger", "Ledger snapshot + record round trip (medians)", run, COLUMNS, __doc__)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,10 @@ baseline.
 
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 
-from benchmarks.common import markdown_table, print_table, save, time_calls
+from benchmarks.common import bench_main, time_calls
 from engine.ledger import InProcessLedger, RedisLedger
 from engine.types import RerankRequest
 from tests.redis_server import RedisServer
@@ -54,13 +53,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    rows = run(args.quick)
-    print_table("Rerank with the exposure ledger", rows, COLUMNS)
-    save("rerank_ledger", rows, {"quick": args.quick})
-    print(markdown_table(rows, COLUMNS))
+    bench_main("rerank_ledger", "Rerank with the exposure ledger", run, COLUMNS, __doc__)
 
 
 if __name__ == "__main__":

@@ -70,3 +70,18 @@ def _fmt(v) -> str:
             return f"{v:.1f}"
         return f"{v:.2f}"
     return str(v)
+
+
+def bench_main(name: str, title: str, run, columns: list[tuple[str, str]], doc: str | None) -> list[dict]:
+    """The command line of one benchmark module: `--quick`, run, print a table, save the JSON
+    results under benchmarks/results/<name>.json and print the table as markdown."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(doc or title).splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
+    args = parser.parse_args()
+    rows = run(args.quick)
+    print_table(title, rows, columns)
+    print(save(name, rows, {"quick": args.quick}))
+    print(markdown_table(rows, columns))
+    return rows

@@ -7,7 +7,6 @@ import threading
 import time
 from dataclasses import replace
 
-import numpy as np
 
 from engine.compile import Compiled, CompiledPolicy, compile_policy, compile_request
 from engine.errors import FieldIssue, PolicyInvalid

@@ -26,7 +26,7 @@ SAFETY_S = 0.0008
 #: Below this much time left, an exact solve is not started (model building alone takes ~1 ms).
 MIN_EXACT_S = 0.002
 #: Share of the time left that the exact solver is given (the rest absorbs overheads).
-EXACT_SHARE = 0.8
+EXACT_SHARE = 0.7
 #: Relative tolerance for "the objective reaches the bound".
 TOL = 1e-9
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from engine.errors import InvalidRequest
-from engine.types import Attribute, Candidates, RerankRequest
+from engine.types import Candidates, RerankRequest
 from tests.checker import check_answer
 from tests.test_engine import candidates, engine_with, policy
 
