@@ -227,6 +227,15 @@ def _print_response(out: Console, resp) -> None:
     gap = f"{d.gap:.3%}" if d.HasField("gap") else "-"
     out.print(f"solver: {escape(d.solver)}   status: {status}   objective: {_fmt(d.objective)}   "
               f"bound: {bound}   gap: {gap}")
+    out.print(f"budget: {d.budget_ms:g} ms   exact solver: {escape(d.exact_status) or 'not run'}")
+    for conflict in d.conflicts:
+        out.print(f"conflict: {escape(conflict.description)}")
+    if d.boosts:
+        out.print("exposure boosts: " + "  ".join(f"{escape(k)}={v:.4g}" for k, v in sorted(d.boosts.items())))
+    if d.HasField("exposure_lp"):
+        lp = d.exposure_lp
+        shares = "  ".join(f"{escape(k)}={v:.3g}" for k, v in sorted(lp.expected_exposure.items()))
+        out.print(f"exposure LP: {escape(lp.status)}   expected exposure: {shares}")
     stages = ["decode", "compile", "solve", "report", "encode", "total"]
     stages += sorted(k for k in d.elapsed_us if k not in stages)
     out.print("elapsed_us: " + "  ".join(f"{s}={d.elapsed_us[s]:.0f}" for s in stages if s in d.elapsed_us))
