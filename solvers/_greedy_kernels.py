@@ -526,7 +526,15 @@ def _gain(i, p, L, pw, u, div, slate, codes, kind, attr, value, bound, top, size
         elif k == MIN_COUNT:
             if p < top[c] and value[c] >= 0 and codes[attr[c], i] == value[c]:
                 if cnt[off[c]] < bound[c]:
-                    g += penalty[c]
+                    # deferred: the bonus counts only once the items still missing no longer fit
+                    # in the free positions after p, so the minimum is met at the cheapest
+                    # (lowest-weight) positions of its prefix rather than at the top
+                    free = 0
+                    for r in range(p + 1, min(top[c], L)):
+                        if slate[r] < 0:
+                            free += 1
+                    if bound[c] - cnt[off[c]] > free:
+                        g += penalty[c]
         elif k == WINDOW:
             code = codes[attr[c], i]
             if value[c] == ALL_VALUES or value[c] == code:

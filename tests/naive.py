@@ -259,7 +259,9 @@ def greedy(problem: SlateProblem) -> tuple[list[int], list[bool], list[int], lis
                 if prefix_count(c, code(i, c)) >= bound[c]:
                     g -= penalty[c]
             elif kind[c] == MIN_COUNT and p < top[c] and value[c] >= 0 and code(i, c) == value[c]:
-                if prefix_count(c, value[c]) < bound[c]:
+                missing = bound[c] - prefix_count(c, value[c])
+                free_after = sum(1 for r in range(p + 1, min(top[c], L)) if slate[r] < 0)
+                if missing > free_after:  # deferred bonus: only once the rest no longer fits
                     g += penalty[c]
             elif kind[c] == WINDOW and matches(i, c):
                 g -= penalty[c] * window_hits(c, i, p)
