@@ -7,7 +7,9 @@ pick exactly the same slates. Semantics (shared with the twin):
   reserved and pre-counted in every count rule, so earlier picks leave room for them.
 * At a free position p, every unused, unreserved candidate i is either blocked by an active hard
   rule or has a gain  pw[p] * u[i] + soft bonuses - soft penalties; the best gain wins, ties to
-  the lowest index. Blocked means: a max_count rule whose count for i's value is already at its
+  the lowest index. A soft min_count rule's bonus (its penalty) is given to a matching item only
+  once the items it still misses outnumber the free positions after p in its prefix: the minimum
+  is then met at the cheapest positions of the prefix instead of at its top. Blocked means: a max_count rule whose count for i's value is already at its
   bound (p inside its prefix); a window rule with a window containing p already holding `bound`
   items of i's value; or the min_count look-ahead: for the active hard min_count rules of one
   attribute, for every prefix end m, the items still needed by rules ending at or before m
