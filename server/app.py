@@ -101,11 +101,13 @@ def serve(
     max_concurrent_rpcs: int | None = None,
     grace_s: float = DEFAULT_GRACE_S,
     ledger_url: str | None = None,
+    watch_interval_s: float = 1.0,
 ) -> int:
     """Load policies, start, warm up, report SERVING; run until SIGTERM / SIGINT. Returns 0.
 
     `ledger_url`: where amortized-fairness rules keep cumulative exposure: None / "memory://"
     (this process only) or "redis://host:port/db" (shared by every replica).
+    `watch_interval_s`: how often the policy folder is checked for edits (0: only on SIGHUP).
 
     SIGTERM / SIGINT: health goes NOT_SERVING (load balancers stop sending), in-flight calls get
     `grace_s` seconds to finish, then the process exits 0. SIGHUP reloads the policies (an invalid
@@ -125,6 +127,7 @@ def serve(
         health_servicer=health_servicer,
     )
 
+    watcher = None
     events: queue.SimpleQueue[int] = queue.SimpleQueue()
     handled = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     previous = {sig: signal.signal(sig, lambda signum, _frame: events.put(signum)) for sig in handled}
@@ -137,6 +140,10 @@ def serve(
         engine.warmup()
         set_serving(health_servicer, True)
         log.info("serving", extra={"startup_ms": round((time.perf_counter() - t0) * 1e3, 1)})
+        if watch_interval_s > 0:
+            from server.watch import PolicyWatcher
+
+            watcher = PolicyWatcher(engine, policies_dir, watch_interval_s).start()
 
         while True:
             try:
@@ -148,6 +155,8 @@ def serve(
                 continue
             break
         log.info("shutting down", extra={"signal": signal.Signals(signum).name, "grace_s": grace_s})
+        if watcher is not None:
+            watcher.stop()
         set_serving(health_servicer, False)
         server.stop(grace_s).wait()
         log.info("stopped")

@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=5.0,
                    help="seconds in-flight calls get to finish on shutdown (default %(default)s)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--watch-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="check the policy folder for edits this often; 0 = only on SIGHUP (default %(default)s)")
     p.add_argument("--ledger", default=None, metavar="URL",
                    help="exposure ledger for amortized fairness: memory:// (default, this process) "
                         "or redis://host:port/db (shared by every replica)")
@@ -109,6 +111,7 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
             max_message_bytes=args.max_message_mb * 1024 * 1024,
             grace_s=args.grace,
             ledger_url=args.ledger,
+            watch_interval_s=args.watch_interval,
         )
     except BindError as exc:
         err.print(f"error: {escape(str(exc))}", style="red")
