@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
+from server.metrics import DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, ServerMetrics
 from server.servicer import SERVICE_NAME, RerankerServicer
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def create_server(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_concurrent_rpcs: int | None = None,
     health_servicer: health.HealthServicer | None = None,
+    metrics=None,
 ) -> tuple[grpc.Server, int]:
     """Build a server for `engine` bound to `address` ("host:port"; port 0 = any free port).
 
@@ -48,6 +50,8 @@ def create_server(
     caller calls `set_serving(health_servicer, True)`; pass your own `health_servicer` to be able
     to. Messages larger than `max_message_bytes` are refused by gRPC (RESOURCE_EXHAUSTED); past
     `max_concurrent_rpcs` in flight, new calls are refused (RESOURCE_EXHAUSTED) instead of queued.
+
+    `metrics`: a `server.metrics.ServerMetrics` the servicer records every call in (None: off).
 
     Returns (server, bound port). Raises BindError if the address cannot be bound.
     """
@@ -62,7 +66,7 @@ def create_server(
         options=options,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    pb_grpc.add_RerankerServicer_to_server(RerankerServicer(engine), server)
+    pb_grpc.add_RerankerServicer_to_server(RerankerServicer(engine, metrics), server)
 
     if health_servicer is None:
         health_servicer = health.HealthServicer()
@@ -102,12 +106,16 @@ def serve(
     grace_s: float = DEFAULT_GRACE_S,
     ledger_url: str | None = None,
     watch_interval_s: float = 1.0,
+    metrics_port: int | None = DEFAULT_METRICS_PORT,
+    metrics_host: str = DEFAULT_METRICS_HOST,
 ) -> int:
     """Load policies, start, warm up, report SERVING; run until SIGTERM / SIGINT. Returns 0.
 
     `ledger_url`: where amortized-fairness rules keep cumulative exposure: None / "memory://"
     (this process only) or "redis://host:port/db" (shared by every replica).
     `watch_interval_s`: how often the policy folder is checked for edits (0: only on SIGHUP).
+    `metrics_port`: Prometheus /metrics on metrics_host:metrics_port (None: off; 0: any free port).
+    If that port cannot be bound the error is logged and the server runs without metrics.
 
     SIGTERM / SIGINT: health goes NOT_SERVING (load balancers stop sending), in-flight calls get
     `grace_s` seconds to finish, then the process exits 0. SIGHUP reloads the policies (an invalid
@@ -118,6 +126,17 @@ def serve(
     t0 = time.perf_counter()
     engine = Engine.from_directory(policies_dir, ledger_url=ledger_url)
     health_servicer = health.HealthServicer()
+    metrics = metrics_http = None
+    if metrics_port is not None:
+        metrics = ServerMetrics()
+        metrics.watch_ledger(engine)
+        try:
+            metrics_http, bound = metrics.serve_http(metrics_port, metrics_host)
+        except OSError as exc:  # serving matters more than its metrics: say so loudly, go on
+            log.error("metrics endpoint not started; serving without it",
+                      extra={"address": f"{metrics_host}:{metrics_port}", "error": str(exc)})
+        else:
+            log.info("metrics", extra={"address": f"{metrics_host}:{bound}", "port": bound})
     server, port = create_server(
         address,
         engine,
@@ -125,6 +144,7 @@ def serve(
         max_message_bytes=max_message_bytes,
         max_concurrent_rpcs=max_concurrent_rpcs,
         health_servicer=health_servicer,
+        metrics=metrics,
     )
 
     watcher = None
@@ -144,6 +164,8 @@ def serve(
             from server.watch import PolicyWatcher
 
             watcher = PolicyWatcher(engine, policies_dir, watch_interval_s).start()
+            if metrics is not None:
+                metrics.watch_reloads(watcher)
 
         while True:
             try:
@@ -165,6 +187,8 @@ def serve(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.stop(None)
+        if metrics_http is not None:
+            metrics_http.shutdown()
 
 
 def _reload(engine) -> None:

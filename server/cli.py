@@ -1,6 +1,7 @@
 """`reranker`: the one command-line entry point.
 
     reranker serve    [--address 127.0.0.1:50051] [--policies policies] [--workers 8]
+                      [--metrics-port 9464] [--metrics-host 127.0.0.1]
     reranker validate FILE...                 exit 0 if every policy file is valid, 1 otherwise
     reranker call     [--address ...] FILE.json   send a Rerank request, print slate + diagnostics
     reranker policies [--address ...]             list the policies a running server has loaded
@@ -58,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ledger", default=None, metavar="URL",
                    help="exposure ledger for amortized fairness: memory:// (default, this process) "
                         "or redis://host:port/db (shared by every replica)")
+    p.add_argument("--metrics-port", type=int, default=9464, metavar="PORT",
+                   help="Prometheus /metrics port; 0 = any free port, -1 = off (default %(default)s)")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="interface the metrics endpoint binds (default %(default)s)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("validate", help="check policy files; print every error as file: path: message")
@@ -112,6 +117,8 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
             grace_s=args.grace,
             ledger_url=args.ledger,
             watch_interval_s=args.watch_interval,
+            metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+            metrics_host=args.metrics_host,
         )
     except BindError as exc:
         err.print(f"error: {escape(str(exc))}", style="red")

@@ -35,16 +35,20 @@ def _remaining_ms(context: grpc.ServicerContext) -> float | None:
 class RerankerServicer(pb_grpc.RerankerServicer):
     """`reranker.v1.Reranker` over an `engine.engine.Engine` (anything with its methods)."""
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, metrics=None) -> None:
         self._engine = engine
+        self._metrics = metrics  # server.metrics.ServerMetrics, or None: nothing recorded
 
     # ------------------------------------------------------------------------------- Rerank
 
     def Rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext) -> pb.RerankResponse:
+        t0 = time.perf_counter()
         try:
             return self._rerank(request, context)
         except Exception as exc:  # noqa: BLE001 - every exception goes through the one table
             status = to_status(exc, request_id=request.request_id, policy=request.policy)
+        if self._metrics is not None:
+            self._metrics.observe_error("Rerank", request.policy, status.code.name, time.perf_counter() - t0)
         abort(context, status)
 
     def RerankBatch(
@@ -53,11 +57,15 @@ class RerankerServicer(pb_grpc.RerankerServicer):
         out = pb.RerankBatchResponse()
         for one in request.requests:
             result = out.results.add()
+            t0 = time.perf_counter()
             try:
                 result.response.CopyFrom(self._rerank(one, context))
             except Exception as exc:  # noqa: BLE001 - one bad request must not spoil the batch
                 status = to_status(exc, request_id=one.request_id, policy=one.policy)
                 result.error.CopyFrom(to_error_message(status))
+                if self._metrics is not None:
+                    self._metrics.observe_error("RerankBatch", one.policy, status.code.name,
+                                                time.perf_counter() - t0)
         return out
 
     def _rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext) -> pb.RerankResponse:
@@ -80,7 +88,10 @@ class RerankerServicer(pb_grpc.RerankerServicer):
             elapsed["solve"] = sum(v for k, v in elapsed.items() if k.startswith("solve_"))
         elapsed["decode"] = (t1 - t0) * 1e6
         elapsed["encode"] = (t3 - t2) * 1e6
-        elapsed["total"] = (time.perf_counter() - t0) * 1e6
+        t4 = time.perf_counter()
+        elapsed["total"] = (t4 - t0) * 1e6
+        if self._metrics is not None:
+            self._metrics.observe_ok(result, t4 - t0)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "rerank",

@@ -1,0 +1,150 @@
+"""Prometheus metrics: what the server did, per policy, solver and outcome.
+
+One `ServerMetrics` per process, with its own `CollectorRegistry` (tests can build several).
+The servicer calls `observe_ok` / `observe_error` after every Rerank (and every batch entry);
+label children are bound once per (policy, solver, status) and cached, so a call costs a dict
+lookup, one histogram observe and one counter increment.
+
+Policy reloads (from `server.watch.PolicyWatcher`) and ledger counters (from
+`engine.ledger.stats`) are read at scrape time by custom collectors: nothing is pushed.
+
+With several worker processes (`reranker serve --processes N`) every worker serves its own
+registry on its own port, `metrics_port + worker index`; scrape each one.
+
+Label cardinality is bounded: a policy name enters a label only once it served a request (so a
+flood of requests naming unknown policies all count under `policy="_unknown"`).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+DEFAULT_METRICS_HOST = "127.0.0.1"
+DEFAULT_METRICS_PORT = 9464
+UNKNOWN_POLICY = "_unknown"
+NO_SOLVER = "none"
+# Seconds; the interesting range is 0.1 ms (a small greedy slate) to 50 ms (an exact solve).
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
+                   0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25)
+
+
+class ServerMetrics:
+    """The server's metric families and the cached label children the servicer updates."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        labels = ("policy", "solver", "status")
+        self.requests = Counter("reranker_requests", "Rerank calls (batch entries included), by "
+                                "policy, solver and outcome (slate status, or the gRPC code name)",
+                                labels, registry=self.registry)
+        self.latency = Histogram("reranker_request_seconds", "Server-side time per Rerank "
+                                 "(decode to encode), by policy, solver and outcome",
+                                 labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.relaxations = Counter("reranker_relaxations", "Hard rules given up in a served slate",
+                                   ("policy", "rule"), registry=self.registry)
+        self.exact = Counter("reranker_exact_solver", "Exact-solver outcomes (RerankResult.exact_status)",
+                             ("policy", "outcome"), registry=self.registry)
+        self.errors = Counter("reranker_errors", "Failed calls by method and gRPC status code",
+                              ("method", "code"), registry=self.registry)
+        self._children: dict[tuple[str, str, str], tuple] = {}
+        self._known_policies: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -------------------------------------------------------------------------- recording
+
+    def _child(self, policy: str, solver: str, status: str) -> tuple:
+        key = (policy, solver, status)
+        pair = self._children.get(key)
+        if pair is None:
+            with self._lock:
+                pair = self._children.get(key)
+                if pair is None:
+                    pair = (self.requests.labels(*key), self.latency.labels(*key))
+                    self._children[key] = pair
+        return pair
+
+    def observe_ok(self, result, seconds: float) -> None:
+        """A served slate: `result` is the engine's RerankResult."""
+        policy = result.policy
+        if policy not in self._known_policies:
+            self._known_policies.add(policy)
+        count, hist = self._child(policy, result.solver, result.status)
+        count.inc()
+        hist.observe(seconds)
+        for c in result.constraints:
+            if c.relaxed:
+                self.relaxations.labels(policy, c.name).inc()
+        if result.exact_status:
+            self.exact.labels(policy, result.exact_status).inc()
+
+    def observe_error(self, method: str, policy: str, code_name: str, seconds: float) -> None:
+        """A refused or failed call; `code_name` as grpc.StatusCode.X.name (e.g. INVALID_ARGUMENT)."""
+        label = policy if policy in self._known_policies else UNKNOWN_POLICY
+        count, hist = self._child(label, NO_SOLVER, code_name.lower())
+        count.inc()
+        hist.observe(seconds)
+        self.errors.labels(method, code_name).inc()
+
+    # ------------------------------------------------------------------------ collectors
+
+    def watch_reloads(self, watcher) -> None:
+        """Expose `watcher.reloads` / `watcher.rejected` (a server.watch.PolicyWatcher)."""
+        self.registry.register(_WatcherCollector(watcher))
+
+    def watch_ledger(self, engine) -> None:
+        """Expose `engine.ledger.stats` (outages, errors, queued, flushed, ...) if it has them."""
+        self.registry.register(_LedgerCollector(engine))
+
+    def serve_http(self, port: int, host: str = DEFAULT_METRICS_HOST):
+        """Serve /metrics on host:port (0 = any free port); returns (http server, bound port)."""
+        httpd, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return httpd, httpd.server_address[1]
+
+
+class _WatcherCollector:
+    def __init__(self, watcher) -> None:
+        self._watcher = watcher
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        reloads = CounterMetricFamily("reranker_policy_reloads", "Policy folder reloads that ran")
+        reloads.add_metric([], float(getattr(self._watcher, "reloads", 0)))
+        rejected = CounterMetricFamily("reranker_policy_reloads_rejected",
+                                       "Invalid policy files seen by a reload (the previous version stayed live)")
+        rejected.add_metric([], float(getattr(self._watcher, "rejected", 0)))
+        return [reloads, rejected]
+
+
+_LEDGER_FIELDS = ("outages", "errors", "queued", "flushed", "duplicates", "rejected")
+
+
+class _LedgerCollector:
+    def __init__(self, engine) -> None:
+        self._engine = engine
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        ledger = getattr(self._engine, "ledger", None)
+        stats = getattr(ledger, "stats", None) if ledger is not None else None
+        if stats is None:
+            return []
+        out = []
+        for name in _LEDGER_FIELDS:
+            if hasattr(stats, name):
+                fam = CounterMetricFamily(f"reranker_ledger_{name}",
+                                          f"Exposure ledger: {name} (engine.ledger.stats.{name})")
+                fam.add_metric([], float(getattr(stats, name)))
+                out.append(fam)
+        healthy = getattr(ledger, "healthy", None)
+        if healthy is not None:
+            up = GaugeMetricFamily("reranker_ledger_healthy", "1 when the ledger backend is reachable")
+            up.add_metric([], 1.0 if (healthy() if callable(healthy) else healthy) else 0.0)
+            out.append(up)
+        return out
