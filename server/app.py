@@ -42,6 +42,7 @@ def create_server(
     max_concurrent_rpcs: int | None = None,
     health_servicer: health.HealthServicer | None = None,
     metrics=None,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.Server, int]:
     """Build a server for `engine` bound to `address` ("host:port"; port 0 = any free port).
 
@@ -52,6 +53,8 @@ def create_server(
     `max_concurrent_rpcs` in flight, new calls are refused (RESOURCE_EXHAUSTED) instead of queued.
 
     `metrics`: a `server.metrics.ServerMetrics` the servicer records every call in (None: off).
+    `tls`: (private key PEM, certificate chain PEM): listen with TLS (grpc.ssl_server_credentials,
+    no client certificates asked); None: plaintext.
 
     Returns (server, bound port). Raises BindError if the address cannot be bound.
     """
@@ -77,7 +80,10 @@ def create_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(address)
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
     except RuntimeError as exc:
         raise BindError(f"cannot listen on {address!r}: {exc}") from exc
     if port == 0:  # older grpc versions report failure this way
@@ -108,6 +114,7 @@ def serve(
     watch_interval_s: float = 1.0,
     metrics_port: int | None = DEFAULT_METRICS_PORT,
     metrics_host: str = DEFAULT_METRICS_HOST,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> int:
     """Load policies, start, warm up, report SERVING; run until SIGTERM / SIGINT. Returns 0.
 
@@ -116,6 +123,7 @@ def serve(
     `watch_interval_s`: how often the policy folder is checked for edits (0: only on SIGHUP).
     `metrics_port`: Prometheus /metrics on metrics_host:metrics_port (None: off; 0: any free port).
     If that port cannot be bound the error is logged and the server runs without metrics.
+    `tls`: (key PEM, certificate PEM) to serve over TLS; None: plaintext.
 
     SIGTERM / SIGINT: health goes NOT_SERVING (load balancers stop sending), in-flight calls get
     `grace_s` seconds to finish, then the process exits 0. SIGHUP reloads the policies (an invalid
@@ -145,6 +153,7 @@ def serve(
         max_concurrent_rpcs=max_concurrent_rpcs,
         health_servicer=health_servicer,
         metrics=metrics,
+        tls=tls,
     )
 
     watcher = None
@@ -156,7 +165,7 @@ def serve(
         log.info("listening", extra={"address": f"{address.rsplit(':', 1)[0]}:{port}", "port": port,
                                       "policies_dir": policies_dir,
                                       "policies": [p.name for p in engine.list_policies()],
-                                      "max_workers": max_workers})
+                                      "max_workers": max_workers, "tls": tls is not None})
         engine.warmup()
         set_serving(health_servicer, True)
         log.info("serving", extra={"startup_ms": round((time.perf_counter() - t0) * 1e3, 1)})

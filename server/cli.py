@@ -2,9 +2,11 @@
 
     reranker serve    [--address 127.0.0.1:50051] [--policies policies] [--workers 8]
                       [--metrics-port 9464] [--metrics-host 127.0.0.1]
+                      [--tls-cert FILE --tls-key FILE]
     reranker validate FILE...                 exit 0 if every policy file is valid, 1 otherwise
-    reranker call     [--address ...] FILE.json   send a Rerank request, print slate + diagnostics
-    reranker policies [--address ...]             list the policies a running server has loaded
+    reranker call     [--address ...] [--tls-ca FILE] FILE.json   send a Rerank request, print
+                                                  slate + diagnostics
+    reranker policies [--address ...] [--tls-ca FILE]   list the policies a running server has loaded
     reranker schema   [--output FILE]             JSON Schema of the policy language
 
 Output goes through rich (tables); logs (serve) are JSON lines on stderr.
@@ -63,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="Prometheus /metrics port; 0 = any free port, -1 = off (default %(default)s)")
     p.add_argument("--metrics-host", default="127.0.0.1",
                    help="interface the metrics endpoint binds (default %(default)s)")
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve over TLS (with --tls-key)")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("validate", help="check policy files; print every error as file: path: message")
@@ -74,11 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=DEFAULT_ADDRESS, help="server host:port (default %(default)s)")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the response as proto3 JSON instead of tables")
+    p.add_argument("--tls-ca", metavar="FILE", help="connect over TLS, trusting this PEM CA / server certificate")
     p.set_defaults(func=_cmd_call)
 
     p = sub.add_parser("policies", help="list the policies loaded by a running server")
     p.add_argument("--address", default=DEFAULT_ADDRESS, help="server host:port (default %(default)s)")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default %(default)s)")
+    p.add_argument("--tls-ca", metavar="FILE", help="connect over TLS, trusting this PEM CA / server certificate")
     p.set_defaults(func=_cmd_policies)
 
     p = sub.add_parser("schema", help="write the JSON Schema of the policy language")
@@ -108,6 +114,16 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
     if not Path(args.policies).is_dir():
         err.print(f"error: policy folder not found: {escape(args.policies)}")
         return EXIT_USAGE
+    if bool(args.tls_cert) != bool(args.tls_key):
+        err.print("error: --tls-cert and --tls-key go together")
+        return EXIT_USAGE
+    tls = None
+    if args.tls_cert:
+        try:
+            tls = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())
+        except OSError as exc:
+            err.print(f"error: cannot read TLS files: {escape(str(exc))}")
+            return EXIT_USAGE
     try:
         return serve(
             args.address,
@@ -119,6 +135,7 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
             watch_interval_s=args.watch_interval,
             metrics_port=None if args.metrics_port < 0 else args.metrics_port,
             metrics_host=args.metrics_host,
+            tls=tls,
         )
     except BindError as exc:
         err.print(f"error: {escape(str(exc))}", style="red")
@@ -158,14 +175,24 @@ def _cmd_validate(args, out: Console, err: Console) -> int:
 # ------------------------------------------------------------------------------- call / policies
 
 
-def _channel(address: str):
+def _channel(address: str, tls_ca: str | None = None):
+    """A channel to `address`: plaintext, or TLS trusting the PEM file `tls_ca` (OSError if unreadable)."""
     import grpc
 
     limit = 64 * 1024 * 1024
-    return grpc.insecure_channel(
-        address,
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
-    )
+    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    if tls_ca:
+        credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
+        return grpc.secure_channel(address, credentials, options=options)
+    return grpc.insecure_channel(address, options=options)
+
+
+def _open_channel(args, err: Console):
+    try:
+        return _channel(args.address, getattr(args, "tls_ca", None))
+    except OSError as exc:
+        err.print(f"error: cannot read --tls-ca: {escape(str(exc))}", style="red")
+        return None
 
 
 def _print_rpc_error(err: Console, exc) -> None:
@@ -193,7 +220,10 @@ def _cmd_call(args, out: Console, err: Console) -> int:
     except (OSError, ValueError) as exc:
         err.print(f"error: {escape(str(exc))}", style="red")
         return EXIT_USAGE
-    with _channel(args.address) as channel:
+    channel = _open_channel(args, err)
+    if channel is None:
+        return EXIT_USAGE
+    with channel:
         try:
             response = pb_grpc.RerankerStub(channel).Rerank(request, timeout=args.timeout)
         except grpc.RpcError as exc:
@@ -278,7 +308,10 @@ def _cmd_policies(args, out: Console, err: Console) -> int:
     from server._gen.reranker.v1 import reranker_pb2 as pb
     from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
-    with _channel(args.address) as channel:
+    channel = _open_channel(args, err)
+    if channel is None:
+        return EXIT_USAGE
+    with channel:
         try:
             resp = pb_grpc.RerankerStub(channel).ListPolicies(pb.ListPoliciesRequest(), timeout=args.timeout)
         except grpc.RpcError as exc:
