@@ -6,9 +6,12 @@ Nothing starts on import.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
+import socket
 import time
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -43,6 +46,7 @@ def create_server(
     health_servicer: health.HealthServicer | None = None,
     metrics=None,
     tls: tuple[bytes, bytes] | None = None,
+    reuse_port: bool = False,
 ) -> tuple[grpc.Server, int]:
     """Build a server for `engine` bound to `address` ("host:port"; port 0 = any free port).
 
@@ -55,14 +59,16 @@ def create_server(
     `metrics`: a `server.metrics.ServerMetrics` the servicer records every call in (None: off).
     `tls`: (private key PEM, certificate chain PEM): listen with TLS (grpc.ssl_server_credentials,
     no client certificates asked); None: plaintext.
+    `reuse_port`: bind with SO_REUSEPORT so that several processes share the port (the kernel
+    spreads connections over them); off by default, so that a port in use fails loudly.
 
     Returns (server, bound port). Raises BindError if the address cannot be bound.
     """
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        # Fail loudly if another process already listens on the port.
-        ("grpc.so_reuseport", 0),
+        # Unless asked to share it, fail loudly if another process already listens on the port.
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rerank"),
@@ -115,6 +121,8 @@ def serve(
     metrics_port: int | None = DEFAULT_METRICS_PORT,
     metrics_host: str = DEFAULT_METRICS_HOST,
     tls: tuple[bytes, bytes] | None = None,
+    worker: int | None = None,
+    on_serving: Callable[[int], None] | None = None,
 ) -> int:
     """Load policies, start, warm up, report SERVING; run until SIGTERM / SIGINT. Returns 0.
 
@@ -124,6 +132,9 @@ def serve(
     `metrics_port`: Prometheus /metrics on metrics_host:metrics_port (None: off; 0: any free port).
     If that port cannot be bound the error is logged and the server runs without metrics.
     `tls`: (key PEM, certificate PEM) to serve over TLS; None: plaintext.
+    `worker`: this process is worker number `worker` of `serve_processes` (the port is shared
+    with SO_REUSEPORT, log messages say "worker ...", metrics on metrics_port + worker);
+    `on_serving(port)` is called once the server reports SERVING.
 
     SIGTERM / SIGINT: health goes NOT_SERVING (load balancers stop sending), in-flight calls get
     `grace_s` seconds to finish, then the process exits 0. SIGHUP reloads the policies (an invalid
@@ -132,6 +143,9 @@ def serve(
     from engine.engine import Engine  # heavy (numba): imported when serving, not on import
 
     t0 = time.perf_counter()
+    tag = "" if worker is None else "worker "
+    if worker is not None and metrics_port:
+        metrics_port += worker
     engine = Engine.from_directory(policies_dir, ledger_url=ledger_url)
     health_servicer = health.HealthServicer()
     metrics = metrics_http = None
@@ -144,7 +158,8 @@ def serve(
             log.error("metrics endpoint not started; serving without it",
                       extra={"address": f"{metrics_host}:{metrics_port}", "error": str(exc)})
         else:
-            log.info("metrics", extra={"address": f"{metrics_host}:{bound}", "port": bound})
+            log.info(tag + "metrics", extra={"address": f"{metrics_host}:{bound}", "port": bound,
+                                             "worker": worker})
     server, port = create_server(
         address,
         engine,
@@ -154,6 +169,7 @@ def serve(
         health_servicer=health_servicer,
         metrics=metrics,
         tls=tls,
+        reuse_port=worker is not None,
     )
 
     watcher = None
@@ -162,13 +178,16 @@ def serve(
     previous = {sig: signal.signal(sig, lambda signum, _frame: events.put(signum)) for sig in handled}
     try:
         server.start()
-        log.info("listening", extra={"address": f"{address.rsplit(':', 1)[0]}:{port}", "port": port,
+        log.info(tag + "listening", extra={"worker": worker, "pid": os.getpid(),"address": f"{address.rsplit(':', 1)[0]}:{port}", "port": port,
                                       "policies_dir": policies_dir,
                                       "policies": [p.name for p in engine.list_policies()],
                                       "max_workers": max_workers, "tls": tls is not None})
         engine.warmup()
         set_serving(health_servicer, True)
-        log.info("serving", extra={"startup_ms": round((time.perf_counter() - t0) * 1e3, 1)})
+        log.info(tag + "serving", extra={"startup_ms": round((time.perf_counter() - t0) * 1e3, 1),
+                                         "worker": worker, "pid": os.getpid()})
+        if on_serving is not None:
+            on_serving(port)
         if watch_interval_s > 0:
             from server.watch import PolicyWatcher
 
@@ -185,12 +204,13 @@ def serve(
                 _reload(engine)
                 continue
             break
-        log.info("shutting down", extra={"signal": signal.Signals(signum).name, "grace_s": grace_s})
+        log.info(tag + "shutting down", extra={"signal": signal.Signals(signum).name, "grace_s": grace_s,
+                                               "worker": worker})
         if watcher is not None:
             watcher.stop()
         set_serving(health_servicer, False)
         server.stop(grace_s).wait()
-        log.info("stopped")
+        log.info(tag + "stopped", extra={"worker": worker})
         return 0
     finally:
         for sig, handler in previous.items():
@@ -211,3 +231,151 @@ def _reload(engine) -> None:
                                                 "issues": [str(i) for i in problem.issues]})
     log.info("policies reloaded", extra={"policies": [p.name for p in engine.list_policies()],
                                          "invalid": len(problems)})
+
+
+# ------------------------------------------------------------------------------ several processes
+
+DEFAULT_PROCESSES = 2  # one per core on the 2-core target machine
+_RESTART_DELAY_S = 1.0  # a worker that died is restarted after this pause (no tight crash loop)
+
+
+def reserve_port(address: str) -> tuple[socket.socket, str, int]:
+    """Bind (not listen) a SO_REUSEPORT socket on `address` to fix its port when it is 0.
+
+    Returns (socket, host, port). Keep the socket open while workers bind the same port with
+    SO_REUSEPORT: nobody else can take the port meanwhile, and a bound socket that does not
+    listen receives no connections. Raises BindError (e.g. a non-sharing process owns the port).
+    """
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        port = int(port_text)
+        family, kind, proto, _name, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except (ValueError, OSError) as exc:
+        raise BindError(f"cannot listen on {address!r}: {exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"cannot listen on {address!r}: {exc}") from exc
+    return sock, host, sock.getsockname()[1]
+
+
+def _worker_main(index: int, address: str, policies_dir: str, options: dict, log_level: int,
+                 ready) -> None:
+    """A worker process (spawned): JSON logs, then `serve` on the shared port."""
+    import sys
+
+    from server.logging_setup import configure_logging
+
+    configure_logging(log_level)
+    try:
+        code = serve(address, policies_dir, worker=index,
+                     on_serving=lambda port: ready.put((index, os.getpid())), **options)
+    except BindError as exc:
+        log.error("worker cannot start", extra={"worker": index, "error": str(exc)})
+        code = 1
+    sys.exit(code)
+
+
+def serve_processes(
+    address: str = DEFAULT_ADDRESS,
+    policies_dir: str = "policies",
+    *,
+    processes: int = DEFAULT_PROCESSES,
+    grace_s: float = DEFAULT_GRACE_S,
+    **options,
+) -> int:
+    """Run `processes` workers, each a full `serve` (own engine, warm-up, policy watcher, health,
+    metrics on metrics_port + index) on one port shared with SO_REUSEPORT; the kernel spreads
+    connections over them. Returns the exit code (0 after a graceful stop).
+
+    The parent picks the port when `address` asks for port 0, logs "listening" (with "port"),
+    then "serving" once every worker reports SERVING. SIGTERM / SIGINT are forwarded to the
+    workers, which drain (`grace_s`); SIGHUP too (reload). A worker that dies after it served is
+    logged and restarted; one that dies before it ever served stops everything (exit 1).
+    Options are `serve`'s keyword arguments. Call from the main thread.
+    """
+    import multiprocessing
+
+    sock, host, port = reserve_port(address)
+    shared = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    ctx = multiprocessing.get_context("spawn")  # no gRPC / numba state copied across a fork
+    ready = ctx.Queue()
+    log_level = logging.getLogger().getEffectiveLevel()
+    options = dict(options, grace_s=grace_s)
+
+    def start(index: int):
+        proc = ctx.Process(target=_worker_main, name=f"reranker-worker-{index}", daemon=False,
+                           args=(index, shared, policies_dir, options, log_level, ready))
+        proc.start()
+        return proc
+
+    events: queue.SimpleQueue[int] = queue.SimpleQueue()
+    handled = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {sig: signal.signal(sig, lambda signum, _frame: events.put(signum)) for sig in handled}
+    workers: dict[int, multiprocessing.process.BaseProcess] = {}
+    served: set[int] = set()
+    code = 0
+    try:
+        log.info("listening", extra={"address": shared, "port": port, "processes": processes,
+                                     "policies_dir": policies_dir, "pid": os.getpid(),
+                                     "tls": options.get("tls") is not None})
+        for index in range(processes):
+            workers[index] = start(index)
+        signum = None
+        while signum is None:
+            try:
+                signum = events.get(timeout=0.2)
+                if hasattr(signal, "SIGHUP") and signum == signal.SIGHUP:
+                    for proc in workers.values():
+                        if proc.is_alive():
+                            os.kill(proc.pid, signal.SIGHUP)
+                    signum = None
+                continue
+            except queue.Empty:
+                pass
+            while not ready.empty():
+                index, pid = ready.get()
+                first = len(served) < processes
+                served.add(index)
+                log.info("worker ready", extra={"worker": index, "pid": pid})
+                if first and len(served) == processes:
+                    log.info("serving", extra={"port": port, "processes": processes,
+                                               "pids": [p.pid for p in workers.values()]})
+            for index, proc in list(workers.items()):
+                if proc.is_alive():
+                    continue
+                if index not in served:
+                    log.error("worker exited before serving; stopping",
+                              extra={"worker": index, "exitcode": proc.exitcode})
+                    code = 1
+                    signum = signal.SIGTERM
+                    break
+                log.error("worker died; restarting it",
+                          extra={"worker": index, "pid": proc.pid, "exitcode": proc.exitcode})
+                time.sleep(_RESTART_DELAY_S)
+                workers[index] = start(index)
+        log.info("shutting down", extra={"signal": signal.Signals(signum).name, "grace_s": grace_s,
+                                         "processes": processes})
+        for proc in workers.values():
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s + 15.0
+        for index, proc in workers.items():
+            proc.join(max(deadline - time.monotonic(), 0.1))
+            if proc.is_alive():
+                log.error("worker did not stop in time; killing it", extra={"worker": index})
+                proc.kill()
+                proc.join(5.0)
+        log.info("stopped", extra={"exitcodes": {i: p.exitcode for i, p in workers.items()}})
+        return code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for proc in workers.values():
+            if proc.is_alive():
+                proc.kill()
+        sock.close()

@@ -2,7 +2,7 @@
 
     reranker serve    [--address 127.0.0.1:50051] [--policies policies] [--workers 8]
                       [--metrics-port 9464] [--metrics-host 127.0.0.1]
-                      [--tls-cert FILE --tls-key FILE]
+                      [--tls-cert FILE --tls-key FILE] [--processes 2]
     reranker validate FILE...                 exit 0 if every policy file is valid, 1 otherwise
     reranker call     [--address ...] [--tls-ca FILE] FILE.json   send a Rerank request, print
                                                   slate + diagnostics
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 from rich.console import Console
@@ -67,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="interface the metrics endpoint binds (default %(default)s)")
     p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve over TLS (with --tls-key)")
     p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument("--processes", type=_positive_int, default=2,
+                   help="server processes sharing the port (SO_REUSEPORT), one per core; each has "
+                        "its own metrics port, --metrics-port + its index; 1 = serve in this "
+                        "process (default %(default)s)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("validate", help="check policy files; print every error as file: path: message")
@@ -107,7 +112,7 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_serve(args, out: Console, err: Console) -> int:
-    from server.app import BindError, serve
+    from server.app import BindError, serve, serve_processes
     from server.logging_setup import configure_logging
 
     configure_logging(args.log_level)
@@ -124,8 +129,9 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
         except OSError as exc:
             err.print(f"error: cannot read TLS files: {escape(str(exc))}")
             return EXIT_USAGE
+    run = serve if args.processes == 1 else partial(serve_processes, processes=args.processes)
     try:
-        return serve(
+        return run(
             args.address,
             args.policies,
             max_workers=args.workers,

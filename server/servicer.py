@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 
 import grpc
@@ -15,6 +16,9 @@ from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from server.errors import DeadlineExpired, abort, to_error_message, to_status
 
 log = logging.getLogger(__name__)
+
+# Trailing metadata of every answered Rerank / RerankBatch: which server process answered.
+WORKER_PID_METADATA_KEY = "x-worker-pid"
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reranker"].full_name  # "reranker.v1.Reranker"
 
@@ -38,13 +42,16 @@ class RerankerServicer(pb_grpc.RerankerServicer):
     def __init__(self, engine, metrics=None) -> None:
         self._engine = engine
         self._metrics = metrics  # server.metrics.ServerMetrics, or None: nothing recorded
+        self._pid_metadata = ((WORKER_PID_METADATA_KEY, str(os.getpid())),)
 
     # ------------------------------------------------------------------------------- Rerank
 
     def Rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext) -> pb.RerankResponse:
         t0 = time.perf_counter()
         try:
-            return self._rerank(request, context)
+            response = self._rerank(request, context)
+            context.set_trailing_metadata(self._pid_metadata)
+            return response
         except Exception as exc:  # noqa: BLE001 - every exception goes through the one table
             status = to_status(exc, request_id=request.request_id, policy=request.policy)
         if self._metrics is not None:
@@ -66,6 +73,7 @@ class RerankerServicer(pb_grpc.RerankerServicer):
                 if self._metrics is not None:
                     self._metrics.observe_error("RerankBatch", one.policy, status.code.name,
                                                 time.perf_counter() - t0)
+        context.set_trailing_metadata(self._pid_metadata)
         return out
 
     def _rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext) -> pb.RerankResponse:

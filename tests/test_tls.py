@@ -98,7 +98,7 @@ def test_cli_serve_with_tls_certificate(cert_files):
     key, cert = cert_files
     proc = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--address", "127.0.0.1:0", "--policies",
-         str(POLICIES_DIR), "--grace", "1", "--metrics-port", "-1",
+         str(POLICIES_DIR), "--grace", "1", "--metrics-port", "-1", "--processes", "1",
          "--tls-cert", str(cert), "--tls-key", str(key)],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=POLICIES_DIR.parent,
     )
