@@ -274,8 +274,8 @@ def _worker_main(index: int, address: str, policies_dir: str, options: dict, log
     try:
         code = serve(address, policies_dir, worker=index,
                      on_serving=lambda port: ready.put((index, os.getpid())), **options)
-    except BindError as exc:
-        log.error("worker cannot start", extra={"worker": index, "error": str(exc)})
+    except Exception:  # noqa: BLE001 - bad policy folder, port, ...: logged (JSON), exit 1
+        log.exception("worker cannot start", extra={"worker": index})
         code = 1
     sys.exit(code)
 

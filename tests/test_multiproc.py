@@ -106,3 +106,16 @@ def test_two_workers_share_the_port_restart_and_drain_on_sigterm():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_worker_that_fails_before_serving_stops_everything_with_exit_1(tmp_path, caplog):
+    from server.app import serve_processes
+
+    caplog.set_level("INFO", logger="server.app")
+    missing = str(tmp_path / "no_policies")
+    start = time.monotonic()
+    assert serve_processes("127.0.0.1:0", missing, processes=2, metrics_port=None, grace_s=0.5) == 1
+    assert time.monotonic() - start < 30
+    messages = [r.getMessage() for r in caplog.records]
+    assert "worker exited before serving; stopping" in messages
+    assert messages[-1] == "stopped"
