@@ -87,5 +87,12 @@ def validate_request_scalars(req: RerankRequest, limits: Limits) -> None:
     for name, w in req.objective_weights.items():
         if not math.isfinite(w):
             issues.append(FieldIssue(f"objective_weights['{name}']", f"must be a finite number, got {w}"))
+    for rule, shares in req.targets.items():
+        # each share finite and >= 0 is checked where the rule is known (compile); the sum must not
+        # overflow either, or normalising would turn every share into 0
+        total = sum(s for s in shares.values() if math.isfinite(s) and s > 0)
+        if not math.isfinite(total):
+            issues.append(FieldIssue(f"targets['{rule}']",
+                                     f"shares must sum to a finite number (they are normalised to sum to 1), got {total}"))
     if issues:
         raise InvalidRequest(issues)
