@@ -8,7 +8,7 @@ PROTO  := proto/reranker/v1/reranker.proto
 ADDR   ?= 127.0.0.1:50051
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench redis schema clean
+.PHONY: setup run test bench bench-load redis schema clean
 
 setup: $(STAMP) $(GEN)
 
@@ -45,6 +45,12 @@ redis:
 
 bench: setup
 	$(PY) -m benchmarks.run
+
+# Load + soak benchmark (real server, 1 and 2 processes, and echo floor as subprocesses; ~20 min);
+# `make bench-load LOAD_ARGS=--quick` for a short smoke run without the soak.
+LOAD_ARGS ?= --soak 180
+bench-load: setup
+	$(PY) -m benchmarks.bench_load $(LOAD_ARGS)
 
 schema: setup
 	$(VENV)/bin/reranker schema --output policies/policy.schema.json
