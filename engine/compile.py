@@ -216,9 +216,11 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
 
     # utility over every candidate (pins by attribute need it before filtering)
     utility_all = np.zeros(cands.n, dtype=np.float64)
-    for name, w in weights.items():
-        if w != 0.0:
-            utility_all += w * cands.scores[name]
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, w in weights.items():
+            if w != 0.0:
+                utility_all += w * cands.scores[name]
+    _check_finite_utility(utility_all, weights, cands)
     boost_all = None
     for attr_name, by_value in (boosts or {}).items():
         attr = cands.attributes.get(attr_name)
@@ -230,6 +232,7 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
             boost_all = (boost_all if boost_all is not None else np.zeros(cands.n)) + per_code[attr.codes]
     if boost_all is not None:
         utility_all += boost_all
+        _check_finite_utility(utility_all, weights, cands)
     mask = _eligible(policy, cands) if policy.filters else None
     index = np.flatnonzero(mask) if mask is not None else np.arange(cands.n, dtype=np.int64)
     utility = np.ascontiguousarray(utility_all[index])
@@ -314,6 +317,23 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
     problem = SlateProblem(utility, pw, codes, n_values, table, active, pre_reason, **diversity)
     boost = boost_all[index] if boost_all is not None else None
     return Compiled(problem, index, weights, K, rows, reasons, boost)
+
+
+def _check_finite_utility(utility: np.ndarray, weights: dict[str, float], cands: Candidates) -> None:
+    """Finite scores and weights can still overflow when multiplied or summed (1e308 x 10):
+    name the column (or the weight) whose weighted value is not finite."""
+    if np.isfinite(utility).all():
+        return
+    j = int(np.argmax(~np.isfinite(utility)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, w in weights.items():
+            x = float(cands.scores[name][j])
+            if not np.isfinite(w * x):
+                raise InvalidRequest(f"candidates.scores['{name}'].values[{j}]",
+                                     f"weight {w:g} x score {x:g} overflows; scale the scores or "
+                                     f"the weight (objective_weights['{name}']) down")
+    raise InvalidRequest("objective_weights", f"the weighted sum of scores overflows for candidate {j} "
+                                              f"(candidates.item_ids[{j}]); scale the scores or weights down")
 
 
 def _unit_rows(emb: np.ndarray) -> np.ndarray:

@@ -82,6 +82,9 @@ def solve_greedy(problem: SlateProblem, *, active: np.ndarray | None = None) -> 
     L = problem.length
     if problem.div_mode != DIV_NONE or (t.n and max(t.kind.tolist()) > PIN):
         check_extensions(problem)
+    if not np.isfinite(problem.utility).all():  # the kernel assumes finite utilities
+        j = int(np.argmax(~np.isfinite(problem.utility)))
+        raise ValueError(f"utility[{j}]: must be finite, got {problem.utility[j]}")
     act = np.array(problem.active if active is None else active, dtype=np.bool_, copy=True)
     slate = np.empty(L, dtype=np.int64)
     reason = np.array(problem.pre_reason, dtype=np.int64, copy=True)

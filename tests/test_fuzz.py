@@ -18,9 +18,9 @@ mutations, so that both the accept and the reject paths are exercised in the sam
 batches of such requests, arbitrary and damaged wire bytes through a generic call with identity
 serializers, a request over the size limit, a tiny deadline.
 
-Scores and weights stay within +-1e150 in the fuzz: larger ones can make weight * score overflow,
-a known bug that kills the server process (pinned by `test_overflowing_utility_is_rejected`,
-strict xfail, run in a child process). `FUZZ_EXAMPLES=N` runs a longer hunt.
+Scores and weights stay within +-1e150 in the main fuzz; weight * score overflow (which used to
+crash the greedy kernel) has its own cases in `test_overflowing_utility_is_rejected`, run in a
+child process. `FUZZ_EXAMPLES=N` runs a longer hunt.
 """
 
 from __future__ import annotations
@@ -538,9 +538,6 @@ else:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: weight * score overflowing to +-inf is not rejected; "
-                                       "+inf utilities crash the greedy kernel (SIGSEGV), -inf ones are "
-                                       "returned as utilities / objective")
 @pytest.mark.parametrize("policy, column, value, weight", [
     ("home_feed", "p_purchase", 1e308, "-"),    # policy weight 10 -> +inf: the process dies
     ("marketplace", "p_purchase", 1e308, "-"),  # policy weight 2 -> +inf: the process dies
@@ -548,12 +545,12 @@ else:
     ("marketplace", "p_purchase", -1e308, "-"),  # -inf utility and objective in an OK answer
 ], ids=["home_feed-score", "marketplace-score", "request-weight", "negative-overflow"])
 def test_overflowing_utility_is_rejected(policy, column, value, weight):
-    """Run in a child process: the bug kills the process that solves, and that must not be pytest.
+    """Run in a child process: before the fix, an infinite utility crashed the greedy kernel
+    (SIGSEGV) and took the solving process down, which must never be pytest itself.
 
-    Minimal reproducer: policy home_feed, one in-stock candidate whose p_purchase is 1e308 (the
-    policy's weight 10 makes its utility inf) -> SIGSEGV in solvers/greedy.py `_k.greedy_slate`.
-    Expected: INVALID_ARGUMENT naming the score column (or objective_weights) whose weighted value
-    is not finite.
+    Reproducer: policy home_feed, one in-stock candidate whose p_purchase is 1e308 (the policy's
+    weight 10 makes its utility inf). Expected: INVALID_ARGUMENT naming the score column (or
+    objective_weights) whose weighted value is not finite.
     """
     out = subprocess.run([sys.executable, "-c", _OVERFLOW_SCRIPT, policy, column, repr(value), weight],
                          check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
