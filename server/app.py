@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
+from server._gen.reranker.v1 import reranker_pb2 as pb
 from server.metrics import DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, ServerMetrics
 from server.servicer import SERVICE_NAME, RerankerServicer
 
@@ -34,6 +34,40 @@ HEALTH_SERVICES = ("", SERVICE_NAME)
 
 class BindError(RuntimeError):
     """The server could not listen on the address (in use, bad host, no permission)."""
+
+
+def add_servicer(servicer, server: grpc.Server) -> None:
+    """Register `reranker.v1.Reranker` like the generated add_RerankerServicer_to_server, but
+    parse requests ourselves: bytes that are not a valid message get INVALID_ARGUMENT naming the
+    message type, instead of grpc's own INTERNAL "Exception deserializing request!"."""
+    service = pb.DESCRIPTOR.services_by_name["Reranker"]
+    handlers = {}
+    for method in service.methods:
+        request_cls = getattr(pb, method.input_type.name)
+        response_cls = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _parsing(getattr(servicer, method.name), request_cls),
+            request_deserializer=None,  # raw bytes: parsed in _parsing
+            response_serializer=response_cls.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _parsing(behaviour, request_cls):
+    from google.protobuf.message import DecodeError
+
+    name = request_cls.DESCRIPTOR.full_name
+
+    def handle(raw: bytes, context: grpc.ServicerContext):
+        try:
+            request = request_cls.FromString(raw)
+        except DecodeError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"request: not a valid {name} message (protobuf: {exc})")
+        return behaviour(request, context)
+
+    return handle
 
 
 def create_server(
@@ -75,7 +109,7 @@ def create_server(
         options=options,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    pb_grpc.add_RerankerServicer_to_server(RerankerServicer(engine, metrics), server)
+    add_servicer(RerankerServicer(engine, metrics), server)
 
     if health_servicer is None:
         health_servicer = health.HealthServicer()

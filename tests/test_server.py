@@ -590,3 +590,13 @@ def test_large_request_is_served(stub):
 def test_still_serving_after_bad_inputs(stub):
     req = example_request()
     assert_valid_slate(req, stub.Rerank(req, timeout=TIMEOUT_S))
+
+
+def test_unparseable_request_bytes_are_invalid_argument(live_server):
+    with grpc.insecure_channel(live_server.address) as channel:
+        call = channel.unary_unary("/reranker.v1.Reranker/Rerank", request_serializer=None,
+                                   response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as info:
+            call(b"\xff\xff\xff\xff", timeout=TIMEOUT_S)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("request: not a valid reranker.v1.RerankRequest message")
