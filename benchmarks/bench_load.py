@@ -6,7 +6,8 @@ Processes (all on 127.0.0.1, every run bounded in time and in-flight count):
   once it reports gRPC health SERVING; `--processes P` for P in (1, 2) when the CLI has it;
 - the echo floor: `benchmarks.echo_server`, another subprocess, answering every request with a
   canned real response of the same candidate count (same payloads both ways, no work);
-- the client: this process, one grpc.aio channel per server, requests pre-serialised once
+- the client: this process, CLIENT_CONNECTIONS grpc.aio channels (TCP connections) per server,
+  used round-robin (SO_REUSEPORT balances connections, not calls), requests pre-serialised once
   (bench_grpc.make_request, dictionary-encoded, N in {200, 1000}, 3 score columns), responses
   not deserialised (status only), so the client spends as little CPU as it can. On a 2-core
   machine the client still shares the cores with the server: the figures are a lower bound.
@@ -61,6 +62,7 @@ CONCURRENCY = (1, 4, 16, 64)
 RATE_FRACTIONS = (0.1, 0.25, 0.5, 0.7, 0.9, 1.0, 1.2)
 RATE_FRACTIONS_QUICK = (0.25, 0.5, 0.9, 1.2)
 MAX_IN_FLIGHT = 2000
+CLIENT_CONNECTIONS = 8  # per server; calls go round-robin over them
 CALL_TIMEOUT_S = 10.0
 SOAK_FRACTION = 0.7
 SOAK_WINDOW_S = 10.0
@@ -170,6 +172,21 @@ def _rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def cpu_tree_s(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by `pid` and its descendants, by pid: shows
+    how evenly the server processes shared the load."""
+    out, todo, tick = {}, [pid], os.sysconf("SC_CLK_TCK")
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            out[p] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+        todo += _children(p)
+    return out
 
 
 def rss_tree_mb(pid: int) -> dict[int, float]:
@@ -306,6 +323,20 @@ def _stub(channel: grpc.aio.Channel, method: str):
     return channel.unary_unary(method)
 
 
+def _channels(address: str) -> list[grpc.aio.Channel]:
+    """CLIENT_CONNECTIONS channels, each its own TCP connection (no shared subchannel pool):
+    SO_REUSEPORT spreads *connections* over the server processes, so one connection would put
+    every call on one worker."""
+    return [grpc.aio.insecure_channel(address, options=[
+        *CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1), ("bench.connection", i)])
+        for i in range(CLIENT_CONNECTIONS)]
+
+
+def _round_robin(channels: list[grpc.aio.Channel], method: str):
+    stubs = itertools.cycle([_stub(ch, method) for ch in channels])
+    return lambda payload, timeout: next(stubs)(payload, timeout=timeout)
+
+
 # ---------------------------------------------------------------- the run
 
 def _prepare(tmp: Path) -> tuple[Path, Path, dict[int, bytes]]:
@@ -342,10 +373,9 @@ async def _sweep(addresses: dict[str, str], payloads: dict[int, bytes], processe
                  quick: bool, duration_s: float, log) -> list[dict]:
     rows = []
     fractions = RATE_FRACTIONS_QUICK if quick else RATE_FRACTIONS
-    channels = {name: grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
-                for name, addr in addresses.items()}
-    calls = {"rerank": _stub(channels["rerank"], RERANK_METHOD),
-             "echo": _stub(channels["echo"], ECHO_METHOD)}
+    channels = {name: _channels(addr) for name, addr in addresses.items()}
+    calls = {"rerank": _round_robin(channels["rerank"], RERANK_METHOD),
+             "echo": _round_robin(channels["echo"], ECHO_METHOD)}
     try:
         for n in SIZES:
             payload = payloads[n]
@@ -369,15 +399,16 @@ async def _sweep(addresses: dict[str, str], payloads: dict[int, bytes], processe
                     rows.append(row)
                     log(row)
     finally:
-        for ch in channels.values():
-            await ch.close()
+        for chs in channels.values():
+            for ch in chs:
+                await ch.close()
     return rows
 
 
 async def _soak(address: str, payload: bytes, rate: float, seconds: float, pid: int,
                 log) -> tuple[dict, list[dict], list[dict]]:
-    channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-    call = _stub(channel, RERANK_METHOD)
+    channels = _channels(address)
+    call = _round_robin(channels, RERANK_METHOD)
     windows, rss = [], []
     t0 = time.monotonic()
 
@@ -397,7 +428,8 @@ async def _soak(address: str, payload: bytes, rate: float, seconds: float, pid: 
                                 window_s=SOAK_WINDOW_S)
     finally:
         sampler.cancel()
-        await channel.close()
+        for ch in channels:
+            await ch.close()
     for w in windows:  # the RSS sample nearest each window's end
         near = min(rss, key=lambda s: abs(s["t_s"] - w["t_end_s"]))
         w["rss_mb"] = " / ".join(f"{v:.0f}" for v in near["rss_mb"].values())
@@ -432,8 +464,13 @@ def run_all(quick: bool = False, soak_s: float = 0.0, duration_s: float | None =
                     if echo is None:
                         meta["response_bytes"] = _canned_responses(address, payloads, responses)
                         echo, echo_address = start_echo(responses)
+                    cpu0 = cpu_tree_s(server.pid)
                     rows += asyncio.run(_sweep({"rerank": address, "echo": echo_address},
                                                payloads, p, quick, duration_s, log))
+                    cpu1 = cpu_tree_s(server.pid)
+                    meta[f"server_cpu_s_sweep_processes_{p}"] = {
+                        pid: round(cpu1[pid] - cpu0.get(pid, 0.0), 2) for pid in cpu1}
+                    log({"server_cpu_s_by_pid": meta[f"server_cpu_s_sweep_processes_{p}"]})
                     if soak_s > 0 and p == max(processes):
                         soak = _run_soak(address, server.pid, payloads[1000], rows, p, soak_s, log)
                 finally:
@@ -556,7 +593,7 @@ def run(quick: bool = False) -> list[dict]:
 def _log_row(row: dict) -> None:
     keys = ("server", "processes", "n", "mode", "concurrency", "offered_rps", "window",
             "throughput_rps", "p50_ms", "p99_ms", "max_ms", "errors", "dropped", "rss_mb",
-            "loadavg_1m")
+            "loadavg_1m", "server_cpu_s_by_pid")
     parts = []
     for k in keys:
         v = row.get(k)
