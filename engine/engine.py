@@ -131,7 +131,8 @@ class Engine:
             # the sampled fair ranking, within the hard rules: greedy on the steered utilities,
             # reported against the policy's own objective
             outcome = portfolio.solve(lp_out.problem, mode="greedy", deadline=deadline)
-            outcome.objective = evaluate(problem, outcome.result.slate).objective
+            outcome.evaluation = evaluate(problem, outcome.result.slate)  # the policy's objective
+            outcome.objective = outcome.evaluation.objective
             outcome.bound = objective_upper_bound_unconstrained(problem)
             outcome.status = "relaxed" if outcome.result.relaxed.any() else "feasible"
         else:
@@ -143,7 +144,7 @@ class Engine:
         elapsed.update(outcome.elapsed_us)
         elapsed["solve"] = (t_solved - t_compiled) / 1000.0
 
-        ev = evaluate(problem, result.slate)
+        ev = outcome.evaluation  # computed by the portfolio for the winning slate
         bound = outcome.bound
         status = outcome.status
         costs = self._rule_costs(compiled, result, ev.objective) if req.explain else None

@@ -17,7 +17,7 @@ import numpy as np
 
 from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
 from solvers.greedy import constraint_ranks, solve_greedy
-from solvers.problem import MAX_COUNT, RELAX_CONFLICT, SlateProblem, SolveResult
+from solvers.problem import MAX_COUNT, RELAX_CONFLICT, Evaluation, SlateProblem, SolveResult
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class Outcome:
     elapsed_us: dict[str, float] = field(default_factory=dict)
     conflicts: list[list[int]] = field(default_factory=list)  # minimal conflicting rule sets
     exact_status: str = ""  # what the exact solver said, when it ran ("" = not run)
+    evaluation: Evaluation | None = None  # of `result.slate` against the problem solved
 
 
 def greedy_is_optimal(problem: SlateProblem) -> bool:
@@ -78,15 +79,18 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
     greedy = solve_greedy(problem)
     t1 = time.perf_counter()
     elapsed["solve_greedy"] = (t1 - t0) * 1e6
-    g_obj = evaluate(problem, greedy.slate).objective
+    g_ev = evaluate(problem, greedy.slate)
+    g_obj = g_ev.objective
     sort_bound = objective_upper_bound_unconstrained(problem)
     relaxed = bool(greedy.relaxed.any())
 
     def greedy_outcome(bound: float, exact_status: str = "") -> Outcome:
         if not relaxed and (greedy_is_optimal(problem) or g_obj >= bound - TOL * max(1.0, abs(bound))):
-            return Outcome(greedy, g_obj, max(bound, g_obj), "optimal", elapsed, exact_status=exact_status)
+            return Outcome(greedy, g_obj, max(bound, g_obj), "optimal", elapsed,
+                           exact_status=exact_status, evaluation=g_ev)
         return Outcome(greedy, g_obj, bound if not relaxed else sort_bound,
-                       "relaxed" if relaxed else "feasible", elapsed, exact_status=exact_status)
+                       "relaxed" if relaxed else "feasible", elapsed, exact_status=exact_status,
+                       evaluation=g_ev)
 
     if mode == "greedy" or problem.length == 0 or not exact_supported(problem):
         return greedy_outcome(sort_bound)
@@ -117,7 +121,8 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
             bound = min(sort_bound, exact.bound)
         return greedy_outcome(bound, exact.status)
 
-    e_obj = evaluate(problem, exact.slate).objective
+    e_ev = evaluate(problem, exact.slate)
+    e_obj = e_ev.objective
     rank = constraint_ranks(problem.constraints.priority)
     e_key, g_key = _relax_key(exact, rank), _relax_key(greedy, rank)
     exact_wins = e_key < g_key or (e_key == g_key and e_obj > g_obj + TOL * max(1.0, abs(g_obj)))
@@ -138,7 +143,7 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
         status = "optimal"
     else:
         status = "feasible"
-    return Outcome(exact, e_obj, max(bound, e_obj), status, elapsed, conflicts, exact.status)
+    return Outcome(exact, e_obj, max(bound, e_obj), status, elapsed, conflicts, exact.status, e_ev)
 
 
 def explain_conflicts(problem: SlateProblem, outcome: Outcome, *, deadline: float) -> list[list[int]]:

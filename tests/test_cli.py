@@ -10,6 +10,7 @@ from server.cli import main
 from server.request_json import load_request, request_from_json
 
 from tests.conftest import EXAMPLES_DIR, POLICIES_DIR
+from tests.serve_process import log_waiter
 
 EXAMPLE_REQUEST = EXAMPLES_DIR / "request_home_feed.json"
 
@@ -151,11 +152,9 @@ def test_request_json_accepts_both_spellings():
 
 def test_serve_starts_reports_serving_and_exits_0_on_sigterm():
     """`reranker serve` as a real process: JSON logs, health SERVING, graceful SIGTERM -> exit 0."""
-    import queue
     import signal
     import subprocess
     import sys
-    import threading
 
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -165,14 +164,7 @@ def test_serve_starts_reports_serving_and_exits_0_on_sigterm():
          "--policies", str(POLICIES_DIR), "--grace", "1"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=POLICIES_DIR.parent,
     )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
-
-    def wait_for(msg: str) -> dict:
-        while True:
-            record = json.loads(lines.get(timeout=60))
-            if record["msg"] == msg:
-                return record
+    wait_for = log_waiter(proc)
 
     try:
         port = wait_for("listening")["port"]

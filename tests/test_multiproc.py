@@ -3,14 +3,11 @@ both workers answer, a killed worker is restarted, SIGTERM drains everything and
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import grpc
@@ -21,6 +18,7 @@ from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from server.app import BindError, reserve_port
 from server.servicer import WORKER_PID_METADATA_KEY
 from tests.conftest import POLICIES_DIR
+from tests.serve_process import log_waiter
 from tests.test_server import example_request
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
@@ -61,16 +59,7 @@ def test_two_workers_share_the_port_restart_and_drain_on_sigterm():
          "--watch-interval", "0"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=POLICIES_DIR.parent,
     )
-    lines: queue.Queue[dict] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(json.loads(line)) for line in proc.stderr],
-                     daemon=True).start()
-
-    def wait_for(msg: str, timeout: float = 60) -> dict:
-        end = time.monotonic() + timeout
-        while True:
-            record = lines.get(timeout=max(end - time.monotonic(), 0.01))
-            if record["msg"] == msg:
-                return record
+    wait_for = log_waiter(proc)
 
     try:
         port = wait_for("listening")["port"]

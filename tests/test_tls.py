@@ -4,12 +4,10 @@ refused in plaintext; the CLI's `call --tls-ca` and `serve --tls-cert/--tls-key`
 from __future__ import annotations
 
 import json
-import queue
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import grpc
@@ -21,6 +19,7 @@ from server._gen.reranker.v1 import reranker_pb2 as pb
 from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from server.app import create_server, set_serving
 from tests.conftest import POLICIES_DIR
+from tests.serve_process import log_waiter
 from tests.test_server import EXAMPLE_REQUEST, example_request
 
 TIMEOUT_S = 20.0
@@ -102,14 +101,7 @@ def test_cli_serve_with_tls_certificate(cert_files):
          "--tls-cert", str(cert), "--tls-key", str(key)],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=POLICIES_DIR.parent,
     )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
-
-    def wait_for(msg: str) -> dict:
-        while True:
-            record = json.loads(lines.get(timeout=60))
-            if record["msg"] == msg:
-                return record
+    wait_for = log_waiter(proc)
 
     try:
         record = wait_for("listening")
