@@ -26,6 +26,7 @@ from engine.types import (
     RerankRequest,
     RerankResult,
 )
+from server import _wire_kernels as _wk
 from server._gen.reranker.v1 import reranker_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,22 @@ def _packed(msg, values, field_number: int, wire_dtype: str, dtype) -> np.ndarra
     return np.frombuffer(buf, dtype=wire_dtype, count=n, offset=seg[0]).astype(dtype)
 
 
+def _uint32s(msg, values, field_number: int) -> np.ndarray:
+    """A repeated uint32 field as int64, decoded from the message's wire bytes by a kernel
+    (varints cannot be viewed like fixed-width values); iteration if the kernel cannot read them."""
+    n = len(values)
+    out = np.empty(n, dtype=np.int64)
+    if n and _wk.uint32_field(np.frombuffer(msg.SerializeToString(), dtype=np.uint8),
+                              field_number, out) != n:
+        return np.fromiter(values, dtype=np.int64, count=n)
+    return out
+
+
+def warmup() -> None:
+    """Compile (or load from the cache) the wire kernels, before the server reports SERVING."""
+    _wk.warmup()
+
+
 def _doubles(col: pb.DoubleColumn) -> np.ndarray:
     return _packed(col, col.values, 1, "<f8", np.float64)
 
@@ -198,7 +215,7 @@ def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue])
                 break
             seen[v] = j
         ok = False
-    codes = np.fromiter(col.codes, dtype=np.int64, count=n_codes)
+    codes = _uint32s(col, col.codes, 3)
     bad = np.flatnonzero(codes >= n_dict)
     if bad.size:
         first = int(bad[0])

@@ -43,6 +43,7 @@ class RerankerServicer(pb_grpc.RerankerServicer):
         self._engine = engine
         self._metrics = metrics  # server.metrics.ServerMetrics, or None: nothing recorded
         self._pid_metadata = ((WORKER_PID_METADATA_KEY, str(os.getpid())),)
+        convert.warmup()  # the decoder's kernels, compiled before the server can report SERVING
 
     # ------------------------------------------------------------------------------- Rerank
 
