@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -35,15 +36,26 @@ class Attribute:
 class Candidates:
     """Columnar candidates; every column has one entry per candidate (validated by the engine)."""
 
-    item_ids: list[str]
+    item_ids: Sequence[str]  # a list, or any sequence with len / indexing / index()
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # float64[N] each
     attributes: dict[str, Attribute] = field(default_factory=dict)
     numeric: dict[str, np.ndarray] = field(default_factory=dict)  # float64[N] each
     embeddings: np.ndarray | None = None  # float32[N, dim]
+    # What a decoder already knows of item_ids (None: the engine finds out itself)
+    id_check: "IdCheck | None" = None
 
     @property
     def n(self) -> int:
         return len(self.item_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class IdCheck:
+    """Facts about `Candidates.item_ids` found by a decoder that had them at hand (the server
+    finds them on the wire), so that validation need not look at every id again."""
+
+    first_empty: int = -1  # index of the first empty id, -1: none
+    duplicate: tuple[int, int] | None = None  # (index of the first repeat, index of its original)
 
 
 @dataclass(frozen=True, slots=True)

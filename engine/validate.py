@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import FieldIssue, InvalidRequest
-from engine.types import Candidates, RerankRequest
+from engine.types import Candidates, IdCheck, RerankRequest
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,19 @@ def _column_issues(kind: str, name: str, values: np.ndarray, n: int, finite: boo
     return []
 
 
+def check_item_ids(ids) -> IdCheck:
+    """The first empty id and the first repeated id (with its original) of a list of ids."""
+    duplicate = None
+    if len(set(ids)) != len(ids):
+        seen: dict[str, int] = {}
+        for j, item in enumerate(ids):
+            if item in seen:
+                duplicate = (j, seen[item])
+                break
+            seen[item] = j
+    return IdCheck(ids.index("") if "" in ids else -1, duplicate)
+
+
 def validate_candidates(c: Candidates, limits: Limits) -> None:
     """Structural checks of the candidate columns; raises InvalidRequest with every issue found."""
     issues: list[FieldIssue] = []
@@ -43,17 +56,13 @@ def validate_candidates(c: Candidates, limits: Limits) -> None:
         raise InvalidRequest(
             "candidates.item_ids", f"at most {limits.max_candidates} candidates per request, got {n}"
         )
-    ids = c.item_ids
-    if len(set(ids)) != n:
-        seen: dict[str, int] = {}
-        for j, item in enumerate(ids):
-            if item in seen:
-                issues.append(FieldIssue(f"candidates.item_ids[{j}]",
-                                         f"duplicate item id {item!r} (first at index {seen[item]})"))
-                break
-            seen[item] = j
-    if "" in ids:
-        issues.append(FieldIssue(f"candidates.item_ids[{ids.index('')}]", "must be a non-empty string"))
+    check = c.id_check if c.id_check is not None else check_item_ids(c.item_ids)
+    if check.duplicate is not None:
+        j, first = check.duplicate
+        issues.append(FieldIssue(f"candidates.item_ids[{j}]",
+                                 f"duplicate item id {c.item_ids[j]!r} (first at index {first})"))
+    if check.first_empty >= 0:
+        issues.append(FieldIssue(f"candidates.item_ids[{check.first_empty}]", "must be a non-empty string"))
     for kind, columns in (("scores", c.scores), ("numeric", c.numeric)):
         if len(columns) > limits.max_columns:
             issues.append(FieldIssue(f"candidates.{kind}", f"at most {limits.max_columns} columns, got {len(columns)}"))

@@ -14,6 +14,7 @@ with its real length so that the engine reports it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from engine.types import (
     Attribute,
     Candidates,
     ConstraintReport,
+    IdCheck,
     PolicyInfo,
     RerankRequest,
     RerankResult,
@@ -164,8 +166,62 @@ def _doubles(col: pb.DoubleColumn) -> np.ndarray:
     return _packed(col, col.values, 1, "<f8", np.float64)
 
 
+class ItemIds(Sequence):
+    """`Candidates.item_ids` as the request's own repeated field: the engine reads a few ids (the
+    slate's), so the other N are never turned into Python strings here."""
+
+    __slots__ = ("_ids", "_list")
+
+    def __init__(self, ids) -> None:
+        self._ids = ids
+        self._list: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, i):
+        return self._ids[i]
+
+    def __iter__(self):
+        return iter(self._ids)
+
+    def index(self, value, *args) -> int:  # pins by item id
+        if self._list is None:
+            self._list = list(self._ids)
+        return self._list.index(value, *args)
+
+    def __contains__(self, value) -> bool:
+        return value in self._ids
+
+
+def _string_codes(msg, values, field_number: int):
+    """(codes, first, first_empty) of repeated string field `field_number` (see
+    `_wire_kernels.string_field_codes`), or None if the kernel cannot read the bytes."""
+    n = len(values)
+    codes = np.empty(n, dtype=np.int64)
+    first = np.empty(n, dtype=np.int64)
+    empty_at = np.empty(1, dtype=np.int64)
+    distinct = _wk.string_field_codes(np.frombuffer(msg.SerializeToString(), dtype=np.uint8),
+                                      field_number, codes, first, empty_at)
+    if distinct < 0:
+        return None
+    return codes, first[:distinct], int(empty_at[0])
+
+
+def _item_ids(c: pb.Candidates) -> tuple[ItemIds | list[str], IdCheck | None]:
+    found = _string_codes(c, c.item_ids, 1) if len(c.item_ids) else None
+    if found is None:
+        return list(c.item_ids), None
+    codes, first, empty_at = found
+    duplicate = None
+    if first.shape[0] != codes.shape[0]:  # a repeat: the first index whose code is not new
+        j = int(np.argmax(codes != np.arange(codes.shape[0])))
+        duplicate = (j, int(first[codes[j]]))
+    return ItemIds(c.item_ids), IdCheck(empty_at, duplicate)
+
+
 def _decode_candidates(c: pb.Candidates, issues: list[FieldIssue]) -> Candidates:
-    item_ids = list(c.item_ids)
+    item_ids, id_check = _item_ids(c)
     n = len(item_ids)
     scores = {name: _doubles(col) for name, col in c.scores.items()}
     numeric = {name: _doubles(col) for name, col in c.numeric.items()}
@@ -177,7 +233,7 @@ def _decode_candidates(c: pb.Candidates, issues: list[FieldIssue]) -> Candidates
     embeddings = None
     if c.HasField("embeddings"):
         embeddings = _decode_embeddings(c.embeddings, n, issues)
-    return Candidates(item_ids, scores, attributes, numeric, embeddings)
+    return Candidates(item_ids, scores, attributes, numeric, embeddings, id_check)
 
 
 def attribute_from_values(values: list[str]) -> Attribute:
@@ -200,7 +256,12 @@ def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue])
         ))
         return None
     if not (n_dict or n_codes):
-        return attribute_from_values(list(col.values))
+        found = _string_codes(col, col.values, 1) if n_values else None
+        if found is None:
+            return attribute_from_values(list(col.values))
+        codes, first, _ = found
+        values = col.values
+        return Attribute(codes, tuple(values[i] for i in first.tolist()))
 
     dictionary = tuple(col.dictionary)
     ok = True

@@ -100,3 +100,77 @@ def test_decode_uses_the_kernel_result_for_dictionary_columns():
     got = convert._uint32s(col, col.codes, 3)
     assert got.dtype == np.int64 and got.tolist() == [2, 0, 1, 1, 300]
     assert convert._uint32s(pb.StringColumn(), pb.StringColumn().codes, 3).shape == (0,)
+
+
+def _strings_kernel(buf: bytes, field: int, n: int):
+    codes, first = np.full(n, -7, dtype=np.int64), np.full(n, -7, dtype=np.int64)
+    empty_at = np.empty(1, dtype=np.int64)
+    d = wk.string_field_codes(np.frombuffer(buf, dtype=np.uint8), field, codes, first, empty_at)
+    return d, codes.tolist(), first[: max(d, 0)].tolist(), int(empty_at[0])
+
+
+def _twin(values: list[str]):
+    """The reference: dictionary in order of first appearance, by plain Python."""
+    index: dict[str, int] = {}
+    first: list[int] = []
+    codes = []
+    for j, v in enumerate(values):
+        if v not in index:
+            index[v] = len(index)
+            first.append(j)
+        codes.append(index[v])
+    empty = values.index("") if "" in values else -1
+    return len(index), codes, first, empty
+
+
+# few distinct characters, so that values repeat; long ones cross the 8-byte hashing blocks
+_VALUES = st.lists(st.text(alphabet="ab\u00e9\U0001f600", max_size=20), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_VALUES, st.lists(U32, max_size=5))
+def test_string_codes_match_a_python_dictionary_encoding(values, other):
+    col = pb.StringColumn(values=values)
+    buf = _packed(3, other) + col.SerializeToString() + _string(2, "not a value")
+    assert _strings_kernel(buf, 1, len(values)) == _twin(values)
+
+
+def test_string_codes_need_the_exact_count():
+    buf = pb.StringColumn(values=["a", "b"]).SerializeToString()
+    assert _strings_kernel(buf, 1, 3)[0] == wk.MALFORMED
+    assert _strings_kernel(buf, 1, 1)[0] == wk.MALFORMED
+
+
+def test_ids_that_collide_in_a_weak_hash_are_still_told_apart():
+    # same length, same first and last 8 bytes: only the middle differs
+    values = [f"prefix-x{j:06d}y-suffix" for j in range(2000)] + ["prefix-x000007y-suffix"]
+    buf = pb.StringColumn(values=values).SerializeToString()
+    assert _strings_kernel(buf, 1, len(values)) == _twin(values)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64), st.integers(min_value=0, max_value=10))
+def test_string_codes_on_arbitrary_bytes_never_crash_or_disagree(buf, n):
+    d, codes, first, empty = _strings_kernel(buf, 1, n)
+    try:
+        values = list(pb.StringColumn.FromString(buf).values)
+    except DecodeError:
+        return
+    if d >= 0:
+        assert len(values) == n and (d, codes, first, empty) == _twin(values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="ab", max_size=3), min_size=1, max_size=30))
+def test_decoded_candidates_agree_with_the_plain_path(ids):
+    from engine.validate import check_item_ids
+
+    msg = pb.Candidates(item_ids=ids)
+    msg.attributes["a"].values.extend(ids)
+    c = convert._decode_candidates(msg, [])
+    assert list(c.item_ids) == ids and len(c.item_ids) == len(ids)
+    assert c.id_check == check_item_ids(ids)
+    assert c.attributes["a"].values() == ids
+    assert c.attributes["a"].dictionary == tuple(dict.fromkeys(ids))
+    if ids[-1] in ids:
+        assert c.item_ids.index(ids[-1]) == ids.index(ids[-1])
