@@ -1,9 +1,12 @@
 """Protobuf <-> engine types. No gRPC here, no solving: columns in, columns out.
 
 Decoding turns each repeated field into one numpy array without Python-level loops: packed
-double / float columns are read straight from their wire bytes (`np.frombuffer`), other repeated
-fields with one C-level pass (`np.fromiter(..., count=n)`); the only per-element Python work is
-building the dictionary of a plain (not dictionary-encoded) string column. Structural problems that only exist on the wire
+double / float columns are read straight from their wire bytes (`np.frombuffer`); dictionary codes
+(varints), plain string columns (dictionary-encoded on the wire bytes) and item ids (checked for
+repeats and empties there, after which the engine reads only the slate's ids from the request's
+own field) by numba kernels over their wire bytes (`server._wire_kernels`). No Python object is
+made per candidate unless a kernel cannot read the bytes (then the protobuf runtime's values are
+used). Structural problems that only exist on the wire
 (dictionary codes out of range, both string encodings set, an embedding matrix that is not N x dim,
 an unknown enum value) are reported here, as `InvalidRequest` with the proto field path. Everything
 about the *content* of the columns (lengths, NaN / inf, duplicate ids, unknown score columns, slate
