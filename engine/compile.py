@@ -54,6 +54,9 @@ class CompiledPolicy:
     rows: tuple[Row, ...]  # every rule but fair_prefix (expanded per request: it depends on K)
     fair: tuple[int, ...]  # indices of fair_prefix rules
     required: tuple[str, ...] = ()  # attributes every request must send
+    # slate length -> _RowArrays (filled by requests; a CompiledPolicy lives as long as its
+    # policy version, so the cache goes with it on reload)
+    row_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def names(self) -> list[str]:
@@ -249,29 +252,29 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
     A = len(cp.attributes)
     codes = np.empty((A, n), dtype=np.int64)
     n_values = np.empty(A, dtype=np.int64)
-    lookups = []
+    dictionaries = []
     for a, name in enumerate(cp.attributes):
         attr = cands.attributes[name]
-        codes[a] = attr.codes[index]
+        codes[a] = attr.codes if mask is None else attr.codes[index]
         n_values[a] = max(len(attr.dictionary), 1)
-        lookups.append({v: k for k, v in enumerate(attr.dictionary)})
+        dictionaries.append(attr.dictionary)
+    lookups = _Lookups(dictionaries)
 
-    rows = list(cp.rows) + (fair_rows(cp, L) if cp.fair else [])
+    fixed = _row_arrays(cp, L)
+    rows = fixed.rows
     C = len(rows)
-    kind = np.array([r.kind for r in rows], dtype=np.int64)
-    attr_rows = np.array([r.attr for r in rows], dtype=np.int64)
-    value = np.full(C, -1, dtype=np.int64)
-    bound = np.array([r.bound for r in rows], dtype=np.int64)
-    top = np.array([min(r.top, L) if r.top > 0 else L for r in rows], dtype=np.int64)
-    size = np.array([r.size for r in rows], dtype=np.int64)
-    hard = np.array([r.hard for r in rows], dtype=np.bool_)
-    penalty = np.array([r.penalty for r in rows], dtype=np.float64)
-    priority = np.array([r.priority for r in rows], dtype=np.int64)
+    kind, attr_rows, bound, top = fixed.kind, fixed.attr, fixed.bound, fixed.top
+    size, hard, penalty, priority = fixed.size, fixed.hard, fixed.penalty, fixed.priority
+    # per request (the rest of the table is shared: see _row_arrays)
+    value = fixed.value.copy()
+    for r in fixed.value_rows:
+        value[r] = lookups.code(rows[r].attr, rows[r].value)
     item = np.full(C, -1, dtype=np.int64)
     position = np.full(C, -1, dtype=np.int64)
     active = np.ones(C, dtype=np.bool_)
     pre_reason = np.zeros(C, dtype=np.int64)
     reasons: dict[int, str] = {}
+    pins = fixed.pins
 
     def pre_relax(r: int, code: int, why: str) -> None:
         if hard[r]:
@@ -279,31 +282,23 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
             pre_reason[r] = code
         reasons[r] = why
 
-    pins: list[int] = []
-    for r, row in enumerate(rows):
-        if row.kind == PIN:
-            pins.append(r)
-        elif row.value is not None:
-            value[r] = lookups[row.attr].get(row.value, NO_MATCH)
-        else:
-            value[r] = ALL_VALUES
-
-    for r, row in enumerate(rows):
-        if row.kind == MIN_COUNT:
-            rule = policy.constraints[row.owner]
-            have = int(np.count_nonzero(codes[row.attr] == value[r])) if value[r] >= 0 else 0
-            prefix = int(top[r])
-            if have < row.bound:
-                pre_relax(r, RELAX_SHORTAGE, f"only {have} eligible candidate{'s' if have != 1 else ''} "
-                                             f"{'has' if have == 1 else 'have'} {rule.attribute} = {row.value!r}; "
-                                             f"{row.bound} required")
-            elif prefix < row.bound:
-                pre_relax(r, RELAX_SHORTAGE, f"the slate has only {prefix} position{'s' if prefix != 1 else ''} "
-                                             f"for the {row.bound} items required")
+    for r in fixed.min_rows:
+        row = rows[r]
+        rule = policy.constraints[row.owner]
+        have = int(np.count_nonzero(codes[row.attr] == value[r])) if value[r] >= 0 else 0
+        prefix = int(top[r])
+        if have < row.bound:
+            pre_relax(r, RELAX_SHORTAGE, f"only {have} eligible candidate{'s' if have != 1 else ''} "
+                                         f"{'has' if have == 1 else 'have'} {rule.attribute} = {row.value!r}; "
+                                         f"{row.bound} required")
+        elif prefix < row.bound:
+            pre_relax(r, RELAX_SHORTAGE, f"the slate has only {prefix} position{'s' if prefix != 1 else ''} "
+                                         f"for the {row.bound} items required")
 
     _resolve_pins(policy, rows, cands, index, utility, L, pins, item, position, priority, hard,
                   pre_relax)
-    target, target_offset = _calibration_targets(policy, rows, req, cands, n_values, lookups)
+    target, target_offset = (_calibration_targets(policy, rows, req, cands, n_values, lookups)
+                              if fixed.calibration else (_NO_TARGET, fixed.no_target_offset))
     table = ConstraintTable(kind, attr_rows, value, bound, top, size, hard, penalty, priority, item,
                             position, target=target, target_offset=target_offset)
     diversity = {}
@@ -317,6 +312,82 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
     problem = SlateProblem(utility, pw, codes, n_values, table, active, pre_reason, **diversity)
     boost = boost_all[index] if boost_all is not None else None
     return Compiled(problem, index, weights, K, rows, reasons, boost)
+
+
+class _Lookups:
+    """value -> code in each attribute's dictionary, built only for the attributes asked about
+    (a dict per attribute costs ~8 us at 50 values; most requests ask about one or none)."""
+
+    __slots__ = ("dictionaries", "maps")
+
+    def __init__(self, dictionaries: list[tuple[str, ...]]) -> None:
+        self.dictionaries = dictionaries
+        self.maps: dict[int, dict[str, int]] = {}
+
+    def code(self, a: int, value: str) -> int:
+        """The code of `value` in attribute a's dictionary, NO_MATCH if it is not there."""
+        m = self.maps.get(a)
+        if m is None:
+            m = self.maps[a] = {v: k for k, v in enumerate(self.dictionaries[a])}
+        return m.get(value, NO_MATCH)
+
+
+@dataclass(frozen=True)
+class _RowArrays:
+    """The request-independent columns of the constraint table for one slate length: built once
+    per (policy, L) and shared by every request's table. Nothing writes them (a request's own
+    columns - value, item, position, active, pre_reason - are fresh arrays)."""
+
+    rows: tuple[Row, ...]
+    kind: np.ndarray
+    attr: np.ndarray
+    value: np.ndarray  # ALL_VALUES, or -1 where a request's dictionary decides (value_rows)
+    bound: np.ndarray
+    top: np.ndarray
+    size: np.ndarray
+    hard: np.ndarray
+    penalty: np.ndarray
+    priority: np.ndarray
+    value_rows: tuple[int, ...]  # rows with a value, looked up in each request's dictionary
+    min_rows: tuple[int, ...]
+    pins: tuple[int, ...]
+    calibration: bool
+    no_target_offset: np.ndarray
+
+
+_NO_TARGET = np.zeros(0, dtype=np.float64)
+_ROW_CACHE_MAX = 64  # slate lengths per policy
+
+
+def _row_arrays(cp: CompiledPolicy, L: int) -> _RowArrays:
+    cache = cp.row_cache
+    got = cache.get(L)
+    if got is not None:
+        return got
+    rows = tuple(cp.rows) + (tuple(fair_rows(cp, L)) if cp.fair else ())
+    C = len(rows)
+    i64 = lambda values: np.array(values, dtype=np.int64)  # noqa: E731
+    got = _RowArrays(
+        rows=rows,
+        kind=i64([r.kind for r in rows]),
+        attr=i64([r.attr for r in rows]),
+        value=i64([-1 if r.kind == PIN or r.value is not None else ALL_VALUES for r in rows]),
+        bound=i64([r.bound for r in rows]),
+        top=i64([min(r.top, L) if r.top > 0 else L for r in rows]),
+        size=i64([r.size for r in rows]),
+        hard=np.array([r.hard for r in rows], dtype=np.bool_),
+        penalty=np.array([r.penalty for r in rows], dtype=np.float64),
+        priority=i64([r.priority for r in rows]),
+        value_rows=tuple(r for r, row in enumerate(rows) if row.kind != PIN and row.value is not None),
+        min_rows=tuple(r for r, row in enumerate(rows) if row.kind == MIN_COUNT),
+        pins=tuple(r for r, row in enumerate(rows) if row.kind == PIN),
+        calibration=any(row.kind == CALIBRATION for row in rows),
+        no_target_offset=np.zeros(C + 1, dtype=np.int64),
+    )
+    if len(cache) >= _ROW_CACHE_MAX:
+        cache.clear()
+    cache[L] = got
+    return got
 
 
 def _check_finite_utility(utility: np.ndarray, weights: dict[str, float], cands: Candidates) -> None:
@@ -344,7 +415,7 @@ def _unit_rows(emb: np.ndarray) -> np.ndarray:
 
 
 def _calibration_targets(policy: Policy, rows: list[Row], req: RerankRequest, cands: Candidates,
-                         n_values: np.ndarray, lookups: list[dict[str, int]]):
+                         n_values: np.ndarray, lookups: "_Lookups"):
     """Flat target distributions of the calibration rows over their attribute's value codes.
 
     Target shares of values absent from the request cannot be met by any slate; the rest are
@@ -364,8 +435,8 @@ def _calibration_targets(policy: Policy, rows: list[Row], req: RerankRequest, ca
             for v, share in shares.items():
                 if not (share >= 0 and np.isfinite(share)):
                     raise InvalidRequest(f"{path}['{v}']", f"must be a finite number >= 0, got {share}")
-                k = lookups[row.attr].get(v)
-                if k is not None:
+                k = lookups.code(row.attr, v)
+                if k >= 0:
                     vec[k] += share
             total = vec.sum()
             if total <= 0:
