@@ -23,7 +23,9 @@ DPP_SPAN_EPS = 1e-6
 CALIBRATION_ALPHA = 0.01
 
 _SIG = nb.void(
-    nb.int64[::1],  # slate
+    nb.int64[::1],  # slate [L]
+    nb.float64[::1],  # utility [N]
+    nb.float64[::1],  # position_weight [>= L]
     nb.int64[:, ::1],  # codes
     nb.int64[::1],  # n_values
     nb.int64[::1],  # kind
@@ -32,18 +34,21 @@ _SIG = nb.void(
     nb.int64[::1],  # bound
     nb.int64[::1],  # top
     nb.int64[::1],  # size
+    nb.boolean[::1],  # hard
+    nb.float64[::1],  # penalty
     nb.int64[::1],  # item
     nb.int64[::1],  # position
     nb.float64[::1],  # target (calibration distributions, flat)
     nb.int64[::1],  # target_offset [C + 1]
     nb.float64[::1],  # out violation
     nb.float64[::1],  # out slack
+    nb.float64[::1],  # out [utility part, penalty part]
 )
 
 
-@nb.njit(_SIG, cache=True, nogil=True)
-def constraint_status(slate, codes, n_values, kind, attr, value, bound, top, size, item, position,
-                      target, toff, violation, slack):
+@nb.njit(cache=True, nogil=True)
+def _rows_status(slate, codes, n_values, kind, attr, value, bound, top, size, item, position,
+                 target, toff, violation, slack):
     L = slate.shape[0]
     C = kind.shape[0]
     N = codes.shape[1]
@@ -143,6 +148,53 @@ def constraint_status(slate, codes, n_values, kind, attr, value, bound, top, siz
                         worst = counts[v]
             violation[c] = float(viol)
             slack[c] = float(b - worst)
+
+
+@nb.njit(_SIG, cache=True, nogil=True)
+def constraint_status(slate, u, pw, codes, n_values, kind, attr, value, bound, top, size, hard,
+                      penalty, item, position, target, toff, violation, slack, parts):
+    """violation and slack of every row; parts = [sum_p pw[p] * u[slate[p]], sum over soft rows
+    of penalty * violation] (both summed in order)."""
+    L = slate.shape[0]
+    C = kind.shape[0]
+    up = 0.0
+    for p in range(L):
+        up += pw[p] * u[slate[p]]
+    parts[0] = up
+    _rows_status(slate, codes, n_values, kind, attr, value, bound, top, size, item, position,
+                 target, toff, violation, slack)
+    pp = 0.0
+    for c in range(C):
+        if not hard[c]:
+            pp += penalty[c] * violation[c]
+    parts[1] = pp
+
+
+@nb.njit(nb.float64(nb.float64[::1], nb.float64[::1]), cache=True, nogil=True)
+def sort_bound(u, pw):
+    """sum_p pw[p] * (the p-th largest of u), p < min(len(pw), len(u)), summed in order (as the
+    greedy kernel sums its info[0])."""
+    N = u.shape[0]
+    L = min(pw.shape[0], N)
+    if L == 0:
+        return 0.0
+    if L < N:
+        cut = np.partition(u, N - L)[N - L]  # the L-th largest value
+        vals = np.empty(L)
+        k = 0
+        for i in range(N):
+            if u[i] > cut:
+                vals[k] = u[i]
+                k += 1
+        for j in range(k, L):
+            vals[j] = cut
+    else:
+        vals = u.copy()
+    vals.sort()
+    s = 0.0
+    for p in range(L):
+        s += pw[p] * vals[L - 1 - p]
+    return s
 
 
 @nb.njit(cache=True, nogil=True)

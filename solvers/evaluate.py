@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from solvers._evaluate_kernels import constraint_status, slate_diversity
+from solvers._evaluate_kernels import constraint_status, slate_diversity, sort_bound
 from solvers.problem import Evaluation, SlateProblem
 
 
@@ -30,21 +30,22 @@ def evaluate(problem: SlateProblem, slate: np.ndarray) -> Evaluation:
     """
     slate = np.ascontiguousarray(slate, dtype=np.int64)
     t = problem.constraints
-    C = t.n
-    violation = np.zeros(C, dtype=np.float64)
-    slack = np.zeros(C, dtype=np.float64)
-    if C:
-        constraint_status(slate, problem.codes, problem.n_values, t.kind, t.attr, t.value, t.bound,
-                          t.top, t.size, t.item, t.position,
-                          np.ascontiguousarray(t.target, dtype=np.float64),
-                          np.ascontiguousarray(t.target_offset, dtype=np.int64), violation, slack)
     L = slate.shape[0]
-    utility_part = float(problem.position_weight[:L] @ problem.utility[slate]) if L else 0.0
+    if L > problem.length:
+        raise ValueError(f"slate: at most {problem.length} positions, got {L}")
+    violation = np.empty(t.n, dtype=np.float64)
+    slack = np.empty(t.n, dtype=np.float64)
+    parts = np.empty(2, dtype=np.float64)
+    constraint_status(slate, problem.utility, problem.position_weight, problem.codes,
+                      problem.n_values, t.kind, t.attr, t.value, t.bound, t.top, t.size, t.hard,
+                      t.penalty, t.item, t.position,
+                      np.ascontiguousarray(t.target, dtype=np.float64),
+                      np.ascontiguousarray(t.target_offset, dtype=np.int64), violation, slack, parts)
+    utility_part = float(parts[0])
+    penalty_part = float(parts[1])
     diversity_part = 0.0
-    if problem.diversity_on and L:
+    if L and problem.diversity_on:
         diversity_part = float(problem.position_weight[:L] @ diversity_terms(problem, slate))
-    soft = ~t.hard
-    penalty_part = float(t.penalty[soft] @ violation[soft]) if C else 0.0
     return Evaluation(utility_part + diversity_part - penalty_part, utility_part, penalty_part,
                       violation, slack, diversity_part)
 
@@ -52,11 +53,8 @@ def evaluate(problem: SlateProblem, slate: np.ndarray) -> Evaluation:
 def objective_upper_bound_unconstrained(problem: SlateProblem) -> float:
     """Objective of the best slate ignoring every constraint: a valid upper bound whenever the
     position weights are non-increasing and soft penalties are >= 0 (sorting is then optimal;
-    diversity terms, coverage and calibration violations only ever subtract)."""
-    L = problem.length
-    if L == 0:
-        return 0.0
-    u = problem.utility
-    top = np.argpartition(-u, L - 1)[:L] if L < u.shape[0] else np.arange(u.shape[0])
-    vals = np.sort(u[top])[::-1]
-    return float(problem.position_weight @ vals)
+    diversity terms, coverage and calibration violations only ever subtract).
+
+    sum_p position_weight[p] * (the p-th largest utility), summed in position order, so that it
+    equals the utility part of `evaluate` bit for bit when the slate is sorted by utility."""
+    return float(sort_bound(problem.utility, problem.position_weight))
