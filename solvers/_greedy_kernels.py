@@ -73,6 +73,16 @@ loop, so every hard rule, pin, relaxation and soft rule above keeps working with
 * pw >= 0 is assumed (as the scan's stop rule always did); penalties of coverage and calibration
   rows are >= 0 and those rows are never hard (solvers.greedy checks).
 
+Speed-ups that change no pick (each keeps "best feasible gain, ties to the lowest index"):
+
+* The scan order is built lazily, in sorted stretches of the best remaining items.
+* The min_count look-ahead is worked out once per scan for an item matching no rule (the worst
+  case: matching a rule only lowers its need). If that item passes, the look-ahead blocks nobody;
+  if not, every item matching no rule with a need left is blocked, and (with pw[p] >= 0, outside
+  the lazy diversity scan) only the matching items of those rules are examined, each against the
+  scan's bound, instead of walking the utility order to wherever they are.
+* The sort bound (sum_p pw[p] * the p-th best utility) is read off the scan order at the end.
+
 Helpers that allocate nothing are compiled with `_nrt=False`: Numba otherwise reference-counts
 every array argument of a call that is not inlined (two atomic operations, ~5 ns per array), and
 the scan calls them for every candidate it examines.
@@ -177,7 +187,8 @@ def _free_between(pinned_prefix, p, m):
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def _min_lookahead_blocker(i, p, codes, kind, attr, value, bound, top, hard, active, cnt, off,
                            pinned_prefix, need_buf, self_counted):
-    """Index of the hard min_count rule whose prefix would overflow if i were placed at p, or -1.
+    """Index of the hard min_count rule whose prefix would overflow if i were placed at p, or -1
+    (i = -1: an item matching no rule, the worst case; need_buf then holds each rule's need).
 
     For each active rule c0 (prefix end m0), the needs of the same attribute's rules ending at or
     before m0 are summed, one per value (the largest), and compared with the free positions left
@@ -187,7 +198,7 @@ def _min_lookahead_blocker(i, p, codes, kind, attr, value, bound, top, hard, act
     for c in range(C):
         if kind[c] == MIN_COUNT and hard[c] and active[c] and p < top[c]:
             need = bound[c] - cnt[off[c]]
-            if not self_counted and value[c] >= 0 and codes[attr[c], i] == value[c]:
+            if not self_counted and i >= 0 and value[c] >= 0 and codes[attr[c], i] == value[c]:
                 need -= 1
             need_buf[c] = need if need > 0 else 0
         else:
@@ -264,6 +275,61 @@ def _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, siz
     if c0 >= 0 and rank[c0] > worst:
         worst = rank[c0]
     return worst
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _blocked(i, p, L, slate, codes, kind, attr, value, bound, top, size, hard, active, cnt, off,
+             pinned_prefix, need_buf, la_c0, la_need):
+    """Whether an active hard rule forbids placing i (not a reserved pin) at p: the test
+    `_blockers_max_rank(..., self_counted=False, stop_at_first=True) >= 0`, made cheap with the
+    look-ahead's worst case computed once per scan (`_lookahead_worst`: la_c0, la_need).
+
+    Needs only shrink when i matches a rule, and the look-ahead total grows with the needs, so:
+    la_c0 < 0 (an item matching nothing passes) means no item is blocked by the look-ahead; and
+    an item matching no rule with a need left has exactly the worst-case needs: it is blocked."""
+    C = kind.shape[0]
+    if la_c0 >= 0:
+        helps = False
+        for c in range(C):
+            if la_need[c] > 0 and value[c] >= 0 and codes[attr[c], i] == value[c]:
+                helps = True
+                break
+        if not helps:
+            return True
+    for c in range(C):
+        if not (hard[c] and active[c]):
+            continue
+        k = kind[c]
+        if k == MAX_COUNT:
+            if p >= top[c]:
+                continue
+            code = codes[attr[c], i]
+            if value[c] != ALL_VALUES and value[c] != code:
+                continue
+            if cnt[off[c] + code] >= bound[c]:
+                return True
+        elif k == WINDOW:
+            code = codes[attr[c], i]
+            if value[c] != ALL_VALUES and value[c] != code:
+                continue
+            if _window_hits(slate, codes, attr[c], code, p, size[c], L, bound[c]) > 0:
+                return True
+    if la_c0 >= 0:
+        return _min_lookahead_blocker(i, p, codes, kind, attr, value, bound, top, hard, active,
+                                      cnt, off, pinned_prefix, need_buf, False) >= 0
+    return False
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _lookahead_worst(p, codes, kind, attr, value, bound, top, hard, active, cnt, off,
+                     pinned_prefix, need_buf, la_need):
+    """The look-ahead for an item matching no rule (see `_blocked`): the blamed rule or -1, and
+    each rule's need in la_need. Valid while p, the counts and the active rules stay as they are."""
+    c0 = _min_lookahead_blocker(-1, p, codes, kind, attr, value, bound, top, hard, active, cnt,
+                                off, pinned_prefix, need_buf, False)
+    for c in range(kind.shape[0]):
+        la_need[c] = need_buf[c]
+    return c0
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
@@ -572,7 +638,7 @@ def _count(i, p, codes, kind, attr, value, top, cnt, off, delta):
                     cnt[off[c + 1] - 1] += delta
 
 
-_SIG = nb.void(
+_SIG = nb.int64(
     nb.float64[::1],  # utility
     nb.float64[::1],  # pw
     nb.int64[:, ::1],  # codes
@@ -585,7 +651,7 @@ _SIG = nb.void(
     nb.int64[::1],  # size
     nb.boolean[::1],  # hard
     nb.float64[::1],  # penalty
-    nb.int64[::1],  # rank
+    nb.int64[::1],  # priority
     nb.int64[::1],  # item
     nb.int64[::1],  # position
     nb.float64[::1],  # target (calibration distributions, flat)
@@ -596,18 +662,44 @@ _SIG = nb.void(
     nb.int64,  # div_window
     nb.boolean[::1],  # active (in/out)
     nb.int64[::1],  # slate (out)
-    nb.int64[::1],  # reason (out)
+    nb.int64[::1],  # reason (in: pre-solve reasons; out: RELAX_* of the relaxed rules, else 0)
     nb.int64[::1],  # relax_pos (out)
+    nb.boolean[::1],  # relaxed (out): hard and not active at the end
+    nb.float64[::1],  # info (out): [sort bound]
 )
 
 
+@nb.njit(cache=True, nogil=True)
+def _ranks(priority):
+    """Rank of each rule in the order rules give way: lowest priority first, ties to the later
+    rule (solvers.greedy.constraint_ranks)."""
+    C = priority.shape[0]
+    rev = np.empty(C, dtype=np.int64)
+    for c in range(C):
+        rev[c] = C - 1 - c
+    perm = np.argsort(priority[rev], kind="mergesort")  # stable: later rules first among ties
+    rank = np.empty(C, dtype=np.int64)
+    for k in range(C):
+        rank[rev[perm[k]]] = k
+    return rank
+
+
 @nb.njit(_SIG, cache=True, nogil=True)
-def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, hard, penalty, rank,
-                 item, position, target, toff, emb, div_mode, beta, div_window, active, slate,
-                 reason, relax_pos):
+def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, hard, penalty,
+                 priority, item, position, target, toff, emb, div_mode, beta, div_window, active,
+                 slate, reason, relax_pos, relaxed, info):
+    """Fill `slate`; return the number of relaxed hard rules, or -1 - j when utility[j] is not
+    finite (nothing else is then written). info[0] = the sort bound: sum_p pw[p] * (p-th largest
+    utility), the objective_upper_bound_unconstrained of solvers.evaluate."""
     N = u.shape[0]
     L = pw.shape[0]
     C = kind.shape[0]
+    for i in range(N):
+        if not np.isfinite(u[i]):
+            return -1 - i
+    rank = _ranks(priority)
+    for c in range(C):
+        relax_pos[c] = -1
 
     # --- count storage: one slot per value for max_count and coverage, one slot for min_count,
     # one per value plus the total for calibration
@@ -628,6 +720,7 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
         off[c + 1] = off[c] + width
     cnt = np.zeros(off[C] + 1, dtype=np.int64)
     need_buf = np.zeros(C, dtype=np.int64)
+    la_need = np.zeros(C, dtype=np.int64)  # look-ahead needs of an item matching no rule
     cal = np.zeros(target.shape[0], dtype=np.float64)  # per-value KL decrease at this position
 
     # --- diversity state (see the module docstring); sized 0 when unused
@@ -683,16 +776,26 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
 
     # --- matching candidates still available to each min_count rule (reserved pins excluded)
     avail = np.zeros(C, dtype=np.int64)
+    # every matching candidate of each hard min_count rule (reserved or not), in index order:
+    # matches[moff[c]:moff[c + 1]], filled the first time the look-ahead leaves only them
+    moff = np.zeros(C + 1, dtype=np.int64)
     max_bonus = 0.0
     for c in range(C):
+        n_match = 0
         if kind[c] == MIN_COUNT:
             if value[c] >= 0:
                 a = attr[c]
                 for i in range(N):
-                    if not reserved[i] and codes[a, i] == value[c]:
-                        avail[c] += 1
+                    if codes[a, i] == value[c]:
+                        n_match += 1
+                        if not reserved[i]:
+                            avail[c] += 1
             if not hard[c]:
                 max_bonus += penalty[c]
+                n_match = 0
+        moff[c + 1] = moff[c] + n_match
+    matches = np.empty(moff[C], dtype=np.int64)
+    matches_known = np.zeros(C, dtype=np.bool_)
 
     # --- lazy scan order: sorted stretches of the best remaining items, extended on demand
     order = np.empty(N, dtype=np.int64)
@@ -797,6 +900,8 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
         while True:
             best = -1
             best_g = NEG_INF
+            la_c0 = _lookahead_worst(p, codes, kind, attr, value, bound, top, hard, active, cnt,
+                                     off, pinned_prefix, need_buf, la_need)
             if lazy:
                 # examine candidates by their bound on u + div, best first: the heap holds those
                 # examined before (u + stale div), the scan order the rest (u; the cap once the
@@ -838,9 +943,8 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                     n_def += 1
                     if capped_until[i] > p:
                         continue
-                    if _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top,
-                                          size, hard, active, cnt, off, pinned_prefix, rank,
-                                          need_buf, False, True) >= 0:
+                    if _blocked(i, p, L, slate, codes, kind, attr, value, bound, top, size, hard,
+                                active, cnt, off, pinned_prefix, need_buf, la_c0, la_need):
                         capped_until[i] = _capped_until(i, p, codes, kind, attr, value, bound,
                                                         top, hard, active, cnt, off)
                         continue
@@ -855,8 +959,46 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                     if defer[k] != best:
                         _heap_push(hkey, hidx, hsize, u[defer[k]] + dval[defer[k]], defer[k])
                         hsize += 1
+            if not lazy and la_c0 >= 0 and pw[p] >= 0.0:
+                # the look-ahead admits only items matching a rule with a need left (`_blocked`):
+                # examine just those, each against the scan's bound (the best feasible gain, ties
+                # to the lowest index, is the same in any order). Nothing feasible: the plain scan
+                # below runs (and sees every candidate, as the relaxation needs).
+                for c in range(C):
+                    if la_need[c] <= 0 or value[c] < 0:
+                        continue
+                    if not matches_known[c]:
+                        matches_known[c] = True
+                        k = moff[c]
+                        for i in range(N):
+                            if codes[attr[c], i] == value[c]:
+                                matches[k] = i
+                                k += 1
+                    for k in range(moff[c], moff[c + 1]):
+                        i = matches[k]
+                        if used[i] or reserved[i] or capped_until[i] > p:
+                            continue
+                        if best >= 0 and pw[p] * u[i] + bonus + 1e-12 * (1.0 + abs(best_g)) < best_g:
+                            continue
+                        if _blocked(i, p, L, slate, codes, kind, attr, value, bound, top, size,
+                                    hard, active, cnt, off, pinned_prefix, need_buf, la_c0,
+                                    la_need):
+                            capped_until[i] = _capped_until(i, p, codes, kind, attr, value, bound,
+                                                            top, hard, active, cnt, off)
+                            continue
+                        div = 0.0
+                        if mode != 0:
+                            div = _div_refresh(i, p, slate, emb, mode, beta, win, n2, P, dcnt,
+                                               dval, mx, d2, M, dsel, Wc, Wd, ebuf, span_rank, xi,
+                                               xbuf)
+                        g = _gain(i, p, L, pw, u, div, slate, codes, kind, attr, value, bound, top,
+                                  size, hard, penalty, item, position, cnt, off, cal, toff)
+                        if g > best_g or (g == best_g and i < best) or best < 0:
+                            best = i
+                            best_g = g
             j = head
-            while not lazy:
+            plain = not lazy and best < 0
+            while plain:
                 if j == n_order:
                     if n_order == N:
                         break
@@ -870,9 +1012,8 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                 # (the tiny relative slack keeps rounding from ending the scan early)
                 if best >= 0 and pw[p] * u[i] + bonus + 1e-12 * (1.0 + abs(best_g)) < best_g:
                     break
-                if _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, size,
-                                      hard, active, cnt, off, pinned_prefix, rank, need_buf, False,
-                                      True) >= 0:
+                if _blocked(i, p, L, slate, codes, kind, attr, value, bound, top, size, hard,
+                            active, cnt, off, pinned_prefix, need_buf, la_c0, la_need):
                     capped_until[i] = _capped_until(i, p, codes, kind, attr, value, bound, top,
                                                     hard, active, cnt, off)
                     continue
@@ -926,3 +1067,19 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
             active[c] = False
             reason[c] = RELAX_SHORTAGE
             relax_pos[c] = L
+    n_relaxed = 0
+    for c in range(C):
+        relaxed[c] = hard[c] and not active[c]
+        if relaxed[c]:
+            n_relaxed += 1
+        else:
+            reason[c] = 0
+
+    # the sort bound, from the scan order (the L best utilities, best first)
+    while n_order < min(L, N):
+        n_order, cut = _extend_order(u, order, n_order, cut, L - n_order)
+    sb = 0.0
+    for p in range(min(L, n_order)):
+        sb += pw[p] * u[order[p]]
+    info[0] = sb
+    return n_relaxed

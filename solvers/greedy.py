@@ -2,8 +2,9 @@
 
 `solve_greedy` trusts the constraint table (engine.compile builds valid problems) but checks the
 parts a caller may get wrong when building a problem by hand: the diversity inputs and the
-coverage / calibration rows (`check_extensions`). It coerces arrays, runs the Numba kernel in
-solvers._greedy_kernels and assembles a SolveResult.
+coverage / calibration rows (`check_extensions`), and (in the kernel) finite utilities. It
+allocates the outputs, runs the Numba kernel in solvers._greedy_kernels (which also ranks the
+rules and marks the relaxed ones) and assembles a SolveResult.
 """
 
 from __future__ import annotations
@@ -78,31 +79,38 @@ def solve_greedy(problem: SlateProblem, *, active: np.ndarray | None = None) -> 
 
     `active` overrides problem.active (used to price rules: solve again with one rule dropped).
     """
+    return solve_greedy_with_bound(problem, active=active)[0]
+
+
+def solve_greedy_with_bound(problem: SlateProblem, *,
+                            active: np.ndarray | None = None) -> tuple[SolveResult, float]:
+    """`solve_greedy`, and the sort bound that the kernel reads off its scan order for free
+    (the same float as solvers.evaluate.objective_upper_bound_unconstrained)."""
     t = problem.constraints
-    L = problem.length
     if problem.div_mode != DIV_NONE or (t.n and max(t.kind.tolist()) > PIN):
         check_extensions(problem)
-    if not np.isfinite(problem.utility).all():  # the kernel assumes finite utilities
-        j = int(np.argmax(~np.isfinite(problem.utility)))
+    act = (problem.active if active is None else np.asarray(active)).astype(np.bool_)
+    slate = np.empty(problem.length, dtype=np.int64)
+    reason = problem.pre_reason.astype(np.int64)
+    relax_pos = np.empty(t.n, dtype=np.int64)
+    relaxed = np.empty(t.n, dtype=np.bool_)
+    info = np.empty(1, dtype=np.float64)
+    n_relaxed = _k.greedy_slate(
+        problem.utility, problem.position_weight, problem.codes, problem.n_values, t.kind, t.attr,
+        t.value, t.bound, t.top, t.size, t.hard, t.penalty, t.priority, t.item, t.position,
+        np.ascontiguousarray(t.target, dtype=np.float64),
+        np.ascontiguousarray(t.target_offset, dtype=np.int64), kernel_embeddings(problem),
+        int(problem.div_mode), float(problem.div_weight), int(problem.div_window),
+        act, slate, reason, relax_pos, relaxed, info)
+    if n_relaxed < 0:  # the kernel assumes finite utilities and wrote nothing
+        j = -1 - n_relaxed
         raise ValueError(f"utility[{j}]: must be finite, got {problem.utility[j]}")
-    act = np.array(problem.active if active is None else active, dtype=np.bool_, copy=True)
-    slate = np.empty(L, dtype=np.int64)
-    reason = np.array(problem.pre_reason, dtype=np.int64, copy=True)
-    relax_pos = np.full(t.n, -1, dtype=np.int64)
-    _k.greedy_slate(problem.utility, problem.position_weight, problem.codes, problem.n_values,
-                    t.kind, t.attr, t.value, t.bound, t.top, t.size, t.hard, t.penalty,
-                    constraint_ranks(t.priority), t.item, t.position,
-                    np.ascontiguousarray(t.target, dtype=np.float64),
-                    np.ascontiguousarray(t.target_offset, dtype=np.int64),
-                    kernel_embeddings(problem), int(problem.div_mode), float(problem.div_weight),
-                    int(problem.div_window),
-                    act, slate, reason, relax_pos)
-    relaxed = t.hard & ~act
     if active is not None:
         relaxed &= np.asarray(active, dtype=np.bool_)  # rules dropped by the caller are not "relaxed"
-    status = "relaxed" if relaxed.any() else "feasible"
-    reason[~relaxed] = RELAX_NONE
-    return SolveResult(slate, relaxed, reason, relax_pos, "greedy", status)
+        reason[~relaxed] = RELAX_NONE
+        n_relaxed = int(relaxed.sum())
+    status = "relaxed" if n_relaxed else "feasible"
+    return SolveResult(slate, relaxed, reason, relax_pos, "greedy", status), float(info[0])
 
 
 def warmup() -> None:

@@ -156,6 +156,15 @@ def objective(problem: SlateProblem, slate: list[int]) -> float:
     return value - sum(t.penalty[c] * violation[c] for c in range(t.n) if not t.hard[c])
 
 
+def sort_bound(problem: SlateProblem) -> float:
+    """sum_p position_weight[p] * (the p-th largest utility), summed in position order."""
+    best = sorted((float(x) for x in problem.utility), reverse=True)
+    total = 0.0
+    for p in range(problem.length):
+        total += float(problem.position_weight[p]) * best[p]
+    return total
+
+
 def ranks(priority) -> list[int]:
     """Rank 0 gives way first: lowest priority, then the later rule."""
     order = sorted(range(len(priority)), key=lambda c: (int(priority[c]), -c))

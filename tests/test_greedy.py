@@ -7,11 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from solvers.evaluate import evaluate
-from solvers.greedy import constraint_ranks, solve_greedy
+from solvers import _greedy_kernels
+from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
+from solvers.greedy import constraint_ranks, solve_greedy, solve_greedy_with_bound
 from solvers.problem import MAX_COUNT, MIN_COUNT, PIN, RELAX_CONFLICT, RELAX_SHORTAGE, WINDOW
 from tests import naive
 from tests.random_problems import make_problem, random_problem
+
+from engine.portfolio import greedy_is_optimal
 
 
 def _check_against_twin(problem):
@@ -164,3 +167,83 @@ def test_greedy_never_beats_brute_force_on_tiny_problems():
             continue
         best = naive.brute_force_best(problem)
         assert evaluate(problem, result.slate).objective <= best + 1e-9
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_kernel_ranks_and_sort_bound(seed):
+    """The kernel's own rule ranks are constraint_ranks; its sort bound (from the scan order) is
+    the sorted top-L sum of the twin and of objective_upper_bound_unconstrained, bit for bit."""
+    problem = random_problem(seed, ties=seed % 2 == 0)
+    priority = problem.constraints.priority
+    assert _greedy_kernels._ranks(priority).tolist() == constraint_ranks(priority).tolist()
+    assert constraint_ranks(priority).tolist() == naive.ranks(priority)
+    result, bound = solve_greedy_with_bound(problem)
+    assert result.slate.tolist() == solve_greedy(problem).slate.tolist()
+    assert bound == naive.sort_bound(problem) == objective_upper_bound_unconstrained(problem)
+    if not problem.constraints.n:  # a plain sort: the objective is the bound itself
+        assert evaluate(problem, result.slate).objective == bound
+
+
+def test_sort_bound_when_every_position_is_pinned():
+    # the free-position scan never runs: the bound still covers the L best utilities
+    u = np.array([1.0, 5.0, 3.0, 4.0])
+    rows = _rows(dict(kind=PIN, attr=-1, item=0, position=0), dict(kind=PIN, attr=-1, item=2, position=1))
+    problem = make_problem(u, [1.0, 0.5], np.zeros((1, 4), dtype=np.int64), [1], rows)
+    result, bound = solve_greedy_with_bound(problem)
+    assert result.slate.tolist() == [0, 2]
+    assert bound == 5.0 + 0.5 * 4.0 == objective_upper_bound_unconstrained(problem)
+
+
+def test_non_finite_utility_is_refused():
+    problem = make_problem(np.array([1.0, np.inf, 0.5]), [1.0], np.zeros((1, 3), dtype=np.int64), [1], [])
+    with pytest.raises(ValueError, match=r"utility\[1\]: must be finite, got inf"):
+        solve_greedy(problem)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_lookahead_with_rare_values_deep_in_the_order(seed):
+    """Hard minimums of values that are rare and low-ranked: the look-ahead soon admits only
+    their items, which lie beyond the first stretches of the scan order (the kernel then examines
+    just the matching items). With caps, windows, soft rules and pins around them."""
+    rng = np.random.default_rng(seed)
+    n, L = int(rng.integers(150, 400)), int(rng.integers(8, 16))
+    u = rng.normal(size=n) if seed % 3 else rng.integers(0, 6, size=n).astype(np.float64)
+    rare = (rng.random(n) < 0.04) & (u < np.quantile(u, 0.7))
+    codes = np.stack([rare.astype(np.int64) + (rare & (rng.random(n) < 0.5)),
+                      rng.integers(0, 6, size=n), rng.integers(0, 3, size=n)])
+    pw = 1.0 / np.log2(np.arange(2, L + 2))
+    rows = _rows(dict(kind=MIN_COUNT, attr=0, value=1, bound=int(rng.integers(1, 4)), top=int(rng.integers(4, L + 1))),
+                 dict(kind=MIN_COUNT, attr=0, value=2, bound=int(rng.integers(0, 3)), top=L,
+                      hard=bool(seed % 2), penalty=0.5, priority=1),
+                 dict(kind=MAX_COUNT, attr=1, bound=int(rng.integers(1, 4)), top=L),
+                 dict(kind=WINDOW, attr=2, bound=1, size=2, hard=seed % 4 != 0, penalty=0.3))
+    if seed % 5 == 0:
+        rows += _rows(dict(kind=PIN, attr=-1, item=int(np.argmax(u)), position=int(rng.integers(0, L))))
+    problem = make_problem(u, pw, codes, [3, 6, 3], rows)
+    result = _check_against_twin(problem)
+    _check_valid(problem, result)
+
+
+def _is_optimal_numpy(problem):
+    """greedy_is_optimal as first written with numpy (the reference for the list version)."""
+    w = problem.position_weight
+    if problem.div_mode != 0 or not (np.all(w >= 0) and np.all(np.diff(w) <= 0)):
+        return False
+    t = problem.constraints
+    if t.n == 0:
+        return True
+    return bool(np.all(t.kind == MAX_COUNT) and np.all(t.hard) and np.all(t.top >= problem.length)
+                and np.unique(t.attr).shape[0] == 1)
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_greedy_is_optimal_matches_its_definition(seed):
+    rng = np.random.default_rng(seed)
+    problem = random_problem(seed, n_rules=int(rng.integers(0, 3)))
+    t = problem.constraints
+    if seed % 2:  # mostly whole-slate hard caps on one attribute, weights sometimes unsorted
+        for c in range(t.n):
+            t.kind[c], t.hard[c], t.attr[c], t.top[c] = MAX_COUNT, seed % 6 != 1, 0, problem.length
+        if seed % 3 == 0 and problem.length > 1:
+            problem.position_weight[-1] = problem.position_weight[0] + 1.0
+    assert greedy_is_optimal(problem) == _is_optimal_numpy(problem)
