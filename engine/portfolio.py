@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
-from solvers.greedy import constraint_ranks, solve_greedy
+from solvers.evaluate import evaluate
+from solvers.greedy import constraint_ranks, solve_greedy_with_bound
 from solvers.problem import MAX_COUNT, RELAX_CONFLICT, Evaluation, SlateProblem, SolveResult
 
 log = logging.getLogger(__name__)
@@ -45,16 +45,19 @@ class Outcome:
 
 def greedy_is_optimal(problem: SlateProblem) -> bool:
     """The greedy slate is provably optimal: non-increasing weights and either no rules, or only
-    hard whole-slate caps on one attribute (a partition matroid, on which greedy is optimal)."""
-    w = problem.position_weight
-    if problem.div_mode != 0 or not (np.all(w >= 0) and np.all(np.diff(w) <= 0)):
+    hard whole-slate caps on one attribute (a partition matroid, on which greedy is optimal).
+    Plain Python on short lists: the arrays are small and numpy's per-call overhead is not."""
+    if problem.div_mode != 0:
         return False
     t = problem.constraints
-    if t.n == 0:
-        return True
-    L = problem.length
-    return bool(np.all(t.kind == MAX_COUNT) and np.all(t.hard) and np.all(t.top >= L)
-                and np.unique(t.attr).shape[0] == 1)
+    if t.n:
+        L = problem.length
+        attrs = t.attr.tolist()
+        if not (all(k == MAX_COUNT for k in t.kind.tolist()) and all(t.hard.tolist())
+                and min(t.top.tolist()) >= L and attrs.count(attrs[0]) == len(attrs)):
+            return False
+    w = problem.position_weight.tolist()
+    return all(x >= 0 for x in w) and all(a >= b for a, b in zip(w, w[1:]))
 
 
 def exact_supported(problem: SlateProblem) -> bool:
@@ -76,16 +79,15 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
     """Greedy, then (mode auto/exact, time permitting) the exact MIP warm-started from it."""
     elapsed: dict[str, float] = {}
     t0 = time.perf_counter()
-    greedy = solve_greedy(problem)
+    greedy, sort_bound = solve_greedy_with_bound(problem)  # the kernel's sort bound comes free
     t1 = time.perf_counter()
     elapsed["solve_greedy"] = (t1 - t0) * 1e6
     g_ev = evaluate(problem, greedy.slate)
     g_obj = g_ev.objective
-    sort_bound = objective_upper_bound_unconstrained(problem)
-    relaxed = bool(greedy.relaxed.any())
+    relaxed = greedy.status == "relaxed"
 
     def greedy_outcome(bound: float, exact_status: str = "") -> Outcome:
-        if not relaxed and (greedy_is_optimal(problem) or g_obj >= bound - TOL * max(1.0, abs(bound))):
+        if not relaxed and (g_obj >= bound - TOL * max(1.0, abs(bound)) or greedy_is_optimal(problem)):
             return Outcome(greedy, g_obj, max(bound, g_obj), "optimal", elapsed,
                            exact_status=exact_status, evaluation=g_ev)
         return Outcome(greedy, g_obj, bound if not relaxed else sort_bound,
@@ -94,7 +96,7 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
 
     if mode == "greedy" or problem.length == 0 or not exact_supported(problem):
         return greedy_outcome(sort_bound)
-    if not relaxed and (greedy_is_optimal(problem) or g_obj >= sort_bound - TOL * max(1.0, abs(sort_bound))):
+    if not relaxed and (g_obj >= sort_bound - TOL * max(1.0, abs(sort_bound)) or greedy_is_optimal(problem)):
         return greedy_outcome(sort_bound)
     left = deadline - time.perf_counter() - SAFETY_S
     if left < MIN_EXACT_S:
