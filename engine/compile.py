@@ -152,6 +152,7 @@ class Compiled:
     rows: list[Row]  # one per ConstraintTable row
     reasons: dict[int, str] = field(default_factory=dict)  # row -> why it was pre-relaxed
     boost: np.ndarray | None = None  # float64[N_eligible]: exposure boost included in utility
+    rule_rows: tuple[tuple[int, ...], ...] = ()  # rows_of(j) for every rule j of the policy
 
     def rows_of(self, j: int) -> list[int]:
         return [r for r, row in enumerate(self.rows) if row.owner == j]
@@ -311,7 +312,7 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
                          div_weight=float(policy.diversity.weight), div_window=int(policy.diversity.window))
     problem = SlateProblem(utility, pw, codes, n_values, table, active, pre_reason, **diversity)
     boost = boost_all[index] if boost_all is not None else None
-    return Compiled(problem, index, weights, K, rows, reasons, boost)
+    return Compiled(problem, index, weights, K, rows, reasons, boost, fixed.rule_rows)
 
 
 class _Lookups:
@@ -351,6 +352,7 @@ class _RowArrays:
     value_rows: tuple[int, ...]  # rows with a value, looked up in each request's dictionary
     min_rows: tuple[int, ...]
     pins: tuple[int, ...]
+    rule_rows: tuple[tuple[int, ...], ...]  # the rows of each rule of the policy
     calibration: bool
     no_target_offset: np.ndarray
 
@@ -381,6 +383,8 @@ def _row_arrays(cp: CompiledPolicy, L: int) -> _RowArrays:
         value_rows=tuple(r for r, row in enumerate(rows) if row.kind != PIN and row.value is not None),
         min_rows=tuple(r for r, row in enumerate(rows) if row.kind == MIN_COUNT),
         pins=tuple(r for r, row in enumerate(rows) if row.kind == PIN),
+        rule_rows=tuple(tuple(r for r, row in enumerate(rows) if row.owner == j)
+                        for j in range(len(cp.policy.constraints))),
         calibration=any(row.kind == CALIBRATION for row in rows),
         no_target_offset=np.zeros(C + 1, dtype=np.int64),
     )

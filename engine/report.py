@@ -10,6 +10,7 @@ from engine.compile import Compiled, CompiledPolicy
 from engine.policy import Calibration, Coverage, FairPrefix, MaxCount, MinCount, Pin, Window
 from engine.types import ConstraintReport, SlateItem
 from solvers.evaluate import Evaluation
+from solvers.greedy import constraint_ranks
 from solvers.problem import RELAX_CONFLICT, RELAX_INFEASIBLE, RELAX_SHORTAGE, SolveResult
 
 
@@ -90,23 +91,29 @@ def constraint_reports(cp: CompiledPolicy, compiled: Compiled, result: SolveResu
                        ev: Evaluation, costs: dict[int, float] | None,
                        conflicts: list[list[int]] = ()) -> list[ConstraintReport]:
     """One report per policy rule (a rule expanded into several rows is summed over them)."""
-    from solvers.greedy import constraint_ranks
-
     t = compiled.problem.constraints
-    rank = constraint_ranks(t.priority)
+    rank = None
+    violations, slacks = ev.violation.tolist(), ev.slack.tolist()
+    relaxed, penalties = result.relaxed.tolist(), t.penalty.tolist()
+    rule_rows = compiled.rule_rows or tuple(tuple(compiled.rows_of(j))
+                                            for j in range(len(cp.policy.constraints)))
     out = []
-    for j, c in enumerate(cp.policy.constraints):
-        rows = compiled.rows_of(j)
-        violation = float(ev.violation[rows].sum()) if rows else 0.0
-        slack = float(ev.slack[rows].min()) if rows else 0.0
-        relaxed_rows = [r for r in rows if result.relaxed[r]]
-        reason = relax_reason(cp, compiled, result, relaxed_rows[0], rank, list(conflicts)) if relaxed_rows else ""
-        if not relaxed_rows and not c.hard and violation > 0:
+    for j, (c, rows) in enumerate(zip(cp.policy.constraints, rule_rows)):
+        violation = float(sum(violations[r] for r in rows))
+        slack = float(min(slacks[r] for r in rows)) if rows else 0.0
+        relaxed_rows = [r for r in rows if relaxed[r]]
+        reason = ""
+        if relaxed_rows:
+            if rank is None:
+                rank = constraint_ranks(t.priority)
+            reason = relax_reason(cp, compiled, result, relaxed_rows[0], rank, list(conflicts))
+        elif not c.hard and violation > 0:
             reason = next((compiled.reasons[r] for r in rows if r in compiled.reasons), "")
+        penalty = 0.0 if c.hard else float(sum(penalties[r] * violations[r] for r in rows))
         out.append(ConstraintReport(
             name=c.name, kind=c.type, hard=bool(c.hard), satisfied=violation == 0.0, slack=slack,
-            violation=violation, penalty=0.0 if c.hard else float(t.penalty[rows] @ ev.violation[rows]) if rows else 0.0,
-            relaxed=bool(relaxed_rows), reason=reason, cost=None if costs is None else costs.get(j),
+            violation=violation, penalty=penalty, relaxed=bool(relaxed_rows), reason=reason,
+            cost=None if costs is None else costs.get(j),
         ))
     return out
 
