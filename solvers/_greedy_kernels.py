@@ -113,36 +113,45 @@ NEG_INF = -np.inf
 
 @nb.njit(cache=True, nogil=True)
 def _extend_order(u, order, n_order, below, want):
-    """Append to `order` the next stretch of the scan order (utility desc, index asc): the
-    `want` best items with utility < below (all ties at the cut included). Returns the new
-    length and the new cut (the smallest utility appended; -inf once every item is in)."""
+    """Append to `order` the next stretch of the scan order (utility desc, index asc): every item
+    with cut <= utility < below, for a cut chosen so that about 1.25 `want` items come (read off a
+    sample of ~128 of the remaining items; any cut gives the same order, a good one saves
+    sorting). order[:n_order] must hold exactly the items with utility >= below. Returns the new
+    length and the new cut (-inf once every item is in)."""
     N = u.shape[0]
-    n_rest = 0
-    for i in range(N):
-        if u[i] < below:
-            n_rest += 1
-    rest = np.empty(n_rest, dtype=np.int64)
+    m = N - n_order  # the items with utility < below
+    if m <= 0:
+        return n_order, -np.inf
+    cut = -np.inf
+    if m > 2 * want:
+        stride = max(1, m // 128)
+        ns = 0
+        for i in range(0, N, stride):
+            if u[i] < below:
+                ns += 1
+        sample = np.empty(ns)
+        ns = 0
+        for i in range(0, N, stride):
+            if u[i] < below:
+                sample[ns] = u[i]
+                ns += 1
+        r = (want * ns * 5) // (4 * m) + 2  # rank from the top of the sampled cut
+        if r < ns:
+            cut = np.partition(sample, ns - 1 - r)[ns - 1 - r]
+    rest = np.empty(m, dtype=np.int64)
     k = 0
     for i in range(N):
-        if u[i] < below:
+        if u[i] < below and u[i] >= cut:
             rest[k] = i
             k += 1
-    if n_rest > want:
-        vals = u[rest]
-        cut = np.partition(vals, n_rest - want)[n_rest - want]
-        m = 0
-        for k in range(n_rest):
-            if vals[k] >= cut:
-                rest[m] = rest[k]
-                m += 1
-        rest = rest[:m]
-    else:
-        cut = -np.inf
+    vals = np.empty(k)
+    for j in range(k):
+        vals[j] = -u[rest[j]]
     # rest is in index order, so a stable sort on -utility breaks ties by lowest index
-    perm = np.argsort(-u[rest], kind="mergesort")
-    for k in range(rest.shape[0]):
-        order[n_order + k] = rest[perm[k]]
-    return n_order + rest.shape[0], cut
+    perm = np.argsort(vals, kind="mergesort")
+    for j in range(k):
+        order[n_order + j] = rest[perm[j]]
+    return n_order + k, (cut if n_order + k < N else -np.inf)
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)

@@ -247,3 +247,20 @@ def test_greedy_is_optimal_matches_its_definition(seed):
         if seed % 3 == 0 and problem.length > 1:
             problem.position_weight[-1] = problem.position_weight[0] + 1.0
     assert greedy_is_optimal(problem) == _is_optimal_numpy(problem)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_scan_order_stretches_make_the_sorted_order(seed):
+    """However the stretches are cut, they concatenate to utility desc, index asc."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 3000))
+    u = rng.integers(0, 5, size=n).astype(np.float64) if seed % 3 == 0 else rng.gamma(2.0, 1.0, size=n)
+    order = np.empty(n, dtype=np.int64)
+    n_order, cut, want = 0, np.inf, int(rng.integers(1, 80))
+    while n_order < n:
+        new_n, cut = _greedy_kernels._extend_order(u, order, n_order, cut, want)
+        assert new_n > n_order
+        assert np.all(u[order[n_order:new_n]] >= cut) and np.all(np.delete(u, order[:new_n]) < cut)
+        n_order, want = new_n, want * 2
+    assert cut == -np.inf
+    assert order.tolist() == np.lexsort((np.arange(n), -u)).tolist()
