@@ -97,8 +97,13 @@ def _floats(values, dtype=np.float64) -> np.ndarray:
 def _packed_segment(buf: bytes, field_number: int) -> tuple[int, int] | None:
     """(offset, length) of length-delimited field `field_number` in a serialized message whose
     top-level fields are few; None if absent, repeated or malformed (the caller then falls back)."""
+    end = len(buf)
+    if end > 1 and buf[0] == (field_number << 3 | 2):  # the usual case: the field alone
+        length, i = _varint(buf, 1)
+        if i + length == end:
+            return i, length
     found = None
-    i, end = 0, len(buf)
+    i = 0
     while i < end:
         tag, i = _varint(buf, i)
         wire = tag & 7
@@ -280,10 +285,10 @@ def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue])
             seen[v] = j
         ok = False
     codes = _uint32s(col, col.codes, 3)
-    bad = np.flatnonzero(codes >= n_dict)
-    if bad.size:
+    bad = np.flatnonzero(codes >= n_dict) if n_codes and int(codes.max()) >= n_dict else ()
+    if len(bad):
         first = int(bad[0])
-        more = f" ({bad.size} codes out of range in all)" if bad.size > 1 else ""
+        more = f" ({len(bad)} codes out of range in all)" if len(bad) > 1 else ""
         issues.append(FieldIssue(
             f"{path}.codes[{first}]",
             f"code {int(codes[first])} out of range: the dictionary has {n_dict} values, "
@@ -323,13 +328,8 @@ def encode_result(result: RerankResult) -> pb.RerankResponse:
         eligible=int(result.eligible),
     )
     add_item = resp.items.add
-    for it in result.items:
-        item = add_item(
-            item_id=it.item_id,
-            index=int(it.index),
-            position=int(it.position),
-            utility=float(it.utility),
-        )
+    for it in result.items:  # the engine gives Python ints and floats (SlateItem)
+        item = add_item(item_id=it.item_id, index=it.index, position=it.position, utility=it.utility)
         if it.contributions:
             item.contributions.update({k: float(v) for k, v in it.contributions.items()})
     d = resp.diagnostics
@@ -349,7 +349,8 @@ def encode_result(result: RerankResult) -> pb.RerankResponse:
     d.exact_status = result.exact_status
     for conflict in result.conflicts:
         d.conflicts.add(rules=conflict.rules, description=conflict.description)
-    d.boosts.update({k: float(v) for k, v in result.boosts.items()})
+    if result.boosts:
+        d.boosts.update({k: float(v) for k, v in result.boosts.items()})
     if result.exposure_lp is not None:
         lp = result.exposure_lp
         d.exposure_lp.status = lp.status
