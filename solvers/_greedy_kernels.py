@@ -243,11 +243,11 @@ def _min_lookahead_blocker(i, p, codes, kind, attr, value, bound, top, hard, act
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, size, hard, active,
-                       cnt, off, pinned_prefix, rank, need_buf, self_counted, stop_at_first):
+                       cnt, off, pinned_prefix, rank, need_buf, self_counted):
     """Highest rank among the active hard rules that forbid placing i at p (-1: none).
+    (`_blocked` is the scan's cheaper yes/no version.)
 
     self_counted: i is a reserved pin already included in the counts.
-    stop_at_first: return as soon as any blocker is found (feasibility test only).
     """
     C = kind.shape[0]
     worst = -1
@@ -265,8 +265,6 @@ def _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, siz
             if self_counted:
                 n_now -= 1
             if n_now >= bound[c]:
-                if stop_at_first:
-                    return rank[c]
                 if rank[c] > worst:
                     worst = rank[c]
         elif k == WINDOW:
@@ -274,8 +272,6 @@ def _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, siz
             if value[c] != ALL_VALUES and value[c] != code:
                 continue
             if _window_hits(slate, codes, attr[c], code, p, size[c], L, bound[c]) > 0:
-                if stop_at_first:
-                    return rank[c]
                 if rank[c] > worst:
                     worst = rank[c]
     # the rule whose prefix overflows is blamed (others of its attribute may be involved too)
@@ -290,7 +286,7 @@ def _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, siz
 def _blocked(i, p, L, slate, codes, kind, attr, value, bound, top, size, hard, active, cnt, off,
              pinned_prefix, need_buf, la_c0, la_need):
     """Whether an active hard rule forbids placing i (not a reserved pin) at p: the test
-    `_blockers_max_rank(..., self_counted=False, stop_at_first=True) >= 0`, made cheap with the
+    `_blockers_max_rank(..., self_counted=False) >= 0`, made cheap with the
     look-ahead's worst case computed once per scan (`_lookahead_worst`: la_c0, la_need).
 
     Needs only shrink when i matches a rule, and the look-ahead total grows with the needs, so:
@@ -828,7 +824,7 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
             while True:
                 worst = _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top,
                                            size, hard, active, cnt, off, pinned_prefix, rank,
-                                           need_buf, True, False)
+                                           need_buf, True)
                 if worst < 0:
                     break
                 if worst > rank[c_pin]:
@@ -1044,8 +1040,7 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                 if used[i] or reserved[i]:
                     continue
                 w = _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, size,
-                                       hard, active, cnt, off, pinned_prefix, rank, need_buf, False,
-                                       False)
+                                       hard, active, cnt, off, pinned_prefix, rank, need_buf, False)
                 if r_star < 0 or w < r_star:
                     r_star = w
             if r_star < 0:
