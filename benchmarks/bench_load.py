@@ -7,7 +7,9 @@ Processes (all on 127.0.0.1, every run bounded in time and in-flight count):
 - the echo floor: `benchmarks.echo_server`, another subprocess, answering every request with a
   canned real response of the same candidate count (same payloads both ways, no work);
 - the client: this process, CLIENT_CONNECTIONS grpc.aio channels (TCP connections) per server,
-  used round-robin (SO_REUSEPORT balances connections, not calls), requests pre-serialised once
+  used round-robin; SO_REUSEPORT balances connections, not calls, and at random, so against
+  several worker processes the connections are picked to be spread evenly over them
+  (`_channels`: each worker gets CLIENT_CONNECTIONS / P); requests pre-serialised once
   (bench_grpc.make_request, dictionary-encoded, N in {200, 1000}, 3 score columns), responses
   not deserialised (status only), so the client spends as little CPU as it can. On a 2-core
   machine the client still shares the cores with the server: the figures are a lower bound.
@@ -52,6 +54,7 @@ from benchmarks.bench_grpc import ECHO_METHOD, POLICY, make_request
 from benchmarks.common import markdown_table, print_table, save
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server.app import DEFAULT_MAX_MESSAGE_BYTES
+from server.servicer import WORKER_PID_METADATA_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 RERANKER = Path(sys.executable).parent / "reranker"
@@ -68,6 +71,7 @@ SOAK_FRACTION = 0.7
 SOAK_WINDOW_S = 10.0
 RSS_EVERY_S = 2.0
 RERANK_METHOD = "/reranker.v1.Reranker/Rerank"
+RERANK_BATCH_METHOD = "/reranker.v1.Reranker/RerankBatch"
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES)]
 # Targets of issue 5 (2 cores, greedy policy, N=1000).
@@ -323,13 +327,54 @@ def _stub(channel: grpc.aio.Channel, method: str):
     return channel.unary_unary(method)
 
 
-def _channels(address: str) -> list[grpc.aio.Channel]:
-    """CLIENT_CONNECTIONS channels, each its own TCP connection (no shared subchannel pool):
-    SO_REUSEPORT spreads *connections* over the server processes, so one connection would put
-    every call on one worker."""
-    return [grpc.aio.insecure_channel(address, options=[
+def _channel(address: str, i: int) -> grpc.aio.Channel:
+    """A channel with its own TCP connection: grpc channels with the same arguments to the same
+    address otherwise share one connection (the global subchannel pool)."""
+    return grpc.aio.insecure_channel(address, options=[
         *CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1), ("bench.connection", i)])
-        for i in range(CLIENT_CONNECTIONS)]
+
+
+async def _worker_pid(channel: grpc.aio.Channel) -> int | None:
+    """The pid of the server process behind this connection: an empty RerankBatch (no work)
+    answers with x-worker-pid in its trailing metadata; None if the server does not say."""
+    call = channel.unary_unary(RERANK_BATCH_METHOD)(b"", timeout=CALL_TIMEOUT_S)
+    await call
+    pid = dict(await call.trailing_metadata() or ()).get(WORKER_PID_METADATA_KEY)
+    return int(pid) if pid is not None else None
+
+
+async def _channels(address: str, workers: int = 1) -> list[grpc.aio.Channel]:
+    """CLIENT_CONNECTIONS channels, each its own TCP connection, spread evenly over `workers`
+    server processes.
+
+    SO_REUSEPORT gives each *connection* to a worker at random (a hash of its addresses and
+    ports) and it stays there, so a few connections split unevenly: of 8 fresh connections to
+    2 workers, 6:2 or worse about 3 times in 10 (measured: 13 of 64). The soak opens a new set
+    at 70 % of the 2-worker maximum: with 6:2 one worker is offered 1.05x what it can serve, and
+    the queue grows until the client drops. So with several workers, connect, ask each
+    connection which worker it reached, and keep CLIENT_CONNECTIONS / workers per worker
+    (surplus connections are closed)."""
+    if workers <= 1:
+        return [_channel(address, i) for i in range(CLIENT_CONNECTIONS)]
+    per_worker = max(CLIENT_CONNECTIONS // workers, 1)
+    kept: dict[int, list[grpc.aio.Channel]] = collections.defaultdict(list)
+    for i in range(CLIENT_CONNECTIONS * 16):  # a 2-worker split needs ~2x as many tries
+        channel = _channel(address, i)
+        pid = await _worker_pid(channel)
+        if pid is None:
+            raise RuntimeError(f"{address}: no {WORKER_PID_METADATA_KEY} metadata to spread by")
+        if len(kept[pid]) < per_worker:
+            kept[pid].append(channel)
+        else:
+            await channel.close()
+        if len(kept) == workers and all(len(c) == per_worker for c in kept.values()):
+            # interleaved, so that round-robin alternates workers
+            return [c for group in zip(*kept.values()) for c in group]
+    for group in kept.values():
+        for channel in group:
+            await channel.close()
+    raise RuntimeError(f"{address}: could not reach {workers} workers with {per_worker} "
+                       f"connections each: {({p: len(c) for p, c in kept.items()})}")
 
 
 def _round_robin(channels: list[grpc.aio.Channel], method: str):
@@ -373,7 +418,8 @@ async def _sweep(addresses: dict[str, str], payloads: dict[int, bytes], processe
                  quick: bool, duration_s: float, log) -> list[dict]:
     rows = []
     fractions = RATE_FRACTIONS_QUICK if quick else RATE_FRACTIONS
-    channels = {name: _channels(addr) for name, addr in addresses.items()}
+    channels = {"rerank": await _channels(addresses["rerank"], processes),
+                "echo": await _channels(addresses["echo"])}
     calls = {"rerank": _round_robin(channels["rerank"], RERANK_METHOD),
              "echo": _round_robin(channels["echo"], ECHO_METHOD)}
     try:
@@ -406,8 +452,8 @@ async def _sweep(addresses: dict[str, str], payloads: dict[int, bytes], processe
 
 
 async def _soak(address: str, payload: bytes, rate: float, seconds: float, pid: int,
-                log) -> tuple[dict, list[dict], list[dict]]:
-    channels = _channels(address)
+                log, processes: int = 1) -> tuple[dict, list[dict], list[dict]]:
+    channels = await _channels(address, processes)
     call = _round_robin(channels, RERANK_METHOD)
     windows, rss = [], []
     t0 = time.monotonic()
@@ -495,7 +541,7 @@ def _run_soak(address: str, pid: int, payload: bytes, rows: list[dict], processe
     rate = SOAK_FRACTION * _best(rows, "rerank", 1000, processes)
     time.sleep(2.0)
     idle = rss_tree_mb(pid)
-    total, windows, rss = asyncio.run(_soak(address, payload, rate, seconds, pid, log))
+    total, windows, rss = asyncio.run(_soak(address, payload, rate, seconds, pid, log, processes))
     time.sleep(2.0)
     after = rss_tree_mb(pid)
     growth = {p: after.get(p, float("nan")) - v for p, v in idle.items()}

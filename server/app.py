@@ -10,6 +10,7 @@ import os
 import queue
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
@@ -251,7 +252,26 @@ def serve(
             signal.signal(sig, handler)
         server.stop(None)
         if metrics_http is not None:
-            metrics_http.shutdown()
+            _stop_http(metrics_http)
+
+
+def _stop_http(httpd) -> None:
+    """Stop a socketserver (the metrics endpoint) and close its socket, promptly.
+
+    `httpd.shutdown()` returns only once `serve_forever` notices, which it checks after each
+    request and otherwise every 0.5 s (its poll interval): that was up to 0.5 s of every exit.
+    Connecting to it while `shutdown` waits makes it notice at once."""
+    stopper = threading.Thread(target=httpd.shutdown, name="metrics-stop", daemon=True)
+    stopper.start()
+    host, port = httpd.server_address[:2]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    while stopper.is_alive():
+        try:
+            socket.create_connection((host, port), timeout=0.1).close()
+        except OSError:  # cannot connect: the poll interval still ends it
+            pass
+        stopper.join(0.05)
+    httpd.server_close()
 
 
 def _reload(engine) -> None:
@@ -299,19 +319,54 @@ def reserve_port(address: str) -> tuple[socket.socket, str, int]:
 
 def _worker_main(index: int, address: str, policies_dir: str, options: dict, log_level: int,
                  ready) -> None:
-    """A worker process (spawned): JSON logs, then `serve` on the shared port."""
+    """A worker process (spawned): JSON logs, then `serve` on the shared port.
+
+    Once `serve` has returned (calls drained, servers stopped) the worker leaves with os._exit:
+    the interpreter's own teardown (about 1,200 modules, numba / LLVM objects) took 0.3-0.6 s, more
+    on a busy machine, of every stop and restart, and there is nothing left for it to do. What
+    it would do and matters is done here first: flush the logs, flush `ready` to the parent.
+
+    A worker whose parent is gone (killed, crashed) stops like on SIGTERM: orphaned workers would
+    otherwise serve on, unsupervised, and stay in the port's SO_REUSEPORT group next to the
+    workers of a new `serve` on the same port, taking their share of its connections."""
     import sys
 
     from server.logging_setup import configure_logging
 
     configure_logging(log_level)
+    _stop_with_parent(index)
     try:
         code = serve(address, policies_dir, worker=index,
                      on_serving=lambda port: ready.put((index, os.getpid())), **options)
     except Exception:  # noqa: BLE001 - bad policy folder, port, ...: logged (JSON), exit 1
         log.exception("worker cannot start", extra={"worker": index})
         code = 1
-    sys.exit(code)
+    ready.close()
+    ready.join_thread()  # the "ready" message, if still in the feeder thread, reaches the parent
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _stop_with_parent(index: int) -> None:
+    """In a spawned worker: SIGTERM this process (drain, exit) once the parent process is gone."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])  # readable once the parent has exited, however it exited
+        log.error("parent process gone; stopping", extra={"worker": index, "pid": os.getpid()})
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def serve_processes(
@@ -329,7 +384,8 @@ def serve_processes(
     The parent picks the port when `address` asks for port 0, logs "listening" (with "port"),
     then "serving" once every worker reports SERVING. SIGTERM / SIGINT are forwarded to the
     workers, which drain (`grace_s`); SIGHUP too (reload). A worker that dies after it served is
-    logged and restarted; one that dies before it ever served stops everything (exit 1).
+    logged and restarted; one that dies before it ever served stops everything (exit 1). Workers
+    whose parent is gone (SIGKILL, crash) stop on their own, as on SIGTERM.
     Options are `serve`'s keyword arguments. Call from the main thread.
     """
     import multiprocessing
