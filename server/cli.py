@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gRPC server until SIGTERM / SIGINT")
     p.add_argument("--address", default=DEFAULT_ADDRESS, help="host:port to bind (default %(default)s)")
     p.add_argument("--policies", default="policies", help="policy folder (default %(default)s)")
-    p.add_argument("--workers", type=_positive_int, default=8, help="handler threads (default %(default)s)")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="handler threads per process (default 2: server.app.DEFAULT_MAX_WORKERS)")
     p.add_argument("--max-message-mb", type=_positive_int, default=16,
                    help="largest request / response in MiB (default %(default)s)")
     p.add_argument("--grace", type=float, default=5.0,
@@ -130,11 +131,12 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
             err.print(f"error: cannot read TLS files: {escape(str(exc))}")
             return EXIT_USAGE
     run = serve if args.processes == 1 else partial(serve_processes, processes=args.processes)
+    workers = {} if args.workers is None else {"max_workers": args.workers}
     try:
         return run(
             args.address,
             args.policies,
-            max_workers=args.workers,
+            **workers,
             max_message_bytes=args.max_message_mb * 1024 * 1024,
             grace_s=args.grace,
             ledger_url=args.ledger,
