@@ -67,6 +67,12 @@ class Engine:
                 exposure.warmup(lp.top_m, min(lp.top_m, loaded.policy.slate_size), lp.criterion)
         log.info("warm-up done", extra={"seconds": round(time.perf_counter() - t0, 3)})
 
+    def close(self) -> None:
+        """Release what lives outside the process: the exposure ledger writes what it still
+        holds (each write bounded by its timeout; what cannot be written is logged) and
+        disconnects. Rerank calls after close still answer (the ledger answers locally)."""
+        self.ledger.close()
+
     def reload(self) -> list[PolicyInvalid]:
         """Re-read the policy folder; an invalid file never replaces a valid loaded version."""
         if self.policies_dir is None:

@@ -256,6 +256,7 @@ def serve(
             watcher.stop()
         set_serving(health_servicer, False)
         server.stop(grace_s).wait()
+        engine.close()  # after the drain: the ledger writes what the last calls recorded
         log.info(tag + "stopped", extra={"worker": worker})
         return 0
     finally:

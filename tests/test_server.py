@@ -600,3 +600,21 @@ def test_unparseable_request_bytes_are_invalid_argument(live_server):
             call(b"\xff\xff\xff\xff", timeout=TIMEOUT_S)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith("request: not a valid reranker.v1.RerankRequest message")
+
+
+def test_serve_closes_the_engine_after_the_drain(monkeypatch, tmp_path):
+    """SIGTERM: drain, then Engine.close (a Redis ledger writes what it still holds), exit 0."""
+    import os
+    import shutil
+    import signal
+
+    from engine.engine import Engine
+    from server import app
+    from tests.conftest import POLICIES_DIR
+
+    shutil.copy(POLICIES_DIR / "home_feed.yaml", tmp_path / "home_feed.yaml")
+    closed = []
+    monkeypatch.setattr(Engine, "close", lambda self: closed.append(self))
+    code = app.serve("127.0.0.1:0", str(tmp_path), metrics_port=None, watch_interval_s=0,
+                     grace_s=0.5, on_serving=lambda port: os.kill(os.getpid(), signal.SIGTERM))
+    assert code == 0 and len(closed) == 1
