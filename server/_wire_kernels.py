@@ -191,8 +191,51 @@ def string_field_codes(buf, field_number, codes, first, empty_at):
     return distinct
 
 
+@nb.njit(cache=True, nogil=True)
+def submessage(buf, field_number):
+    """(offset, length) of length-delimited field `field_number` of the message in `buf` (uint8):
+    offset >= 0 when the field occurs exactly once; (-1, 0) when absent; (MALFORMED, 0) when the
+    bytes are unreadable or the field occurs more than once (a parser merges the occurrences)."""
+    i = 0
+    end = buf.shape[0]
+    found = -1
+    found_len = 0
+    field = np.uint64(field_number)
+    while i < end:
+        tag, i = _varint(buf, i, end)
+        if i < 0:
+            return MALFORMED, 0
+        wire = tag & np.uint64(7)
+        if wire == 0:
+            _, i = _varint(buf, i, end)
+            if i < 0:
+                return MALFORMED, 0
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            length, i = _varint(buf, i, end)
+            if i < 0 or length > np.uint64(end - i):
+                return MALFORMED, 0
+            if (tag >> np.uint64(3)) == field:
+                if found >= 0:
+                    return MALFORMED, 0
+                found = i
+                found_len = np.int64(length)
+            i += np.int64(length)
+        else:
+            return MALFORMED, 0
+        if i > end:
+            return MALFORMED, 0
+    if found < 0:
+        return -1, 0
+    return found, found_len
+
+
 def warmup() -> None:
     """Compile (or load from the cache) every kernel."""
+    submessage(np.frombuffer(b"\x08\x01\x2a\x01a", dtype=np.uint8), 5)
     out = np.empty(4, dtype=np.int64)
     uint32_field(np.frombuffer(b"\x1a\x02\x01\x02\x18\x03", dtype=np.uint8), 3, out)
     codes, first, empty = (np.empty(3, dtype=np.int64) for _ in range(3))

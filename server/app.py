@@ -53,7 +53,7 @@ def add_servicer(servicer, server: grpc.Server) -> None:
         request_cls = getattr(pb, method.input_type.name)
         response_cls = getattr(pb, method.output_type.name)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _parsing(getattr(servicer, method.name), request_cls),
+            _parsing(getattr(servicer, method.name), request_cls, pass_raw=method.name == "Rerank"),
             request_deserializer=None,  # raw bytes: parsed in _parsing
             response_serializer=response_cls.SerializeToString,
         )
@@ -61,7 +61,9 @@ def add_servicer(servicer, server: grpc.Server) -> None:
     server.add_registered_method_handlers(service.full_name, handlers)
 
 
-def _parsing(behaviour, request_cls):
+def _parsing(behaviour, request_cls, pass_raw: bool = False):
+    """`pass_raw`: also hand the request's bytes to `behaviour` (keyword `raw`), whose decoder
+    reads the large columns straight from them."""
     from google.protobuf.message import DecodeError
 
     name = request_cls.DESCRIPTOR.full_name
@@ -72,6 +74,8 @@ def _parsing(behaviour, request_cls):
         except DecodeError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"request: not a valid {name} message (protobuf: {exc})")
+        if pass_raw:
+            return behaviour(request, context, raw=raw)
         return behaviour(request, context)
 
     return handle

@@ -59,13 +59,16 @@ def key_path(prefix: str, key: str) -> str:
 # --------------------------------------------------------------------------------------- decode
 
 
-def decode_request(msg: pb.RerankRequest, *, deadline_ms: float | None = None) -> RerankRequest:
+def decode_request(msg: pb.RerankRequest, raw: bytes | None = None, *,
+                   deadline_ms: float | None = None) -> RerankRequest:
     """`reranker.v1.RerankRequest` -> `engine.types.RerankRequest`.
 
+    `raw`, if given, must be the bytes `msg` was parsed from: the large columns are then read
+    from them where they lie, instead of from re-serialized sub-messages. Same result either way.
     Raises `InvalidRequest` (every structural issue found, each with its proto field path).
     """
     issues: list[FieldIssue] = []
-    candidates = _decode_candidates(msg.candidates, issues)
+    candidates = _decode_candidates(msg.candidates, issues, _candidates_wire(raw))
     solver = _SOLVER_MODES.get(msg.solver, _INVALID)
     if solver is _INVALID:
         known = ", ".join(f"{pb.SolverMode.Name(v)} ({v})" for v in _SOLVER_MODES)
@@ -88,6 +91,18 @@ def decode_request(msg: pb.RerankRequest, *, deadline_ms: float | None = None) -
 
 
 _INVALID = object()
+
+
+def _candidates_wire(raw: bytes | None) -> np.ndarray | None:
+    """The bytes of field 5 (candidates) of a serialized RerankRequest, as a uint8 view of `raw`
+    (no copy); None without `raw`, or if the field is absent, repeated or unreadable."""
+    if raw is None:
+        return None
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    offset, length = _wk.submessage(buf, 5)
+    if offset < 0:
+        return None
+    return buf[offset:offset + length]
 
 
 def _floats(values, dtype=np.float64) -> np.ndarray:
@@ -202,22 +217,24 @@ class ItemIds(Sequence):
         return value in self._ids
 
 
-def _string_codes(msg, values, field_number: int):
+def _string_codes(msg, values, field_number: int, wire: np.ndarray | None = None):
     """(codes, first, first_empty) of repeated string field `field_number` (see
-    `_wire_kernels.string_field_codes`), or None if the kernel cannot read the bytes."""
+    `_wire_kernels.string_field_codes`), or None if the kernel cannot read the bytes. `wire`:
+    the message's bytes if at hand (uint8), else it is re-serialized."""
     n = len(values)
     codes = np.empty(n, dtype=np.int64)
     first = np.empty(n, dtype=np.int64)
     empty_at = np.empty(1, dtype=np.int64)
-    distinct = _wk.string_field_codes(np.frombuffer(msg.SerializeToString(), dtype=np.uint8),
-                                      field_number, codes, first, empty_at)
+    if wire is None:
+        wire = np.frombuffer(msg.SerializeToString(), dtype=np.uint8)
+    distinct = _wk.string_field_codes(wire, field_number, codes, first, empty_at)
     if distinct < 0:
         return None
     return codes, first[:distinct], int(empty_at[0])
 
 
-def _item_ids(c: pb.Candidates) -> tuple[ItemIds | list[str], IdCheck | None]:
-    found = _string_codes(c, c.item_ids, 1) if len(c.item_ids) else None
+def _item_ids(c: pb.Candidates, wire: np.ndarray | None = None) -> tuple[ItemIds | list[str], IdCheck | None]:
+    found = _string_codes(c, c.item_ids, 1, wire) if len(c.item_ids) else None
     if found is None:
         return list(c.item_ids), None
     codes, first, empty_at = found
@@ -228,8 +245,10 @@ def _item_ids(c: pb.Candidates) -> tuple[ItemIds | list[str], IdCheck | None]:
     return ItemIds(c.item_ids), IdCheck(empty_at, duplicate)
 
 
-def _decode_candidates(c: pb.Candidates, issues: list[FieldIssue]) -> Candidates:
-    item_ids, id_check = _item_ids(c)
+def _decode_candidates(c: pb.Candidates, issues: list[FieldIssue],
+                       wire: np.ndarray | None = None) -> Candidates:
+    """`wire`: the bytes `c` was parsed from (uint8), if at hand."""
+    item_ids, id_check = _item_ids(c, wire)
     n = len(item_ids)
     scores = {name: _doubles(col) for name, col in c.scores.items()}
     numeric = {name: _doubles(col) for name, col in c.numeric.items()}

@@ -47,10 +47,12 @@ class RerankerServicer(pb_grpc.RerankerServicer):
 
     # ------------------------------------------------------------------------------- Rerank
 
-    def Rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext) -> pb.RerankResponse:
+    def Rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext,
+               raw: bytes | None = None) -> pb.RerankResponse:
+        """`raw`: the bytes `request` was parsed from, if at hand (the decoder reads columns there)."""
         t0 = time.perf_counter()
         try:
-            response = self._rerank(request, context)
+            response = self._rerank(request, context, raw)
             context.set_trailing_metadata(self._pid_metadata)
             return response
         except Exception as exc:  # noqa: BLE001 - every exception goes through the one table
@@ -77,11 +79,12 @@ class RerankerServicer(pb_grpc.RerankerServicer):
         context.set_trailing_metadata(self._pid_metadata)
         return out
 
-    def _rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext) -> pb.RerankResponse:
+    def _rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext,
+                raw: bytes | None = None) -> pb.RerankResponse:
         t0 = time.perf_counter()
         if _remaining_ms(context) == 0.0:
             raise DeadlineExpired("decoding")
-        req = convert.decode_request(request)
+        req = convert.decode_request(request, raw)
         remaining_ms = _remaining_ms(context)
         if remaining_ms == 0.0:
             raise DeadlineExpired("solving")

@@ -174,3 +174,163 @@ def test_decoded_candidates_agree_with_the_plain_path(ids):
     assert c.attributes["a"].dictionary == tuple(dict.fromkeys(ids))
     if ids[-1] in ids:
         assert c.item_ids.index(ids[-1]) == ids.index(ids[-1])
+
+
+# ------------------------------------------------- decode_request(msg, raw) == decode_request(msg)
+
+def _ld(field: int, body: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(body)) + body
+
+
+def _doubles_wire(values: list[float], how: str) -> bytes:
+    """A DoubleColumn's bytes: values packed, unpacked (wire type 1) or in two packed segments."""
+    def packed(vs):
+        return _ld(1, np.asarray(vs, dtype="<f8").tobytes()) if vs else b""
+    if how == "packed":
+        return packed(values)
+    if how == "split":
+        return packed(values[: len(values) // 2]) + packed(values[len(values) // 2:])
+    return b"".join(_varint(1 << 3 | 1) + np.float64(v).astype("<f8").tobytes() for v in values)
+
+
+def _codes_wire(codes: list[int], how: str) -> bytes:
+    if not codes:
+        return b""
+    if how == "packed":
+        return _packed(3, codes)
+    if how == "unpacked":
+        return _unpacked(3, codes)
+    return _packed(3, codes[::2]) + _unpacked(3, codes[1::2])  # a parser appends both kinds
+
+
+_NAMES = st.text(alphabet="sé\U0001f600", min_size=0, max_size=2)  # few: map keys repeat
+_FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=64)
+_WIRE_ORDER = st.sampled_from(["key_value", "value_key", "no_key", "extra"])
+
+
+def _entry(name: str, value: bytes, order: str) -> bytes:
+    """One map entry (key = field 1, value = field 2), written the ways a parser accepts."""
+    key = _string(1, name)
+    if order == "value_key":
+        return _ld(2, value) + key
+    if order == "no_key" and name == "":
+        return _ld(2, value)
+    if order == "extra":  # an unknown field and a varint the parser skips
+        return key + _varint(7 << 3) + _varint(300) + _ld(2, value)
+    return key + _ld(2, value)
+
+
+@st.composite
+def _candidates_wire_st(draw, n_max=40):
+    n = draw(st.integers(min_value=0, max_value=n_max))
+    ids = draw(st.lists(st.text(alphabet="ab\u00e9", max_size=3), min_size=n, max_size=n))
+    pieces = [_string(1, i) for i in ids]
+    for field in (2, 4):  # scores, numeric
+        for _ in range(draw(st.integers(min_value=0, max_value=3))):
+            length = draw(st.sampled_from([n, n, n, max(n - 1, 0), n + 1]))
+            values = draw(st.lists(_FLOATS, min_size=length, max_size=length))
+            how = draw(st.sampled_from(["packed", "packed", "split", "unpacked"]))
+            pieces.append(_ld(field, _entry(draw(_NAMES), _doubles_wire(values, how), draw(_WIRE_ORDER))))
+    for _ in range(draw(st.integers(min_value=0, max_value=4))):
+        kind = draw(st.sampled_from(["dictionary", "dictionary", "plain", "both", "empty"]))
+        body = b""
+        if kind in ("dictionary", "both"):
+            dictionary = draw(st.lists(st.text(alphabet="xyé", max_size=2), max_size=5))
+            length = draw(st.sampled_from([n, n, n, n + 2]))
+            hi = len(dictionary) + draw(st.sampled_from([0, 0, 0, 1, 2**32 - 1 - len(dictionary)]))
+            codes = draw(st.lists(st.integers(min_value=0, max_value=max(hi - 1, 0)),
+                                  min_size=length, max_size=length))
+            body += b"".join(_string(2, d) for d in dictionary)
+            body += _codes_wire(codes, draw(st.sampled_from(["packed", "unpacked", "mixed"])))
+        if kind in ("plain", "both"):
+            length = draw(st.sampled_from([n, n, n + 1]))
+            values = draw(st.lists(st.text(alphabet="xyé", max_size=2), min_size=length, max_size=length))
+            body += b"".join(_string(1, v) for v in values)
+        pieces.append(_ld(3, _entry(draw(_NAMES), body, draw(_WIRE_ORDER))))
+    if draw(st.booleans()):
+        dim = draw(st.integers(min_value=0, max_value=2))
+        values = np.arange(n * dim, dtype="<f4").tobytes()
+        pieces.append(_ld(5, _varint(1 << 3) + _varint(dim) + (_ld(2, values) if values else b"")))
+    return draw(st.permutations(pieces))  # the pieces: a parser accepts them in any order
+
+
+@st.composite
+def _request_wire(draw):
+    pieces = draw(_candidates_wire_st())
+    cands = b"".join(pieces)
+    head = _string(1, "p") + _varint(7 << 3) + _varint(draw(st.sampled_from([0, 2, 9])))
+    how = draw(st.sampled_from(["once", "once", "once", "twice", "none", "empty"]))
+    if how == "twice":  # a parser merges the two occurrences: the decoder must not take one
+        cut = draw(st.integers(min_value=0, max_value=len(pieces)))
+        return (head + _ld(5, b"".join(pieces[:cut])) + _string(2, "r")
+                + _ld(5, b"".join(pieces[cut:])))
+    if how == "none":
+        return head
+    if how == "empty":
+        return head + _ld(5, b"")
+    return _ld(5, cands) + head
+
+
+def _decoded(msg, raw):
+    try:
+        return convert.decode_request(msg, raw) if raw is not None else convert.decode_request(msg)
+    except convert.InvalidRequest as exc:
+        return exc.issues
+
+
+def _assert_same_decoding(fast, slow):
+    if isinstance(slow, list):
+        assert fast == slow
+        return
+    assert not isinstance(fast, list), fast
+    a, b = fast.candidates, slow.candidates
+    assert list(a.item_ids) == list(b.item_ids) and len(a.item_ids) == len(b.item_ids)
+    assert a.id_check == b.id_check
+    for name in ("scores", "numeric"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert list(x) == list(y)
+        for key in y:
+            assert x[key].dtype == y[key].dtype and x[key].flags.writeable
+            np.testing.assert_array_equal(x[key], y[key])
+    assert list(a.attributes) == list(b.attributes)
+    for key, attr in b.attributes.items():
+        got = a.attributes[key]
+        assert got.dictionary == attr.dictionary and got.codes.dtype == attr.codes.dtype
+        np.testing.assert_array_equal(got.codes, attr.codes)
+    if b.embeddings is None:
+        assert a.embeddings is None
+    else:
+        np.testing.assert_array_equal(a.embeddings, b.embeddings)
+    assert (fast.policy, fast.solver, fast.slate_size) == (slow.policy, slow.solver, slow.slate_size)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_request_wire())
+def test_decoding_from_the_raw_bytes_equals_decoding_the_message(raw):
+    msg = pb.RerankRequest.FromString(raw)
+    _assert_same_decoding(_decoded(msg, raw), _decoded(msg, None))
+
+
+def test_decoding_the_benchmark_requests_from_raw_bytes():
+    from benchmarks.bench_grpc import make_request
+
+    for encoding in ("dictionary", "plain"):
+        for n in (0, 1, 200):
+            msg = make_request(encoding, n=n)
+            raw = msg.SerializeToString()
+            _assert_same_decoding(_decoded(msg, raw), _decoded(msg, None))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64), st.integers(min_value=0, max_value=6))
+def test_submessage_on_arbitrary_bytes_never_crashes_or_disagrees(buf, field):
+    offset, length = wk.submessage(np.frombuffer(buf, dtype=np.uint8), field)
+    assert offset >= -1 or offset == wk.MALFORMED
+    if offset >= 0:
+        assert 0 <= offset and offset + length <= len(buf)
+        try:
+            pb.RerankRequest.FromString(buf)
+        except DecodeError:
+            return
+        if field == 5:
+            assert pb.Candidates.FromString(buf[offset:offset + length]) == pb.RerankRequest.FromString(buf).candidates
