@@ -232,10 +232,215 @@ def submessage(buf, field_number):
         return -1, 0
     return found, found_len
 
+#: Columns of `map_entries`' rows.
+E_FIELD, E_KEY_AT, E_KEY_LEN, E_VALUE_AT, E_VALUE_LEN, E_DATA, E_COUNT, E_MAX = range(8)
+#: E_DATA of a column the kernel could not read (the caller decodes it from the parsed message).
+UNREAD = -2
+
+
+@nb.njit(cache=True, nogil=True)
+def _double_column(buf, i, stop):
+    """Packed `values` (field 1) of the DoubleColumn in buf[i:stop]: its one segment's offset
+    and length, or UNREAD if the values are unpacked or in several segments."""
+    at = -1
+    size = 0
+    while i < stop:
+        tag, i = _varint(buf, i, stop)
+        if i < 0:
+            return UNREAD, 0
+        wire = tag & np.uint64(7)
+        number = tag >> np.uint64(3)
+        if wire == 0:
+            _, i = _varint(buf, i, stop)
+            if i < 0:
+                return UNREAD, 0
+        elif wire == 1:
+            if number == np.uint64(1):
+                return UNREAD, 0
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            length, i = _varint(buf, i, stop)
+            if i < 0 or length > np.uint64(stop - i):
+                return UNREAD, 0
+            if number == np.uint64(1):
+                if at >= 0:
+                    return UNREAD, 0
+                at = i
+                size = np.int64(length)
+            i += np.int64(length)
+        else:
+            return UNREAD, 0
+        if i > stop:
+            return UNREAD, 0
+    return at, size
+
+
+@nb.njit(cache=True, nogil=True)
+def _string_column_codes(buf, i, stop, out):
+    """`codes` (field 3, packed and / or unpacked) of the StringColumn in buf[i:stop] into `out`:
+    (count, max code), or (UNREAD, 0) if unreadable or more than out holds."""
+    n = 0
+    top = np.int64(-1)
+    cap = out.shape[0]
+    mask = np.uint64(0xFFFFFFFF)
+    while i < stop:
+        tag, i = _varint(buf, i, stop)
+        if i < 0:
+            return UNREAD, 0
+        wire = tag & np.uint64(7)
+        number = tag >> np.uint64(3)
+        if wire == 0:
+            value, i = _varint(buf, i, stop)
+            if i < 0:
+                return UNREAD, 0
+            if number == np.uint64(3):
+                if n >= cap:
+                    return UNREAD, 0
+                v = np.int64(value & mask)
+                out[n] = v
+                if v > top:
+                    top = v
+                n += 1
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            length, i = _varint(buf, i, stop)
+            if i < 0 or length > np.uint64(stop - i):
+                return UNREAD, 0
+            end = i + np.int64(length)
+            if number == np.uint64(3):
+                while i < end:
+                    value, i = _varint(buf, i, end)
+                    if i < 0 or n >= cap:
+                        return UNREAD, 0
+                    v = np.int64(value & mask)
+                    out[n] = v
+                    if v > top:
+                        top = v
+                    n += 1
+            i = end
+        else:
+            return UNREAD, 0
+        if i > stop:
+            return UNREAD, 0
+    return n, top
+
+
+@nb.njit(cache=True, nogil=True)
+def map_entries(buf, entries, codes):
+    """Every map entry of `scores` (field 2), `attributes` (3) and `numeric` (4) of the Candidates
+    message in `buf` (uint8), in wire order, one row of `entries` (int64, rows x 8) each:
+    E_FIELD; the key's offset and length (-1, 0: no key, i.e. ""); the value message's offset and
+    length (-1, 0: none); then for a DoubleColumn E_DATA / E_COUNT = offset / length in bytes of
+    its packed values (-1: none), and for a StringColumn E_DATA = the row of `codes` (int64,
+    columns x cap) that holds its codes (-1: no codes), E_COUNT how many, E_MAX the largest.
+    E_DATA = UNREAD when the kernel cannot read the column (values unpacked or split, a value
+    message given twice, more codes than `codes` holds, no row left).
+    Repeated keys: a parser keeps the last entry (the caller does the same).
+    Returns the number of entries, or MALFORMED (bytes unreadable, an entry with a field other
+    than key and value, a key given twice in an entry, a key or value of the wrong wire type,
+    more entries than `entries` holds)."""
+    i = 0
+    end = buf.shape[0]
+    n = 0
+    rows = 0
+    while i < end:
+        tag, i = _varint(buf, i, end)
+        if i < 0:
+            return MALFORMED
+        wire = tag & np.uint64(7)
+        number = tag >> np.uint64(3)
+        if wire == 0:
+            _, i = _varint(buf, i, end)
+            if i < 0:
+                return MALFORMED
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            length, i = _varint(buf, i, end)
+            if i < 0 or length > np.uint64(end - i):
+                return MALFORMED
+            stop = i + np.int64(length)
+            if np.uint64(2) <= number <= np.uint64(4):
+                if n >= entries.shape[0]:
+                    return MALFORMED
+                key_at = np.int64(-1)
+                key_len = np.int64(0)
+                value_at = np.int64(-1)
+                value_len = np.int64(0)
+                twice = False
+                while i < stop:  # the entry: key = 1, value = 2
+                    etag, i = _varint(buf, i, stop)
+                    if i < 0:
+                        return MALFORMED
+                    ewire = etag & np.uint64(7)
+                    enumber = etag >> np.uint64(3)
+                    # Anything but one key and values (wire type 2) is left to the parser: an
+                    # entry with unknown fields is not even stored by upb (it goes to the
+                    # Candidates' unknown fields), so which entry wins would be a guess.
+                    if ewire != np.uint64(2) or not (enumber == np.uint64(1) or enumber == np.uint64(2)):
+                        return MALFORMED
+                    elen, i = _varint(buf, i, stop)
+                    if i < 0 or elen > np.uint64(stop - i):
+                        return MALFORMED
+                    if enumber == np.uint64(1):
+                        if key_at >= 0:
+                            return MALFORMED
+                        key_at = i
+                        key_len = np.int64(elen)
+                    else:  # a parser merges values given twice: not read here
+                        twice = value_at >= 0
+                        value_at = i
+                        value_len = np.int64(elen)
+                    i += np.int64(elen)
+                e = entries[n]
+                e[E_FIELD] = np.int64(number)
+                e[E_KEY_AT] = key_at
+                e[E_KEY_LEN] = key_len
+                e[E_VALUE_AT] = value_at
+                e[E_VALUE_LEN] = value_len
+                e[E_DATA] = -1
+                e[E_COUNT] = 0
+                e[E_MAX] = -1
+                if twice:
+                    e[E_DATA] = UNREAD
+                elif value_at >= 0 and number == np.uint64(3):
+                    if rows < codes.shape[0]:
+                        count, top = _string_column_codes(buf, value_at, value_at + value_len,
+                                                          codes[rows])
+                        if count < 0:
+                            e[E_DATA] = UNREAD
+                        elif count > 0:  # the row is used; none: E_DATA stays -1
+                            e[E_DATA] = rows
+                            e[E_COUNT] = count
+                            e[E_MAX] = top
+                            rows += 1
+                    else:
+                        e[E_DATA] = UNREAD
+                elif value_at >= 0:
+                    at, size = _double_column(buf, value_at, value_at + value_len)
+                    e[E_DATA] = at
+                    e[E_COUNT] = size
+                n += 1
+            i = stop
+        else:
+            return MALFORMED
+        if i > end:
+            return MALFORMED
+    return n
+
 
 def warmup() -> None:
     """Compile (or load from the cache) every kernel."""
     submessage(np.frombuffer(b"\x08\x01\x2a\x01a", dtype=np.uint8), 5)
+    map_entries(np.frombuffer(b"\x1a\x08\x0a\x01a\x12\x03\x1a\x01\x01", dtype=np.uint8),
+                np.empty((2, 8), dtype=np.int64), np.empty((1, 2), dtype=np.int64))
     out = np.empty(4, dtype=np.int64)
     uint32_field(np.frombuffer(b"\x1a\x02\x01\x02\x18\x03", dtype=np.uint8), 3, out)
     codes, first, empty = (np.empty(3, dtype=np.int64) for _ in range(3))

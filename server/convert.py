@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -93,16 +94,24 @@ def decode_request(msg: pb.RerankRequest, raw: bytes | None = None, *,
 _INVALID = object()
 
 
-def _candidates_wire(raw: bytes | None) -> np.ndarray | None:
-    """The bytes of field 5 (candidates) of a serialized RerankRequest, as a uint8 view of `raw`
-    (no copy); None without `raw`, or if the field is absent, repeated or unreadable."""
+class _Wire(NamedTuple):
+    """The Candidates message's bytes within the request's."""
+
+    raw: bytes  # the serialized RerankRequest
+    offset: int  # where the Candidates message starts in it
+    view: np.ndarray  # uint8 view of those bytes (no copy)
+
+
+def _candidates_wire(raw: bytes | None) -> _Wire | None:
+    """Where field 5 (candidates) of a serialized RerankRequest lies; None without `raw`, or if
+    the field is absent, repeated or unreadable."""
     if raw is None:
         return None
     buf = np.frombuffer(raw, dtype=np.uint8)
     offset, length = _wk.submessage(buf, 5)
     if offset < 0:
         return None
-    return buf[offset:offset + length]
+    return _Wire(raw, offset, buf[offset:offset + length])
 
 
 def _floats(values, dtype=np.float64) -> np.ndarray:
@@ -245,16 +254,87 @@ def _item_ids(c: pb.Candidates, wire: np.ndarray | None = None) -> tuple[ItemIds
     return ItemIds(c.item_ids), IdCheck(empty_at, duplicate)
 
 
+class _Columns:
+    """Where the map entries of a Candidates message lie in its bytes (`_wire_kernels.map_entries`):
+    for each (field number, key) the entry a parser keeps (the last), and the codes of the
+    StringColumns, already decoded."""
+
+    __slots__ = ("raw", "base", "codes", "where")
+
+    def __init__(self, raw: bytes, base: int, codes: np.ndarray, rows: list[list[int]]) -> None:
+        self.raw = raw  # the request's bytes; the Candidates message starts at raw[base]
+        self.base = base
+        self.codes = codes
+        where: dict[tuple[int, str], list[int]] = {}
+        for row in rows:
+            key_at = row[1]
+            key = raw[base + key_at:base + key_at + row[2]].decode() if key_at >= 0 else ""
+            where[row[0], key] = row
+        self.where = where
+
+    @staticmethod
+    def find(c: pb.Candidates, wire: "_Wire | None", n: int) -> "_Columns | None":
+        if wire is None:
+            return None
+        columns = len(c.scores) + len(c.numeric) + len(c.attributes)
+        if not columns:
+            return None
+        entries = np.empty((2 * columns + 8, 8), dtype=np.int64)  # room for repeated keys
+        codes = np.empty((len(c.attributes), n), dtype=np.int64)
+        count = _wk.map_entries(wire.view, entries, codes)
+        if count < 0:
+            return None
+        try:
+            return _Columns(wire.raw, wire.offset, codes, entries[:count].tolist())
+        except UnicodeDecodeError:  # a parser would have refused it; decode without the bytes
+            return None
+
+    def doubles(self, field: int, name: str, col: pb.DoubleColumn) -> np.ndarray:
+        row = self.where.get((field, name))
+        if row is not None:
+            at, size = row[5], row[6]
+            n = len(col.values)
+            if at >= 0 and size == 8 * n:
+                return np.frombuffer(self.raw, dtype="<f8", count=n, offset=self.base + at).astype(np.float64)
+            if at == -1 and n == 0:
+                return np.empty(0, dtype=np.float64)
+        return _doubles(col)
+
+    def string_column(self, name: str) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+        """(the column's bytes, its codes, the largest code), or Nones if not read."""
+        row = self.where.get((3, name))
+        if row is None:
+            return None, None, -1
+        _, _, _, at, size, code_row, count, top = row
+        if code_row == _wk.UNREAD:
+            return None, None, -1
+        wire = None
+        if at >= 0 and count == 0:  # plain values, perhaps: their bytes
+            wire = np.frombuffer(self.raw, dtype=np.uint8, count=size, offset=self.base + at)
+        codes = self.codes[code_row, :count] if code_row >= 0 else _NO_CODES
+        return wire, codes, top
+
+
+_NO_CODES = np.empty(0, dtype=np.int64)
+
+
 def _decode_candidates(c: pb.Candidates, issues: list[FieldIssue],
-                       wire: np.ndarray | None = None) -> Candidates:
-    """`wire`: the bytes `c` was parsed from (uint8), if at hand."""
-    item_ids, id_check = _item_ids(c, wire)
+                       wire: _Wire | None = None) -> Candidates:
+    """`wire`: where the bytes `c` was parsed from are, if at hand."""
+    item_ids, id_check = _item_ids(c, wire.view if wire is not None else None)
     n = len(item_ids)
-    scores = {name: _doubles(col) for name, col in c.scores.items()}
-    numeric = {name: _doubles(col) for name, col in c.numeric.items()}
+    found = _Columns.find(c, wire, n)
+    if found is None:
+        scores = {name: _doubles(col) for name, col in c.scores.items()}
+        numeric = {name: _doubles(col) for name, col in c.numeric.items()}
+    else:
+        scores = {name: found.doubles(2, name, col) for name, col in c.scores.items()}
+        numeric = {name: found.doubles(4, name, col) for name, col in c.numeric.items()}
     attributes: dict[str, Attribute] = {}
     for name, col in c.attributes.items():
-        attr = _decode_attribute(key_path("candidates.attributes", name), col, issues)
+        col_wire, codes, top = found.string_column(name) if found is not None else (None, None, -1)
+        attr = _decode_attribute(key_path("candidates.attributes", name), col, issues,
+                                 col_wire, codes, top)
         if attr is not None:
             attributes[name] = attr
     embeddings = None
@@ -273,7 +353,11 @@ def attribute_from_values(values: list[str]) -> Attribute:
     return Attribute(codes, tuple(index))
 
 
-def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue]) -> Attribute | None:
+def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue],
+                      wire: np.ndarray | None = None, wire_codes: np.ndarray | None = None,
+                      top: int = -1) -> Attribute | None:
+    """`wire`, `wire_codes`, `top`: the column's bytes, its codes and their maximum as read from
+    the request's bytes (`_Columns.string_column`), if they were."""
     n_values, n_dict, n_codes = len(col.values), len(col.dictionary), len(col.codes)
     if n_values and (n_dict or n_codes):
         issues.append(FieldIssue(
@@ -283,7 +367,7 @@ def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue])
         ))
         return None
     if not (n_dict or n_codes):
-        found = _string_codes(col, col.values, 1) if n_values else None
+        found = _string_codes(col, col.values, 1, wire) if n_values else None
         if found is None:
             return attribute_from_values(list(col.values))
         codes, first, _ = found
@@ -303,8 +387,12 @@ def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue])
                 break
             seen[v] = j
         ok = False
-    codes = _uint32s(col, col.codes, 3)
-    bad = np.flatnonzero(codes >= n_dict) if n_codes and int(codes.max()) >= n_dict else ()
+    if wire_codes is not None and wire_codes.shape[0] == n_codes:
+        codes = wire_codes
+    else:
+        codes = _uint32s(col, col.codes, 3)
+        top = int(codes.max()) if n_codes else -1
+    bad = np.flatnonzero(codes >= n_dict) if top >= n_dict else ()
     if len(bad):
         first = int(bad[0])
         more = f" ({len(bad)} codes out of range in all)" if len(bad) > 1 else ""

@@ -334,3 +334,65 @@ def test_submessage_on_arbitrary_bytes_never_crashes_or_disagrees(buf, field):
             return
         if field == 5:
             assert pb.Candidates.FromString(buf[offset:offset + length]) == pb.RerankRequest.FromString(buf).candidates
+
+
+def _map_entries(buf: bytes, rows: int = 4, columns: int = 2, cap: int = 8):
+    entries = np.full((rows, 8), -7, dtype=np.int64)
+    codes = np.full((columns, cap), -7, dtype=np.int64)
+    return wk.map_entries(np.frombuffer(buf, dtype=np.uint8), entries, codes), entries, codes
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=80), st.integers(min_value=0, max_value=4),
+       st.integers(min_value=0, max_value=3), st.integers(min_value=0, max_value=10))
+def test_map_entries_on_arbitrary_bytes_never_crash_and_stay_in_bounds(buf, rows, columns, cap):
+    count, entries, codes = _map_entries(buf, rows, columns, cap)
+    assert count >= 0 or count == wk.MALFORMED
+    for e in entries[:max(count, 0)].tolist():
+        assert e[0] in (2, 3, 4)
+        for at, size in ((e[1], e[2]), (e[3], e[4])):
+            assert at == -1 and size == 0 or 0 <= at and at + size <= len(buf)
+        if e[0] != 3 and e[5] >= 0:
+            assert e[3] <= e[5] and e[5] + e[6] <= e[3] + e[4]
+        if e[0] == 3 and e[5] >= 0:
+            assert e[5] < columns and e[6] <= cap
+            assert e[7] == max(codes[e[5], :e[6]].tolist(), default=-1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "é"]), st.integers(min_value=0, max_value=3)),
+                min_size=1, max_size=6))
+def test_repeated_map_keys_keep_the_last_entry_like_the_parser(columns):
+    """Entries written by hand with repeated keys: read from the bytes (not a fallback), the
+    last entry of a key counts, as for the protobuf runtime."""
+    n = 3
+    pieces = [_string(1, f"id{j}") for j in range(n)]
+    for key, seed in columns:
+        values = [float(seed * 10 + j) for j in range(n)]
+        pieces.append(_ld(2, _entry(key, _doubles_wire(values, "packed"), "key_value")))
+        body = _string(2, "x") + _string(2, f"y{seed}") + _codes_wire([seed % 2, 1, 0], "unpacked")
+        pieces.append(_ld(3, _entry(key, body, "key_value")))
+    raw = _ld(5, b"".join(pieces))
+    msg = pb.RerankRequest.FromString(raw)
+    wire = convert._candidates_wire(raw)
+    assert convert._Columns.find(msg.candidates, wire, n) is not None
+    _assert_same_decoding(_decoded(msg, raw), _decoded(msg, None))
+    last = dict(columns)
+    got = convert.decode_request(msg, raw).candidates
+    assert {k: v.tolist() for k, v in got.scores.items()} == {
+        k: [float(s * 10 + j) for j in range(n)] for k, s in last.items()}
+    assert {k: a.codes.tolist() for k, a in got.attributes.items()} == {
+        k: [s % 2, 1, 0] for k, s in last.items()}
+
+
+def test_the_benchmark_requests_are_read_from_the_bytes():
+    from benchmarks.bench_grpc import make_request
+
+    for encoding in ("dictionary", "plain"):
+        msg = make_request(encoding, n=50)
+        raw = msg.SerializeToString()
+        found = convert._Columns.find(msg.candidates, convert._candidates_wire(raw), 50)
+        assert found is not None
+        assert sorted(found.where) == sorted([(2, k) for k in msg.candidates.scores]
+                                             + [(3, k) for k in msg.candidates.attributes])
+        assert all(row[5] != wk.UNREAD for row in found.where.values())
