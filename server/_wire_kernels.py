@@ -93,27 +93,81 @@ def _same(buf, a, b, length):
     return True
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _load8(buf, p):
+    """buf[p:p + 8] as a little-endian uint64 (written out so that LLVM makes it one load)."""
+    return (np.uint64(buf[p]) | np.uint64(buf[p + 1]) << np.uint64(8)
+            | np.uint64(buf[p + 2]) << np.uint64(16) | np.uint64(buf[p + 3]) << np.uint64(24)
+            | np.uint64(buf[p + 4]) << np.uint64(32) | np.uint64(buf[p + 5]) << np.uint64(40)
+            | np.uint64(buf[p + 6]) << np.uint64(48) | np.uint64(buf[p + 7]) << np.uint64(56))
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _load4(buf, p):
+    return (np.uint64(buf[p]) | np.uint64(buf[p + 1]) << np.uint64(8)
+            | np.uint64(buf[p + 2]) << np.uint64(16) | np.uint64(buf[p + 3]) << np.uint64(24))
+
+
 @nb.njit(cache=True, nogil=True)
 def _hash(buf, at, length):
     """64-bit hash of buf[at:at + length], 8 bytes per multiply (a byte-wise FNV is bound by the
-    multiply's latency: ~1 ns per byte)."""
+    multiply's latency: ~1 ns per byte). The last 1-7 bytes are read without a loop (overlapping
+    4-byte loads, or first / middle / last byte), and a final mix brings every input bit down to
+    the low bits that pick the hash table slot (ids differing only in a word's top byte would
+    otherwise all collide)."""
+    k = np.uint64(0x9E3779B97F4A7C15)
     h = np.uint64(14695981039346656037) ^ np.uint64(length)
     p = at
     stop = at + length
-    while p < stop:
-        if stop - p >= 8:  # written out so that LLVM makes it one 8-byte load
-            w = (np.uint64(buf[p]) | np.uint64(buf[p + 1]) << np.uint64(8)
-                 | np.uint64(buf[p + 2]) << np.uint64(16) | np.uint64(buf[p + 3]) << np.uint64(24)
-                 | np.uint64(buf[p + 4]) << np.uint64(32) | np.uint64(buf[p + 5]) << np.uint64(40)
-                 | np.uint64(buf[p + 6]) << np.uint64(48) | np.uint64(buf[p + 7]) << np.uint64(56))
-        else:
-            w = np.uint64(0)
-            for t in range(stop - p):
-                w |= np.uint64(buf[p + t]) << np.uint64(8 * t)
-        h = (h ^ w) * np.uint64(0x9E3779B97F4A7C15)
-        h ^= h >> np.uint64(29)
+    while stop - p >= 8:
+        h = (h ^ _load8(buf, p)) * k
+        h ^= h >> np.uint64(32)
         p += 8
+    rem = stop - p
+    if rem >= 4:
+        w = _load4(buf, p) | _load4(buf, stop - 4) << np.uint64(32)
+    elif rem > 0:
+        w = (np.uint64(buf[p]) | np.uint64(buf[p + (rem >> 1)]) << np.uint64(8)
+             | np.uint64(buf[stop - 1]) << np.uint64(16))
+    else:
+        w = np.uint64(0)
+    h = (h ^ w) * k
+    h ^= h >> np.uint64(32)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(32)
     return h
+
+
+@nb.njit(cache=True, nogil=True)
+def _dictionary_encode(buf, start, size, n, codes, first):
+    """codes[j] = code of the string buf[start[j]:start[j] + size[j]] (j < n), numbered in order
+    of first appearance; first[k] = index of the first string with code k. Returns how many
+    distinct. Open addressing on `_hash`; equal hashes are confirmed byte by byte."""
+    slots = 16
+    while slots < 4 * n:  # load <= 1/4: few probes, few mispredicted branches
+        slots *= 2
+    mask = slots - 1
+    table = np.full(slots, -1, dtype=np.int64)
+    hashes = np.empty(n, dtype=np.uint64)
+    distinct = 0
+    for j in range(n):
+        h = _hash(buf, start[j], size[j])
+        hashes[j] = h
+        s = np.int64(h & np.uint64(mask))
+        while True:
+            code = table[s]
+            if code < 0:
+                table[s] = distinct
+                first[distinct] = j
+                codes[j] = distinct
+                distinct += 1
+                break
+            f = first[code]
+            if hashes[f] == h and size[f] == size[j] and _same(buf, start[f], start[j], size[j]):
+                codes[j] = code
+                break
+            s = (s + 1) & mask
+    return distinct
 
 
 @nb.njit(cache=True, nogil=True)
@@ -164,31 +218,7 @@ def string_field_codes(buf, field_number, codes, first, empty_at):
             return MALFORMED
     if n != cap:
         return MALFORMED
-    # open addressing on FNV-1a hashes; a slot holds the code of the value stored there
-    slots = 16
-    while slots < 2 * n:
-        slots *= 2
-    table = np.full(slots, -1, dtype=np.int64)
-    hashes = np.empty(n, dtype=np.uint64)
-    distinct = 0
-    for j in range(n):
-        h = _hash(buf, start[j], size[j])
-        hashes[j] = h
-        s = np.int64(h & np.uint64(slots - 1))
-        while True:
-            code = table[s]
-            if code < 0:
-                table[s] = distinct
-                first[distinct] = j
-                codes[j] = distinct
-                distinct += 1
-                break
-            f = first[code]
-            if hashes[f] == h and size[f] == size[j] and _same(buf, start[f], start[j], size[j]):
-                codes[j] = code
-                break
-            s = (s + 1) & (slots - 1)
-    return distinct
+    return _dictionary_encode(buf, start, size, n, codes, first)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -331,33 +361,27 @@ def _string_column_codes(buf, i, stop, out):
 
 
 @nb.njit(cache=True, nogil=True)
-def map_entries(buf, entries, codes):
-    """Every map entry of `scores` (field 2), `attributes` (3) and `numeric` (4) of the Candidates
-    message in `buf` (uint8), in wire order, one row of `entries` (int64, rows x 8) each:
-    E_FIELD; the key's offset and length (-1, 0: no key, i.e. ""); the value message's offset and
-    length (-1, 0: none); then for a DoubleColumn E_DATA / E_COUNT = offset / length in bytes of
-    its packed values (-1: none), and for a StringColumn E_DATA = the row of `codes` (int64,
-    columns x cap) that holds its codes (-1: no codes), E_COUNT how many, E_MAX the largest.
-    E_DATA = UNREAD when the kernel cannot read the column (values unpacked or split, a value
-    message given twice, more codes than `codes` holds, no row left).
-    Repeated keys: a parser keeps the last entry (the caller does the same).
-    Returns the number of entries, or MALFORMED (bytes unreadable, an entry with a field other
-    than key and value, a key given twice in an entry, a key or value of the wrong wire type,
-    more entries than `entries` holds)."""
+def _candidates(buf, id_start, id_size, entries, codes):
+    """(item ids, map entries, first empty item id) of the Candidates message in `buf`; see
+    `candidates_scan`. Item ids (field 1) are located (id_start, id_size) only if `id_start` has room
+    (more ids than that: MALFORMED); item ids = MALFORMED when the bytes are unreadable."""
     i = 0
     end = buf.shape[0]
     n = 0
     rows = 0
+    ids = 0
+    first_empty = -1
+    want_ids = id_start.shape[0]
     while i < end:
         tag, i = _varint(buf, i, end)
         if i < 0:
-            return MALFORMED
+            return MALFORMED, 0, -1
         wire = tag & np.uint64(7)
         number = tag >> np.uint64(3)
         if wire == 0:
             _, i = _varint(buf, i, end)
             if i < 0:
-                return MALFORMED
+                return MALFORMED, 0, -1
         elif wire == 1:
             i += 8
         elif wire == 5:
@@ -365,11 +389,19 @@ def map_entries(buf, entries, codes):
         elif wire == 2:
             length, i = _varint(buf, i, end)
             if i < 0 or length > np.uint64(end - i):
-                return MALFORMED
+                return MALFORMED, 0, -1
             stop = i + np.int64(length)
-            if np.uint64(2) <= number <= np.uint64(4):
+            if number == np.uint64(1) and want_ids:
+                if ids >= want_ids:
+                    return MALFORMED, 0, -1
+                id_start[ids] = i
+                id_size[ids] = np.int64(length)
+                if length == 0 and first_empty < 0:
+                    first_empty = ids
+                ids += 1
+            elif np.uint64(2) <= number <= np.uint64(4):
                 if n >= entries.shape[0]:
-                    return MALFORMED
+                    return MALFORMED, 0, -1
                 key_at = np.int64(-1)
                 key_len = np.int64(0)
                 value_at = np.int64(-1)
@@ -378,20 +410,20 @@ def map_entries(buf, entries, codes):
                 while i < stop:  # the entry: key = 1, value = 2
                     etag, i = _varint(buf, i, stop)
                     if i < 0:
-                        return MALFORMED
+                        return MALFORMED, 0, -1
                     ewire = etag & np.uint64(7)
                     enumber = etag >> np.uint64(3)
                     # Anything but one key and values (wire type 2) is left to the parser: an
                     # entry with unknown fields is not even stored by upb (it goes to the
                     # Candidates' unknown fields), so which entry wins would be a guess.
                     if ewire != np.uint64(2) or not (enumber == np.uint64(1) or enumber == np.uint64(2)):
-                        return MALFORMED
+                        return MALFORMED, 0, -1
                     elen, i = _varint(buf, i, stop)
                     if i < 0 or elen > np.uint64(stop - i):
-                        return MALFORMED
+                        return MALFORMED, 0, -1
                     if enumber == np.uint64(1):
                         if key_at >= 0:
-                            return MALFORMED
+                            return MALFORMED, 0, -1
                         key_at = i
                         key_len = np.int64(elen)
                     else:  # a parser merges values given twice: not read here
@@ -430,19 +462,59 @@ def map_entries(buf, entries, codes):
                 n += 1
             i = stop
         else:
-            return MALFORMED
+            return MALFORMED, 0, -1
         if i > end:
-            return MALFORMED
-    return n
+            return MALFORMED, 0, -1
+    return ids, n, first_empty
+
+
+@nb.njit(cache=True, nogil=True)
+def map_entries(buf, entries, codes):
+    """Every map entry of `scores` (field 2), `attributes` (3) and `numeric` (4) of the Candidates
+    message in `buf` (uint8), in wire order, one row of `entries` (int64, rows x 8) each:
+    E_FIELD; the key's offset and length (-1, 0: no key, i.e. ""); the value message's offset and
+    length (-1, 0: none); then for a DoubleColumn E_DATA / E_COUNT = offset / length in bytes of
+    its packed values (-1: none), and for a StringColumn E_DATA = the row of `codes` (int64,
+    columns x cap) that holds its codes (-1: no codes), E_COUNT how many, E_MAX the largest.
+    E_DATA = UNREAD when the kernel cannot read the column (values unpacked or split, a value
+    message given twice, more codes than `codes` holds, no row left).
+    Repeated keys: a parser keeps the last entry (the caller does the same).
+    Returns the number of entries, or MALFORMED (bytes unreadable, an entry with a field other
+    than key and value, a key given twice in an entry, a key or value of the wrong wire type,
+    more entries than `entries` holds)."""
+    none = np.empty(0, dtype=np.int64)
+    ids, n, _ = _candidates(buf, none, none, entries, codes)
+    return MALFORMED if ids < 0 else n
+
+
+@nb.njit(cache=True, nogil=True)
+def candidates_scan(buf, id_codes, id_first, info, entries, codes):
+    """One pass over the Candidates message in `buf` (uint8): its item ids dictionary-encoded as
+    by `string_field_codes` (into `id_codes` / `id_first`, which must hold exactly the number of
+    ids) and its map entries located as by `map_entries` (into `entries` / `codes`).
+    info[0] = index of the first empty id (-1: none), info[1] = number of map entries.
+    Returns the number of distinct ids, or MALFORMED (as either kernel)."""
+    cap = id_codes.shape[0]
+    start = np.empty(max(cap, 1), dtype=np.int64)
+    size = np.empty(max(cap, 1), dtype=np.int64)
+    ids, n, first_empty = _candidates(buf, start, size, entries, codes)
+    if ids != cap:
+        return MALFORMED
+    info[0] = first_empty
+    info[1] = n
+    return _dictionary_encode(buf, start, size, cap, id_codes, id_first)
 
 
 def warmup() -> None:
     """Compile (or load from the cache) every kernel."""
     submessage(np.frombuffer(b"\x08\x01\x2a\x01a", dtype=np.uint8), 5)
-    map_entries(np.frombuffer(b"\x1a\x08\x0a\x01a\x12\x03\x1a\x01\x01", dtype=np.uint8),
-                np.empty((2, 8), dtype=np.int64), np.empty((1, 2), dtype=np.int64))
+    entries = np.frombuffer(b"\x1a\x08\x0a\x01a\x12\x03\x1a\x01\x01", dtype=np.uint8)
+    map_entries(entries, np.empty((2, 8), dtype=np.int64), np.empty((1, 2), dtype=np.int64))
     out = np.empty(4, dtype=np.int64)
     uint32_field(np.frombuffer(b"\x1a\x02\x01\x02\x18\x03", dtype=np.uint8), 3, out)
     codes, first, empty = (np.empty(3, dtype=np.int64) for _ in range(3))
     string_field_codes(np.frombuffer(b"\x0a\x01a\x0a\x00\x0a\x01a", dtype=np.uint8), 1, codes,
                        first, empty)
+    candidates_scan(np.frombuffer(b"\x0a\x01a" + entries.tobytes(), dtype=np.uint8), codes[:1],
+                    first[:1], np.empty(2, dtype=np.int64), np.empty((2, 8), dtype=np.int64),
+                    np.empty((1, 1), dtype=np.int64))

@@ -246,12 +246,16 @@ def _item_ids(c: pb.Candidates, wire: np.ndarray | None = None) -> tuple[ItemIds
     found = _string_codes(c, c.item_ids, 1, wire) if len(c.item_ids) else None
     if found is None:
         return list(c.item_ids), None
-    codes, first, empty_at = found
+    return ItemIds(c.item_ids), _id_check(*found)
+
+
+def _id_check(codes: np.ndarray, first: np.ndarray, empty_at: int) -> IdCheck:
+    """What the dictionary encoding of the item ids says about them."""
     duplicate = None
     if first.shape[0] != codes.shape[0]:  # a repeat: the first index whose code is not new
         j = int(np.argmax(codes != np.arange(codes.shape[0])))
         duplicate = (j, int(first[codes[j]]))
-    return ItemIds(c.item_ids), IdCheck(empty_at, duplicate)
+    return IdCheck(empty_at, duplicate)
 
 
 class _Columns:
@@ -274,18 +278,25 @@ class _Columns:
 
     @staticmethod
     def find(c: pb.Candidates, wire: "_Wire | None", n: int) -> "_Columns | None":
+        """The map entries alone (`_wire_kernels.map_entries`); None if not readable."""
         if wire is None:
             return None
-        columns = len(c.scores) + len(c.numeric) + len(c.attributes)
-        if not columns:
-            return None
-        entries = np.empty((2 * columns + 8, 8), dtype=np.int64)  # room for repeated keys
-        codes = np.empty((len(c.attributes), n), dtype=np.int64)
+        entries, codes = _Columns.room(c, n)
         count = _wk.map_entries(wire.view, entries, codes)
         if count < 0:
             return None
+        return _Columns.of(wire, codes, entries[:count])
+
+    @staticmethod
+    def room(c: pb.Candidates, n: int) -> tuple[np.ndarray, np.ndarray]:
+        columns = len(c.scores) + len(c.numeric) + len(c.attributes)
+        entries = np.empty((2 * columns + 8, 8), dtype=np.int64)  # room for repeated keys
+        return entries, np.empty((len(c.attributes), n), dtype=np.int64)
+
+    @staticmethod
+    def of(wire: "_Wire", codes: np.ndarray, entries: np.ndarray) -> "_Columns | None":
         try:
-            return _Columns(wire.raw, wire.offset, codes, entries[:count].tolist())
+            return _Columns(wire.raw, wire.offset, codes, entries.tolist())
         except UnicodeDecodeError:  # a parser would have refused it; decode without the bytes
             return None
 
@@ -318,12 +329,35 @@ class _Columns:
 _NO_CODES = np.empty(0, dtype=np.int64)
 
 
+def _scan(c: pb.Candidates, wire: _Wire):
+    """(item ids, their IdCheck, _Columns) read from the Candidates' bytes in one kernel pass
+    (`_wire_kernels.candidates_scan`); None if the kernel cannot read them."""
+    ids = c.item_ids
+    n = len(ids)
+    codes = np.empty(n, dtype=np.int64)
+    first = np.empty(n, dtype=np.int64)
+    info = np.empty(2, dtype=np.int64)
+    entries, column_codes = _Columns.room(c, n)
+    distinct = _wk.candidates_scan(wire.view, codes, first, info, entries, column_codes)
+    if distinct < 0:
+        return None
+    empty_at, count = info.tolist()
+    columns = _Columns.of(wire, column_codes, entries[:count])
+    if not n:
+        return list(ids), None, columns
+    return ItemIds(ids), _id_check(codes, first[:distinct], empty_at), columns
+
+
 def _decode_candidates(c: pb.Candidates, issues: list[FieldIssue],
                        wire: _Wire | None = None) -> Candidates:
     """`wire`: where the bytes `c` was parsed from are, if at hand."""
-    item_ids, id_check = _item_ids(c, wire.view if wire is not None else None)
+    scanned = _scan(c, wire) if wire is not None else None
+    if scanned is None:
+        item_ids, id_check = _item_ids(c)
+        found = None
+    else:
+        item_ids, id_check, found = scanned
     n = len(item_ids)
-    found = _Columns.find(c, wire, n)
     if found is None:
         scores = {name: _doubles(col) for name, col in c.scores.items()}
         numeric = {name: _doubles(col) for name, col in c.numeric.items()}

@@ -396,3 +396,35 @@ def test_the_benchmark_requests_are_read_from_the_bytes():
         assert sorted(found.where) == sorted([(2, k) for k in msg.candidates.scores]
                                              + [(3, k) for k in msg.candidates.attributes])
         assert all(row[5] != wk.UNREAD for row in found.where.values())
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.binary(max_size=80),
+                 _candidates_wire_st(n_max=6).map(lambda pieces: b"".join(pieces))),
+       st.integers(min_value=0, max_value=8))
+def test_candidates_scan_is_the_two_kernels_in_one_pass(buf, n):
+    """Ids as string_field_codes, entries as map_entries; on arbitrary bytes too."""
+    view = np.frombuffer(buf, dtype=np.uint8)
+    ids = _strings_kernel(buf, 1, n)
+    count, entries, codes = _map_entries(buf, rows=30, columns=3, cap=n)
+    got_codes, got_first = np.full(n, -7, dtype=np.int64), np.full(n, -7, dtype=np.int64)
+    info = np.full(2, -7, dtype=np.int64)
+    got_entries = np.full((30, 8), -7, dtype=np.int64)
+    got_column_codes = np.full((3, n), -7, dtype=np.int64)
+    distinct = wk.candidates_scan(view, got_codes, got_first, info, got_entries, got_column_codes)
+    if distinct < 0:
+        assert ids[0] < 0 or count < 0
+        return
+    assert (distinct, got_codes.tolist(), got_first[:distinct].tolist(), int(info[0])) == ids
+    assert info[1] == count
+    assert got_entries[:count].tolist() == entries[:count].tolist()
+    for e in entries[:count].tolist():
+        if e[0] == 3 and e[5] >= 0:
+            assert got_column_codes[e[5], :e[6]].tolist() == codes[e[5], :e[6]].tolist()
+
+
+def test_ids_differing_only_in_the_top_byte_of_a_word_are_told_apart():
+    # 8-byte ids that differ only in their last byte (the top byte of the one 64-bit word)
+    values = [f"abcdefg{chr(0x41 + j % 60)}" for j in range(120)] + [f"abcdef{j:02d}" for j in range(100)]
+    buf = pb.StringColumn(values=values).SerializeToString()
+    assert _strings_kernel(buf, 1, len(values)) == _twin(values)
