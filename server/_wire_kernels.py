@@ -343,8 +343,7 @@ def _string_column_codes(buf, i, stop, out):
                     return UNREAD, 0
                 v = np.int64(value & mask)
                 out[n] = v
-                if v > top:
-                    top = v
+                top = max(top, v)
                 n += 1
         elif wire == 1:
             i += 8
@@ -362,8 +361,7 @@ def _string_column_codes(buf, i, stop, out):
                         return UNREAD, 0
                     v = np.int64(value & mask)
                     out[n] = v
-                    if v > top:
-                        top = v
+                    top = max(top, v)
                     n += 1
             i = end
         else:

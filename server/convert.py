@@ -6,12 +6,17 @@ double / float columns are read straight from their wire bytes (`np.frombuffer`)
 repeats and empties there, after which the engine reads only the slate's ids from the request's
 own field) by numba kernels over their wire bytes (`server._wire_kernels`). No Python object is
 made per candidate unless a kernel cannot read the bytes (then the protobuf runtime's values are
-used). Structural problems that only exist on the wire
-(dictionary codes out of range, both string encodings set, an embedding matrix that is not N x dim,
-an unknown enum value) are reported here, as `InvalidRequest` with the proto field path. Everything
-about the *content* of the columns (lengths, NaN / inf, duplicate ids, unknown score columns, slate
-size and candidate-count limits) is the engine's job: a column of the wrong length is passed on
-with its real length so that the engine reports it.
+used). Given the request's own bytes (`decode_request(msg, raw)`, as the server does for Rerank),
+one kernel pass over the Candidates bytes reads the item ids, locates every column's map entry and
+decodes the dictionary codes, so nothing is re-serialized; the parsed message still provides
+everything small (keys' order, dictionaries, scalars) and every column the kernel cannot read.
+
+Structural problems that only exist on the wire (dictionary codes out of range, both string
+encodings set, an embedding matrix that is not N x dim, an unknown enum value) are reported here,
+as `InvalidRequest` with the proto field path. Everything about the *content* of the columns
+(lengths, NaN / inf, duplicate ids, unknown score columns, slate size and candidate-count limits)
+is the engine's job: a column of the wrong length is passed on with its real length so that the
+engine reports it.
 """
 
 from __future__ import annotations
@@ -263,7 +268,7 @@ class _Columns:
     for each (field number, key) the entry a parser keeps (the last), and the codes of the
     StringColumns, already decoded."""
 
-    __slots__ = ("raw", "base", "codes", "where")
+    __slots__ = ("base", "codes", "raw", "where")
 
     def __init__(self, raw: bytes, base: int, codes: np.ndarray, rows: list[list[int]]) -> None:
         self.raw = raw  # the request's bytes; the Candidates message starts at raw[base]
@@ -277,7 +282,7 @@ class _Columns:
         self.where = where
 
     @staticmethod
-    def find(c: pb.Candidates, wire: "_Wire | None", n: int) -> "_Columns | None":
+    def find(c: pb.Candidates, wire: _Wire | None, n: int) -> _Columns | None:
         """The map entries alone (`_wire_kernels.map_entries`); None if not readable."""
         if wire is None:
             return None
@@ -294,7 +299,7 @@ class _Columns:
         return entries, np.empty((len(c.attributes), n), dtype=np.int64)
 
     @staticmethod
-    def of(wire: "_Wire", codes: np.ndarray, entries: np.ndarray) -> "_Columns | None":
+    def of(wire: _Wire, codes: np.ndarray, entries: np.ndarray) -> _Columns | None:
         try:
             return _Columns(wire.raw, wire.offset, codes, entries.tolist())
         except UnicodeDecodeError:  # a parser would have refused it; decode without the bytes
@@ -322,11 +327,8 @@ class _Columns:
         wire = None
         if at >= 0 and count == 0:  # plain values, perhaps: their bytes
             wire = np.frombuffer(self.raw, dtype=np.uint8, count=size, offset=self.base + at)
-        codes = self.codes[code_row, :count] if code_row >= 0 else _NO_CODES
+        codes = self.codes[code_row, :count] if code_row >= 0 else np.empty(0, dtype=np.int64)
         return wire, codes, top
-
-
-_NO_CODES = np.empty(0, dtype=np.int64)
 
 
 def _scan(c: pb.Candidates, wire: _Wire):

@@ -4,9 +4,9 @@ whatever the runtime parses, the kernel either reads the same values or reports 
 from __future__ import annotations
 
 import numpy as np
+from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from google.protobuf.message import DecodeError
 
 from server import _wire_kernels as wk
 from server import convert
@@ -333,7 +333,8 @@ def test_submessage_on_arbitrary_bytes_never_crashes_or_disagrees(buf, field):
         except DecodeError:
             return
         if field == 5:
-            assert pb.Candidates.FromString(buf[offset:offset + length]) == pb.RerankRequest.FromString(buf).candidates
+            parsed = pb.RerankRequest.FromString(buf).candidates
+            assert pb.Candidates.FromString(buf[offset:offset + length]) == parsed
 
 
 def _map_entries(buf: bytes, rows: int = 4, columns: int = 2, cap: int = 8):
