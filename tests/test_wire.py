@@ -429,3 +429,30 @@ def test_ids_differing_only_in_the_top_byte_of_a_word_are_told_apart():
     values = [f"abcdefg{chr(0x41 + j % 60)}" for j in range(120)] + [f"abcdef{j:02d}" for j in range(100)]
     buf = pb.StringColumn(values=values).SerializeToString()
     assert _strings_kernel(buf, 1, len(values)) == _twin(values)
+
+
+def test_the_server_hands_rerank_its_raw_bytes_and_batches_none(live_server, monkeypatch):
+    import grpc
+
+    from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
+    from server.request_json import load_request
+    from tests.conftest import EXAMPLES_DIR
+
+    seen = []
+    decode = convert.decode_request
+
+    def recording(msg, raw=None, **kwargs):
+        seen.append(raw)
+        fast = decode(msg, raw, **kwargs)
+        _assert_same_decoding(fast, decode(msg, **kwargs))
+        return fast
+
+    monkeypatch.setattr(convert, "decode_request", recording)
+    req = load_request(EXAMPLES_DIR / "request_home_feed.json")
+    with grpc.insecure_channel(live_server.address) as channel:
+        stub = pb_grpc.RerankerStub(channel)
+        assert stub.Rerank(req, timeout=20.0).items
+        assert seen == [req.SerializeToString()]
+        seen.clear()
+        stub.RerankBatch(pb.RerankBatchRequest(requests=[req]), timeout=20.0)
+        assert seen == [None]
