@@ -410,7 +410,7 @@ def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue],
         values = col.values
         return Attribute(codes, tuple(values[i] for i in first.tolist()))
 
-    dictionary = tuple(col.dictionary)
+    dictionary = tuple(col.dictionary[:])  # a slice is a list: faster than iterating the field
     ok = True
     if len(set(dictionary)) != n_dict:
         seen: dict[str, int] = {}
