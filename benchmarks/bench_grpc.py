@@ -53,7 +53,7 @@ solver:
   budget_ms: 10
 """
 
-COLUMNS = [("request_bytes", "request bytes"), ("response_bytes", "response bytes"),
+COLUMNS = [("encoding", "string columns"), ("request_bytes", "request bytes"), ("response_bytes", "response bytes"),
            ("echo_median_us", "echo median µs"), ("echo_p95_us", "echo p95 µs"),
            ("echo_p99_us", "echo p99 µs"),
            ("rerank_median_us", "Rerank median µs"), ("rerank_p95_us", "Rerank p95 µs"),
