@@ -219,11 +219,16 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
                               for a in missing])
 
     # utility over every candidate (pins by attribute need it before filtering)
-    utility_all = np.zeros(cands.n, dtype=np.float64)
+    utility_all = None
     with np.errstate(over="ignore", invalid="ignore"):
         for name, w in weights.items():
             if w != 0.0:
-                utility_all += w * cands.scores[name]
+                if utility_all is None:
+                    utility_all = np.multiply(cands.scores[name], w, dtype=np.float64)  # new array
+                else:
+                    utility_all += w * cands.scores[name]
+    if utility_all is None:
+        utility_all = np.zeros(cands.n, dtype=np.float64)
     _check_finite_utility(utility_all, weights, cands)
     boost_all = None
     for attr_name, by_value in (boosts or {}).items():
@@ -239,7 +244,7 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
         _check_finite_utility(utility_all, weights, cands)
     mask = _eligible(policy, cands) if policy.filters else None
     index = np.flatnonzero(mask) if mask is not None else np.arange(cands.n, dtype=np.int64)
-    utility = np.ascontiguousarray(utility_all[index])
+    utility = np.ascontiguousarray(utility_all if mask is None else utility_all[index])
     n = index.shape[0]
 
     K = req.slate_size or policy.slate_size
@@ -248,7 +253,8 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
     if isinstance(discount, list) and len(discount) < K:
         raise InvalidRequest("slate_size", f"policy '{policy.name}' gives {len(discount)} position "
                                            f"weights (objective.position_discount), so at most {len(discount)}, got {K}")
-    pw = position_weights(discount, L)
+    fixed = _row_arrays(cp, L)
+    pw = fixed.position_weight
 
     A = len(cp.attributes)
     codes = np.empty((A, n), dtype=np.int64)
@@ -261,7 +267,6 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
         dictionaries.append(attr.dictionary)
     lookups = _Lookups(dictionaries)
 
-    fixed = _row_arrays(cp, L)
     rows = fixed.rows
     C = len(rows)
     kind, attr_rows, bound, top = fixed.kind, fixed.attr, fixed.bound, fixed.top
@@ -270,10 +275,10 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
     value = fixed.value.copy()
     for r in fixed.value_rows:
         value[r] = lookups.code(rows[r].attr, rows[r].value)
-    item = np.full(C, -1, dtype=np.int64)
-    position = np.full(C, -1, dtype=np.int64)
-    active = np.ones(C, dtype=np.bool_)
-    pre_reason = np.zeros(C, dtype=np.int64)
+    item = fixed.no_item.copy()
+    position = fixed.no_item.copy()
+    active = fixed.all_active.copy()
+    pre_reason = fixed.no_reason.copy()
     reasons: dict[int, str] = {}
     pins = fixed.pins
 
@@ -355,6 +360,10 @@ class _RowArrays:
     rule_rows: tuple[tuple[int, ...], ...]  # the rows of each rule of the policy
     calibration: bool
     no_target_offset: np.ndarray
+    position_weight: np.ndarray  # position_weights(policy discount, L)
+    no_item: np.ndarray  # templates of the per-request columns, copied per request
+    all_active: np.ndarray
+    no_reason: np.ndarray
 
 
 _NO_TARGET = np.zeros(0, dtype=np.float64)
@@ -387,6 +396,10 @@ def _row_arrays(cp: CompiledPolicy, L: int) -> _RowArrays:
                         for j in range(len(cp.policy.constraints))),
         calibration=any(row.kind == CALIBRATION for row in rows),
         no_target_offset=np.zeros(C + 1, dtype=np.int64),
+        position_weight=position_weights(cp.policy.objective.position_discount, L),
+        no_item=np.full(C, -1, dtype=np.int64),
+        all_active=np.ones(C, dtype=np.bool_),
+        no_reason=np.zeros(C, dtype=np.int64),
     )
     if len(cache) >= _ROW_CACHE_MAX:
         cache.clear()

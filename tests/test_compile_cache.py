@@ -12,10 +12,11 @@ from engine.types import RerankRequest
 from tests.test_engine import candidates
 
 FIELDS = ("kind", "attr", "value", "bound", "top", "size", "hard", "penalty", "priority")
+SHARED = FIELDS + ("position_weight", "no_item", "all_active", "no_reason")
 
 
 def _snapshot(cp) -> dict:
-    return {L: {f: getattr(arrays, f).copy() for f in FIELDS} for L, arrays in cp.row_cache.items()}
+    return {L: {f: getattr(arrays, f).copy() for f in SHARED} for L, arrays in cp.row_cache.items()}
 
 
 @pytest.mark.parametrize("name", ["home_feed", "search", "marketplace", "discovery"])
@@ -33,7 +34,7 @@ def test_shared_row_arrays_are_never_written(engine, name):
                                     explain=True))
     after = _snapshot(cp)
     for L, arrays in before.items():
-        for f in FIELDS:
+        for f in SHARED:
             np.testing.assert_array_equal(after[L][f], arrays[f], err_msg=f"{name} L={L} {f}")
 
 
@@ -47,3 +48,6 @@ def test_cached_table_equals_a_fresh_compile(engine, name):
     for f in FIELDS + ("item", "position", "target", "target_offset"):
         np.testing.assert_array_equal(getattr(first, f), getattr(fresh, f), err_msg=f)
         np.testing.assert_array_equal(getattr(second, f), getattr(fresh, f), err_msg=f)
+    np.testing.assert_array_equal(C.compile_request(cp, req).problem.position_weight,
+                                  C.position_weights(cp.policy.objective.position_discount,
+                                                     C.compile_request(cp, req).problem.length))
