@@ -241,6 +241,30 @@ def _min_lookahead_blocker(i, p, codes, kind, attr, value, bound, top, hard, act
     return -1
 
 
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _cap_or_window_forbids(c, i, p, L, slate, codes, kind, attr, value, bound, top, size, cnt,
+                           off, self_counted):
+    """Whether rule c, if it is a max_count or a window, forbids placing i at p (the caller checks
+    that c is hard and active). self_counted: i is a reserved pin already in the counts."""
+    k = kind[c]
+    if k == MAX_COUNT:
+        if p >= top[c]:
+            return False
+        code = codes[attr[c], i]
+        if value[c] != ALL_VALUES and value[c] != code:
+            return False
+        n_now = cnt[off[c] + code]
+        if self_counted:
+            n_now -= 1
+        return n_now >= bound[c]
+    if k == WINDOW:
+        code = codes[attr[c], i]
+        if value[c] != ALL_VALUES and value[c] != code:
+            return False
+        return _window_hits(slate, codes, attr[c], code, p, size[c], L, bound[c]) > 0
+    return False
+
+
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, size, hard, active,
                        cnt, off, pinned_prefix, rank, need_buf, self_counted):
@@ -252,28 +276,10 @@ def _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, siz
     C = kind.shape[0]
     worst = -1
     for c in range(C):
-        if not (hard[c] and active[c]):
-            continue
-        k = kind[c]
-        if k == MAX_COUNT:
-            if p >= top[c]:
-                continue
-            code = codes[attr[c], i]
-            if value[c] != ALL_VALUES and value[c] != code:
-                continue
-            n_now = cnt[off[c] + code]
-            if self_counted:
-                n_now -= 1
-            if n_now >= bound[c]:
-                if rank[c] > worst:
-                    worst = rank[c]
-        elif k == WINDOW:
-            code = codes[attr[c], i]
-            if value[c] != ALL_VALUES and value[c] != code:
-                continue
-            if _window_hits(slate, codes, attr[c], code, p, size[c], L, bound[c]) > 0:
-                if rank[c] > worst:
-                    worst = rank[c]
+        if hard[c] and active[c] and rank[c] > worst and _cap_or_window_forbids(
+                c, i, p, L, slate, codes, kind, attr, value, bound, top, size, cnt, off,
+                self_counted):
+            worst = rank[c]
     # the rule whose prefix overflows is blamed (others of its attribute may be involved too)
     c0 = _min_lookahead_blocker(i, p, codes, kind, attr, value, bound, top, hard, active, cnt, off,
                                 pinned_prefix, need_buf, self_counted)
@@ -302,23 +308,9 @@ def _blocked(i, p, L, slate, codes, kind, attr, value, bound, top, size, hard, a
         if not helps:
             return True
     for c in range(C):
-        if not (hard[c] and active[c]):
-            continue
-        k = kind[c]
-        if k == MAX_COUNT:
-            if p >= top[c]:
-                continue
-            code = codes[attr[c], i]
-            if value[c] != ALL_VALUES and value[c] != code:
-                continue
-            if cnt[off[c] + code] >= bound[c]:
-                return True
-        elif k == WINDOW:
-            code = codes[attr[c], i]
-            if value[c] != ALL_VALUES and value[c] != code:
-                continue
-            if _window_hits(slate, codes, attr[c], code, p, size[c], L, bound[c]) > 0:
-                return True
+        if hard[c] and active[c] and _cap_or_window_forbids(
+                c, i, p, L, slate, codes, kind, attr, value, bound, top, size, cnt, off, False):
+            return True
     if la_c0 >= 0:
         return _min_lookahead_blocker(i, p, codes, kind, attr, value, bound, top, hard, active,
                                       cnt, off, pinned_prefix, need_buf, False) >= 0
