@@ -152,10 +152,7 @@ class Compiled:
     rows: list[Row]  # one per ConstraintTable row
     reasons: dict[int, str] = field(default_factory=dict)  # row -> why it was pre-relaxed
     boost: np.ndarray | None = None  # float64[N_eligible]: exposure boost included in utility
-    rule_rows: tuple[tuple[int, ...], ...] = ()  # rows_of(j) for every rule j of the policy
-
-    def rows_of(self, j: int) -> list[int]:
-        return [r for r, row in enumerate(self.rows) if row.owner == j]
+    rule_rows: tuple[tuple[int, ...], ...] = ()  # the rows of each rule j of the policy
 
 
 def _weights(policy: Policy, req: RerankRequest) -> dict[str, float]:

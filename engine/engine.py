@@ -209,8 +209,10 @@ class Engine:
         problem = compiled.problem
         t = problem.constraints
         costs: dict[int, float] = {}
-        for j in sorted({row.owner for row in compiled.rows}):
-            rows = compiled.rows_of(j)
+        for j, rows in enumerate(compiled.rule_rows):
+            if not rows:
+                continue
+            rows = list(rows)
             if t.hard[rows[0]]:
                 if result.relaxed[rows].any():
                     costs[j] = 0.0

@@ -95,10 +95,8 @@ def constraint_reports(cp: CompiledPolicy, compiled: Compiled, result: SolveResu
     rank = None
     violations, slacks = ev.violation.tolist(), ev.slack.tolist()
     relaxed, penalties = result.relaxed.tolist(), t.penalty.tolist()
-    rule_rows = compiled.rule_rows or tuple(tuple(compiled.rows_of(j))
-                                            for j in range(len(cp.policy.constraints)))
     out = []
-    for j, (c, rows) in enumerate(zip(cp.policy.constraints, rule_rows)):
+    for j, (c, rows) in enumerate(zip(cp.policy.constraints, compiled.rule_rows)):
         violation = float(sum(violations[r] for r in rows))
         slack = float(min(slacks[r] for r in rows)) if rows else 0.0
         relaxed_rows = [r for r in rows if relaxed[r]]
