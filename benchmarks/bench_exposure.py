@@ -22,10 +22,10 @@ import time
 
 import cvxpy as cp
 import numpy as np
-from scipy.optimize import linprog
 
 from benchmarks.common import markdown_table, print_table, save, time_calls
 from solvers.exposure_lp import ExposureLP, birkhoff_von_neumann, sample_ranking
+from tests.test_exposure_lp import reference_lp
 
 CHOSEN = "CLARABEL"
 COLUMNS = [("solver", "solver"), ("m", "M"), ("k", "K"), ("first_ms", "build + first solve ms"),
@@ -46,26 +46,9 @@ def instance(m: int, k: int, seed: int):
 
 
 def direct_linprog(u, groups, v, tol: float) -> float:
-    """The same LP without CVXPY: x = [vec(P), t], built as dense matrices per request."""
-    m, k = u.shape[0], v.shape[0]
-    n = m * k + 1
-    c = np.zeros(n)
-    c[:-1] = -np.outer(u, v).ravel()
-    a_eq = np.zeros((k, n))
-    for j in range(k):
-        a_eq[j, j:m * k:k] = 1.0
-    a_ub = np.zeros((m + 4, n))
-    for i in range(m):
-        a_ub[i, i * k:(i + 1) * k] = 1.0
-    for g in range(2):
-        coef = (groups == g) / np.sum(groups == g)
-        a_ub[m + 2 * g, :-1] = np.outer(coef, v).ravel()
-        a_ub[m + 2 * g, -1] = -1.0
-        a_ub[m + 2 * g + 1] = -a_ub[m + 2 * g]
-    b_ub = np.concatenate([np.ones(m), np.full(4, tol / 2)])
-    res = linprog(c, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=np.ones(k),
-                  bounds=[(0, None)] * (m * k) + [(None, None)], method="highs")
-    return -res.fun
+    """The same LP without CVXPY, built as dense matrices per request and solved by scipy's
+    linprog (HiGHS): the test suite's independent reference, two groups, demographic parity."""
+    return reference_lp(u, groups, v, 2, "demographic_parity", tol)
 
 
 def measure(m: int, k: int, repeats: int) -> dict:
