@@ -46,12 +46,14 @@ class Engine:
 
     @classmethod
     def from_directory(cls, policies_dir: str, *, limits: Limits | None = None,
-                       ledger_url: str | None = None) -> "Engine":
+                       ledger_url: str | None = None, settle_s: float = 0.0,
+                       state_dir: str | None = None) -> "Engine":
         """`ledger_url`: None / "memory://" (in-process, the default) or "redis://host:port/db"
-        (shared by every replica) for the exposure ledger of amortized fairness rules."""
-        store = PolicyStore.from_directory(policies_dir)
-        for err in store.errors:
-            log.error("policy rejected", extra={"source": err.source, "error": str(err)})
+        (shared by every replica) for the exposure ledger of amortized fairness rules.
+        `settle_s`: load a file only once it has stopped changing for that long (0: as it is).
+        `state_dir`: keep every file's last good version there, and serve it for a file that is
+        invalid at start-up (None: off). Rejected files are logged by the store."""
+        store = PolicyStore.from_directory(policies_dir, settle_s=settle_s, state_dir=state_dir)
         return cls(store, limits=limits, policies_dir=policies_dir, ledger=ledger_from_url(ledger_url))
 
     # ---------------------------------------------------------------- lifecycle
@@ -73,19 +75,28 @@ class Engine:
         disconnects. Rerank calls after close still answer (the ledger answers locally)."""
         self.ledger.close()
 
-    def reload(self) -> list[PolicyInvalid]:
-        """Re-read the policy folder; an invalid file never replaces a valid loaded version."""
+    def reload(self, settle_s: float = 0.0) -> list[PolicyInvalid]:
+        """Re-read the policy folder; an invalid file never replaces a valid loaded version.
+        `settle_s`: wait for files being written (see PolicyStore.reload); what the reload did
+        is in `self.store.last_report`."""
         if self.policies_dir is None:
             return []
-        return self.store.reload_directory(self.policies_dir)
+        return self.store.reload_directory(self.policies_dir, settle_s=settle_s)
 
     def list_policies(self) -> list[PolicyInfo]:
+        """Live policies, each with the state of its file on disk now (digest, invalid, first error)."""
         out = []
         for lp in self.store.list():
             p = lp.policy
+            status = self.store.file_status(lp.source)
+            error = status.error if status is not None else None
             out.append(PolicyInfo(p.name, p.version, lp.source, lp.digest, p.slate_size,
                                   p.solver.mode, p.solver.budget_ms,
-                                  [c.name for c in p.constraints], p.description))
+                                  [c.name for c in p.constraints], p.description,
+                                  file_digest=status.digest if status is not None else "",
+                                  file_invalid=error is not None,
+                                  file_error=str(error.issues[0]) if error is not None and error.issues else "",
+                                  last_good=lp.last_good))
         return out
 
     def validate_policy_text(self, text: str, source: str = "<text>") -> list[FieldIssue]:

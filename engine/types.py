@@ -144,3 +144,7 @@ class PolicyInfo:
     budget_ms: float
     constraints: list[str]
     description: str = ""
+    file_digest: str = ""  # sha256 of the file's bytes on disk now ("" if unreadable / not a file)
+    file_invalid: bool = False  # the file on disk is invalid now: `digest` is an older, valid version
+    file_error: str = ""  # its first error ("path: message"), when file_invalid
+    last_good: bool = False  # the live version was restored from the state directory

@@ -163,6 +163,8 @@ def serve(
     grace_s: float = DEFAULT_GRACE_S,
     ledger_url: str | None = None,
     watch_interval_s: float = 1.0,
+    settle_s: float = 0.5,
+    state_dir: str | None = None,
     metrics_port: int | None = DEFAULT_METRICS_PORT,
     metrics_host: str = DEFAULT_METRICS_HOST,
     tls: tuple[bytes, bytes] | None = None,
@@ -174,6 +176,11 @@ def serve(
     `ledger_url`: where amortized-fairness rules keep cumulative exposure: None / "memory://"
     (this process only) or "redis://host:port/db" (shared by every replica).
     `watch_interval_s`: how often the policy folder is checked for edits (0: only on SIGHUP).
+    `settle_s`: a policy file is loaded only once its size, mtime and bytes stayed the same this
+    long (start-up, file watch and SIGHUP alike), so a half-written file never goes live.
+    `state_dir`: where the last good version of every policy file is kept, and served from when
+    the file is invalid as this process starts (a worker restarted after a crash, a restarted
+    server); None: engine.policy_loader.default_state_dir(policies_dir); "": off.
     `metrics_port`: Prometheus /metrics on metrics_host:metrics_port (None: off; 0: any free port).
     If that port cannot be bound the error is logged and the server runs without metrics.
     `tls`: (key PEM, certificate PEM) to serve over TLS; None: plaintext.
@@ -191,7 +198,13 @@ def serve(
     tag = "" if worker is None else "worker "
     if worker is not None and metrics_port:
         metrics_port += worker
-    engine = Engine.from_directory(policies_dir, ledger_url=ledger_url)
+    if state_dir is None:
+        from engine.policy_loader import default_state_dir
+
+        found = default_state_dir(policies_dir)
+        state_dir = "" if found is None else str(found)
+    engine = Engine.from_directory(policies_dir, ledger_url=ledger_url, settle_s=settle_s,
+                                   state_dir=state_dir or None)
     health_servicer = health.HealthServicer()
     metrics = metrics_http = None
     if metrics_port is not None:
@@ -224,7 +237,7 @@ def serve(
     try:
         server.start()
         log.info(tag + "listening", extra={"worker": worker, "pid": os.getpid(),"address": f"{address.rsplit(':', 1)[0]}:{port}", "port": port,
-                                      "policies_dir": policies_dir,
+                                      "policies_dir": policies_dir, "state_dir": state_dir or None,
                                       "policies": [p.name for p in engine.list_policies()],
                                       "max_workers": max_workers, "tls": tls is not None})
         engine.warmup()
@@ -241,7 +254,7 @@ def serve(
         if watch_interval_s > 0:
             from server.watch import PolicyWatcher
 
-            watcher = PolicyWatcher(engine, policies_dir, watch_interval_s).start()
+            watcher = PolicyWatcher(engine, policies_dir, watch_interval_s, settle_s).start()
             if metrics is not None:
                 metrics.watch_reloads(watcher)
 
@@ -251,7 +264,7 @@ def serve(
             except queue.Empty:
                 continue
             if hasattr(signal, "SIGHUP") and signum == signal.SIGHUP:
-                _reload(engine)
+                _reload(engine, settle_s)
                 continue
             break
         log.info(tag + "shutting down", extra={"signal": signal.Signals(signum).name, "grace_s": grace_s,
@@ -290,17 +303,15 @@ def _stop_http(httpd) -> None:
     httpd.server_close()
 
 
-def _reload(engine) -> None:
+def _reload(engine, settle_s: float) -> None:
+    """SIGHUP: reload the policy folder, waiting for files still being written (one log shape
+    with the file watch: server.watch.reload_and_log)."""
+    from server.watch import reload_and_log
+
     try:
-        problems = engine.reload()
+        reload_and_log(engine, "sighup", settle_s)
     except Exception:  # noqa: BLE001 - a failed reload must not take the server down
-        log.exception("policy reload failed; keeping the loaded policies")
-        return
-    for problem in problems:
-        log.error("policy not reloaded", extra={"source": problem.source,
-                                                "issues": [str(i) for i in problem.issues]})
-    log.info("policies reloaded", extra={"policies": [p.name for p in engine.list_policies()],
-                                         "invalid": len(problems)})
+        log.exception("policy reload failed; keeping the loaded policies", extra={"trigger": "sighup"})
 
 
 # ------------------------------------------------------------------------------ several processes

@@ -1,9 +1,11 @@
 """`reranker`: the one command-line entry point.
 
     reranker serve    [--address 127.0.0.1:50051] [--policies policies] [--workers 8]
+                      [--settle 0.5] [--state-dir DIR]
                       [--metrics-port 9464] [--metrics-host 127.0.0.1]
                       [--tls-cert FILE --tls-key FILE] [--processes 2]
-    reranker validate FILE...                 exit 0 if every policy file is valid, 1 otherwise
+    reranker validate FILE|DIR...             exit 0 if every policy file is valid, 1 otherwise (a
+                                                  folder: also no policy name in two files)
     reranker call     [--address ...] [--tls-ca FILE] FILE.json   send a Rerank request, print
                                                   slate + diagnostics
     reranker policies [--address ...] [--tls-ca FILE]   list the policies a running server has loaded
@@ -60,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--watch-interval", type=float, default=1.0, metavar="SECONDS",
                    help="check the policy folder for edits this often; 0 = only on SIGHUP (default %(default)s)")
+    p.add_argument("--settle", type=float, default=0.5, metavar="SECONDS",
+                   help="load a policy file only once its size, mtime and bytes stayed the same this "
+                        "long, so a half-written file never goes live (default %(default)s)")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="keep the last good version of every policy file here and serve it when the "
+                        "file is invalid at start-up; '' = off (default: "
+                        "$XDG_STATE_HOME/reranker/last-good/<folder>-<hash>, else "
+                        "<policies>/.reranker/last-good)")
     p.add_argument("--ledger", default=None, metavar="URL",
                    help="exposure ledger for amortized fairness: memory:// (default, this process) "
                         "or redis://host:port/db (shared by every replica)")
@@ -75,8 +85,11 @@ def _parser() -> argparse.ArgumentParser:
                         "process (default %(default)s)")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("validate", help="check policy files; print every error as file: path: message")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p = sub.add_parser("validate", help="check policy files or folders; print every error as "
+                                         "file: path: message")
+    p.add_argument("files", nargs="+", metavar="FILE|DIR",
+                   help="a policy file, or a folder: its *.yaml / *.yml files (any letter case), "
+                        "with the server's one-name-one-file check")
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("call", help="send a Rerank request from a JSON file to a running server")
@@ -141,6 +154,8 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
             grace_s=args.grace,
             ledger_url=args.ledger,
             watch_interval_s=args.watch_interval,
+            settle_s=args.settle,
+            state_dir=args.state_dir,
             metrics_port=None if args.metrics_port < 0 else args.metrics_port,
             metrics_host=args.metrics_host,
             tls=tls,
@@ -155,28 +170,35 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
 
 def _cmd_validate(args, out: Console, err: Console) -> int:
     from engine.errors import PolicyInvalid
-    from engine.policy_loader import parse_policy_text
+    from engine.policy_loader import LoadedPolicy, check_folder, load_policy_file
 
     all_valid = True
-    for file in args.files:
-        try:
-            text = Path(file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            out.print(f"{escape(file)}: cannot read: {escape(str(exc))}", style="red")
+    for arg in args.files:
+        if Path(arg).is_dir():
+            try:
+                results = check_folder(arg)
+            except OSError as exc:
+                out.print(f"{escape(arg)}: cannot read the folder: {escape(str(exc))}", style="red")
+                all_valid = False
+                continue
+            if not results:
+                out.print(f"{escape(arg)}: no policy files (*.yaml, *.yml) in this folder", style="red")
+                all_valid = False
+        else:
+            try:
+                results = [(arg, load_policy_file(arg))]
+            except PolicyInvalid as exc:
+                results = [(arg, exc)]
+        for file, result in results:
+            if isinstance(result, LoadedPolicy):
+                p = result.policy
+                out.print(f"{escape(file)}: OK (policy {escape(str(p.name))}, version {escape(str(p.version))})",
+                          style="green")
+                continue
             all_valid = False
-            continue
-        try:
-            policy = parse_policy_text(text, file)
-        except PolicyInvalid as exc:
-            all_valid = False
-            for issue in exc.issues:
+            for issue in result.issues:
                 where = f"{issue.path}: " if issue.path else ""
                 out.print(f"{escape(file)}: {escape(where)}{escape(issue.message)}", style="red")
-            continue
-        name = getattr(policy, "name", "?")
-        version = getattr(policy, "version", "?")
-        out.print(f"{escape(file)}: OK (policy {escape(str(name))}, version {escape(str(version))})",
-                  style="green")
     return EXIT_OK if all_valid else EXIT_FAIL
 
 
@@ -327,13 +349,28 @@ def _cmd_policies(args, out: Console, err: Console) -> int:
             return EXIT_FAIL
     table = Table(title=f"{len(resp.policies)} policies at {escape(args.address)}")
     table.add_column("name", no_wrap=True)
-    for name in ("version", "slate_size", "solver", "budget_ms", "constraints", "source", "digest"):
+    for name in ("version", "slate_size", "solver", "budget_ms", "constraints", "source", "digest", "file"):
         table.add_column(name, overflow="fold")
     for p in resp.policies:
         table.add_row(escape(p.name), escape(p.version), str(p.slate_size), p.solver_mode,
-                      _fmt(p.budget_ms), escape(", ".join(p.constraints)), escape(p.source), p.digest[:12])
+                      _fmt(p.budget_ms), escape(", ".join(p.constraints)), escape(p.source), p.digest[:12],
+                      _file_state(p))
     out.print(table)
+    for p in resp.policies:
+        if p.file_invalid:
+            served = "its last good version (restored at start-up)" if p.last_good else "the version above"
+            out.print(f"{escape(p.name)}: {escape(p.source)} is invalid on disk (sha256 {p.file_digest[:12]}); "
+                      f"{served} stays live: {escape(p.file_error)}", style="red")
     return EXIT_OK
+
+
+def _file_state(p) -> str:
+    """The policy file on disk now, for the `file` column."""
+    if p.file_invalid:
+        return "INVALID (last good)" if p.last_good else "INVALID"
+    if p.file_digest and p.file_digest != p.digest:
+        return f"changed ({p.file_digest[:12]})"
+    return "ok" if p.file_digest else ""
 
 
 # ----------------------------------------------------------------------------------- schema

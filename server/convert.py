@@ -531,6 +531,10 @@ def encode_policy_info(info: PolicyInfo) -> pb.PolicyInfo:
         budget_ms=float(info.budget_ms),
         constraints=list(info.constraints),
         description=info.description,
+        file_digest=info.file_digest,
+        file_invalid=info.file_invalid,
+        file_error=info.file_error,
+        last_good=info.last_good,
     )
 
 

@@ -117,7 +117,10 @@ class _WatcherCollector:
         rejected = CounterMetricFamily("reranker_policy_reloads_rejected",
                                        "Invalid policy files seen by a reload (the previous version stayed live)")
         rejected.add_metric([], float(getattr(self._watcher, "rejected", 0)))
-        return [reloads, rejected]
+        unloaded = CounterMetricFamily("reranker_policies_unloaded", "Policies unloaded because "
+                                       "their file was deleted or renamed (or now names another policy)")
+        unloaded.add_metric([], float(getattr(self._watcher, "unloaded", 0)))
+        return [reloads, rejected, unloaded]
 
 
 _LEDGER_FIELDS = ("outages", "errors", "queued", "flushed", "duplicates", "rejected")
