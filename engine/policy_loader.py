@@ -870,6 +870,20 @@ class PolicyStore:
         with self._lock:
             return self._files.get(_file_key(source)) if source != "<text>" else None
 
+    def signature(self, folder: str | os.PathLike[str]) -> tuple:
+        """`(file name, inode, size, mtime_ns)` of each file of `folder` as the last reload read it
+        (the shape of server.watch.folder_signature): a watcher started later compares the folder
+        with this, so that an edit made between the load and the watcher's start is not missed."""
+        here = os.path.realpath(folder)
+        out = []
+        with self._lock:
+            for key, status in self._files.items():
+                seen = self._settled.get(Path(status.source))
+                if os.path.dirname(key) == here and seen is not None:
+                    _dev, ino, size, mtime_ns = seen[0]
+                    out.append((Path(status.source).name, ino, size, mtime_ns))
+        return tuple(sorted(out))
+
     def add(self, loaded: LoadedPolicy) -> None:
         """Register (or replace) a policy under its name."""
         with self._lock:

@@ -74,7 +74,8 @@ class PolicyWatcher:
         self.settle_s = settle_s
         self._pending = False  # the last reload left files that were still being written
         self._stop = threading.Event()
-        self._signature = folder_signature(self.policies_dir)
+        # The folder as the engine loaded it, not as it is now: an edit made since is reloaded.
+        self._signature = engine.store.signature(self.policies_dir)
         self._thread = threading.Thread(target=self._run, name="policy-watcher", daemon=True)
 
     @property

@@ -235,3 +235,12 @@ def test_a_rejection_is_logged_once_and_both_reload_paths_log_one_shape(tmp_path
     _write(policy, bad, 4)
     assert watcher.check()
     assert len(_rejections(caplog)) == 2 and watcher.rejected == 2
+
+
+def test_an_edit_between_the_load_and_the_watchers_start_is_not_missed(tmp_path):
+    policy = tmp_path / "p.yaml"
+    _write(policy, POLICY.format(version="1"), 0)
+    engine = Engine.from_directory(str(tmp_path))
+    _write(policy, POLICY.format(version="2"), 1)  # serve warms up between the two
+    watcher = PolicyWatcher(engine, tmp_path, interval_s=3600, settle_s=0)
+    assert watcher.check() and _version(engine) == "2"
