@@ -65,6 +65,33 @@ def test_validate_unreadable_file(capsys, tmp_path):
     assert f"{missing}: cannot read" in out
 
 
+def test_validate_a_folder_checks_every_file_and_duplicate_names(capsys, tmp_path):
+    policy = "name: {name}\nversion: 1\nslate_size: 5\nobjective:\n  weights: {{p_click: 1.0}}\n"
+    (tmp_path / "a.yaml").write_text(policy.format(name="feed"))
+    (tmp_path / "B.YAML").write_text(policy.format(name="feed"))  # upper case: a policy file too
+    (tmp_path / "c.yml").write_text(policy.format(name="other"))
+    (tmp_path / "broken.yaml").write_text(BROKEN_POLICY)
+    (tmp_path / ".a.yaml.swp").write_text("an editor's swap file")
+    code, out, _ = run(capsys, "validate", str(tmp_path))
+    assert code == 1
+    lines = out.splitlines()
+    assert len(lines) == 4 and lines[2].startswith(f"{tmp_path / 'broken.yaml'}: constraints[0]: unknown key 'colour'")
+    assert lines[:2] + lines[3:] == [
+        f"{tmp_path / 'B.YAML'}: OK (policy feed, version 1)",
+        f"{tmp_path / 'a.yaml'}: name: policy name 'feed' is already used by {tmp_path / 'B.YAML'} (line 1)",
+        f"{tmp_path / 'c.yml'}: OK (policy other, version 1)",
+    ]
+
+
+def test_validate_the_shipped_folder_and_an_empty_one(capsys, tmp_path):
+    code, out, _ = run(capsys, "validate", str(POLICIES_DIR))
+    assert code == 0, out
+    assert f"{POLICIES_DIR / 'home_feed.yaml'}: OK" in out
+    code, out, _ = run(capsys, "validate", str(tmp_path))
+    assert code == 1
+    assert out.strip() == f"{tmp_path}: no policy files (*.yaml, *.yml) in this folder"
+
+
 # -------------------------------------------------------------------------------------- schema
 
 
@@ -127,6 +154,29 @@ def test_policies_lists_loaded_policies(capsys, live_server):
     code, out, _ = run(capsys, "policies", "--address", live_server.address)
     assert code == 0
     assert "home_feed" in out
+
+
+def test_policies_shows_a_file_whose_edit_was_rejected(capsys, tmp_path):
+    from engine.engine import Engine
+    from server.app import create_server
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text("name: p\nversion: 1\nslate_size: 5\nobjective:\n  weights: {p_click: 1.0}\n")
+    engine = Engine.from_directory(str(tmp_path))
+    policy.write_text("name: p\nversion: 2\nslate_size: 0\nobjective:\n  weights: {p_click: 1.0}\n")
+    engine.reload()
+    server, port = create_server("127.0.0.1:0", engine)
+    server.start()
+    try:
+        code, out, _ = run(capsys, "policies", "--address", f"127.0.0.1:{port}")
+    finally:
+        server.stop(None)
+    assert code == 0
+    file_digest = engine.store.file_status(str(policy)).digest
+    assert "INVALID" in out
+    assert out.splitlines()[-1] == (
+        f"p: {policy} is invalid on disk (sha256 {file_digest[:12]}); the version above stays live: "
+        "slate_size: must be an integer between 1 and 1000, got 0 (line 3)")
 
 
 def test_request_json_accepts_both_spellings():
