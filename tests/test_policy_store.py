@@ -297,3 +297,42 @@ def test_check_folder_is_what_the_server_loads(tmp_path):
     assert sorted(str(e) for _, e in results if isinstance(e, PolicyInvalid)) == sorted(
         str(e) for e in store.errors)
     assert [lp.source for lp in store.list()] == [str(tmp_path / "B.YAML")]
+
+
+def test_a_worker_restarted_after_a_crash_serves_the_last_good_version(tmp_path):
+    """The reported case: `serve --processes 2`, an edit is rejected, one worker crashes; every
+    new connection (to the survivor or to the replacement) must still find the policy."""
+    from server.request_json import request_from_json
+    from server.servicer import WORKER_PID_METADATA_KEY
+
+    folder, state = tmp_path / "policies", tmp_path / "state"
+    folder.mkdir()
+    write(folder, "p.yaml", POLICY)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--processes", "2", "--address", "127.0.0.1:0",
+         "--policies", str(folder), "--state-dir", str(state), "--metrics-port", "-1",
+         "--watch-interval", "0.05", "--settle", "0.05"],
+        stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    wait_for = log_waiter(proc)
+    try:
+        port = wait_for("listening", timeout=120)["port"]
+        pids = set(wait_for("serving", timeout=120)["pids"])
+        write(folder, "p.yaml", BAD, version="2")
+        for _ in pids:  # each worker reloads and rejects the edit
+            assert wait_for("policies reloaded", timeout=30)["invalid_files"] == [str(folder / "p.yaml")]
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        assert wait_for("worker died; restarting it", timeout=30)["pid"] == victim
+        new_pid = wait_for("worker ready", timeout=120)["pid"]
+        request = request_from_json({"policy": "p", "candidates": {
+            "item_ids": ["a", "b", "c"], "scores": {"p_click": [0.1, 0.3, 0.2]}}})
+        answered = []
+        for i in range(24):  # new connections: the kernel spreads them over both workers
+            with grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+                    ("grpc.use_local_subchannel_pool", 1), ("test.connection", i)]) as channel:
+                resp, call = pb_grpc.RerankerStub(channel).Rerank.with_call(request, timeout=20)
+                assert resp.policy_version == "1"
+                answered.append(int(dict(call.trailing_metadata())[WORKER_PID_METADATA_KEY]))
+        assert new_pid in answered  # all 24 on the survivor by chance: probability 2**-24
+    finally:
+        _stop(proc)
