@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 GEN    := server/_gen/reranker/v1/reranker_pb2.py
 PROTO  := proto/reranker/v1/reranker.proto
 ADDR   ?= 127.0.0.1:50051
+# Extra `reranker serve` flags for `make run`, e.g. SERVE_ARGS="--processes 1 --metrics-port -1".
+SERVE_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup run test bench bench-load redis schema clean
@@ -18,15 +20,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Generated gRPC modules are a build output (never committed). The -I mapping makes them
-# importable as server._gen.reranker.v1.* (not as the third-party name `proto`).
+# Generated gRPC modules are a build output (never committed). protoc sees proto/ as the root, so
+# the descriptor is registered as reranker/v1/reranker.proto (what reflection clients see); the
+# modules land in server/_gen/ and the one cross-import is rewritten to server._gen.reranker.v1
+# (the top-level name `proto`, or a bare `reranker`, would clash with other packages).
 $(GEN): $(PROTO) $(STAMP)
-	mkdir -p server/_gen
-	$(PY) -m grpc_tools.protoc -Iserver/_gen=proto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTO)
+	rm -rf server/_gen && mkdir -p server/_gen
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=server/_gen --grpc_python_out=server/_gen --pyi_out=server/_gen $(PROTO)
+	sed -i 's/^from reranker\.v1 import /from server._gen.reranker.v1 import /' server/_gen/reranker/v1/*.py server/_gen/reranker/v1/*.pyi
 	touch server/_gen/__init__.py server/_gen/reranker/__init__.py server/_gen/reranker/v1/__init__.py
 
 run: setup
-	$(VENV)/bin/reranker serve --address $(ADDR) --policies policies
+	$(VENV)/bin/reranker serve --address $(ADDR) --policies policies $(SERVE_ARGS)
 
 test: setup redis
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -44,9 +44,63 @@ class Candidates:
     # What a decoder already knows of item_ids (None: the engine finds out itself)
     id_check: "IdCheck | None" = None
 
+    def __post_init__(self) -> None:
+        """Accept plain Python sequences as well as numpy arrays (in-process callers): score and
+        numeric columns become float64 arrays, attribute columns given as lists of strings become
+        `Attribute`s, embeddings a float32 matrix. Arrays of the right dtype are kept as they are
+        (the server's decoder sends those), so this costs a few dict lookups per request."""
+        for kind in ("scores", "numeric"):
+            columns = getattr(self, kind)
+            if any(type(v) is not np.ndarray or v.dtype != np.float64 for v in columns.values()):
+                object.__setattr__(self, kind, {name: _float_column(f"candidates.{kind}['{name}'].values", v)
+                                                for name, v in columns.items()})
+        if any(not isinstance(a, Attribute) for a in self.attributes.values()):
+            object.__setattr__(self, "attributes", {
+                name: a if isinstance(a, Attribute) else _attribute_column(name, a)
+                for name, a in self.attributes.items()})
+        e = self.embeddings
+        if e is not None and (type(e) is not np.ndarray or e.dtype != np.float32 or e.ndim != 2):
+            try:
+                m = np.asarray(e, dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise _invalid("candidates.embeddings.values", f"must be a matrix of numbers (one row "
+                               f"per item_id), got {type(e).__name__}: {exc}") from None
+            if m.ndim != 2:
+                raise _invalid("candidates.embeddings.values",
+                               f"must be a matrix (one row per item_id), got shape {m.shape}")
+            object.__setattr__(self, "embeddings", np.ascontiguousarray(m))
+
     @property
     def n(self) -> int:
         return len(self.item_ids)
+
+
+def _invalid(path: str, message: str):
+    from engine.errors import InvalidRequest  # engine.errors imports nothing of ours: no cycle
+
+    return InvalidRequest(path, message)
+
+
+def _float_column(path: str, values) -> np.ndarray:
+    if isinstance(values, (str, bytes)):
+        raise _invalid(path, f"must be a sequence of numbers, got a {type(values).__name__}")
+    try:
+        out = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise _invalid(path, f"must be a sequence of numbers, got {type(values).__name__} ({exc})") from None
+    if out.ndim != 1:
+        raise _invalid(path, f"must be one number per item_id (a flat sequence), got shape {out.shape}")
+    return out
+
+
+def _attribute_column(name: str, values) -> Attribute:
+    path = f"candidates.attributes['{name}']"
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence | np.ndarray):
+        raise _invalid(path, f"must be an Attribute or a sequence of strings, got {type(values).__name__}")
+    bad = next((j for j, v in enumerate(values) if not isinstance(v, str)), None)
+    if bad is not None:
+        raise _invalid(f"{path}[{bad}]", f"must be a string, got {values[bad]!r}")
+    return Attribute.from_values(values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +141,7 @@ class SlateItem:
 @dataclass(slots=True)  # not frozen, like SlateItem: made per rule per request
 class ConstraintReport:
     name: str
-    kind: str  # max_count | min_count | window | pin
+    kind: str  # the rule's type: max_count | min_count | window | pin | coverage | calibration | fair_prefix
     hard: bool
     satisfied: bool
     slack: float  # >= 0 when satisfied; how far from binding (see solvers.problem)

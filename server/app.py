@@ -127,9 +127,7 @@ def create_server(
     set_serving(health_servicer, False)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
     try:
         if tls is None:
             port = server.add_insecure_port(address)
@@ -140,6 +138,28 @@ def create_server(
     if port == 0:  # older grpc versions report failure this way
         raise BindError(f"cannot listen on {address!r}")
     return server, port
+
+
+#: Server reflection v1 (what grpcurl and current clients ask first). grpcio-reflection ships only
+#: v1alpha; the two protocols' messages are the same on the wire (only the package name differs),
+#: so v1 is served by the v1alpha servicer under the v1 method name.
+REFLECTION_V1_SERVICE = "grpc.reflection.v1.ServerReflection"
+
+
+def enable_reflection(service_names, server: grpc.Server) -> None:
+    """Serve reflection v1alpha and v1 for `service_names` (plus both reflection services)."""
+    from grpc_reflection.v1alpha import reflection_pb2 as rpb
+
+    names = (*service_names, reflection.SERVICE_NAME, REFLECTION_V1_SERVICE)
+    servicer = reflection.ReflectionServicer(names)
+    reflection._reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=rpb.ServerReflectionRequest.FromString,
+        response_serializer=rpb.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        REFLECTION_V1_SERVICE, {"ServerReflectionInfo": handler}),))
 
 
 def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:

@@ -28,6 +28,8 @@ from rich.markup import escape
 from rich.table import Table
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+#: Where `call` and `policies` connect when --address is not given.
+ADDRESS_ENV = "RERANKER_ADDRESS"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 _PIPE_WIDTH = 200
 
@@ -48,13 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reranker", description="Slate re-ranking service: server, client and policy tools."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the gRPC server until SIGTERM / SIGINT")
     p.add_argument("--address", default=DEFAULT_ADDRESS, help="host:port to bind (default %(default)s)")
     p.add_argument("--policies", default="policies", help="policy folder (default %(default)s)")
     p.add_argument("--workers", type=_positive_int, default=None,
-                   help="handler threads per process (default 2: server.app.DEFAULT_MAX_WORKERS)")
+                   help="handler threads per process (default 2; more only take turns on the GIL)")
     p.add_argument("--max-message-mb", type=_positive_int, default=16,
                    help="largest request / response in MiB (default %(default)s)")
     p.add_argument("--grace", type=float, default=5.0,
@@ -94,14 +97,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("call", help="send a Rerank request from a JSON file to a running server")
     p.add_argument("file", metavar="FILE.json")
-    p.add_argument("--address", default=DEFAULT_ADDRESS, help="server host:port (default %(default)s)")
+    p.add_argument("--address", default=None,
+                   help=f"server host:port (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the response as proto3 JSON instead of tables")
     p.add_argument("--tls-ca", metavar="FILE", help="connect over TLS, trusting this PEM CA / server certificate")
     p.set_defaults(func=_cmd_call)
 
     p = sub.add_parser("policies", help="list the policies loaded by a running server")
-    p.add_argument("--address", default=DEFAULT_ADDRESS, help="server host:port (default %(default)s)")
+    p.add_argument("--address", default=None,
+                   help=f"server host:port (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default %(default)s)")
     p.add_argument("--tls-ca", metavar="FILE", help="connect over TLS, trusting this PEM CA / server certificate")
     p.set_defaults(func=_cmd_policies)
@@ -110,6 +115,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="FILE", help="file to write (default: stdout)")
     p.set_defaults(func=_cmd_schema)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("slate-reranker")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "unknown (not installed)"
+
+
+def _client_address(args) -> str:
+    """--address, else $RERANKER_ADDRESS, else the default; stored back on `args`."""
+    import os
+
+    if args.address is None:
+        args.address = os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+    return args.address
 
 
 def _positive_int(text: str) -> int:
@@ -219,7 +242,7 @@ def _channel(address: str, tls_ca: str | None = None):
 
 def _open_channel(args, err: Console):
     try:
-        return _channel(args.address, getattr(args, "tls_ca", None))
+        return _channel(_client_address(args), getattr(args, "tls_ca", None))
     except OSError as exc:
         err.print(f"error: cannot read --tls-ca: {escape(str(exc))}", style="red")
         return None

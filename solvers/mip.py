@@ -43,6 +43,7 @@ import highspy
 import numpy as np
 from scipy.sparse import csc_matrix
 
+from solvers._highs import new_highs, silence_banner
 from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
 from solvers.problem import RELAX_INFEASIBLE, RELAX_NONE, SlateProblem, SolveResult
 from solvers.reduce import (
@@ -115,8 +116,7 @@ def highs_mip(model: ExactModel, cols: np.ndarray, start: np.ndarray | None,
     lp.a_matrix_.index_ = A.indices.astype(np.int32)
     lp.a_matrix_.value_ = A.data
     lp.integrality_ = [highspy.HighsVarType.kInteger] * n + [highspy.HighsVarType.kContinuous] * n_e
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = new_highs()
     h.setOptionValue("time_limit", max(float(time_limit) - (time.perf_counter() - t_enter), 1e-3))
     h.setOptionValue("mip_rel_gap", MIP_REL_GAP)
     h.setOptionValue("mip_abs_gap", MIP_ABS_GAP)
@@ -372,21 +372,5 @@ def warmup() -> None:
 
 
 def silence_highs_banner() -> None:
-    """HiGHS prints a copyright banner on stdout (from C, once per process) when the first solver
-    object is made. Make that first object with stdout pointed at /dev/null, so a server's stdout
-    stays clean. Call once at start-up, before threads use HiGHS."""
-    import os
-    import sys
-
-    import highspy
-
-    sys.stdout.flush()
-    saved = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        highspy.Highs()
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
+    """Kept for callers of the old name: see `solvers._highs.silence_banner`."""
+    silence_banner()

@@ -29,6 +29,7 @@ import highspy
 import numpy as np
 from scipy.sparse import csc_matrix
 
+from solvers._highs import new_highs
 from solvers.evaluate import evaluate
 from solvers.problem import ALL_VALUES, MAX_COUNT, MIN_COUNT, PIN, WINDOW, SlateProblem
 
@@ -641,8 +642,7 @@ def _lp_solve(model: ExactModel, cols: np.ndarray, time_limit: float,
     lp.a_matrix_.start_ = A.indptr.astype(np.int32)
     lp.a_matrix_.index_ = A.indices.astype(np.int32)
     lp.a_matrix_.value_ = A.data
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = new_highs()
     h.setOptionValue("time_limit", max(time_limit - (time.perf_counter() - t_enter), 1e-3))
     h.setOptionValue("threads", 1)
     # measured on N=1000, K=20 mixed: primal simplex without presolve 6 ms, default 17 ms

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import urllib.request
 from types import SimpleNamespace
 
@@ -59,7 +61,6 @@ def test_calls_move_counters_and_histograms_with_their_labels(metered):
     req = example_request()
     resp = metered.stub.Rerank(req, timeout=TIMEOUT_S)
     resp2 = metered.stub.Rerank(req, timeout=TIMEOUT_S)
-    assert resp.diagnostics.solver == resp2.diagnostics.solver
     with pytest.raises(grpc.RpcError) as info:
         metered.stub.Rerank(pb.RerankRequest(policy="no_such_policy", candidates=req.candidates),
                             timeout=TIMEOUT_S)
@@ -74,13 +75,20 @@ def test_calls_move_counters_and_histograms_with_their_labels(metered):
     def moved(name, **labels):
         return sample(after, name, **labels) - sample(before, name, **labels)
 
-    ok = dict(policy=req.policy, solver=resp.diagnostics.solver,
-              status=pb.SlateStatus.Name(resp.diagnostics.status).removeprefix("SLATE_STATUS_").lower())
-    assert moved("reranker_requests_total", **ok) == 3  # two Rerank calls + one batch entry
-    assert moved("reranker_request_seconds_count", **ok) == 3
-    assert moved("reranker_request_seconds_sum", **ok) > 0
-    assert moved("reranker_request_seconds_bucket", **ok, le="+Inf") == 3
-    assert moved("reranker_request_seconds_bucket", **ok, le="0.25") == 3
+    # In auto mode with a 10 ms budget the exact solver may or may not finish on a loaded
+    # machine, so the three answers need not share a solver label: count each answer under its own.
+    answered = [resp, resp2, batch.results[0].response]
+    labels = Counter((r.diagnostics.solver,
+                      pb.SlateStatus.Name(r.diagnostics.status).removeprefix("SLATE_STATUS_").lower())
+                     for r in answered)
+    for (solver, status), count in labels.items():
+        ok = dict(policy=req.policy, solver=solver, status=status)
+        assert moved("reranker_requests_total", **ok) == count  # two Rerank calls + one batch entry
+        assert moved("reranker_request_seconds_count", **ok) == count
+        assert moved("reranker_request_seconds_sum", **ok) > 0
+        assert moved("reranker_request_seconds_bucket", **ok, le="+Inf") == count
+        assert moved("reranker_request_seconds_bucket", **ok, le="0.25") == count
+    assert sum(labels.values()) == 3
 
     # an unknown policy name never becomes a label
     assert moved("reranker_requests_total", policy=UNKNOWN_POLICY, solver="none", status="not_found") == 1
@@ -88,9 +96,9 @@ def test_calls_move_counters_and_histograms_with_their_labels(metered):
     assert moved("reranker_errors_total", method="Rerank", code="NOT_FOUND") == 1
     assert moved("reranker_errors_total", method="RerankBatch", code="INVALID_ARGUMENT") == 1
     assert moved("reranker_requests_total", policy=req.policy, solver="none", status="invalid_argument") == 1
-    if resp.diagnostics.exact_status:
-        assert moved("reranker_exact_solver_total", policy=req.policy,
-                     outcome=resp.diagnostics.exact_status) == 3
+    outcomes = Counter(r.diagnostics.exact_status for r in answered if r.diagnostics.exact_status)
+    for outcome, count in outcomes.items():
+        assert moved("reranker_exact_solver_total", policy=req.policy, outcome=outcome) == count
 
 
 def test_reloads_and_ledger_are_read_at_scrape_time(metered):

@@ -587,9 +587,43 @@ def test_large_request_is_served(stub):
     assert_valid_slate(req, stub.Rerank(req, timeout=TIMEOUT_S))
 
 
-def test_still_serving_after_bad_inputs(stub):
-    req = example_request()
-    assert_valid_slate(req, stub.Rerank(req, timeout=TIMEOUT_S))
+def test_still_serving_after_bad_inputs(stub, live_server):
+    """A run of bad inputs, each refused with its own code and field, then a good call answers."""
+    good = example_request()
+    first_score = sorted(good.candidates.scores)[0]
+
+    def variant(edit) -> pb.RerankRequest:
+        req = pb.RerankRequest()
+        req.CopyFrom(good)
+        edit(req)
+        return req
+
+    bad = [
+        (variant(lambda r: r.candidates.scores[first_score].values.__setitem__(3, math.nan)),
+         grpc.StatusCode.INVALID_ARGUMENT, f"candidates.scores['{first_score}'].values[3]: must be a finite number"),
+        (variant(lambda r: r.candidates.scores[first_score].values.pop()),
+         grpc.StatusCode.INVALID_ARGUMENT, f"candidates.scores['{first_score}'].values: expected"),
+        (variant(lambda r: r.candidates.item_ids.__setitem__(1, r.candidates.item_ids[0])),
+         grpc.StatusCode.INVALID_ARGUMENT, "candidates.item_ids[1]: duplicate item id"),
+        (variant(lambda r: setattr(r, "policy", "no_such_policy")),
+         grpc.StatusCode.NOT_FOUND, "policy: no policy named 'no_such_policy'"),
+        (variant(lambda r: setattr(r, "slate_size", 5000)),
+         grpc.StatusCode.INVALID_ARGUMENT, "slate_size: must be between 1 and"),
+        (variant(lambda r: r.candidates.ClearField("item_ids")),
+         grpc.StatusCode.INVALID_ARGUMENT, "candidates"),
+    ]
+    for req, code, message in bad:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Rerank(req, timeout=TIMEOUT_S)
+        assert info.value.code() == code, (message, info.value.details())
+        assert info.value.details().startswith(message), (message, info.value.details())
+    with grpc.insecure_channel(live_server.address) as channel:  # bytes that are no message at all
+        call = channel.unary_unary("/reranker.v1.Reranker/Rerank", request_serializer=None,
+                                   response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as info:
+            call(b"\x0a\xff\xff\xff\xff\x0f", timeout=TIMEOUT_S)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert_valid_slate(good, stub.Rerank(good, timeout=TIMEOUT_S))
 
 
 def test_unparseable_request_bytes_are_invalid_argument(live_server):
