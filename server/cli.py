@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="check the policy folder for edits this often; 0 = only on SIGHUP (default %(default)s)")
     p.add_argument("--settle", type=float, default=0.5, metavar="SECONDS",
                    help="load a policy file only once its size, mtime and bytes stayed the same this "
-                        "long, so a half-written file never goes live (default %(default)s)")
+                        "long, so a half-written file never goes live; 0 = load at once (default %(default)s)")
     p.add_argument("--state-dir", default=None, metavar="DIR",
                    help="keep the last good version of every policy file here and serve it when the "
                         "file is invalid at start-up; '' = off (default: "
