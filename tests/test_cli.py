@@ -75,7 +75,8 @@ def test_validate_a_folder_checks_every_file_and_duplicate_names(capsys, tmp_pat
     code, out, _ = run(capsys, "validate", str(tmp_path))
     assert code == 1
     lines = out.splitlines()
-    assert len(lines) == 4 and lines[2].startswith(f"{tmp_path / 'broken.yaml'}: constraints[0]: unknown key 'colour'")
+    assert len(lines) == 4
+    assert lines[2].startswith(f"{tmp_path / 'broken.yaml'}: constraints[0]: unknown key 'colour'")
     assert lines[:2] + lines[3:] == [
         f"{tmp_path / 'B.YAML'}: OK (policy feed, version 1)",
         f"{tmp_path / 'a.yaml'}: name: policy name 'feed' is already used by {tmp_path / 'B.YAML'} (line 1)",

@@ -105,7 +105,8 @@ def test_a_file_written_slowly_in_pieces_never_goes_live_half_written(tmp_path):
     engine = Engine.from_directory(str(tmp_path))
     held: list[str] = []
     engine.store.listeners.append(lambda lp: held.append(lp.digest))
-    watcher = PolicyWatcher(engine, tmp_path, interval_s=0.02, settle_s=1.0).start()  # margin over the pauses on a busy machine
+    # settle 1 s: a margin over the writer's pauses on a busy machine
+    watcher = PolicyWatcher(engine, tmp_path, interval_s=0.02, settle_s=1.0).start()
     try:
         def write_slowly() -> None:
             with open(policy, "w", encoding="utf-8") as fh:
