@@ -314,7 +314,7 @@ def _expected(spot: _Spot) -> str:
     if tp is int:
         return "an integer" + _bounds(spot.metadata)
     if tp is float:
-        return "a number" + _bounds(spot.metadata)
+        return "a finite number" + _bounds(spot.metadata)
     if tp is str:
         return "a string"
     if get_origin(tp) is Literal:
@@ -837,7 +837,7 @@ class PolicyStore:
         self._files: dict[str, FileStatus] = {}  # by file key
         self._reported: dict[str, tuple[str, str]] = {}  # file key -> (digest, message) last logged
         self._settled: dict[Path, tuple[_StatKey, str]] = {}
-        self._saved: set[tuple[str, str]] = set()  # (file name, digest) in the state directory
+        self._saved: dict[str, str] = {}  # file name -> digest this store last saved as its last good
 
     @classmethod
     def from_directory(cls, path: str | os.PathLike[str], *, settle_s: float = 0.0,
@@ -1076,13 +1076,13 @@ class PolicyStore:
         for lp in loaded:
             key = _file_key(lp.source)
             name = Path(lp.source).name
-            if lp.last_good or key not in raws or (name, lp.digest) in self._saved:
+            if lp.last_good or key not in raws or self._saved.get(name) == lp.digest:
                 continue
-            self.last_good.save(name, raws[key], lp.digest)
-            self._saved.add((name, lp.digest))
+            self.last_good.save(name, raws[key], lp.digest)  # an older digest again: made the newest
+            self._saved[name] = lp.digest
         for name in self.last_good.file_names() - present:
             self.last_good.forget(name)  # a deleted file must not come back at the next start
-            self._saved = {s for s in self._saved if s[0] != name}
+            self._saved.pop(name, None)
 
     def _log(self, report: ReloadReport, served: dict[str, LoadedPolicy]) -> None:
         for err in report.new_errors:

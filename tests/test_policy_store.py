@@ -125,6 +125,11 @@ def test_the_newest_saved_version_wins_and_old_ones_are_pruned(tmp_path):
     (state / f"p.yaml.{sha(POLICY, version='5')}").write_text("damaged")  # digest no longer matches
     write(folder, "p.yaml", BAD)
     assert PolicyStore.from_directory(folder, state_dir=state).get("p").policy.version == "4"
+    write(folder, "p.yaml", POLICY, version="3")  # back to an older version: the newest again
+    store.reload_directory(folder)
+    write(folder, "p.yaml", BAD)
+    store.reload_directory(folder)
+    assert PolicyStore.from_directory(folder, state_dir=state).get("p").policy.version == "3"
 
 
 def test_default_state_dir_is_per_user_else_in_the_policy_folder(tmp_path, monkeypatch):
