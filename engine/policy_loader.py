@@ -717,10 +717,13 @@ def default_state_dir(policies_dir: str | os.PathLike[str]) -> Path | None:
     candidates = [Path(base) / "reranker" / "last-good" / tag, Path(real) / ".reranker" / "last-good"]
     for candidate in candidates:
         try:
+            existed = candidate.exists()
             candidate.mkdir(parents=True, exist_ok=True)
             probe = candidate / f".probe.{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
+            if not existed:
+                candidate.rmdir()  # made again by the first save: no empty folder per policy folder
             return candidate
         except OSError:
             continue
