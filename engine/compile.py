@@ -215,6 +215,9 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
                                          f"required by policy '{policy.name}' ({cp.needs_attribute[a]}) but not sent")
                               for a in missing])
 
+    if req.targets:
+        _check_request_targets(policy, req)
+
     # utility over every candidate (pins by attribute need it before filtering)
     utility_all = None
     with np.errstate(over="ignore", invalid="ignore"):
@@ -226,7 +229,7 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
                     utility_all += w * cands.scores[name]
     if utility_all is None:
         utility_all = np.zeros(cands.n, dtype=np.float64)
-    _check_finite_utility(utility_all, weights, cands)
+    _check_finite_utility(utility_all, weights, cands, req, policy)
     boost_all = None
     for attr_name, by_value in (boosts or {}).items():
         attr = cands.attributes.get(attr_name)
@@ -238,7 +241,7 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
             boost_all = (boost_all if boost_all is not None else np.zeros(cands.n)) + per_code[attr.codes]
     if boost_all is not None:
         utility_all += boost_all
-        _check_finite_utility(utility_all, weights, cands)
+        _check_finite_utility(utility_all, weights, cands, req, policy)
     mask = _eligible(policy, cands) if policy.filters else None
     index = np.flatnonzero(mask) if mask is not None else np.arange(cands.n, dtype=np.int64)
     utility = np.ascontiguousarray(utility_all if mask is None else utility_all[index])
@@ -252,6 +255,7 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
                                            f"weights (objective.position_discount), so at most {len(discount)}, got {K}")
     fixed = _row_arrays(cp, L)
     pw = fixed.position_weight
+    _check_objective_range(utility, pw, index, weights, cands, policy)
 
     A = len(cp.attributes)
     codes = np.empty((A, n), dtype=np.int64)
@@ -404,9 +408,17 @@ def _row_arrays(cp: CompiledPolicy, L: int) -> _RowArrays:
     return got
 
 
-def _check_finite_utility(utility: np.ndarray, weights: dict[str, float], cands: Candidates) -> None:
+def _weight_source(name: str, req: RerankRequest, policy: Policy) -> str:
+    """Where a weight comes from, for messages: the request's override or the policy's."""
+    if name in req.objective_weights:
+        return f"objective_weights['{name}']"
+    return f"policy '{policy.name}' objective.weights.{name}"
+
+
+def _check_finite_utility(utility: np.ndarray, weights: dict[str, float], cands: Candidates,
+                          req: RerankRequest, policy: Policy) -> None:
     """Finite scores and weights can still overflow when multiplied or summed (1e308 x 10):
-    name the column (or the weight) whose weighted value is not finite."""
+    name the column (and the weight) whose weighted value is not finite."""
     if np.isfinite(utility).all():
         return
     j = int(np.argmax(~np.isfinite(utility)))
@@ -415,10 +427,36 @@ def _check_finite_utility(utility: np.ndarray, weights: dict[str, float], cands:
             x = float(cands.scores[name][j])
             if not np.isfinite(w * x):
                 raise InvalidRequest(f"candidates.scores['{name}'].values[{j}]",
-                                     f"weight {w:g} x score {x:g} overflows; scale the scores or "
-                                     f"the weight (objective_weights['{name}']) down")
-    raise InvalidRequest("objective_weights", f"the weighted sum of scores overflows for candidate {j} "
+                                     f"weight {w:g} ({_weight_source(name, req, policy)}) x score {x:g} "
+                                     f"overflows; scale the scores or the weight down")
+    raise InvalidRequest("candidates.scores", f"the weighted sum of scores overflows for candidate {j} "
                                               f"(candidates.item_ids[{j}]); scale the scores or weights down")
+
+
+#: Largest |utility| x (sum of position weights) a request may reach. A slate's objective, its
+#: bound and the gap between them (bound - objective) are sums of such terms, and the exact
+#: model's big-M is 10 x the largest column cost x the slate length (<= 1000): 1e300 keeps every
+#: one of them finite (1e304 at most), with room for penalties and diversity terms.
+MAX_OBJECTIVE_SCALE = 1e300
+
+
+def _check_objective_range(utility: np.ndarray, pw: np.ndarray, index: np.ndarray,
+                           weights: dict[str, float], cands: Candidates, policy: Policy) -> None:
+    """Every utility is finite, but K of them summed (with the position weights) may not be:
+    refuse requests whose objective could overflow, naming the largest weighted score."""
+    if utility.shape[0] == 0:
+        return
+    umax = float(np.abs(utility).max())
+    scale = float(pw.sum())
+    if umax * scale <= MAX_OBJECTIVE_SCALE:
+        return
+    j = int(index[int(np.argmax(np.abs(utility)))])
+    name = max(weights, key=lambda c: abs(weights[c] * float(cands.scores[c][j])) if c in cands.scores else -1.0)
+    raise InvalidRequest(
+        f"candidates.scores['{name}'].values[{j}]",
+        f"the slate objective would overflow: utility {utility[int(np.argmax(np.abs(utility)))]:g} of "
+        f"candidates.item_ids[{j}] times the slate's position weights (sum {scale:g}) exceeds "
+        f"{MAX_OBJECTIVE_SCALE:.3g}; scale the scores or weights down")
 
 
 def _unit_rows(emb: np.ndarray) -> np.ndarray:
@@ -426,6 +464,49 @@ def _unit_rows(emb: np.ndarray) -> np.ndarray:
     emb = np.asarray(emb, dtype=np.float32)
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     return np.ascontiguousarray(emb / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+
+
+def _check_request_targets(policy: Policy, req: RerankRequest) -> None:
+    """The request's `targets`: each names a calibration rule of the policy, gives some value
+    that occurs among the candidates a share > 0, and no share is negative or non-finite.
+    (Shares are normalised to sum to 1, so only their ratios matter.)"""
+    rules = {c.name: c for c in policy.constraints}
+    calibration = sorted(name for name, c in rules.items() if isinstance(c, Calibration))
+    listed = ", ".join(calibration) or "none"
+    issues = []
+    for name, shares in req.targets.items():
+        path = f"targets['{name}']"
+        rule = rules.get(name)
+        if rule is None:
+            issues.append(FieldIssue(path, f"no calibration rule named {name!r} in policy "
+                                           f"'{policy.name}' (calibration rules: {listed})"))
+            continue
+        if not isinstance(rule, Calibration):
+            issues.append(FieldIssue(path, f"rule {name!r} of policy '{policy.name}' is a {rule.type} "
+                                           f"rule, not a calibration rule (calibration rules: {listed})"))
+            continue
+        bad = [(v, x) for v, x in shares.items() if not (np.isfinite(x) and x >= 0)]
+        if bad:
+            v, x = bad[0]
+            issues.append(FieldIssue(f"{path}['{v}']", f"must be a finite number >= 0, got {x}"))
+            continue
+        if not shares or not any(x > 0 for x in shares.values()):
+            issues.append(FieldIssue(path, "must give some value a share > 0 (shares are normalised "
+                                           f"to sum to 1), got {'no shares' if not shares else 'only zeros'}"))
+            continue
+        attr = req.candidates.attributes.get(rule.attribute)
+        if attr is None:
+            continue  # reported as a missing attribute column
+        present = set(attr.dictionary)
+        if not any(x > 0 and v in present for v, x in shares.items()):
+            sent = ", ".join(repr(v) for v in list(attr.dictionary)[:10])
+            more = ", ..." if len(attr.dictionary) > 10 else ""
+            issues.append(FieldIssue(path, f"none of its values with a share > 0 "
+                                           f"({', '.join(repr(v) for v, x in shares.items() if x > 0)}) "
+                                           f"occurs in candidates.attributes['{rule.attribute}'] "
+                                           f"(values sent: {sent or 'none'}{more})"))
+    if issues:
+        raise InvalidRequest(issues)
 
 
 def _calibration_targets(policy: Policy, rows: list[Row], req: RerankRequest, cands: Candidates,

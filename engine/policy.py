@@ -14,7 +14,17 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, field_validator, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    Tag,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
@@ -24,8 +34,19 @@ NAME_RULE = "must start with a letter or digit and contain only letters, digits,
 RULE_ERROR_TYPE = "policy_rule"
 
 # YAML gives native ints, floats and booleans: reject `max: true` or `hard: 1` instead of coercing.
+# Every number in a policy is finite (YAML's .nan / .inf are refused) and within a range its field
+# documents (the JSON Schema carries the ranges): a policy number can never make a request fail
+# or give a NaN / infinite objective.
 Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict()]
+Float = Annotated[float, Strict(), AllowInfNan(False)]
+
+#: Largest magnitude of an objective weight, a position weight or a calibration share; with scores
+#: bounded by what a double holds, the utility can still overflow (requests are checked for that).
+MAX_WEIGHT = 1e6
+#: Largest soft-rule penalty (per unit of violation).
+MAX_PENALTY = 1e6
+#: Largest diversity weight and amortized-exposure gain.
+MAX_GAIN = 1e3
 Bool = Annotated[bool, Strict()]
 
 Issue = tuple[str, str]  # (path relative to the model, '' = the model itself; message)
@@ -58,14 +79,14 @@ def _discount_kind(v: Any) -> str:
 class Objective(_Model):
     """What to maximise: a weighted sum of score columns, discounted by position."""
 
-    weights: dict[str, Float] = Field(
+    weights: dict[str, Annotated[Float, Field(ge=-MAX_WEIGHT, le=MAX_WEIGHT)]] = Field(
         min_length=1,
         description="Weight of each score column sent by the caller (e.g. p_click: 1.0).",
     )
     position_discount: Annotated[
         Union[
             Annotated[Literal["log2", "reciprocal", "none"], Tag("named")],
-            Annotated[list[Annotated[Float, Field(ge=0)]], Tag("list")],
+            Annotated[list[Annotated[Float, Field(ge=0, le=MAX_WEIGHT)]], Tag("list")],
         ],
         Discriminator(_discount_kind),
     ] = Field(
@@ -135,7 +156,8 @@ class _Constraint(_Model):
     name: str = Field(pattern=NAME_PATTERN, description="Unique name; used in reports.")
     hard: Bool = Field(default=True, description="Hard rules must hold (or are reported relaxed).")
     penalty: Float | None = Field(
-        default=None, gt=0, description="Soft rules only: objective cost per unit of violation."
+        default=None, gt=0, le=MAX_PENALTY,
+        description="Soft rules only: objective cost per unit of violation (at most 1e6)."
     )
     priority: Int = Field(
         default=0,
@@ -156,8 +178,17 @@ class MaxCount(_Constraint):
     type: Literal["max_count"]
     attribute: str
     value: str | None = None
-    max: Int = Field(ge=0)
+    max: Int = Field(ge=0, description="0 only with a `value` (no item of that value).")
     within_top: Int | None = Field(default=None, ge=1)
+
+    def _rule_issues(self) -> list[Issue]:
+        issues = super()._rule_issues()
+        if self.max == 0 and self.value is None:
+            where = f"the top {self.within_top}" if self.within_top else "the slate"
+            issues.append(("max", f"0 without a `value` can never hold: every candidate has some "
+                                  f"{self.attribute}, so no item could be in {where}; give a `value` "
+                                  f"(at most 0 of that one), or use a filter"))
+        return issues
 
 
 class MinCount(_Constraint):
@@ -240,7 +271,7 @@ class Calibration(_Constraint):
 
     type: Literal["calibration"]
     attribute: str
-    target: dict[str, Annotated[Float, Field(ge=0)]] | None = None
+    target: dict[str, Annotated[Float, Field(ge=0, le=MAX_WEIGHT)]] | None = None
     within_top: Int | None = Field(default=None, ge=1)
     hard: Bool = Field(default=False, description="Calibration is always soft.")
 
@@ -282,7 +313,8 @@ class Diversity(_Model):
     items (sliding window)."""
 
     method: Literal["mmr", "dpp"]
-    weight: Float = Field(gt=0, description="Strength of the diversity term relative to utility.")
+    weight: Float = Field(gt=0, le=MAX_GAIN,
+                          description="Strength of the diversity term relative to utility (at most 1000).")
     window: Int = Field(default=0, ge=0, description="0: all items above; w: only the last w.")
 
 
@@ -294,7 +326,8 @@ class Amortized(_Model):
     attribute: str
     target: dict[str, Annotated[Float, Field(gt=0, lt=1)]] | None = Field(
         default=None, description="Target share of exposure per value; omitted: proportional to merit.")
-    gain: Float = Field(default=1.0, gt=0, description="Controller gain (boost per unit of shortfall).")
+    gain: Float = Field(default=1.0, gt=0, le=MAX_GAIN,
+                        description="Controller gain (boost per unit of shortfall; at most 1000).")
 
 
 class ExposureLP(_Model):
@@ -305,7 +338,9 @@ class ExposureLP(_Model):
     attribute: str
     top_m: Int = Field(default=20, ge=2, le=100)
     criterion: Literal["demographic_parity", "disparate_treatment"] = "demographic_parity"
-    tolerance: Float = Field(default=0.05, ge=0)
+    tolerance: Float = Field(default=0.05, ge=0, le=100,
+                             description="Largest allowed exposure disparity, in units of mean "
+                             "exposure (at most 100).")
 
 
 class Exposure(_Model):

@@ -18,9 +18,9 @@ mutations, so that both the accept and the reject paths are exercised in the sam
 batches of such requests, arbitrary and damaged wire bytes through a generic call with identity
 serializers, a request over the size limit, a tiny deadline.
 
-Scores and weights stay within +-1e150 in the main fuzz; weight * score overflow (which used to
-crash the greedy kernel) has its own cases in `test_overflowing_utility_is_rejected`, run in a
-child process. `FUZZ_EXAMPLES=N` runs a longer hunt.
+Scores and weights range up to the largest double in the main fuzz: weight * score overflow (which
+used to crash the greedy kernel) must be refused naming the field; it also has its own cases in
+`test_overflowing_utility_is_rejected`, run in a child process. `FUZZ_EXAMPLES=N` runs a longer hunt.
 """
 
 from __future__ import annotations
@@ -69,13 +69,13 @@ NUMERIC = ("price",)
 EMBEDDING_DIM = 4
 CALIBRATION_RULES = ("taste",)
 
-# Scores and weights: non-finite, signed zeros, subnormals, tiny, negative and huge values. "Huge"
-# stops at 1e150 so that weight * score cannot overflow: an overflowing utility is a known bug
-# (the server process dies, see test_overflowing_utility_is_rejected), kept out of the main fuzz
-# so that one known crash does not hide the others.
-HUGE = 1e150
+# Scores and weights: non-finite, signed zeros, subnormals, tiny, negative and huge values, up to
+# the largest double: weight * score, or K of them summed, may overflow, and such requests must be
+# refused naming the score (INVALID_ARGUMENT; see test_overflowing_utility_is_rejected), never
+# answered with an infinite objective, bound or gap.
+HUGE = float(np.finfo(np.float64).max)
 SPECIAL_FLOATS = (math.nan, -math.nan, math.inf, -math.inf, -0.0, 0.0, 5e-324, -5e-324,
-                  2.2250738585072014e-308, 1e-300, -1.0, HUGE, -HUGE)
+                  2.2250738585072014e-308, 1e-300, -1.0, 1e150, 1e307, -1e307, 1e308, HUGE, -HUGE)
 # Target shares may be as large as a double goes (their sum overflowing was a bug, now rejected).
 SHARE_FLOATS = SPECIAL_FLOATS + (1e308, 1.7976931348623157e308, 0.5, 1.0)
 weight_floats = st.one_of(st.sampled_from(SPECIAL_FLOATS), st.floats(-HUGE, HUGE), st.floats(-10, 10))
@@ -356,6 +356,8 @@ def check_slate(req: pb.RerankRequest, resp: pb.RerankResponse, slate_sizes: dic
     d = resp.diagnostics
     assert d.status in (pb.SLATE_STATUS_OPTIMAL, pb.SLATE_STATUS_FEASIBLE, pb.SLATE_STATUS_RELAXED)
     assert math.isfinite(d.objective), f"objective is {d.objective}"
+    assert not d.HasField("bound") or math.isfinite(d.bound), f"bound is {d.bound}"
+    assert not d.HasField("gap") or math.isfinite(d.gap), f"gap is {d.gap}"
     assert resp.policy == req.policy and resp.request_id == req.request_id
 
 

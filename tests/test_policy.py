@@ -265,7 +265,7 @@ BAD = {
     ),
     "position_discount negative": (
         HEAD + "  position_discount: [1.0, -0.5]\n",
-        ["objective.position_discount[1]: must be a number >= 0, got -0.5 (line 6)"],
+        ["objective.position_discount[1]: must be a finite number between 0 and 1e+06, got -0.5 (line 6)"],
     ),
     "position_discount unknown name": (
         HEAD + "  position_discount: log10\n",
@@ -331,7 +331,7 @@ def test_every_error_in_a_file_is_reported_with_its_line() -> None:
     assert [str(i) for i in info.value.issues] == [
         "name: must start with a letter or digit and contain only letters, digits, '_', '.' and '-', "
         "got 'many errors' (line 2)",
-        "objective.weights.p_click: must be a number, got 'high' (line 7)",
+        "objective.weights.p_click: must be a finite number between -1e+06 and 1e+06, got 'high' (line 7)",
         "filters[0]: give exactly one of 'in' or 'not_in', got both (line 9)",
         "constraints[0].max: must be an integer >= 0, got -1 (line 16)",
         "constraints[1].penalty: required when hard is false (a number > 0: the cost of each unit of violation) "
