@@ -36,6 +36,23 @@ FairCo's error in share units; without it, the boost is that times the exposure 
 (sum of its position weights), a constant factor for a given policy: the dynamics are the same,
 only the meaning of `gain` differs.
 
+What one request can add is bounded, whatever it sends (a caller's scores of 1e307 once sent the
+shared merit to inf and broke the policy for every caller, across restarts):
+
+- exposure is the position weights of the slate, at most their sum per request;
+- merit is recorded in exposure units (`normalised_merit`): each request splits its slate's
+  exposure among the groups in proportion to their merit, so every request counts once in the
+  merit shares, however large its utilities, and the totals grow by at most the slate's exposure
+  per request;
+- the scale that turns missing exposure into utility comes from the request being answered
+  (`request_scale`: the utility per unit of exposure of its best L candidates), not from the
+  ledger, so a boost is always in the current request's utility units;
+- a boost larger than the request's utility spread moves nothing further, so boosts are clipped
+  to that spread (`clip_boosts`): boosted utilities stay within 2x the request's own range.
+
+The ledger side refuses non-finite deltas and ignores non-finite or implausibly large totals
+written by an older version (see `engine.ledger.MAX_TOTAL`).
+
 Differences from the paper, on purpose: (1) FairCo compares each group with the best-treated
 group (max over pairwise disparities of exposure/merit); here each group is compared with its
 target share of the total, which also covers explicit share targets; (2) the paper's merit of a
@@ -81,8 +98,9 @@ def boosts(snapshot: Mapping[str, tuple[float, float]], targets: Mapping[str, fl
             raise ValueError(f"amortized targets: shares must sum to at most 1, got "
                              f"{sum(targets.values()):.6g}")
 
-    exposure = {g: max(float(e), 0.0) for g, (e, _) in snapshot.items()}
-    merit = {g: max(float(m), 0.0) for g, (_, m) in snapshot.items()}
+    # non-finite totals (a ledger written by an older version) count as 0, never as inf
+    exposure = {g: float(e) if math.isfinite(e) and e > 0 else 0.0 for g, (e, _) in snapshot.items()}
+    merit = {g: float(m) if math.isfinite(m) and m > 0 else 0.0 for g, (_, m) in snapshot.items()}
     E = sum(exposure.values())
     M = sum(merit.values())
     if targets is not None:
@@ -152,3 +170,58 @@ def merit_by_group(codes: np.ndarray, names: Sequence[str], utilities: np.ndarra
     sums = np.bincount(codes[keep], weights=u[keep], minlength=len(names))
     present = np.bincount(codes[keep], minlength=len(names)) > 0
     return {names[i]: float(sums[i]) for i in np.flatnonzero(present)}
+
+
+def normalised_merit(deltas: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """The same deltas with merit re-expressed in exposure units: the groups' merits are scaled
+    so that they sum to the exposure the slate handed out (sum of the deltas' exposures), keeping
+    their ratios. All merit 0 (or no exposure) -> merit 0. Finite in, finite out, whatever the
+    magnitudes (the ratios are taken after dividing by the largest merit)."""
+    exposure_total = sum(max(e, 0.0) for e, _ in deltas.values())
+    merits = {g: (m if math.isfinite(m) and m > 0 else (math.inf if m == math.inf else 0.0))
+              for g, (_, m) in deltas.items()}
+    top = max(merits.values(), default=0.0)
+    if top == math.inf:  # only the infinite ones count, equally
+        merits = {g: (1.0 if m == math.inf else 0.0) for g, m in merits.items()}
+        top = 1.0
+    if top <= 0 or exposure_total <= 0:
+        return {g: (e, 0.0) for g, (e, _) in deltas.items()}
+    rel = {g: m / top for g, m in merits.items()}
+    total = sum(rel.values())
+    return {g: (e, exposure_total * rel[g] / total) for g, (e, _) in deltas.items()}
+
+
+def request_scale(utility: np.ndarray, position_weights: np.ndarray) -> tuple[float, float]:
+    """(scale, spread) of one request's utilities, for `boosts(utility_scale=scale)` and
+    `clip_boosts(spread)`.
+
+    scale = sum of |u| over the L best candidates / sum of the first L position weights (L = the
+    number of position weights, at most the number of candidates): the utility per unit of
+    exposure this request hands out, the request-level twin of the ledger's M / E. 1.0 when that
+    is 0 (all utilities 0). spread = max(u) - min(u). Both finite (non-finite utilities, which the
+    compiler refuses anyway, give (1.0, 0.0)).
+    """
+    u = np.asarray(utility, dtype=np.float64)
+    pw = np.asarray(position_weights, dtype=np.float64)
+    n = u.shape[0]
+    L = min(n, pw.shape[0])
+    if L == 0 or not np.isfinite(u).all():
+        return 1.0, 0.0
+    top = np.partition(u, n - L)[n - L:] if L < n else u
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale = float(np.abs(top).sum()) / float(pw[:L].sum())
+        spread = float(u.max()) - float(u.min())
+    if not (math.isfinite(scale) and scale > 0):
+        scale = 1.0
+    if not math.isfinite(spread):
+        spread = 0.0
+    return scale, spread
+
+
+def clip_boosts(group_boosts: Mapping[str, float], spread: float, scale: float) -> dict[str, float]:
+    """Boosts clipped to [0, spread + scale]: a boost of spread + scale already lifts the worst
+    candidate above the best, so nothing beyond it changes a ranking, and boosted utilities stay
+    finite and within a few times the request's own range."""
+    cap = spread + scale
+    return {g: min(max(b, 0.0), cap) if math.isfinite(b) else (cap if b > 0 else 0.0)
+            for g, b in group_boosts.items()}

@@ -201,10 +201,42 @@ def _eligible(policy: Policy, c: Candidates) -> np.ndarray:
     return mask
 
 
+def request_utility(cp: CompiledPolicy, req: RerankRequest) -> np.ndarray:
+    """The weighted utility of every candidate (before filters and boosts), float64[N]: what
+    `compile_request` starts from. Raises InvalidRequest as compile_request does (unknown or
+    missing weight columns, overflow). Pass it back as `compile_request(..., utility_all=)`."""
+    weights = _weights(cp.policy, req)
+    u = _weighted_sum(weights, req.candidates)
+    _check_finite_utility(u, weights, req.candidates, req, cp.policy)
+    return u
+
+
+def slate_position_weights(cp: CompiledPolicy, req: RerankRequest) -> np.ndarray:
+    """The position weights of this request's slate length (K, or N when fewer candidates)."""
+    K = req.slate_size or cp.policy.slate_size
+    return _row_arrays(cp, max(min(K, req.candidates.n), 1)).position_weight
+
+
+def _weighted_sum(weights: dict[str, float], cands: Candidates) -> np.ndarray:
+    utility_all = None
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, w in weights.items():
+            if w != 0.0:
+                if utility_all is None:
+                    utility_all = np.multiply(cands.scores[name], w, dtype=np.float64)  # new array
+                else:
+                    utility_all += w * cands.scores[name]
+    if utility_all is None:
+        utility_all = np.zeros(cands.n, dtype=np.float64)
+    return utility_all
+
+
 def compile_request(cp: CompiledPolicy, req: RerankRequest,
-                    boosts: dict[str, dict[str, float]] | None = None) -> Compiled:
+                    boosts: dict[str, dict[str, float]] | None = None, *,
+                    utility_all: np.ndarray | None = None) -> Compiled:
     """`boosts`: attribute -> value -> utility added to every candidate with that value (the
-    amortized exposure controller's output; see engine.amortized)."""
+    amortized exposure controller's output; see engine.amortized). `utility_all`: this request's
+    `request_utility`, if already computed (it is not modified)."""
     policy = cp.policy
     cands = req.candidates
     weights = _weights(policy, req)
@@ -219,17 +251,11 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
         _check_request_targets(policy, req)
 
     # utility over every candidate (pins by attribute need it before filtering)
-    utility_all = None
-    with np.errstate(over="ignore", invalid="ignore"):
-        for name, w in weights.items():
-            if w != 0.0:
-                if utility_all is None:
-                    utility_all = np.multiply(cands.scores[name], w, dtype=np.float64)  # new array
-                else:
-                    utility_all += w * cands.scores[name]
     if utility_all is None:
-        utility_all = np.zeros(cands.n, dtype=np.float64)
-    _check_finite_utility(utility_all, weights, cands, req, policy)
+        utility_all = _weighted_sum(weights, cands)
+        _check_finite_utility(utility_all, weights, cands, req, policy)
+    elif boosts:
+        utility_all = utility_all.copy()  # boosts are added in place below
     boost_all = None
     for attr_name, by_value in (boosts or {}).items():
         attr = cands.attributes.get(attr_name)

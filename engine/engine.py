@@ -8,11 +8,25 @@ import time
 from dataclasses import replace
 
 
-from engine.compile import Compiled, CompiledPolicy, compile_policy, compile_request
+from engine.compile import (
+    Compiled,
+    CompiledPolicy,
+    compile_policy,
+    compile_request,
+    slate_position_weights,
+    request_utility,
+)
 from engine.errors import FieldIssue, PolicyInvalid
 from engine.policy_loader import LoadedPolicy, PolicyStore, parse_policy_text
 from engine import exposure, portfolio
-from engine.amortized import boosts, exposure_deltas, merit_by_group
+from engine.amortized import (
+    boosts,
+    clip_boosts,
+    exposure_deltas,
+    merit_by_group,
+    normalised_merit,
+    request_scale,
+)
 from engine.ledger import InProcessLedger, Ledger, ledger_from_url
 from engine.report import conflict_text, constraint_reports, gap, slate_items
 from engine.types import ConflictReport, ExposureLPReport, PolicyInfo, RerankRequest, RerankResult
@@ -126,8 +140,14 @@ class Engine:
         validate_candidates(req.candidates, self.limits)
         cp = self._compiled_policy(loaded)
         amortized = loaded.policy.exposure.amortized if loaded.policy.exposure else []
-        group_boosts = self._exposure_boosts(loaded.policy.name, amortized) if amortized else None
-        compiled = compile_request(cp, req, group_boosts)
+        if amortized:
+            utility_all = request_utility(cp, req)
+            group_boosts = self._exposure_boosts(loaded.policy.name, amortized,
+                                                 *request_scale(utility_all, slate_position_weights(cp, req)))
+            compiled = compile_request(cp, req, group_boosts, utility_all=utility_all)
+        else:
+            group_boosts = None
+            compiled = compile_request(cp, req)
         problem = compiled.problem
         t_compiled = time.perf_counter_ns()
         elapsed = {"compile": (t_compiled - t_start) / 1000.0}
@@ -189,20 +209,24 @@ class Engine:
         )
 
     # ---------------------------------------------------------------- exposure across requests
-    def _exposure_boosts(self, policy: str, rules) -> dict[str, dict[str, float]]:
-        """Utility boost per attribute value from the ledger (summed over rules on one attribute)."""
+    def _exposure_boosts(self, policy: str, rules, scale: float, spread: float) -> dict[str, dict[str, float]]:
+        """Utility boost per attribute value from the ledger (summed over rules on one attribute),
+        in this request's utility units (`scale`, see engine.amortized.request_scale) and clipped
+        to its utility `spread` (engine.amortized.clip_boosts)."""
         out: dict[str, dict[str, float]] = {}
         for rule in rules:
             snap = self.ledger.snapshot(f"{policy}/{rule.name}")
-            for group, b in boosts(snap, rule.target, rule.gain).items():
+            for group, b in boosts(snap, rule.target, rule.gain, utility_scale=scale).items():
                 if b:
                     by_value = out.setdefault(rule.attribute, {})
                     by_value[group] = by_value.get(group, 0.0) + b
-        return out
+        return {attr: clip_boosts(by_value, spread, scale) for attr, by_value in out.items()}
 
     def _record_exposure(self, policy: str, rules, compiled: Compiled, req: RerankRequest,
                          slate) -> None:
-        """Add this answer's exposure (position weights) and merit (utility before boosts)."""
+        """Add this answer's exposure (position weights) and merit (utility before boosts, in
+        exposure units: see engine.amortized.normalised_merit), so that no request adds more
+        than its slate's exposure to either total."""
         u = compiled.problem.utility - (compiled.boost if compiled.boost is not None else 0.0)
         pw = compiled.problem.position_weight
         for rule in rules:
@@ -211,7 +235,7 @@ class Engine:
             merit = merit_by_group(codes, attr.dictionary, u) if rule.target is None else None
             groups = [attr.dictionary[c] for c in codes[slate].tolist()]
             deltas = exposure_deltas(groups, pw[: len(groups)], u[slate], candidate_merit=merit)
-            self.ledger.record(f"{policy}/{rule.name}", deltas)
+            self.ledger.record(f"{policy}/{rule.name}", normalised_merit(deltas))
 
     @staticmethod
     def _rule_costs(compiled: Compiled, result: SolveResult, objective: float) -> dict[int, float]:

@@ -32,12 +32,22 @@ Two backends share the `Ledger` protocol:
     doubt for longer than that could be counted twice.
 
 Nothing here raises into the caller once constructed: errors become stats and log lines. Invalid
-deltas (non-finite or non-numeric values) are dropped and counted in `stats.rejected`, because one
-poisoned increment would otherwise block the queue forever.
+deltas (non-finite or non-numeric values, or magnitudes above `MAX_DELTA`) are dropped and counted
+in `stats.rejected`, because one poisoned increment would otherwise block the queue forever, or
+outweigh every other request for good. Totals read back that are non-finite or above `MAX_TOTAL`
+(only a ledger written by an older version, or by hand, holds such values) are ignored: the
+group reads as 0, a WARNING names the namespace once, and `stats.ignored` counts them. To reset a
+namespace, delete its hash (`DEL reranker:ledger:ns:<policy>/<rule>`).
+
+When Redis loses data (a restart without persistence, FLUSHALL), a namespace's write counter
+goes back: that is logged (WARNING, once per namespace and event) and counted in
+`stats.data_lost`; the totals start again from what Redis holds, so the amortized rules forget
+the exposure handed out before.
 
 Redis layout (prefix `key_prefix`, default "reranker:ledger:"):
     <prefix>ns:<namespace>    hash: "exp:<group>" -> float, "merit:<group>" -> float,
-                              "_v" -> number of writes applied (orders reads and writes)
+                              "_v" -> number of writes applied (orders reads and writes),
+                              "_epoch" -> token of the write that created the hash
     <prefix>writer:<id>       string: last applied sequence number of one writer (expires)
 The script touches several keys, so on Redis Cluster all of them would have to share a hash
 slot; this module targets a single Redis (or a primary with replicas), not Cluster.
@@ -64,6 +74,13 @@ Totals = dict[str, tuple[float, float]]
 
 _Acc = dict[str, list[float]]  # group -> [exposure, merit], mutable accumulator
 
+#: Largest |exposure| or |merit| one record() may add per group. engine.amortized bounds both by
+#: the slate's position weights (at most 1e6 each, 1000 positions): anything larger is not ours.
+MAX_DELTA = 1e9
+#: Largest plausible total: 1e15 units is ~1e14 requests of slate exposure 10. A total above it,
+#: or not finite, was not written by bounded increments and is ignored when read.
+MAX_TOTAL = 1e15
+
 
 @dataclass(frozen=True)
 class LedgerStats:
@@ -74,7 +91,9 @@ class LedgerStats:
     queued: int = 0  # record() calls kept locally instead of written (outage or failed write)
     flushed: int = 0  # queued record() calls that have reached Redis since
     duplicates: int = 0  # retried writes Redis had already applied (skipped, not counted twice)
-    rejected: int = 0  # (group, delta) entries dropped by record(): non-finite or not numbers
+    rejected: int = 0  # (group, delta) entries dropped by record(): non-finite, too large, not numbers
+    ignored: int = 0  # totals read back non-finite or above MAX_TOTAL (read as 0)
+    data_lost: int = 0  # times a namespace's Redis hash went back (Redis lost data)
 
     @property
     def pending(self) -> int:
@@ -113,7 +132,7 @@ def _clean(deltas: Mapping[str, tuple[float, float]]) -> tuple[_Acc, int]:
         except Exception:
             bad += 1
             continue
-        if not (math.isfinite(e) and math.isfinite(m)):
+        if not (math.isfinite(e) and math.isfinite(m)) or abs(e) > MAX_DELTA or abs(m) > MAX_DELTA:
             bad += 1
             continue
         acc = out.setdefault(str(group), [0.0, 0.0])
@@ -122,13 +141,35 @@ def _clean(deltas: Mapping[str, tuple[float, float]]) -> tuple[_Acc, int]:
     return out, bad
 
 
+def _sane(acc: _Acc) -> tuple[_Acc, int]:
+    """Totals with non-finite or implausible values (|v| > MAX_TOTAL) read as 0, and how many."""
+    bad = 0
+    for pair in acc.values():
+        for k in (0, 1):
+            v = pair[k]
+            if not math.isfinite(v) or abs(v) > MAX_TOTAL:
+                pair[k] = 0.0
+                bad += 1
+    return acc, bad
+
+
+def _warn_ignored(warned: set[str], namespace: str, bad: int) -> None:
+    first = ("ignored", namespace) not in warned
+    warned.add(("ignored", namespace))
+    log.log(logging.WARNING if first else logging.DEBUG,
+            "ledger %r: %d stored total(s) are not finite or above %.0e (written by an older "
+            "version?); read as 0%s", namespace, bad, MAX_TOTAL,
+            "; delete the namespace's hash to reset it; further reads are counted in stats.ignored"
+            if first else "")
+
+
 def _warn_rejected(warned: set[str], namespace: str, bad: int) -> None:
     """A WARNING the first time a namespace gets invalid deltas, DEBUG after (they are counted)."""
     first = namespace not in warned
     warned.add(namespace)
     log.log(logging.WARNING if first else logging.DEBUG,
             "ledger %r: dropped %d invalid delta(s): each needs two finite numbers (exposure, "
-            "merit)%s", namespace, bad, "; further drops are counted in stats.rejected" if first else "")
+            "merit) of magnitude <= %.0e%s", namespace, bad, MAX_DELTA, "; further drops are counted in stats.rejected" if first else "")
 
 
 def _add(into: _Acc, deltas: _Acc | None) -> None:
@@ -150,7 +191,7 @@ class InProcessLedger:
         self._lock = threading.Lock()
         self._totals: dict[str, _Acc] = {}
         self._rejected = 0
-        self._warned: set[str] = set()
+        self._warned: set = set()  # namespaces (and ("ignored", namespace)) warned about
 
     def snapshot(self, namespace: str) -> Totals:
         with self._lock:
@@ -179,7 +220,9 @@ class InProcessLedger:
 
 
 # KEYS[1]: the writer's sequence key; KEYS[2..]: namespace hashes.
-# ARGV: seq, writer_ttl_s, deltas as JSON: [[[group, exposure, merit], ...] for each KEYS[2..]].
+# ARGV: seq, writer_ttl_s, deltas as JSON: [[[group, exposure, merit], ...] for each KEYS[2..]],
+# an epoch token: the first write to a hash that does not exist stores it under "_epoch", so a
+# hash that Redis lost and a later write re-created reads back with another epoch.
 # Returns {1, v_2, ..., v_k} when applied (v_i: the new value of the hash's "_v" field, a write
 # counter the local mirror uses to tell which of its own writes a read already includes), 0 when
 # this (writer, seq) was applied before. Key types are checked before the first write, so a
@@ -221,6 +264,7 @@ for i = 2, #KEYS do
     redis.call('HSET', KEYS[i], unpack(out))
     done = done + m
   end
+  redis.call('HSETNX', KEYS[i], '_epoch', ARGV[4])
   versions[i] = redis.call('HINCRBY', KEYS[i], '_v', 1)
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -243,7 +287,7 @@ class _Mirror:
     from Redis, at hash version `version`, plus this process's writes applied after that version
     (`recent`). A write whose version is <= the read's is already in the read's totals."""
 
-    __slots__ = ("version", "totals", "recent", "ticket", "fetched")
+    __slots__ = ("version", "totals", "recent", "ticket", "fetched", "epoch")
     MAX_RECENT = 256
 
     def __init__(self) -> None:
@@ -252,16 +296,23 @@ class _Mirror:
         self.recent: list[tuple[int, _Acc]] = []
         self.ticket = 0  # local number of the read stored last (reads may finish out of order)
         self.fetched: float | None = None  # monotonic time of that read
+        self.epoch: str | None = None  # the hash's "_epoch" at that read (None: no hash yet)
 
-    def store_read(self, ticket: int, version: int, totals: _Acc) -> None:
+    def store_read(self, ticket: int, version: int, totals: _Acc, epoch: str | None = None) -> bool:
+        """Store a read; True when it shows that Redis lost data: the hash this mirror had read
+        is gone (no epoch now) or was re-created (another epoch)."""
         if ticket < self.ticket:  # an older read that finished late
-            return
-        if version < self.version:  # the hash went back: Redis lost data (a restart without
-            self.recent = []        # persistence); what it holds now is the truth
+            return False
+        lost = self.epoch is not None and epoch != self.epoch
+        if lost:                # Redis lost data (a restart without persistence, a flush):
+            self.recent = []    # what it holds now is the truth
+        elif version < self.version:  # same hash, an earlier state: a read that Redis ran before
+            return False              # the one stored last (concurrent reads): keep the newer
         else:
             self.recent = [(v, d) for v, d in self.recent if v > version]
-        self.ticket, self.version, self.totals = ticket, version, totals
+        self.ticket, self.version, self.totals, self.epoch = ticket, version, totals, epoch
         self.fetched = time.monotonic()
+        return lost
 
     def add_write(self, version: int, deltas: _Acc) -> None:
         if version <= self.version:
@@ -345,8 +396,9 @@ class RedisLedger:
         self._pending: dict[str, _Acc] = {}  # never sent: coalesced per namespace and group
         self._pending_count = 0  # record() calls merged into _pending
         self._in_doubt: list[_Batch] = []  # sent, outcome unknown: retried verbatim
-        self._n = dict(outages=0, errors=0, queued=0, flushed=0, duplicates=0, rejected=0)
-        self._warned: set[str] = set()
+        self._n = dict(outages=0, errors=0, queued=0, flushed=0, duplicates=0, rejected=0,
+                       ignored=0, data_lost=0)
+        self._warned: set = set()  # namespaces (and ("ignored", namespace)) warned about
         self._instance = uuid.uuid4().hex[:12]
         self._writer_ids = itertools.count(1)
         self._local = threading.local()
@@ -378,12 +430,12 @@ class RedisLedger:
                     return self._view(namespace)
                 ticket = next(self._tickets)
             try:
-                version, totals = self._parse(self._client.hgetall(self._hash_key(namespace)))
+                version, totals, epoch = self._parse(self._client.hgetall(self._hash_key(namespace)))
             except Exception as e:  # noqa: BLE001
                 self._fail(e)
             else:
                 with self._lock:
-                    self._mirror_of(namespace).store_read(ticket, version, totals)
+                    self._store_read(namespace, ticket, version, totals, epoch)
                     return self._view(namespace)
         with self._lock:
             return self._view(namespace)
@@ -463,16 +515,18 @@ class RedisLedger:
         return mirror
 
     @staticmethod
-    def _parse(raw: Mapping[str, str]) -> tuple[int, _Acc]:
-        """(hash version, totals) from an HGETALL reply."""
+    def _parse(raw: Mapping[str, str]) -> tuple[int, _Acc, str | None]:
+        """(hash version, totals, epoch) from an HGETALL reply."""
         out: _Acc = {}
         for name, value in raw.items():
             kind, _, group = name.partition(":")
-            if kind == "exp":
-                out.setdefault(group, [0.0, 0.0])[0] = float(value)
-            elif kind == "merit":
-                out.setdefault(group, [0.0, 0.0])[1] = float(value)
-        return int(raw.get("_v", 0)), out
+            if kind in ("exp", "merit"):
+                try:
+                    v = float(value)
+                except ValueError:  # not a number at all: ignored like a non-finite total
+                    v = math.nan
+                out.setdefault(group, [0.0, 0.0])[0 if kind == "exp" else 1] = v
+        return int(raw.get("_v", 0)), out, raw.get("_epoch")
 
     def _view(self, namespace: str) -> Totals:
         """Mirror + unconfirmed + queued deltas for one namespace (call with the lock held)."""
@@ -493,7 +547,8 @@ class RedisLedger:
         payload = json.dumps(rows, separators=(",", ":"), allow_nan=False)
         # EVALSHA only: the script is loaded at start and on recovery, so a request makes one
         # round trip; a NOSCRIPT error (script cache flushed) is handled like any outage.
-        reply = self._client.evalsha(self._script.sha, len(keys), *keys, batch.seq, self._ttl, payload)
+        reply = self._client.evalsha(self._script.sha, len(keys), *keys, batch.seq, self._ttl, payload,
+                                     f"{batch.writer}:{batch.seq}")
         if not reply:
             return None
         return {namespace: int(v) for namespace, v in zip(batch.deltas, reply[1:])}
@@ -583,12 +638,28 @@ class RedisLedger:
             with self._lock:
                 ticket = next(self._tickets)
             try:
-                version, totals = self._parse(self._client.hgetall(self._hash_key(namespace)))
+                version, totals, epoch = self._parse(self._client.hgetall(self._hash_key(namespace)))
             except Exception as e:  # noqa: BLE001 - a failed refresh is the next outage
                 self._fail(e)
                 return
             with self._lock:
-                self._mirror_of(namespace).store_read(ticket, version, totals)
+                self._store_read(namespace, ticket, version, totals, epoch)
+
+    def _store_read(self, namespace: str, ticket: int, version: int, totals: _Acc,
+                    epoch: str | None) -> None:
+        """Sanitise and store one read (call with the lock held); log and count lost data."""
+        totals, bad = _sane(totals)
+        if bad:
+            self._n["ignored"] += bad
+            _warn_ignored(self._warned, namespace, bad)
+        mirror = self._mirror_of(namespace)
+        before = mirror.version
+        if mirror.store_read(ticket, version, totals, epoch):
+            self._n["data_lost"] += 1
+            log.warning("Redis ledger %s: namespace %r was lost by Redis (restarted without "
+                        "persistence, or flushed; it had %d writes, now %d): the cumulative exposure "
+                        "of this amortized rule starts again from what Redis holds",
+                        self._where, namespace, before, version)
 
 
 def ledger_from_url(url: str | None, **options) -> Ledger:

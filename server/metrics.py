@@ -123,7 +123,8 @@ class _WatcherCollector:
         return [reloads, rejected, unloaded]
 
 
-_LEDGER_FIELDS = ("outages", "errors", "queued", "flushed", "duplicates", "rejected")
+_LEDGER_FIELDS = ("outages", "errors", "queued", "flushed", "duplicates", "rejected", "ignored",
+                  "data_lost")
 
 
 class _LedgerCollector:

@@ -81,13 +81,13 @@ def test_in_process_is_thread_safe():
 def test_invalid_deltas_are_dropped_counted_and_never_raise(caplog):
     ledger = InProcessLedger()
     ledger.record(NS, {"ok": (1.0, 1.0), "nan": (float("nan"), 1.0), "inf": (1.0, float("inf")),
-                       "short": (1.0,), "text": ("x", 1.0)})
+                       "short": (1.0,), "text": ("x", 1.0), "huge": (1.0, 1e10)})
     ledger.record(NS, None)  # type: ignore[arg-type]
     assert ledger.snapshot(NS) == {"ok": (1.0, 1.0)}
-    assert ledger.stats.rejected == 5
+    assert ledger.stats.rejected == 6
     assert ledger_warnings(caplog) == [  # once per namespace, not per request
-        f"ledger {NS!r}: dropped 4 invalid delta(s): each needs two finite numbers (exposure, "
-        "merit); further drops are counted in stats.rejected"]
+        f"ledger {NS!r}: dropped 5 invalid delta(s): each needs two finite numbers (exposure, "
+        "merit) of magnitude <= 1e+09; further drops are counted in stats.rejected"]
 
 
 def test_ledger_from_url():
@@ -140,8 +140,8 @@ def test_sums_are_exact_doubles_and_group_names_round_trip(redis_server):
     try:
         e = tiny = huge = 0.0
         for _ in range(10):
-            a.record(NS, {odd: (0.1, 1e-300), "": (1e300, 0.0)})
-            e, tiny, huge = e + 0.1, tiny + 1e-300, huge + 1e300
+            a.record(NS, {odd: (0.1, 1e-300), "": (1e8 + 0.3, 0.0)})  # 1e8+0.3: inexact
+            e, tiny, huge = e + 0.1, tiny + 1e-300, huge + (1e8 + 0.3)
         assert a.snapshot(NS) == {odd: (e, tiny), "": (huge, 0.0)}
         assert e == 0.9999999999999999  # the IEEE sum, not a rounded decimal
     finally:
@@ -388,7 +388,9 @@ def test_wrong_key_type_is_an_outage_not_an_exception(redis_server):
         assert not a.healthy and a.snapshot(NS) == {"g": (1.0, 0.0)}
         client.delete("reranker:ledger:ns:" + NS)
         assert wait_until(lambda: settled(a))
-        assert {k: float(v) for k, v in client.hgetall("reranker:ledger:ns:" + NS).items()} == \
+        stored = client.hgetall("reranker:ledger:ns:" + NS)
+        assert stored.pop(b"_epoch").startswith(b"reranker:ledger:writer:")  # who created it
+        assert {k: float(v) for k, v in stored.items()} == \
             {b"exp:g": 1.0, b"merit:g": 0.0, b"_v": 1.0}  # _v: the hash's write counter
     finally:
         a.close()

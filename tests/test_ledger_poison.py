@@ -1,0 +1,202 @@
+"""A few requests cannot poison an amortized-fairness policy for everyone (issue 9, item 1), and
+a Redis that lost its data is logged and counted.
+
+The reproducer: four accepted requests with one score of 1e307 sent the shared merit to inf, and
+every later request to that policy failed INVALID_ARGUMENT, on every worker and after restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from engine.engine import Engine
+from engine.errors import InvalidRequest
+from engine.ledger import MAX_TOTAL, InProcessLedger, RedisLedger
+from engine.policy_loader import PolicyStore, parse_policy_text, LoadedPolicy
+from engine.types import Attribute, Candidates, RerankRequest
+
+from tests.redis_server import redis_server  # noqa: F401 - the fixture
+
+# Both kinds of amortized rule: an explicit target share, and merit-proportional exposure.
+POLICY = """\
+name: fair
+version: "1"
+slate_size: 10
+objective:
+  weights: {p_click: 1.0, p_purchase: 5.0}
+exposure:
+  amortized:
+    - name: new_share
+      attribute: seller_tier
+      target: {new: 0.3}
+    - name: by_merit
+      attribute: brand
+"""
+N = 60
+
+
+def _engine(ledger) -> Engine:
+    store = PolicyStore()
+    store.add(LoadedPolicy(parse_policy_text(POLICY), "<text>", "d" * 64, 0.0))
+    return Engine(store, ledger=ledger)
+
+
+def _request(seed: int, huge: float | None = None) -> RerankRequest:
+    rng = np.random.default_rng(seed)
+    p_purchase = rng.random(N) / 20
+    if huge is not None:
+        p_purchase[int(rng.integers(N))] = huge
+    tiers = np.where(np.arange(N) % 5 == 0, "new", "established")
+    return RerankRequest("fair", Candidates(
+        item_ids=[f"i{j}" for j in range(N)],
+        scores={"p_click": rng.random(N) * 0.3, "p_purchase": p_purchase},
+        attributes={"seller_tier": Attribute.from_values(tiers.tolist()),
+                    "brand": Attribute.from_values([f"b{j % 6}" for j in range(N)])}),
+        request_id=f"r{seed}")
+
+
+def _finite(result) -> bool:
+    return (all(math.isfinite(x) for x in (result.objective, result.bound, result.gap))
+            and all(math.isfinite(b) for b in result.boosts.values())
+            and all(math.isfinite(i.utility) for i in result.items))
+
+
+def _totals_ok(ledger, requests: int) -> None:
+    """Every total finite, and no more than `requests` slates' worth of exposure (each slate
+    hands out sum(1/log2(1+p)) < 10 units for K = 10)."""
+    for ns in ("fair/new_share", "fair/by_merit"):
+        for group, (e, m) in ledger.snapshot(ns).items():
+            assert math.isfinite(e) and math.isfinite(m), (ns, group, e, m)
+            assert 0 <= e <= 10 * requests and 0 <= m <= 10 * requests, (ns, group, e, m)
+
+
+def _poison_then_normal(ledger) -> tuple[list, list]:
+    """The reproducer's four requests (now refused: their slate objective would overflow), then
+    accepted requests as large as the limit allows, then normal traffic."""
+    engine = _engine(ledger)
+    for seed in range(4):
+        with pytest.raises(InvalidRequest, match="overflow"):
+            engine.rerank(_request(seed, huge=1e307))
+    big = [engine.rerank(_request(100 + seed, huge=1e297)) for seed in range(4)]  # accepted
+    normal = [engine.rerank(_request(200 + seed)) for seed in range(60)]
+    return big, normal
+
+
+def _clean_run(ledger) -> list:
+    engine = _engine(ledger)
+    return [engine.rerank(_request(200 + seed)) for seed in range(60)]
+
+
+def _check(poisoned_big, poisoned, clean, ledger, clean_ledger) -> None:
+    assert all(_finite(r) for r in poisoned_big + poisoned)
+    _totals_ok(ledger, len(poisoned_big) + len(poisoned))
+    # the boosts of normal requests stay in normal requests' units: at most their utility spread
+    # plus scale (a few tenths here), never the 1e297 of the big requests
+    assert max(b for r in poisoned for b in r.boosts.values()) < 10.0
+    # four huge requests count as four requests, not as 1e297 of them: the merit shares the
+    # ledger holds after 60 normal ones are close to those of a ledger that never saw them
+    def merit_shares(ld):
+        snap = ld.snapshot("fair/by_merit")
+        total = sum(m for _, m in snap.values())
+        return {g: m / total for g, (_, m) in snap.items()}
+
+    mine, theirs = merit_shares(ledger), merit_shares(clean_ledger)
+    assert set(mine) == set(theirs)
+    assert max(abs(mine[g] - theirs[g]) for g in mine) < 0.05, (mine, theirs)
+    share = lambda rs: np.mean([sum(1 for i in r.items if int(i.item_id[1:]) % 5 == 0) / len(r.items)
+                                for r in rs])
+    assert abs(share(poisoned[-30:]) - share(clean[-30:])) < 0.1
+
+
+def test_huge_scores_cannot_poison_the_in_process_ledger():
+    ledger, clean_ledger = InProcessLedger(), InProcessLedger()
+    big, normal = _poison_then_normal(ledger)
+    _check(big, normal, _clean_run(clean_ledger), ledger, clean_ledger)
+
+
+def test_huge_scores_cannot_poison_the_redis_ledger_and_a_restart_sees_sane_totals(redis_server):  # noqa: F811
+    ledger = RedisLedger(redis_server.url, timeout_s=0.5)
+    try:
+        big, normal = _poison_then_normal(ledger)
+        clean_ledger = InProcessLedger()
+        _check(big, normal, _clean_run(clean_ledger), ledger, clean_ledger)
+    finally:
+        ledger.close()
+    # "after a restart": a new process (a new ledger on the same Redis) serves normal traffic
+    again = RedisLedger(redis_server.url, timeout_s=0.5)
+    try:
+        engine = _engine(again)
+        assert all(_finite(engine.rerank(_request(900 + s))) for s in range(5))
+        _totals_ok(again, 4 + 60 + 5)
+    finally:
+        again.close()
+
+
+def test_a_redis_ledger_poisoned_by_an_older_version_still_serves(redis_server, caplog):  # noqa: F811
+    """Totals of inf, nan or 1e308 written before the fix (or by hand) read as 0, with a warning
+    and a counter, and every request is answered."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset("reranker:ledger:ns:fair/by_merit",
+                mapping={"exp:b0": "5", "merit:b0": "inf", "exp:b1": "nan", "merit:b1": "2",
+                         "exp:b2": "1e308", "merit:b2": "1", "merit:b3": "not a number", "_v": "4"})
+    client.hset("reranker:ledger:ns:fair/new_share", mapping={"exp:new": "-inf", "merit:new": "1",
+                                                             "_v": "1"})
+    ledger = RedisLedger(redis_server.url, timeout_s=0.5)
+    try:
+        engine = _engine(ledger)
+        with caplog.at_level(logging.WARNING, logger="engine.ledger"):
+            results = [engine.rerank(_request(s)) for s in range(10)]
+        assert all(_finite(r) for r in results)
+        assert ledger.stats.ignored >= 5
+        warned = [r.getMessage() for r in caplog.records if "not finite or above" in r.getMessage()]
+        assert len(warned) == 2  # once per namespace
+        assert warned[0].startswith("ledger 'fair/")
+        assert f"{MAX_TOTAL:.0e}" in warned[0] and "delete the namespace's hash to reset it" in warned[0]
+    finally:
+        ledger.close()
+        client.close()
+
+
+def test_redis_losing_its_data_is_logged_and_counted(redis_server, caplog):  # noqa: F811
+    import redis
+
+    ledger = RedisLedger(redis_server.url, timeout_s=0.5)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        engine = _engine(ledger)
+        for s in range(5):
+            engine.rerank(_request(s))
+        assert ledger.stats.data_lost == 0
+        client.flushall()  # what a restart without persistence leaves
+        with caplog.at_level(logging.WARNING, logger="engine.ledger"):
+            for s in range(5):
+                assert _finite(engine.rerank(_request(10 + s)))
+        lost = [r.getMessage() for r in caplog.records if "was lost by Redis" in r.getMessage()]
+        assert ledger.stats.data_lost == 2, ledger.stats  # two namespaces, one event each
+        assert len(lost) == 2 and "fair/new_share" in " ".join(lost)
+        assert "starts again from what Redis holds" in lost[0]
+        # and no false alarm from ordinary traffic afterwards
+        for s in range(20):
+            engine.rerank(_request(30 + s))
+        assert ledger.stats.data_lost == 2
+    finally:
+        ledger.close()
+        client.close()
+
+
+def test_data_loss_metric_is_exported():
+    from prometheus_client import generate_latest
+
+    from server.metrics import ServerMetrics
+
+    metrics = ServerMetrics()
+    metrics.watch_ledger(_engine(InProcessLedger()))
+    text = generate_latest(metrics.registry).decode()
+    assert "reranker_ledger_data_lost_total 0.0" in text
+    assert "reranker_ledger_ignored_total 0.0" in text
