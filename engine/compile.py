@@ -57,13 +57,18 @@ class CompiledPolicy:
     # slate length -> _RowArrays (filled by requests; a CompiledPolicy lives as long as its
     # policy version, so the cache goes with it on reload)
     row_cache: dict = field(default_factory=dict, compare=False, repr=False)
+    source: str = ""  # the policy's file, for messages that blame the policy ('' = unknown)
+
+    def where(self) -> str:
+        """`policy 'name' (file path)`: how messages name this policy."""
+        return f"policy '{self.policy.name}'" + (f" (file {self.source})" if self.source else "")
 
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.policy.constraints]
 
 
-def compile_policy(policy: Policy) -> CompiledPolicy:
+def compile_policy(policy: Policy, source: str = "") -> CompiledPolicy:
     attributes: list[str] = []
     needs: dict[str, str] = {}
 
@@ -109,7 +114,7 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
             needs.setdefault(policy.exposure.lp.attribute, f"exposure.lp '{policy.exposure.lp.name}'")
             required.append(policy.exposure.lp.attribute)
     return CompiledPolicy(policy, tuple(attributes), needs, tuple(rows), tuple(fair),
-                          tuple(dict.fromkeys(required)))
+                          tuple(dict.fromkeys(required)), source=source)
 
 
 def fair_rows(cp: CompiledPolicy, L: int) -> list[Row]:
@@ -207,7 +212,7 @@ def request_utility(cp: CompiledPolicy, req: RerankRequest) -> np.ndarray:
     missing weight columns, overflow). Pass it back as `compile_request(..., utility_all=)`."""
     weights = _weights(cp.policy, req)
     u = _weighted_sum(weights, req.candidates)
-    _check_finite_utility(u, weights, req.candidates, req, cp.policy)
+    _check_finite_utility(u, weights, req.candidates, req, cp)
     return u
 
 
@@ -253,7 +258,7 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
     # utility over every candidate (pins by attribute need it before filtering)
     if utility_all is None:
         utility_all = _weighted_sum(weights, cands)
-        _check_finite_utility(utility_all, weights, cands, req, policy)
+        _check_finite_utility(utility_all, weights, cands, req, cp)
     elif boosts:
         utility_all = utility_all.copy()  # boosts are added in place below
     boost_all = None
@@ -267,7 +272,7 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
             boost_all = (boost_all if boost_all is not None else np.zeros(cands.n)) + per_code[attr.codes]
     if boost_all is not None:
         utility_all += boost_all
-        _check_finite_utility(utility_all, weights, cands, req, policy)
+        _check_finite_utility(utility_all, weights, cands, req, cp)
     mask = _eligible(policy, cands) if policy.filters else None
     index = np.flatnonzero(mask) if mask is not None else np.arange(cands.n, dtype=np.int64)
     utility = np.ascontiguousarray(utility_all if mask is None else utility_all[index])
@@ -434,15 +439,15 @@ def _row_arrays(cp: CompiledPolicy, L: int) -> _RowArrays:
     return got
 
 
-def _weight_source(name: str, req: RerankRequest, policy: Policy) -> str:
+def _weight_source(name: str, req: RerankRequest, cp: CompiledPolicy) -> str:
     """Where a weight comes from, for messages: the request's override or the policy's."""
     if name in req.objective_weights:
         return f"objective_weights['{name}']"
-    return f"policy '{policy.name}' objective.weights.{name}"
+    return f"{cp.where()}, objective.weights.{name}"
 
 
 def _check_finite_utility(utility: np.ndarray, weights: dict[str, float], cands: Candidates,
-                          req: RerankRequest, policy: Policy) -> None:
+                          req: RerankRequest, cp: CompiledPolicy) -> None:
     """Finite scores and weights can still overflow when multiplied or summed (1e308 x 10):
     name the column (and the weight) whose weighted value is not finite."""
     if np.isfinite(utility).all():
@@ -453,7 +458,7 @@ def _check_finite_utility(utility: np.ndarray, weights: dict[str, float], cands:
             x = float(cands.scores[name][j])
             if not np.isfinite(w * x):
                 raise InvalidRequest(f"candidates.scores['{name}'].values[{j}]",
-                                     f"weight {w:g} ({_weight_source(name, req, policy)}) x score {x:g} "
+                                     f"weight {w:g} ({_weight_source(name, req, cp)}) x score {x:g} "
                                      f"overflows; scale the scores or the weight down")
     raise InvalidRequest("candidates.scores", f"the weighted sum of scores overflows for candidate {j} "
                                               f"(candidates.item_ids[{j}]); scale the scores or weights down")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
-from engine.compile import MAX_OBJECTIVE_SCALE
+from engine.compile import MAX_OBJECTIVE_SCALE, compile_policy, compile_request, request_utility
 from engine.engine import Engine
 from engine.errors import InvalidRequest, PolicyInvalid
 from engine.policy_loader import PolicyStore, load_policy_file, parse_policy_text, policy_json_schema
@@ -198,9 +199,27 @@ def test_a_score_whose_weighted_value_overflows_is_refused_blaming_the_policy_we
     p[7] = 1e308  # x the policy's weight 10 -> inf
     with pytest.raises(InvalidRequest) as exc:
         engine.rerank(_request(p_purchase=p))
-    assert str(exc.value) == ("candidates.scores['p_purchase'].values[7]: weight 10 (policy 'simple' "
-                              "objective.weights.p_purchase) x score 1e+308 overflows; scale the "
-                              "scores or the weight down")
+    # the engine may or may not know the policy's file (compile_policy's `source`); see below
+    assert re.fullmatch(r"candidates\.scores\['p_purchase'\]\.values\[7\]: weight 10 \(policy 'simple'"
+                        r"( \(file [^)]*simple\.yaml\))?, objective\.weights\.p_purchase\) x score 1e\+308 "
+                        r"overflows; scale the scores or the weight down", str(exc.value)), str(exc.value)
+
+
+def test_an_overflow_through_the_policy_weight_names_the_policy_file(tmp_path):
+    path = tmp_path / "simple.yaml"
+    path.write_text(SIMPLE)
+    loaded = load_policy_file(path)
+    cp = compile_policy(loaded.policy, loaded.source)
+    p = np.full(20, 0.01)
+    p[7] = 1e308
+    with pytest.raises(InvalidRequest) as exc:
+        request_utility(cp, _request(p_purchase=p))
+    assert str(exc.value) == (f"candidates.scores['p_purchase'].values[7]: weight 10 (policy 'simple' "
+                              f"(file {path}), objective.weights.p_purchase) x score 1e+308 overflows; "
+                              f"scale the scores or the weight down")
+    with pytest.raises(InvalidRequest) as exc:  # the same through compile_request
+        compile_request(cp, _request(p_purchase=p))
+    assert f"(policy 'simple' (file {path}), objective.weights.p_purchase)" in str(exc.value)
 
 
 def test_a_request_weight_that_overflows_is_named_as_the_request_s(engine):
