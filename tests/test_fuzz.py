@@ -503,6 +503,48 @@ def test_tiny_deadline_is_deadline_exceeded_or_ok(stub, slate_sizes):
             assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (err.code(), err.details())
 
 
+# Finite numbers over the whole double range, huge ones often (no cap: overflow is refused now).
+finite_floats = st.one_of(st.sampled_from([x for x in SPECIAL_FLOATS if math.isfinite(x)]),
+                          st.floats(-HUGE, HUGE), st.floats(-1e3, 1e3))
+
+
+@st.composite
+def huge_value_requests(draw) -> pb.RerankRequest:
+    """A valid request whose only change is finite scores and request weights up to the largest
+    double: nothing in it is wrong except that weight x score, or a slate's sum, may overflow."""
+    n = draw(st.integers(1, 30))
+    req = base_request(draw(st.sampled_from(REAL_POLICIES)), n, draw(st.integers(0, 2**32 - 1)),
+                       draw(st.booleans()))
+    c = req.candidates
+    for _ in range(draw(st.integers(1, 4))):
+        col = c.scores[draw(st.sampled_from(SCORES))]
+        col.values[draw(st.integers(0, n - 1))] = draw(finite_floats)
+    for name in draw(st.lists(st.sampled_from(SCORES), max_size=2, unique=True)):
+        req.objective_weights[name] = draw(finite_floats)
+    return req
+
+
+@settings(FUZZ, max_examples=max(EXAMPLES // 5, 50))
+@given(req=huge_value_requests())
+def test_huge_finite_values_are_answered_or_refused_as_overflow(stub, slate_sizes, req):
+    """With every number finite, the one refusal a request may get is the overflow one
+    (INVALID_ARGUMENT naming the score or weight, saying it overflows); anything else fails,
+    and an answer must be a valid slate with a finite objective, bound and gap."""
+    try:
+        resp = stub.Rerank(req, timeout=TIMEOUT_S)
+    except grpc.RpcError as err:
+        message = err.details() or ""
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), message)
+        assert "overflow" in message, message
+        assert message.startswith(("candidates.scores", "objective_weights")), message
+        fields = [v for k, v in (err.trailing_metadata() or ()) if k == FIELD_METADATA_KEY]
+        check_rejection(err.code(), message, fields)
+        OUTCOMES["HUGE_REFUSED"] = OUTCOMES.get("HUGE_REFUSED", 0) + 1
+        return
+    check_slate(req, resp, slate_sizes)
+    OUTCOMES["HUGE_OK"] = OUTCOMES.get("HUGE_OK", 0) + 1
+
+
 # ------------------------------------------------------------------- bugs the fuzz found
 
 
