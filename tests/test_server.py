@@ -7,6 +7,7 @@ port; every bad input is checked for its status code AND for a message naming th
 from __future__ import annotations
 
 import math
+import os
 import re
 from urllib.parse import unquote
 from types import SimpleNamespace
@@ -278,7 +279,8 @@ def test_deadline_is_passed_to_the_engine():
         RerankerServicer(fake).Rerank(example_request(), context)
     assert 0 < seen[0] <= 250.0
     assert context.code == grpc.StatusCode.NOT_FOUND
-    assert context.trailing == ((FIELD_METADATA_KEY, "policy"),)
+    # errors carry the worker's pid too, before the fields at fault
+    assert context.trailing == (("x-worker-pid", str(os.getpid())), (FIELD_METADATA_KEY, "policy"))
 
     seen.clear()
     with pytest.raises(RuntimeError):
@@ -610,19 +612,30 @@ def test_still_serving_after_bad_inputs(stub, live_server):
         (variant(lambda r: setattr(r, "slate_size", 5000)),
          grpc.StatusCode.INVALID_ARGUMENT, "slate_size: must be between 1 and"),
         (variant(lambda r: r.candidates.ClearField("item_ids")),
-         grpc.StatusCode.INVALID_ARGUMENT, "candidates"),
+         grpc.StatusCode.INVALID_ARGUMENT, "candidates.item_ids: must not be empty"),
     ]
     for req, code, message in bad:
         with pytest.raises(grpc.RpcError) as info:
             stub.Rerank(req, timeout=TIMEOUT_S)
         assert info.value.code() == code, (message, info.value.details())
         assert info.value.details().startswith(message), (message, info.value.details())
-    with grpc.insecure_channel(live_server.address) as channel:  # bytes that are no message at all
+    with grpc.insecure_channel(live_server.address) as channel:  # raw bytes, no client-side checks
         call = channel.unary_unary("/reranker.v1.Reranker/Rerank", request_serializer=None,
                                    response_deserializer=None)
+        # K <= 0: a client that sends slate_size as a signed -1 puts a 10-byte varint on the wire;
+        # the uint32 field reads it as 2**32 - 1, refused like any K over the limit
+        negative_k = good.SerializeToString() + b"\x20" + b"\xff" * 9 + b"\x01"
+        assert pb.RerankRequest.FromString(negative_k).slate_size == 2**32 - 1
+        with pytest.raises(grpc.RpcError) as info:
+            call(negative_k, timeout=TIMEOUT_S)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+        assert info.value.details().startswith("slate_size: must be between 1 and"), info.value.details()
+        # bytes that are no message at all (a length running past the end)
         with pytest.raises(grpc.RpcError) as info:
             call(b"\x0a\xff\xff\xff\xff\x0f", timeout=TIMEOUT_S)
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+        assert info.value.details().startswith("request: not a valid reranker.v1.RerankRequest message"), \
+            info.value.details()
     assert_valid_slate(good, stub.Rerank(good, timeout=TIMEOUT_S))
 
 
