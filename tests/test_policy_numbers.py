@@ -113,6 +113,10 @@ def test_non_finite_policy_numbers_are_refused_at_the_field(marker, written):
     ("W_CLICK", "2.0e+6"), ("W_CLICK", "-2.0e+6"), ("DISCOUNT", "2.0e+6"), ("DIV_WEIGHT", "1001.0"),
     ("PENALTY", "1.0e+7"), ("SHARE", "1.0e+7"), ("GAIN", "1000.5"), ("TOLERANCE", "101.0"),
     ("BUDGET", "60001.0"), ("FAIR_P", "1.0"), ("AMORTIZED_SHARE", "1.0"),
+    # the lower ends
+    ("DISCOUNT", "-0.5"), ("DIV_WEIGHT", "0.0"), ("PENALTY", "0.0"), ("SHARE", "-0.1"),
+    ("FAIR_P", "0.0"), ("FAIR_ALPHA", "0.0"), ("FAIR_ALPHA", "1.0"), ("AMORTIZED_SHARE", "0.0"),
+    ("GAIN", "0.0"), ("TOLERANCE", "-0.01"), ("BUDGET", "0.0"), ("BUDGET", "-1.0"),
 ])
 def test_policy_numbers_out_of_their_range_are_refused(marker, value):
     path, line, bounds = FIELDS[marker]
