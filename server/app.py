@@ -142,7 +142,7 @@ def create_server(
 
 #: Server reflection v1 (what grpcurl and current clients ask first). grpcio-reflection ships only
 #: v1alpha; the two protocols' messages are the same on the wire (only the package name differs),
-#: so v1 is served by the v1alpha servicer under the v1 method name.
+#: so v1 is served by the v1alpha servicer under the v1 method name (see server.reflection_v1).
 REFLECTION_V1_SERVICE = "grpc.reflection.v1.ServerReflection"
 
 
@@ -150,6 +150,9 @@ def enable_reflection(service_names, server: grpc.Server) -> None:
     """Serve reflection v1alpha and v1 for `service_names` (plus both reflection services)."""
     from grpc_reflection.v1alpha import reflection_pb2 as rpb
 
+    from server import reflection_v1
+
+    reflection_v1.message_classes()  # registers grpc/reflection/v1/reflection.proto: v1 is describable
     names = (*service_names, reflection.SERVICE_NAME, REFLECTION_V1_SERVICE)
     servicer = reflection.ReflectionServicer(names)
     reflection._reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)

@@ -71,6 +71,33 @@ def test_reflection_v1_and_v1alpha_list_services_and_describe_the_api(channel, s
     assert {s.name for s in again.list_services_response.service} == names
 
 
+def test_a_reflection_v1_client_with_v1_messages_can_describe_the_api_and_v1_itself(channel):
+    """A client built on grpc.reflection.v1 messages (as grpcurl's are), not the v1alpha ones."""
+    from google.protobuf import descriptor_pb2
+
+    from google.protobuf import descriptor_pool
+
+    from server.reflection_v1 import FILE_NAME, message_classes
+
+    descriptor_pool.Default().FindFileByName(FILE_NAME)  # create_server registered it, not this test
+    Request, Response = message_classes()
+    assert Request.DESCRIPTOR.full_name == "grpc.reflection.v1.ServerReflectionRequest"
+    call = channel.stream_stream(f"/{REFLECTION_V1_SERVICE}/ServerReflectionInfo",
+                                 request_serializer=Request.SerializeToString,
+                                 response_deserializer=Response.FromString)
+    api, v1, missing = call(iter([Request(file_containing_symbol="reranker.v1.RerankRequest"),
+                                  Request(file_containing_symbol=REFLECTION_V1_SERVICE),
+                                  Request(file_containing_symbol="no.such.Symbol")]), timeout=TIMEOUT_S)
+    names = [descriptor_pb2.FileDescriptorProto.FromString(b).name
+             for b in api.file_descriptor_response.file_descriptor_proto]
+    assert names[0] == "reranker/v1/reranker.proto"
+    (v1_file,) = [descriptor_pb2.FileDescriptorProto.FromString(b)
+                  for b in v1.file_descriptor_response.file_descriptor_proto]
+    assert v1_file.name == FILE_NAME and v1_file.package == "grpc.reflection.v1"
+    assert [m.input_type for m in v1_file.service[0].method] == [".grpc.reflection.v1.ServerReflectionRequest"]
+    assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
 def test_version_flag_prints_the_package_version(capsys):
     from importlib.metadata import version
 
