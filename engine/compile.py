@@ -286,7 +286,7 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
                                            f"weights (objective.position_discount), so at most {len(discount)}, got {K}")
     fixed = _row_arrays(cp, L)
     pw = fixed.position_weight
-    _check_objective_range(utility, pw, index, weights, cands, policy)
+    _check_objective_range(utility, fixed.position_weight_sum, index, weights, cands)
 
     A = len(cp.attributes)
     codes = np.empty((A, n), dtype=np.int64)
@@ -393,6 +393,7 @@ class _RowArrays:
     calibration: bool
     no_target_offset: np.ndarray
     position_weight: np.ndarray  # position_weights(policy discount, L)
+    position_weight_sum: float  # its sum: the largest |objective| is |utility| max x this
     no_item: np.ndarray  # templates of the per-request columns, copied per request
     all_active: np.ndarray
     no_reason: np.ndarray
@@ -428,7 +429,8 @@ def _row_arrays(cp: CompiledPolicy, L: int) -> _RowArrays:
                         for j in range(len(cp.policy.constraints))),
         calibration=any(row.kind == CALIBRATION for row in rows),
         no_target_offset=np.zeros(C + 1, dtype=np.int64),
-        position_weight=position_weights(cp.policy.objective.position_discount, L),
+        position_weight=(pw := position_weights(cp.policy.objective.position_discount, L)),
+        position_weight_sum=float(pw.sum()),
         no_item=np.full(C, -1, dtype=np.int64),
         all_active=np.ones(C, dtype=np.bool_),
         no_reason=np.zeros(C, dtype=np.int64),
@@ -471,15 +473,13 @@ def _check_finite_utility(utility: np.ndarray, weights: dict[str, float], cands:
 MAX_OBJECTIVE_SCALE = 1e300
 
 
-def _check_objective_range(utility: np.ndarray, pw: np.ndarray, index: np.ndarray,
-                           weights: dict[str, float], cands: Candidates, policy: Policy) -> None:
+def _check_objective_range(utility: np.ndarray, scale: float, index: np.ndarray,
+                           weights: dict[str, float], cands: Candidates) -> None:
     """Every utility is finite, but K of them summed (with the position weights) may not be:
     refuse requests whose objective could overflow, naming the largest weighted score."""
     if utility.shape[0] == 0:
         return
-    umax = float(np.abs(utility).max())
-    scale = float(pw.sum())
-    if umax * scale <= MAX_OBJECTIVE_SCALE:
+    if float(np.abs(utility).max()) * scale <= MAX_OBJECTIVE_SCALE:
         return
     j = int(index[int(np.argmax(np.abs(utility)))])
     name = max(weights, key=lambda c: abs(weights[c] * float(cands.scores[c][j])) if c in cands.scores else -1.0)
