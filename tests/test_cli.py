@@ -126,6 +126,20 @@ def test_call_prints_slate_and_diagnostics(capsys, live_server):
     assert sum(item in out for item in ids) == 10  # the example asks for a slate of 10
 
 
+def test_call_reads_the_address_from_RERANKER_ADDRESS(capsys, live_server, monkeypatch):
+    monkeypatch.setenv("RERANKER_ADDRESS", live_server.address)
+    code, out, err = run(capsys, "call", "--json", str(EXAMPLE_REQUEST))
+    assert code == 0, err
+    assert json.loads(out)["policy"] == "home_feed"
+    # an address nobody listens on, from the variable: the error names it
+    monkeypatch.setenv("RERANKER_ADDRESS", "127.0.0.1:1")
+    code, _, err = run(capsys, "call", "--timeout", "2", str(EXAMPLE_REQUEST))
+    assert code == 1 and "127.0.0.1:1" in err, err
+    # --address wins over the variable
+    code, _, err = run(capsys, "call", "--json", "--address", live_server.address, str(EXAMPLE_REQUEST))
+    assert code == 0, err
+
+
 def test_call_json_output(capsys, live_server):
     code, out, _ = run(capsys, "call", "--json", "--address", live_server.address, str(EXAMPLE_REQUEST))
     assert code == 0
