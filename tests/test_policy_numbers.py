@@ -277,3 +277,56 @@ def test_request_targets_that_mean_nothing_are_refused(engine, targets, field, m
 def test_request_targets_with_some_known_values_are_accepted(engine):
     result = engine.rerank(_request(targets={"taste": {"shoes": 0.9, "jewels": 0.1}}))
     assert len(result.items) == 5
+
+
+HEAVY = """\
+name: heavy
+version: "1"
+slate_size: 8
+objective:
+  weights: {a: 1.0e+6, b: -1.0e+6}
+  position_discount: reciprocal
+diversity: {method: METHOD, weight: 1000.0}
+constraints:
+  - {name: cap, type: max_count, attribute: cat, max: 3}
+  - {name: none_x, type: max_count, attribute: cat, value: x, max: 0, hard: false, penalty: 1.0e+6}
+  - {name: some_y, type: min_count, attribute: cat, value: y, min: 2, hard: false, penalty: 1.0e+6}
+  - {name: spread, type: window, attribute: cat, size: 3, max: 1, hard: false, penalty: 1.0e+6}
+  - {name: cover, type: coverage, attribute: cat, penalty: 1.0e+6}
+  - {name: taste, type: calibration, attribute: cat, target: {x: 1.0, z: 1.0e+6}, penalty: 1.0e+6}
+  - {name: fair, type: fair_prefix, attribute: tier, protected: [new], p: 0.9, alpha: 0.9}
+exposure:
+  lp: {name: lp, attribute: tier, tolerance: 0.0}
+"""
+
+
+@pytest.mark.parametrize("method", ["mmr", "dpp"])
+@pytest.mark.parametrize("solver", ["greedy", "exact"])
+def test_every_term_at_its_largest_keeps_objective_bound_and_gap_finite(tmp_path, method, solver):
+    """Utilities just under the overflow limit, with every policy number at the top of its
+    range (weights, penalties, diversity weight, calibration shares), identical embeddings
+    (DPP residuals at their floor) and rules that cannot all hold: the answer's numbers stay
+    finite, or the request is refused for overflow; never inf / nan in an OK answer."""
+    (tmp_path / "heavy.yaml").write_text(HEAVY.replace("METHOD", method))
+    store = PolicyStore()
+    store.add(load_policy_file(tmp_path / "heavy.yaml"))
+    engine = Engine(store)
+    rng = np.random.default_rng(3)
+    answered = 0
+    for n, scale in [(30, 1e290), (30, 1e293), (12, 1e292), (30, 1e250)]:
+        cands = Candidates(
+            item_ids=[f"i{j}" for j in range(n)],
+            scores={"a": rng.standard_normal(n) * scale, "b": rng.standard_normal(n) * scale},
+            attributes={"cat": Attribute.from_values(list(rng.choice(["x", "y", "z"], n))),
+                        "tier": Attribute.from_values(list(rng.choice(["new", "old"], n)))},
+            embeddings=np.ones((n, 4), dtype=np.float32),
+        )
+        try:
+            result = engine.rerank(RerankRequest("heavy", cands, solver=solver, explain=True, budget_ms=500))
+        except InvalidRequest as exc:
+            assert "overflow" in str(exc), str(exc)
+            continue
+        answered += 1
+        numbers = [result.objective, result.bound, result.gap] + [it.utility for it in result.items]
+        assert all(x is None or math.isfinite(x) for x in numbers), numbers
+    assert answered >= 3
