@@ -67,6 +67,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+_MAX_BOOST = float(np.finfo(np.float64).max)
+
 
 def boosts(snapshot: Mapping[str, tuple[float, float]], targets: Mapping[str, float] | None,
            gain: float, *, n_requests_hint: int | None = None,
@@ -98,9 +100,10 @@ def boosts(snapshot: Mapping[str, tuple[float, float]], targets: Mapping[str, fl
             raise ValueError(f"amortized targets: shares must sum to at most 1, got "
                              f"{sum(targets.values()):.6g}")
 
-    # non-finite totals (a ledger written by an older version) count as 0, never as inf
-    exposure = {g: float(e) if math.isfinite(e) and e > 0 else 0.0 for g, (e, _) in snapshot.items()}
-    merit = {g: float(m) if math.isfinite(m) and m > 0 else 0.0 for g, (_, m) in snapshot.items()}
+    # non-finite totals (a ledger written by an older version) count as 0, never as inf, and
+    # finite ones are capped at 1e300 so that their sums stay finite too
+    exposure = {g: _total(e) for g, (e, _) in snapshot.items()}
+    merit = {g: _total(m) for g, (_, m) in snapshot.items()}
     E = sum(exposure.values())
     M = sum(merit.values())
     if targets is not None:
@@ -112,7 +115,19 @@ def boosts(snapshot: Mapping[str, tuple[float, float]], targets: Mapping[str, fl
     unit = E / n_requests_hint if n_requests_hint is not None else 1.0
     scale = utility_scale if utility_scale is not None else (M / E if M > 0 else 1.0)
     factor = gain * scale / unit
-    return {g: factor * max(0.0, t * E - exposure.get(g, 0.0)) for g, t in share.items()}
+    out = {}
+    for g, t in share.items():
+        d = max(0.0, t * E - exposure.get(g, 0.0))
+        b = factor * d if d > 0 else 0.0
+        # finite whatever the inputs (a huge gain times a huge shortfall overflows): the largest
+        # double already outranks everything, and `clip_boosts` brings it to the request's range
+        out[g] = b if math.isfinite(b) else _MAX_BOOST
+    return out
+
+
+def _total(v: float) -> float:
+    v = float(v)
+    return min(v, 1e300) if math.isfinite(v) and v > 0 else 0.0
 
 
 def exposure_deltas(slate_groups: Sequence[str | None], position_weights: np.ndarray,

@@ -8,7 +8,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.amortized import boosts, exposure_deltas, merit_by_group
+import math
+
+from engine.amortized import (
+    boosts,
+    clip_boosts,
+    exposure_deltas,
+    merit_by_group,
+    normalised_merit,
+    request_scale,
+)
 from engine.ledger import InProcessLedger
 
 
@@ -79,6 +88,61 @@ def test_invalid_arguments_are_named(args, kwargs, message):
     with pytest.raises(ValueError) as e:
         boosts(*args, **kwargs)
     assert str(e.value) == message
+
+
+# -- bounded whatever comes in (issue 9: one caller's 1e307 scores sent the merit to inf) ------
+def test_boosts_are_finite_for_a_ledger_holding_inf_nan_or_huge_totals():
+    inf, nan = math.inf, math.nan
+    # non-finite totals count as 0: "a" reads as (0, 0), so E = 4, M = 2 and scale 0.5
+    snap = {"a": (inf, nan), "b": (4.0, 2.0), "c": (nan, -inf)}
+    assert boosts(snap, {"a": 0.5}, 1.0) == pytest.approx({"a": 0.5 * 2.0})
+    assert boosts(snap, None, 1.0) == pytest.approx({"a": 0.0, "b": 0.0, "c": 0.0})
+    # huge finite totals: sums stay finite, and an overflowing boost is the largest double
+    huge = {"a": (1e308, 1e308), "b": (1e308, 1e308), "new": (0.0, 0.0)}
+    for targets, kwargs in [({"new": 0.5}, {}), (None, {}), ({"new": 0.5}, {"utility_scale": 1e300}),
+                            ({"new": 0.5}, {"n_requests_hint": 1})]:
+        out = boosts(huge, targets, 1e6, **kwargs)
+        assert all(math.isfinite(b) and b >= 0 for b in out.values()), (targets, kwargs, out)
+    assert boosts(huge, {"new": 0.5}, 1e6)["new"] == pytest.approx(1e6 * 1.0 * 1e300)  # capped totals
+    assert boosts(huge, {"new": 0.5}, 1e6, utility_scale=1e300)["new"] == np.finfo(np.float64).max
+
+
+def test_normalised_merit_splits_the_slate_exposure_by_merit():
+    flat = lambda d: {(g, k): v[k] for g, v in d.items() for k in (0, 1)}  # noqa: E731
+    d = normalised_merit({"a": (1.0, 3.0), "b": (0.5, 1.0), "c": (0.0, 0.0)})
+    assert flat(d) == pytest.approx(flat({"a": (1.0, 1.125), "b": (0.5, 0.375), "c": (0.0, 0.0)}))
+    # however large the utilities, a request adds its slate's exposure (1.5) of merit, no more
+    for scale in (1e-300, 1.0, 1e297, 5e307):
+        big = normalised_merit({"a": (1.0, 3.0 * scale), "b": (0.5, 1.0 * scale)})
+        assert flat(big) == pytest.approx(flat({"a": (1.0, 1.125), "b": (0.5, 0.375)})), scale
+    # the sum of two 1e308 merits overflows; their ratio does not
+    assert normalised_merit({"a": (1.0, 1e308), "b": (1.0, 1e308)}) == {"a": (1.0, 1.0), "b": (1.0, 1.0)}
+    # infinite merit (never from the engine): only the infinite ones count, equally
+    assert normalised_merit({"a": (1.0, math.inf), "b": (1.0, 5.0)}) == {"a": (1.0, 2.0), "b": (1.0, 0.0)}
+    # no merit, negative or NaN merit, or no exposure: merit 0
+    assert normalised_merit({"a": (1.0, 0.0), "b": (1.0, -2.0), "c": (1.0, math.nan)}) == \
+        {"a": (1.0, 0.0), "b": (1.0, 0.0), "c": (1.0, 0.0)}
+    assert normalised_merit({"a": (0.0, 4.0)}) == {"a": (0.0, 0.0)}
+
+
+def test_request_scale_is_utility_per_unit_of_exposure_of_the_best_candidates():
+    u = np.array([5.0, -1.0, 3.0, 0.5])
+    pw = np.array([1.0, 0.5])
+    assert request_scale(u, pw) == pytest.approx(((5.0 + 3.0) / 1.5, 6.0))
+    # fewer candidates than positions: all of them, over as many weights
+    assert request_scale(np.array([2.0]), pw) == pytest.approx((2.0, 0.0))
+    # all zero -> scale 1; non-finite (refused upstream anyway) -> (1, 0); no candidates -> (1, 0)
+    assert request_scale(np.zeros(3), pw) == (1.0, 0.0)
+    assert request_scale(np.array([1.0, math.inf]), pw) == (1.0, 0.0)
+    assert request_scale(np.array([]), pw) == (1.0, 0.0)
+    # the sum of |u| overflowing gives scale 1, the spread overflowing gives spread 0
+    assert request_scale(np.array([1e308, 1e308]), pw)[0] == 1.0
+    assert request_scale(np.array([1e308, -1e308]), pw) == (1.0, 0.0)
+
+
+def test_clip_boosts_keeps_boosts_within_the_request_range():
+    out = clip_boosts({"a": 0.5, "b": 50.0, "c": -1.0, "d": math.inf, "e": math.nan}, 2.0, 1.0)
+    assert out == {"a": 0.5, "b": 3.0, "c": 0.0, "d": 3.0, "e": 0.0}
 
 
 # -- what a slate adds ----------------------------------------------------------------------------

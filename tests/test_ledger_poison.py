@@ -190,6 +190,46 @@ def test_redis_losing_its_data_is_logged_and_counted(redis_server, caplog):  # n
         client.close()
 
 
+def test_a_redis_restarted_without_persistence_is_noticed_by_every_replica(caplog):
+    """Two replicas; Redis is killed, then restarted empty (no persistence) while requests go on:
+    no request fails, each replica logs one WARNING per namespace and counts it, and the totals
+    afterwards are what was written since the loss (the queued deltas and the later requests)."""
+    from tests.redis_server import RedisServer, require_redis_server
+    from tests.test_ledger import settled, wait_until
+
+    require_redis_server()
+    server = RedisServer().start()  # --save '' --appendonly no: a restart comes back empty
+    ledgers = [RedisLedger(server.url, timeout_s=0.05, retry_interval_s=0.05) for _ in range(2)]
+    try:
+        replicas = [_engine(ld) for ld in ledgers]
+        with caplog.at_level(logging.WARNING, logger="engine.ledger"):
+            for k in range(40):
+                if k == 10:
+                    server.kill()
+                if k == 20:
+                    server.start()
+                assert _finite(replicas[k % 2].rerank(_request(300 + k)))
+            assert wait_until(lambda: settled(*ledgers)), [ld.stats for ld in ledgers]
+            for k in range(10):  # a read by each replica after recovery
+                assert _finite(replicas[k % 2].rerank(_request(400 + k)))
+        for ledger in ledgers:
+            assert ledger.stats.outages >= 1
+            assert ledger.stats.data_lost == 2, ledger.stats  # two namespaces, one event
+        lost = [r.getMessage() for r in caplog.records if "was lost by Redis" in r.getMessage()]
+        assert len(lost) == 4, lost  # 2 replicas x 2 namespaces, once each
+        assert all(f"127.0.0.1:{server.port}" in m and "had " in m for m in lost), lost
+        # what Redis holds now: the 40 slates answered since the kill (the 10 queued during the
+        # outage included), not the 10 before it, which Redis lost
+        per_slate = sum(1.0 / math.log2(p + 2) for p in range(10))  # every item has a tier
+        for ledger in ledgers:
+            exposure = sum(e for e, _ in ledger.snapshot("fair/new_share").values())
+            assert exposure == pytest.approx(40 * per_slate, rel=1e-9)
+    finally:
+        for ledger in ledgers:
+            ledger.close()
+        server.close()
+
+
 def test_data_loss_metric_is_exported():
     from prometheus_client import generate_latest
 
@@ -199,4 +239,5 @@ def test_data_loss_metric_is_exported():
     metrics.watch_ledger(_engine(InProcessLedger()))
     text = generate_latest(metrics.registry).decode()
     assert "reranker_ledger_data_lost_total 0.0" in text
+    assert "# HELP reranker_ledger_data_lost_total Exposure ledger: namespaces Redis lost" in text
     assert "reranker_ledger_ignored_total 0.0" in text
