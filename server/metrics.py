@@ -125,6 +125,12 @@ class _WatcherCollector:
 
 _LEDGER_FIELDS = ("outages", "errors", "queued", "flushed", "duplicates", "rejected", "ignored",
                   "data_lost")
+_LEDGER_HELP = {
+    "rejected": "Exposure ledger: deltas dropped as non-finite, too large or not numbers",
+    "ignored": "Exposure ledger: stored totals read back non-finite or implausibly large, read as 0",
+    "data_lost": "Exposure ledger: namespaces Redis lost (restart without persistence, flush); "
+                 "their cumulative exposure restarted from zero",
+}
 
 
 class _LedgerCollector:
@@ -142,8 +148,8 @@ class _LedgerCollector:
         out = []
         for name in _LEDGER_FIELDS:
             if hasattr(stats, name):
-                fam = CounterMetricFamily(f"reranker_ledger_{name}",
-                                          f"Exposure ledger: {name} (engine.ledger.stats.{name})")
+                fam = CounterMetricFamily(f"reranker_ledger_{name}", _LEDGER_HELP.get(
+                    name, f"Exposure ledger: {name}") + f" (engine.ledger.stats.{name})")
                 fam.add_metric([], float(getattr(stats, name)))
                 out.append(fam)
         healthy = getattr(ledger, "healthy", None)
