@@ -30,7 +30,7 @@ from engine.amortized import (
 from engine.ledger import InProcessLedger, Ledger, ledger_from_url
 from engine.report import conflict_text, constraint_reports, gap, slate_items
 from engine.types import ConflictReport, ExposureLPReport, PolicyInfo, RerankRequest, RerankResult
-from engine.validate import Limits, validate_candidates, validate_request_scalars
+from engine.validate import Limits, validate_candidates, validate_request_scalars, work_units
 from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
 from solvers.greedy import solve_greedy
 from solvers.greedy import warmup as warmup_greedy
@@ -125,13 +125,19 @@ class Engine:
         key = (loaded.policy.name, loaded.digest)
         cp = self._compiled.get(key)
         if cp is None:
-            cp = compile_policy(loaded.policy)
+            cp = compile_policy(loaded.policy, loaded.source if loaded.source != "<text>" else "")
             with self._lock:
                 # drop older versions of the same policy
                 for k in [k for k in self._compiled if k[0] == key[0]]:
                     del self._compiled[k]
                 self._compiled[key] = cp
         return cp
+
+    def estimate_work(self, policy: str, n: int, slate_size: int = 0, explain: bool = False,
+                      dim: int = 0) -> int:
+        """How much solving a request asks for, in work units (admission control; see
+        `engine.validate.work_units`), from its size alone. Raises PolicyNotFound."""
+        return work_units(self.store.get(policy).policy, n, slate_size, explain, dim)
 
     def rerank(self, req: RerankRequest) -> RerankResult:
         t_start = time.perf_counter_ns()

@@ -69,6 +69,7 @@ def _parsing(behaviour, request_cls, pass_raw: bool = False):
     name = request_cls.DESCRIPTOR.full_name
 
     def handle(raw: bytes, context: grpc.ServicerContext):
+        _dispatched.started = True  # see _ShedCountingPool: this call reached its handler
         try:
             request = request_cls.FromString(raw)
         except DecodeError as exc:
@@ -78,7 +79,46 @@ def _parsing(behaviour, request_cls, pass_raw: bool = False):
             return behaviour(request, context, raw=raw)
         return behaviour(request, context)
 
+    handle.reranker_method = getattr(behaviour, "__name__", name)  # marks handlers whose queue drops are counted
     return handle
+
+
+_dispatched = threading.local()
+
+
+class _ShedCountingPool(futures.ThreadPoolExecutor):
+    """The server's handler pool, counting the calls that never reached their handler.
+
+    grpc's sync server queues each call for this pool; when the call's deadline passes (or the
+    client cancels) while it waits, grpc drops it without calling the handler, so the servicer
+    never sees it. This pool notices: a task for one of our methods that ends without the
+    handler having started is counted in the admission stats (reason `deadline_in_queue`, or
+    `cancelled_in_queue` when its deadline had not passed). It reads the call's method handler and
+    deadline from the task's arguments as grpc submits them (grpc._server: context.run,
+    _unary_response_in_pool, rpc_event, state, behaviour, ...); anything else runs as is."""
+
+    def __init__(self, admission, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._admission = admission
+
+    def submit(self, fn, /, *args, **kwargs):
+        behaviour = args[3] if len(args) > 3 else None
+        if getattr(behaviour, "reranker_method", None) is None:
+            return super().submit(fn, *args, **kwargs)
+        rpc_event = args[1]
+        admission = self._admission
+
+        def run():
+            _dispatched.started = False
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if not _dispatched.started:
+                    deadline = getattr(getattr(rpc_event, "call_details", None), "deadline", None)
+                    expired = deadline is not None and deadline <= time.time()
+                    admission.count_dropped(behaviour.reranker_method, expired)
+
+        return super().submit(run)
 
 
 def create_server(
@@ -92,6 +132,8 @@ def create_server(
     metrics=None,
     tls: tuple[bytes, bytes] | None = None,
     reuse_port: bool = False,
+    admission=None,
+    max_connection_age_s: float | None = None,
 ) -> tuple[grpc.Server, int]:
     """Build a server for `engine` bound to `address` ("host:port"; port 0 = any free port).
 
@@ -107,6 +149,12 @@ def create_server(
     `reuse_port`: bind with SO_REUSEPORT so that several processes share the port (the kernel
     spreads connections over them); off by default, so that a port in use fails loudly.
 
+    `admission`: a `server.admission.AdmissionLimits` (None: the defaults), or an `Admission`
+    to share: batch and per-request work caps and the heavy lane.
+    `max_connection_age_s`: close every client connection (GOAWAY, after a grace of the same
+    length for calls in flight) once it is this old, so that clients reconnect and a restarted
+    worker gets its share of the connections again (grpc adds +-10 % jitter); None: never.
+
     Returns (server, bound port). Raises BindError if the address cannot be bound.
     """
     options = [
@@ -115,12 +163,19 @@ def create_server(
         # Unless asked to share it, fail loudly if another process already listens on the port.
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
+    if max_connection_age_s is not None:
+        age_ms = max(int(max_connection_age_s * 1000), 1)
+        options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)]
+    from server.admission import Admission
+
+    if not isinstance(admission, Admission):
+        admission = Admission(admission)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rerank"),
+        _ShedCountingPool(admission, max_workers=max_workers, thread_name_prefix="rerank"),
         options=options,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    add_servicer(RerankerServicer(engine, metrics), server)
+    add_servicer(RerankerServicer(engine, metrics, admission), server)
 
     if health_servicer is None:
         health_servicer = health.HealthServicer()

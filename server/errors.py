@@ -34,12 +34,22 @@ class DeadlineExpired(RerankError):
         super().__init__(f"deadline exceeded before {stage} started")
 
 
+class Overloaded(RerankError):
+    """Admission control refused the call: too large for this server, or its heavy lane is busy
+    (raised by the server only; RESOURCE_EXHAUSTED, with the field at fault when there is one)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+
 # The table: first matching class wins (list subclasses before their bases).
 STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (PolicyNotFound, grpc.StatusCode.NOT_FOUND),
     (PolicyInvalid, grpc.StatusCode.INVALID_ARGUMENT),
     (DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 INTERNAL_MESSAGE = "internal error; the server logged the details"
@@ -74,12 +84,13 @@ def to_status(exc: BaseException, *, request_id: str = "", policy: str = "") -> 
     return ErrorStatus(grpc.StatusCode.INTERNAL, message, ())
 
 
-def abort(context: grpc.ServicerContext, status: ErrorStatus) -> NoReturn:
-    """End the RPC with `status` (message + x-field trailing metadata). Raises, as context.abort."""
-    if status.fields:
-        context.set_trailing_metadata(
-            tuple((FIELD_METADATA_KEY, _ascii(f)) for f in status.fields[:MAX_FIELDS])
-        )
+def abort(context: grpc.ServicerContext, status: ErrorStatus,
+          metadata: tuple[tuple[str, str], ...] = ()) -> NoReturn:
+    """End the RPC with `status` (message + x-field trailing metadata, plus `metadata`, such as
+    the worker's pid). Raises, as context.abort."""
+    fields = tuple((FIELD_METADATA_KEY, _ascii(f)) for f in status.fields[:MAX_FIELDS])
+    if fields or metadata:
+        context.set_trailing_metadata(tuple(metadata) + fields)
     context.abort(status.code, status.message)
     raise AssertionError("unreachable: context.abort returned")  # pragma: no cover
 
@@ -94,6 +105,8 @@ def _fields(exc: BaseException) -> tuple[str, ...]:
         return tuple(dict.fromkeys(i.path for i in exc.issues if i.path))
     if isinstance(exc, PolicyNotFound):
         return ("policy",)
+    if isinstance(exc, Overloaded) and exc.field:
+        return (exc.field,)
     return ()
 
 

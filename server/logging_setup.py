@@ -16,6 +16,15 @@ import sys
 import time
 from typing import TextIO
 
+#: Limits of one log line: a field's text (the message included), entries of a list / mapping,
+#: nesting depth, and the whole line. One 15.9 MiB request once became a 16.7 MB line.
+MAX_FIELD_CHARS = 1000
+MAX_ITEMS = 20
+MAX_DEPTH = 4
+MAX_LINE_CHARS = 8192
+#: The traceback may be longer than a field (it is what a bug report needs), but bounded too.
+MAX_TRACEBACK_CHARS = 6000
+
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -29,16 +38,60 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        out["msg"] = clip(out["msg"])
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+                out[clip(str(key), 100)] = clip(value)
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = _clip_text(self.formatException(record.exc_info), MAX_TRACEBACK_CHARS)
         elif record.exc_text:
-            out["exc"] = record.exc_text
+            out["exc"] = _clip_text(record.exc_text, MAX_TRACEBACK_CHARS)
         if record.stack_info:
-            out["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(out, default=str, ensure_ascii=False)
+            out["stack"] = _clip_text(self.formatStack(record.stack_info), MAX_TRACEBACK_CHARS)
+        line = json.dumps(out, default=str, ensure_ascii=False)
+        if len(line) <= MAX_LINE_CHARS:
+            return line
+        # still too long (many fields): keep the envelope, clip every field harder
+        small = {k: (v if k in ("ts", "level", "logger") else clip(v, 200, 5, 2)) for k, v in out.items()}
+        line = json.dumps(small, default=str, ensure_ascii=False)
+        if len(line) <= MAX_LINE_CHARS:
+            return line
+        return json.dumps({k: out[k] for k in ("ts", "level", "logger")} | {
+            "msg": _clip_text(out["msg"], 500), "clipped": f"log line of {len(line)} chars dropped"},
+            ensure_ascii=False)
+
+
+def _clip_text(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...(clipped, {len(text)} chars)"
+
+
+def clip(value, limit: int = MAX_FIELD_CHARS, items: int = MAX_ITEMS, depth: int = MAX_DEPTH):
+    """A logged value made small: strings and bytes cut to `limit` characters, lists, tuples,
+    sets and mappings to `items` entries (saying how many there were), nesting to `depth`;
+    anything else through str() when its text is long. Numbers, bools and None unchanged."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return _clip_text(value, limit)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes>"
+    if depth <= 0:
+        return _clip_text(repr(value), min(limit, 200))
+    if isinstance(value, dict):
+        keys = list(value)[:items]
+        out = {clip(str(k), 100): clip(value[k], limit, items, depth - 1) for k in keys}
+        if len(value) > items:
+            out["..."] = f"clipped, {len(value)} entries"
+        return out
+    if isinstance(value, (list, tuple, set, frozenset)):
+        seq = list(value)
+        out = [clip(v, limit, items, depth - 1) for v in seq[:items]]
+        if len(seq) > items:
+            out.append(f"...(clipped, {len(seq)} entries)")
+        return out
+    return _clip_text(str(value), limit)
 
 
 class _JsonHandler(logging.StreamHandler):

@@ -98,6 +98,10 @@ class ServerMetrics:
         """Expose `engine.ledger.stats` (outages, errors, queued, flushed, ...) if it has them."""
         self.registry.register(_LedgerCollector(engine))
 
+    def watch_admission(self, admission) -> None:
+        """Expose a server.admission.Admission's counts (shed calls by reason, heavy-lane calls)."""
+        self.registry.register(_AdmissionCollector(admission))
+
     def serve_http(self, port: int, host: str = DEFAULT_METRICS_HOST):
         """Serve /metrics on host:port (0 = any free port); returns (http server, bound port)."""
         httpd, _thread = start_http_server(port, addr=host, registry=self.registry)
@@ -158,3 +162,23 @@ class _LedgerCollector:
             up.add_metric([], 1.0 if (healthy() if callable(healthy) else healthy) else 0.0)
             out.append(up)
         return out
+
+
+class _AdmissionCollector:
+    def __init__(self, admission) -> None:
+        self._admission = admission
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        shed = CounterMetricFamily("reranker_shed", "Calls shed or refused by admission control, by "
+                                   "reason (deadline_in_queue: expired while waiting for a handler "
+                                   "thread; cancelled_in_queue: the client gave up meanwhile; "
+                                   "batch_too_large; work_too_large; heavy_lane_busy)",
+                                   labels=("reason",))
+        for reason, n in self._admission.shed.items():
+            shed.add_metric([reason], float(n))
+        heavy = CounterMetricFamily("reranker_heavy_lane_calls", "Calls that ran in the heavy lane")
+        heavy.add_metric([], float(self._admission.heavy_calls))
+        return [shed, heavy]

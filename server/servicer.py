@@ -13,7 +13,8 @@ from engine.errors import InvalidRequest, PolicyInvalid
 from server import convert
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
-from server.errors import DeadlineExpired, abort, to_error_message, to_status
+from server.admission import Admission, LaneBusy
+from server.errors import DeadlineExpired, Overloaded, abort, to_error_message, to_status
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,14 @@ def _remaining_ms(context: grpc.ServicerContext) -> float | None:
 class RerankerServicer(pb_grpc.RerankerServicer):
     """`reranker.v1.Reranker` over an `engine.engine.Engine` (anything with its methods)."""
 
-    def __init__(self, engine, metrics=None) -> None:
+    def __init__(self, engine, metrics=None, admission: Admission | None = None) -> None:
         self._engine = engine
         self._metrics = metrics  # server.metrics.ServerMetrics, or None: nothing recorded
+        self.admission = admission if admission is not None else Admission()
         self._pid_metadata = ((WORKER_PID_METADATA_KEY, str(os.getpid())),)
+        if metrics is not None and hasattr(metrics, "watch_admission"):
+            metrics.watch_admission(self.admission)
+            self.admission.error_observer = lambda method, code: metrics.errors.labels(method, code).inc()
         convert.warmup()  # the decoder's kernels, compiled before the server can report SERVING
 
     # ------------------------------------------------------------------------------- Rerank
@@ -52,18 +57,41 @@ class RerankerServicer(pb_grpc.RerankerServicer):
         """`raw`: the bytes `request` was parsed from, if at hand (the decoder reads columns there)."""
         t0 = time.perf_counter()
         try:
-            response = self._rerank(request, context, raw)
+            self._shed_if_expired(context, request.policy)
+            work = self._admit_work(request.policy, self._work(request))
+            with self._lane(work, request.policy):
+                response = self._rerank(request, context, raw)
             context.set_trailing_metadata(self._pid_metadata)
             return response
         except Exception as exc:  # noqa: BLE001 - every exception goes through the one table
             status = to_status(exc, request_id=request.request_id, policy=request.policy)
         if self._metrics is not None:
             self._metrics.observe_error("Rerank", request.policy, status.code.name, time.perf_counter() - t0)
-        abort(context, status)
+        abort(context, status, self._pid_metadata)
 
     def RerankBatch(
         self, request: pb.RerankBatchRequest, context: grpc.ServicerContext
     ) -> pb.RerankBatchResponse:
+        t_batch = time.perf_counter()
+        try:
+            self._shed_if_expired(context, "")
+            limit = self.admission.limits.max_batch
+            if len(request.requests) > limit:
+                self.admission.count_shed("batch_too_large")
+                raise Overloaded("requests", f"at most {limit} requests per RerankBatch on this server "
+                                             f"(reranker serve --max-batch), got {len(request.requests)}; "
+                                             "split the batch")
+            work = sum(self._work(one) for one in request.requests)
+            work = self._admit_work("", work, what="this batch's requests ask")
+            with self._lane(work, ""):
+                return self._batch(request, context)
+        except Exception as exc:  # noqa: BLE001 - the one table
+            status = to_status(exc)
+        if self._metrics is not None:
+            self._metrics.observe_error("RerankBatch", "", status.code.name, time.perf_counter() - t_batch)
+        abort(context, status, self._pid_metadata)
+
+    def _batch(self, request: pb.RerankBatchRequest, context) -> pb.RerankBatchResponse:
         out = pb.RerankBatchResponse()
         for one in request.requests:
             result = out.results.add()
@@ -78,6 +106,41 @@ class RerankerServicer(pb_grpc.RerankerServicer):
                                                 time.perf_counter() - t0)
         context.set_trailing_metadata(self._pid_metadata)
         return out
+
+    # ------------------------------------------------------------------------- admission
+
+    def _shed_if_expired(self, context: grpc.ServicerContext, policy: str) -> None:
+        """A call whose deadline passed while it waited for a handler thread: shed, counted."""
+        if _remaining_ms(context) == 0.0:
+            self.admission.count_shed("deadline_in_queue", policy=policy)
+            raise DeadlineExpired("decoding (it expired while queued)")
+
+    def _work(self, request: pb.RerankRequest) -> int:
+        """Work units of a request, from its size alone (before decoding); 0 when its policy is
+        unknown or it is otherwise invalid (the call then fails as usual, with its own message)."""
+        estimate = getattr(self._engine, "estimate_work", None)
+        if estimate is None:  # an engine without admission estimates (tests' stand-ins)
+            return 0
+        c = request.candidates
+        try:
+            return estimate(request.policy, len(c.item_ids), request.slate_size,
+                                              request.explain, c.embeddings.dim)
+        except Exception:  # noqa: BLE001 - unknown policy and the like: reported by the call itself
+            return 0
+
+    def _admit_work(self, policy: str, work: int, what: str = "this request asks") -> int:
+        limit = self.admission.limits.max_work
+        if work > limit:
+            self.admission.count_shed("work_too_large", policy=policy)
+            raise Overloaded("candidates.item_ids",
+                             f"{what} for {work:,} work units (candidates x slate positions x greedy "
+                             f"runs, x more with diversity; explain adds a run per rule), over this "
+                             f"server's limit of {limit:,} (reranker serve --max-work); send fewer "
+                             "candidates, a smaller slate_size, or explain: false")
+        return work
+
+    def _lane(self, work: int, policy: str) -> "_LaneGuard":
+        return _LaneGuard(self.admission, work, policy)
 
     def _rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext,
                 raw: bytes | None = None) -> pb.RerankResponse:
@@ -124,7 +187,7 @@ class RerankerServicer(pb_grpc.RerankerServicer):
             status = to_status(exc)
         else:
             return pb.ListPoliciesResponse(policies=[convert.encode_policy_info(i) for i in infos])
-        abort(context, status)
+        abort(context, status, self._pid_metadata)
 
     def ValidatePolicy(
         self, request: pb.ValidatePolicyRequest, context: grpc.ServicerContext
@@ -143,4 +206,32 @@ class RerankerServicer(pb_grpc.RerankerServicer):
             status = to_status(exc)
         else:
             return pb.ValidatePolicyResponse(valid=not issues, issues=convert.encode_issues(issues))
-        abort(context, status)
+        abort(context, status, self._pid_metadata)
+
+
+class _LaneGuard:
+    """`with`: the heavy lane for `work` (see server.admission); a busy lane is Overloaded."""
+
+    __slots__ = ("_admission", "_work", "_policy", "_cm")
+
+    def __init__(self, admission: Admission, work: int, policy: str) -> None:
+        self._admission, self._work, self._policy, self._cm = admission, work, policy, None
+
+    def __enter__(self):
+        if self._work <= self._admission.limits.heavy_work:
+            return False
+        self._cm = self._admission.lane(self._work)
+        try:
+            return self._cm.__enter__()
+        except LaneBusy:
+            self._cm = None
+            self._admission.count_shed("heavy_lane_busy", policy=self._policy)
+            raise Overloaded("", f"heavy lane busy: a request of {self._work:,} work units runs only "
+                                 "while no other heavy request runs on this server process (above "
+                                 f"{self._admission.limits.heavy_work:,} units, reranker serve "
+                                 "--heavy-work); retry with backoff, or send a smaller request") from None
+
+    def __exit__(self, *exc):
+        if self._cm is not None:
+            return self._cm.__exit__(*exc)
+        return False

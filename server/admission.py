@@ -1,0 +1,130 @@
+"""Admission control: what one caller may ask of a server process, so that no caller can take
+the service from the others.
+
+- `max_batch`: entries of one RerankBatch (RESOURCE_EXHAUSTED naming `requests` above it).
+- `max_work`: work units of one request (`engine.validate.work_units`: candidates x slate
+  positions x greedy runs x a diversity factor); above it the request is refused
+  (RESOURCE_EXHAUSTED naming `candidates.item_ids`) before it is decoded. A batch counts the sum
+  of its entries.
+- the heavy lane: a request (or batch) of more than `heavy_work` units runs only while it holds
+  the process's one heavy slot, so at most one handler thread at a time does heavy work and the
+  others stay free for normal calls. A heavy call that cannot get the slot within `heavy_wait_s`
+  is refused (RESOURCE_EXHAUSTED, "heavy lane busy"): heavy callers share one thread per process,
+  and retry.
+- Calls whose deadline passed while they waited in the server's queue are shed before any work
+  (DEADLINE_EXCEEDED), counted by reason, and summarised in the log at most once per
+  `log_interval_s`.
+
+Everything is counted in `stats` (read by server.metrics at scrape time).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_WORK = 10_000_000  # ~0.3-1 s of greedy time on the 2-core machine
+DEFAULT_HEAVY_WORK = 500_000  # ~15-50 ms: 10x a normal N=1000, K=50 request
+DEFAULT_HEAVY_WAIT_S = 0.0
+
+#: Reasons a call is shed or refused (the `reason` label of reranker_shed_total).
+SHED_REASONS = ("deadline_in_queue", "cancelled_in_queue", "batch_too_large", "work_too_large",
+                "heavy_lane_busy")
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_work: int = DEFAULT_MAX_WORK
+    heavy_work: int = DEFAULT_HEAVY_WORK
+    heavy_wait_s: float = DEFAULT_HEAVY_WAIT_S
+    log_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_work", "heavy_work"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"admission {name}: must be an integer >= 1, got {v!r}")
+        if not (self.heavy_wait_s >= 0):
+            raise ValueError(f"admission heavy_wait_s: must be a number >= 0, got {self.heavy_wait_s!r}")
+
+
+@dataclass
+class _Counts:
+    shed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SHED_REASONS, 0))
+    heavy: int = 0  # calls that ran in the heavy lane
+
+
+class Admission:
+    """One per server process; thread-safe."""
+
+    def __init__(self, limits: AdmissionLimits | None = None) -> None:
+        self.limits = limits or AdmissionLimits()
+        self._heavy = threading.Semaphore(1)
+        self._lock = threading.Lock()
+        self._counts = _Counts()
+        self._unlogged: dict[str, int] = {}
+        self._last_log = 0.0
+        #: called as (method, gRPC code name) for calls dropped in the queue (the servicer points
+        #: it at reranker_errors_total), since no handler sees them
+        self.error_observer = None
+
+    # ---------------------------------------------------------------------------- counters
+    @property
+    def shed(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts.shed)
+
+    @property
+    def heavy_calls(self) -> int:
+        with self._lock:
+            return self._counts.heavy
+
+    def count_shed(self, reason: str, **context) -> None:
+        """Count one shed / refused call; log a summary at most once per log interval."""
+        now = time.monotonic()
+        with self._lock:
+            self._counts.shed[reason] += 1
+            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
+            if now - self._last_log < self.limits.log_interval_s:
+                return
+            summary, self._unlogged = self._unlogged, {}
+            self._last_log = now
+        log.warning("calls shed or refused by admission control", extra={"shed": summary, **context})
+
+    def count_dropped(self, method: str, expired: bool) -> None:
+        """A call grpc dropped while it waited in the queue (its handler never ran)."""
+        self.count_shed("deadline_in_queue" if expired else "cancelled_in_queue", method=method)
+        observer = self.error_observer
+        if observer is not None:
+            observer(method, "DEADLINE_EXCEEDED" if expired else "CANCELLED")
+
+    # --------------------------------------------------------------------------- the lane
+    @contextmanager
+    def lane(self, work: int):
+        """Run the body in the heavy lane when `work` > heavy_work (else directly). Raises
+        LaneBusy when the slot cannot be had within heavy_wait_s."""
+        if work <= self.limits.heavy_work:
+            yield False
+            return
+        if not self._heavy.acquire(timeout=self.limits.heavy_wait_s) if self.limits.heavy_wait_s > 0 \
+                else not self._heavy.acquire(blocking=False):
+            raise LaneBusy(work)
+        with self._lock:
+            self._counts.heavy += 1
+        try:
+            yield True
+        finally:
+            self._heavy.release()
+
+
+class LaneBusy(Exception):
+    def __init__(self, work: int):
+        super().__init__(work)
+        self.work = work

@@ -1,0 +1,201 @@
+"""Admission control over a real channel: batch and work caps, the heavy lane, calls shed after
+expiring in the queue (counted), errors that carry the worker's pid, and log lines of bounded size."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health
+
+from server._gen.reranker.v1 import reranker_pb2 as pb
+from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
+from server.admission import Admission, AdmissionLimits
+from server.app import create_server, set_serving
+from server.errors import FIELD_METADATA_KEY
+from server.logging_setup import MAX_LINE_CHARS, JsonFormatter
+from server.metrics import ServerMetrics
+from server.servicer import WORKER_PID_METADATA_KEY
+
+from tests.test_server import example_request, grown_request
+
+TIMEOUT_S = 30.0
+PID = str(os.getpid())
+
+
+@pytest.fixture
+def serve(engine):
+    """serve(limits, max_workers=2, engine=engine) -> (stub, servicer's admission, metrics)."""
+    started = []
+
+    def make(limits: AdmissionLimits | None = None, max_workers: int = 2, eng=None):
+        metrics = ServerMetrics()
+        h = health.HealthServicer()
+        server, port = create_server("127.0.0.1:0", eng or engine, max_workers=max_workers,
+                                     health_servicer=h, metrics=metrics, admission=limits)
+        server.start()
+        set_serving(h, True)
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        started.append((server, channel))
+        return pb_grpc.RerankerStub(channel), metrics
+
+    yield make
+    for server, channel in started:
+        channel.close()
+        server.stop(None)
+
+
+def _trailing(err: grpc.RpcError) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k, v in err.trailing_metadata() or ():
+        out.setdefault(k, []).append(v)
+    return out
+
+
+def _metric(metrics: ServerMetrics, name: str, **labels) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def test_a_batch_over_the_cap_is_refused_naming_requests(serve):
+    stub, metrics = serve(AdmissionLimits(max_batch=3))
+    req = example_request()
+    assert len(stub.RerankBatch(pb.RerankBatchRequest(requests=[req] * 3), timeout=TIMEOUT_S).results) == 3
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RerankBatch(pb.RerankBatchRequest(requests=[req] * 4), timeout=TIMEOUT_S)
+    err = info.value
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.details() == ("requests: at most 3 requests per RerankBatch on this server (reranker "
+                             "serve --max-batch), got 4; split the batch")
+    meta = _trailing(err)
+    assert meta[FIELD_METADATA_KEY] == ["requests"] and meta[WORKER_PID_METADATA_KEY] == [PID]
+    assert _metric(metrics, "reranker_shed_total", reason="batch_too_large") == 1
+    assert _metric(metrics, "reranker_errors_total", method="RerankBatch", code="RESOURCE_EXHAUSTED") == 1
+
+
+def test_a_request_over_the_work_cap_is_refused_before_decoding(serve):
+    stub, metrics = serve(AdmissionLimits(max_work=100_000))
+    small = example_request()  # 50 candidates
+    stub.Rerank(small, timeout=TIMEOUT_S)
+    big = grown_request(3000)  # 3000 x K=10 (home_feed) = 30,000: fine without explain ...
+    stub.Rerank(big, timeout=TIMEOUT_S)
+    big.explain = True  # ... but explain runs one greedy more per rule
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Rerank(big, timeout=TIMEOUT_S)
+    err = info.value
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.details().startswith("candidates.item_ids: this request asks for ")
+    assert "over this server's limit of 100,000 (reranker serve --max-work)" in err.details()
+    assert _trailing(err)[WORKER_PID_METADATA_KEY] == [PID]
+    assert _metric(metrics, "reranker_shed_total", reason="work_too_large") == 1
+    # a batch counts the sum of its entries
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RerankBatch(pb.RerankBatchRequest(requests=[grown_request(3000)] * 4), timeout=TIMEOUT_S)
+    assert info.value.details().startswith("candidates.item_ids: this batch's requests ask for 120,000 work units")
+
+
+def test_heavy_calls_share_one_lane_and_normal_calls_never_wait_for_it(serve):
+    lane = Admission(AdmissionLimits(heavy_work=10_000))
+    stub, metrics = serve(lane, max_workers=2)
+    heavy = grown_request(3000)  # 30,000 units
+    normal = example_request()  # 500 units
+    with lane.lane(10**9):  # the test holds the lane, standing in for a long heavy call
+        with pytest.raises(grpc.RpcError) as info:  # a second heavy call is refused at once
+            stub.Rerank(heavy, timeout=TIMEOUT_S)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert info.value.details().startswith("heavy lane busy: a request of 30,000 work units runs only")
+        assert _trailing(info.value)[WORKER_PID_METADATA_KEY] == [PID]
+        stub.Rerank(normal, timeout=TIMEOUT_S)  # normal calls do not use the lane
+    stub.Rerank(heavy, timeout=TIMEOUT_S)  # free again
+    assert _metric(metrics, "reranker_shed_total", reason="heavy_lane_busy") == 1
+    assert _metric(metrics, "reranker_heavy_lane_calls_total") == 2  # the test's hold + the call
+
+
+class _BlockingEngine:
+    """Holds its handler thread until released: the queue behind it fills."""
+
+    def __init__(self, real) -> None:
+        self.real, self.release, self.entered = real, threading.Event(), threading.Event()
+
+    def rerank(self, req):
+        self.entered.set()
+        self.release.wait(30)
+        return self.real.rerank(req)
+
+    def estimate_work(self, *args):
+        return self.real.estimate_work(*args)
+
+
+def test_calls_that_expire_in_the_queue_are_shed_and_counted(serve, engine, caplog):
+    blocking = _BlockingEngine(engine)
+    stub, metrics = serve(max_workers=1, eng=blocking)
+    req = example_request()
+    first = stub.Rerank.future(req, timeout=TIMEOUT_S)
+    assert blocking.entered.wait(10)
+    with pytest.raises(grpc.RpcError) as info:  # waits behind the first call, expires there
+        stub.Rerank(req, timeout=0.3)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    with caplog.at_level(logging.WARNING, logger="server.admission"):
+        blocking.release.set()
+        assert first.result(timeout=TIMEOUT_S).items
+        deadline = time.monotonic() + 10
+        while _metric(metrics, "reranker_shed_total", reason="deadline_in_queue") < 1:
+            assert time.monotonic() < deadline, "the expired call was never counted"
+            time.sleep(0.01)
+    assert _metric(metrics, "reranker_errors_total", method="Rerank", code="DEADLINE_EXCEEDED") == 1
+    lines = [r for r in caplog.records if r.getMessage() == "calls shed or refused by admission control"]
+    assert len(lines) == 1 and lines[0].shed == {"deadline_in_queue": 1}
+
+
+def test_admission_limits_name_the_bad_setting():
+    with pytest.raises(ValueError, match="admission max_batch: must be an integer >= 1, got 0"):
+        AdmissionLimits(max_batch=0)
+    with pytest.raises(ValueError, match="admission heavy_wait_s: must be a number >= 0, got -1"):
+        AdmissionLimits(heavy_wait_s=-1)
+
+
+# ------------------------------------------------------------------------------ log lines
+
+
+def _format(**extra) -> str:
+    record = logging.LogRecord("server.servicer", logging.INFO, __file__, 1, "msg " + "m" * 5000, (), None)
+    for k, v in extra.items():
+        setattr(record, k, v)
+    return JsonFormatter().format(record)
+
+
+def test_every_logged_field_is_clipped_and_the_line_is_bounded():
+    line = _format(request_id="r" * 20_000, items=list(range(10_000)), nested={"a": {"b": {"c": {"d": {"e": 1}}}}},
+                   blob=b"\x00" * 1_000_000)
+    assert len(line) <= MAX_LINE_CHARS
+    out = json.loads(line)
+    assert out["request_id"].startswith("r" * 1000) and out["request_id"].endswith("...(clipped, 20000 chars)")
+    assert out["msg"].endswith("...(clipped, 5004 chars)")
+    assert out["items"][:20] == list(range(20)) and out["items"][20] == "...(clipped, 10000 entries)"
+    assert out["blob"] == "<1000000 bytes>"
+
+
+def test_a_line_with_many_large_fields_is_clipped_harder():
+    line = _format(**{f"f{i}": "x" * 5000 for i in range(40)})
+    assert len(line) <= MAX_LINE_CHARS
+    out = json.loads(line)
+    assert out["level"] == "INFO" and out["logger"] == "server.servicer"
+
+
+def test_a_16_mib_request_logs_a_short_line(caplog):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.clip")
+    logger.addHandler(handler)
+    try:
+        logger.warning("rejected", extra={"request_id": "x" * (16 << 20)})
+    finally:
+        logger.removeHandler(handler)
+    assert len(stream.getvalue()) < 2 * 1024
