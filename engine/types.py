@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,10 +22,22 @@ class Attribute:
     dictionary: tuple[str, ...]
 
     @staticmethod
-    def from_values(values) -> "Attribute":
+    def from_values(values, path: str = "values") -> "Attribute":
+        """Dictionary-encode a sequence of strings (a list, tuple or numpy array); `path` names the
+        column in errors (InvalidRequest)."""
+        values = _sequence(values, path, "a sequence of strings")
         index: dict[str, int] = {}
-        codes = np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int64)
-        return Attribute(codes, tuple(index))
+        try:
+            codes = np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int64)
+        except TypeError:  # an unhashable value (a list, a dict, ...): named below
+            index = {None: 0}
+        dictionary = tuple(index)
+        if any(type(v) is not str for v in dictionary):  # only the distinct values: cheap
+            bad = next((j for j, v in enumerate(values) if not isinstance(v, str)), None)
+            if bad is not None:
+                raise _invalid(f"{path}[{bad}]", f"must be a string, got {values[bad]!r}")
+            dictionary = tuple(str(v) for v in dictionary)  # str subclasses as plain str
+        return Attribute(codes, dictionary)
 
     def values(self) -> list[str]:
         d = self.dictionary
@@ -54,9 +66,11 @@ class Candidates:
             if any(type(v) is not np.ndarray or v.dtype != np.float64 for v in columns.values()):
                 object.__setattr__(self, kind, {name: _float_column(f"candidates.{kind}['{name}'].values", v)
                                                 for name, v in columns.items()})
-        if any(not isinstance(a, Attribute) for a in self.attributes.values()):
+        if any(not isinstance(a, Attribute) or type(a.codes) is not np.ndarray or type(a.dictionary) is not tuple
+               for a in self.attributes.values()):
             object.__setattr__(self, "attributes", {
-                name: a if isinstance(a, Attribute) else _attribute_column(name, a)
+                name: a if isinstance(a, Attribute) and type(a.codes) is np.ndarray
+                and type(a.dictionary) is tuple else _attribute_column(name, a)
                 for name, a in self.attributes.items()})
         e = self.embeddings
         if e is not None and (type(e) is not np.ndarray or e.dtype != np.float32 or e.ndim != 2):
@@ -81,9 +95,26 @@ def _invalid(path: str, message: str):
     return InvalidRequest(path, message)
 
 
+def _sequence(values, path: str, expected: str) -> list | tuple:
+    """`values` as a list or tuple (numpy arrays, pandas Series and other iterables are listed);
+    strings, bytes, mappings, sets and non-iterables are refused naming `path`."""
+    if isinstance(values, list | tuple):
+        return values
+    if isinstance(values, np.ndarray):
+        return values.tolist()
+    if not isinstance(values, str | bytes | Mapping | Set):
+        try:
+            return list(values)
+        except TypeError:
+            pass
+    raise _invalid(path, f"must be {expected}, got {type(values).__name__}")
+
+
 def _float_column(path: str, values) -> np.ndarray:
     if isinstance(values, (str, bytes)):
         raise _invalid(path, f"must be a sequence of numbers, got a {type(values).__name__}")
+    if not isinstance(values, np.ndarray | list | tuple):
+        values = _sequence(values, path, "a sequence of numbers")
     try:
         out = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -93,14 +124,28 @@ def _float_column(path: str, values) -> np.ndarray:
     return out
 
 
-def _attribute_column(name: str, values) -> Attribute:
+def _attribute_column(name: str, a) -> Attribute:
+    """A column given as a sequence of strings, or an `Attribute` built by hand with plain lists."""
     path = f"candidates.attributes['{name}']"
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence | np.ndarray):
-        raise _invalid(path, f"must be an Attribute or a sequence of strings, got {type(values).__name__}")
-    bad = next((j for j, v in enumerate(values) if not isinstance(v, str)), None)
+    if not isinstance(a, Attribute):
+        return Attribute.from_values(_sequence(a, path, "an Attribute or a sequence of strings"), path)
+    if isinstance(a.codes, (str, bytes)):
+        raise _invalid(f"{path}.codes", f"must be a sequence of integers, got a {type(a.codes).__name__}")
+    try:
+        codes = np.asarray(a.codes)
+    except (TypeError, ValueError) as exc:
+        raise _invalid(f"{path}.codes", f"must be a sequence of integers, got {type(a.codes).__name__} "
+                                        f"({exc})") from None
+    if codes.ndim != 1 or (codes.size and codes.dtype.kind not in "iu"):
+        raise _invalid(f"{path}.codes", f"must be a flat sequence of integers (one per item_id), got "
+                                        f"dtype {codes.dtype} and shape {codes.shape}")
+    if isinstance(a.dictionary, (str, bytes)):
+        raise _invalid(f"{path}.dictionary", f"must be a sequence of strings, got a {type(a.dictionary).__name__}")
+    dictionary = tuple(a.dictionary)
+    bad = next((j for j, v in enumerate(dictionary) if not isinstance(v, str)), None)
     if bad is not None:
-        raise _invalid(f"{path}[{bad}]", f"must be a string, got {values[bad]!r}")
-    return Attribute.from_values(values)
+        raise _invalid(f"{path}.dictionary[{bad}]", f"must be a string, got {dictionary[bad]!r}")
+    return Attribute(np.ascontiguousarray(codes, dtype=np.int64), dictionary)
 
 
 @dataclass(frozen=True, slots=True)

@@ -177,6 +177,38 @@ def test_plain_lists_become_columns_and_bad_ones_name_the_field():
         assert str(exc.value).startswith(message), (kwargs, str(exc.value))
 
 
+def test_attributes_from_arrays_iterables_and_hand_built_lists():
+    """numpy string arrays and other iterables (a pandas Series, a generator) are columns too; an
+    Attribute built by hand with plain lists is made into arrays; bad parts are named."""
+    c = Candidates(item_ids=["a", "b", "c"], scores={"p": (x / 10 for x in range(3))},
+                   attributes={"cat": np.array(["x", "y", "x"]), "brand": iter(["m", "m", "n"]),
+                               "seller": Attribute([1, 0, 1], ["s", "t"])})
+    assert c.scores["p"].tolist() == [0.0, 0.1, 0.2]
+    assert c.attributes["cat"].values() == ["x", "y", "x"]
+    assert all(type(v) is str for v in c.attributes["cat"].dictionary)  # not numpy.str_
+    assert c.attributes["brand"].values() == ["m", "m", "n"]
+    seller = c.attributes["seller"]
+    assert seller.codes.dtype == np.int64 and seller.dictionary == ("s", "t") and seller.values() == ["t", "s", "t"]
+    assert Attribute.from_values(["a", "b", "a"]).codes.tolist() == [0, 1, 0]
+    cases = [
+        (lambda: Attribute.from_values(["a", 3]), "values[1]: must be a string, got 3"),
+        (lambda: Attribute.from_values(["a", ["x"]]), "values[1]: must be a string, got ['x']"),
+        (lambda: Attribute.from_values("abc"), "values: must be a sequence of strings, got str"),
+        (lambda: Attribute.from_values({"a", "b"}), "values: must be a sequence of strings, got set"),
+        (lambda: Candidates(item_ids=["a", "b"], attributes={"cat": Attribute([0.5, 1], ["x", "y"])}),
+         "candidates.attributes['cat'].codes: must be a flat sequence of integers (one per item_id), "
+         "got dtype float64"),
+        (lambda: Candidates(item_ids=["a", "b"], attributes={"cat": Attribute([0, 1], ["x", 2])}),
+         "candidates.attributes['cat'].dictionary[1]: must be a string, got 2"),
+        (lambda: Candidates(item_ids=["a", "b"], scores={"p": 0.5}),
+         "candidates.scores['p'].values: must be a sequence of numbers, got float"),
+    ]
+    for make, message in cases:
+        with pytest.raises(InvalidRequest) as exc:
+            make()
+        assert str(exc.value).startswith(message), (message, str(exc.value))
+
+
 def test_an_exact_solve_prints_nothing_on_stdout():
     """HiGHS prints a banner when its first solver object is made: a process that solves exactly
     without the server's warm-up must still keep stdout clean."""
