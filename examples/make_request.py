@@ -1,10 +1,14 @@
 """Write examples/request_home_feed.json: ~50 scored candidates for the home_feed policy.
 
-Deterministic (fixed seed, stdlib `random` only), so the file can be regenerated and diffed:
+Deterministic (fixed seed, stdlib `random` only), so the files can be regenerated and diffed:
 
     python examples/make_request.py [--n 50] [--seed 7] [--output examples/request_home_feed.json]
 
-Send it to a running server with `reranker call examples/request_home_feed.json`.
+Two files, the same request: `request_home_feed.json` in the CLI's shorthand (columns as plain
+lists), for `reranker call examples/request_home_feed.json`, and `request_home_feed.proto3.json`
+in the proto3 JSON mapping that grpcurl and protobuf libraries read:
+
+    grpcurl -plaintext -d @ 127.0.0.1:50051 reranker.v1.Reranker/Rerank < examples/request_home_feed.proto3.json
 """
 
 from __future__ import annotations
@@ -87,10 +91,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--output", default=str(Path(__file__).with_name("request_home_feed.json")))
+    parser.add_argument("--output", default=str(Path(__file__).with_name("request_home_feed.json")),
+                        help="the shorthand file; the proto3 JSON one is written beside it (.proto3.json)")
     args = parser.parse_args()
     request = make_request(args.n, args.seed)
-    Path(args.output).write_text(to_json(request), encoding="utf-8")
+    output = Path(args.output)
+    output.write_text(to_json(request), encoding="utf-8")
+    output.with_name(output.name.removesuffix(".json") + ".proto3.json").write_text(
+        to_json(to_proto3(request)), encoding="utf-8")
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def to_proto3(request: dict) -> dict:
+    """The shorthand request in the proto3 JSON mapping: lowerCamelCase field names, each column
+    an object ({"values": [...]}); map keys (column names) stay as they are."""
+    out = {_camel(k): v for k, v in request.items() if k != "candidates"}
+    c = request["candidates"]
+    out["candidates"] = {"itemIds": c["item_ids"]} | {
+        kind: {name: {"values": values} for name, values in c[kind].items()}
+        for kind in ("scores", "attributes", "numeric") if kind in c
+    }
+    return out
 
 
 def to_json(obj: dict) -> str:

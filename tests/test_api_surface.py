@@ -145,6 +145,23 @@ def test_the_readme_grpcurl_request_is_proto3_json_the_server_answers(live_serve
     assert [i.item_id for i in resp.items] and len(resp.diagnostics.constraints) > 0
 
 
+def test_the_example_files_are_one_request_in_both_spellings_and_up_to_date(tmp_path):
+    """examples/request_home_feed.proto3.json (for grpcurl) parses strictly as proto3 JSON into the
+    same request as the CLI's shorthand file, and both are what examples/make_request.py writes."""
+    from server.request_json import load_request
+
+    examples = REPO / "examples"
+    proto3 = (examples / "request_home_feed.proto3.json").read_text(encoding="utf-8")
+    request = json_format.Parse(proto3, pb.RerankRequest())  # strict: unknown keys fail
+    assert request == load_request(examples / "request_home_feed.json")
+    assert request.policy == "home_feed" and request.slate_size == 10 and len(request.candidates.item_ids) == 50
+    out = tmp_path / "request_home_feed.json"
+    subprocess.run([sys.executable, str(examples / "make_request.py"), "--output", str(out)], check=True,
+                   cwd=REPO, timeout=60)
+    assert out.read_text(encoding="utf-8") == (examples / "request_home_feed.json").read_text(encoding="utf-8")
+    assert (tmp_path / "request_home_feed.proto3.json").read_text(encoding="utf-8") == proto3
+
+
 def test_the_readme_in_process_example_runs_as_written(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     code = _readme_block("In Python, in process", "python")
