@@ -220,12 +220,18 @@ def request_scale(utility: np.ndarray, position_weights: np.ndarray) -> tuple[fl
     pw = np.asarray(position_weights, dtype=np.float64)
     n = u.shape[0]
     L = min(n, pw.shape[0])
-    if L == 0 or not np.isfinite(u).all():
+    if L == 0:
         return 1.0, 0.0
+    hi, lo = float(u.max()), float(u.min())  # NaN propagates: one check covers every entry
+    if not (math.isfinite(hi) and math.isfinite(lo)):
+        return 1.0, 0.0
+    spread = hi - lo  # Python floats: overflow gives inf, no warning
     top = np.partition(u, n - L)[n - L:] if L < n else u
-    with np.errstate(over="ignore", invalid="ignore"):
+    if max(hi, -lo) * L < 1e308:
         scale = float(np.abs(top).sum()) / float(pw[:L].sum())
-        spread = float(u.max()) - float(u.min())
+    else:  # the sum may overflow
+        with np.errstate(over="ignore"):
+            scale = float(np.abs(top).sum()) / float(pw[:L].sum())
     if not (math.isfinite(scale) and scale > 0):
         scale = 1.0
     if not math.isfinite(spread):
