@@ -91,6 +91,21 @@ def _clean_run(ledger) -> list:
     return [engine.rerank(_request(200 + seed)) for seed in range(60)]
 
 
+def _same_as_merely_dominant(normal) -> None:
+    """A score of 1e297 counts no more than one that merely dominates its request (1e12): an
+    engine that got four such requests instead answers the same 60 normal requests with the same
+    slates, and boosts equal to 1e-9 (merit is a share of each slate's exposure, and a share
+    cannot exceed 1, however large the utility behind it)."""
+    engine = _engine(InProcessLedger())
+    for seed in range(4):
+        engine.rerank(_request(100 + seed, huge=1e12))
+    reference = [engine.rerank(_request(200 + seed)) for seed in range(60)]
+    for r, ref in zip(normal, reference):
+        assert [i.item_id for i in r.items] == [i.item_id for i in ref.items], r.request_id
+        assert r.boosts.keys() == ref.boosts.keys()
+        assert all(abs(r.boosts[k] - ref.boosts[k]) < 1e-9 for k in r.boosts), (r.boosts, ref.boosts)
+
+
 def _check(poisoned_big, poisoned, clean, ledger, clean_ledger) -> None:
     assert all(_finite(r) for r in poisoned_big + poisoned)
     _totals_ok(ledger, len(poisoned_big) + len(poisoned))
@@ -116,6 +131,7 @@ def test_huge_scores_cannot_poison_the_in_process_ledger():
     ledger, clean_ledger = InProcessLedger(), InProcessLedger()
     big, normal = _poison_then_normal(ledger)
     _check(big, normal, _clean_run(clean_ledger), ledger, clean_ledger)
+    _same_as_merely_dominant(normal)
 
 
 def test_huge_scores_cannot_poison_the_redis_ledger_and_a_restart_sees_sane_totals(redis_server):  # noqa: F811
@@ -124,6 +140,7 @@ def test_huge_scores_cannot_poison_the_redis_ledger_and_a_restart_sees_sane_tota
         big, normal = _poison_then_normal(ledger)
         clean_ledger = InProcessLedger()
         _check(big, normal, _clean_run(clean_ledger), ledger, clean_ledger)
+        _same_as_merely_dominant(normal)
     finally:
         ledger.close()
     # "after a restart": a new process (a new ledger on the same Redis) serves normal traffic
