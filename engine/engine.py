@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 
@@ -31,6 +32,7 @@ from engine.ledger import InProcessLedger, Ledger, ledger_from_url
 from engine.report import conflict_text, constraint_reports, gap, slate_items
 from engine.types import ConflictReport, ExposureLPReport, PolicyInfo, RerankRequest, RerankResult
 from engine.validate import Limits, validate_candidates, validate_request_scalars, work_units
+from engine.warmup_request import warmup_request
 from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
 from solvers.greedy import solve_greedy
 from solvers.greedy import warmup as warmup_greedy
@@ -71,17 +73,43 @@ class Engine:
         return cls(store, limits=limits, policies_dir=policies_dir, ledger=ledger_from_url(ledger_url))
 
     # ---------------------------------------------------------------- lifecycle
-    def warmup(self) -> None:
-        """Compile every kernel and every loaded policy, so the first request is fast."""
+    def warmup(self, progress: Callable[[str, int, int, float], None] | None = None) -> None:
+        """Compile every kernel any loaded policy can reach, so that no first request pays for
+        Numba compilation: the solver kernels on canned problems, then, per policy, synthetic
+        requests through the whole request path (every rule, diversity with embeddings, calibration
+        targets, explain on and off, each solver mode the policy can use), answered but never
+        recorded in the exposure ledger. `progress(step, i, n, seconds so far)` is called before
+        each step (the server logs it)."""
         t0 = time.perf_counter()
-        warmup_greedy()
-        portfolio.warmup()
-        for loaded in self.store.list():
-            self._compiled_policy(loaded)
-            lp = loaded.policy.exposure.lp if loaded.policy.exposure else None
-            if lp is not None:
-                exposure.warmup(lp.top_m, min(lp.top_m, loaded.policy.slate_size), lp.criterion)
-        log.info("warm-up done", extra={"seconds": round(time.perf_counter() - t0, 3)})
+        policies = self.store.list()
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("greedy kernels", warmup_greedy), ("exact solvers", portfolio.warmup)]
+        for loaded in policies:
+            steps.append((f"policy {loaded.name}", lambda loaded=loaded: self.warmup_policy(loaded)))
+        for i, (name, step) in enumerate(steps, start=1):
+            if progress is not None:
+                progress(name, i, len(steps), time.perf_counter() - t0)
+            step()
+        log.info("warm-up done", extra={"seconds": round(time.perf_counter() - t0, 3),
+                                        "policies": len(policies)})
+
+    def warmup_policy(self, loaded: LoadedPolicy) -> None:
+        """Run synthetic requests of one policy version through the request path (see warmup);
+        nothing is recorded in the ledger. Errors are logged, never raised: a warm-up must not
+        keep a valid policy from serving."""
+        cp = self._compiled_policy(loaded)
+        lp = loaded.policy.exposure.lp if loaded.policy.exposure else None
+        if lp is not None:
+            exposure.warmup(lp.top_m, min(lp.top_m, loaded.policy.slate_size), lp.criterion)
+        modes = ["greedy"] if loaded.policy.solver.mode == "greedy" else ["greedy", "exact"]
+        for mode in modes:
+            for explain in (False, True):
+                req = warmup_request(loaded.policy, mode, explain)
+                try:
+                    self._rerank(req, loaded, cp, record=False)
+                except Exception:  # noqa: BLE001 - logged; the real requests will say what is wrong
+                    log.warning("warm-up request failed", exc_info=True,
+                                extra={"policy": loaded.name, "solver": mode, "explain": explain})
 
     def close(self) -> None:
         """Release what lives outside the process: the exposure ledger writes what it still
@@ -140,11 +168,19 @@ class Engine:
         return work_units(self.store.get(policy).policy, n, slate_size, explain, dim)
 
     def rerank(self, req: RerankRequest) -> RerankResult:
+        return self._rerank(req)
+
+    def _rerank(self, req: RerankRequest, loaded: LoadedPolicy | None = None,
+                cp: CompiledPolicy | None = None, record: bool = True) -> RerankResult:
+        """`loaded` / `cp`: a policy version to use instead of the store's live one (warm-up);
+        `record`: add the answer's exposure to the ledger."""
         t_start = time.perf_counter_ns()
         validate_request_scalars(req, self.limits)
-        loaded = self.store.get(req.policy)
+        if loaded is None:
+            loaded = self.store.get(req.policy)
         validate_candidates(req.candidates, self.limits)
-        cp = self._compiled_policy(loaded)
+        if cp is None:
+            cp = self._compiled_policy(loaded)
         amortized = loaded.policy.exposure.amortized if loaded.policy.exposure else []
         if amortized:
             utility_all = request_utility(cp, req)
@@ -194,7 +230,7 @@ class Engine:
         report = constraint_reports(cp, compiled, result, ev, costs, outcome.conflicts)
         items = slate_items(compiled, result.slate, req.candidates.item_ids,
                             req.candidates.scores, req.explain)
-        if amortized:
+        if amortized and record:
             self._record_exposure(loaded.policy.name, amortized, compiled, req, result.slate)
         elapsed["report"] = _us(t_solved)
         elapsed["engine_total"] = _us(t_start)

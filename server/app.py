@@ -35,6 +35,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # runs without the GIL.
 DEFAULT_MAX_WORKERS = 2
 DEFAULT_GRACE_S = 5.0
+# Clients' connections are closed at this age (plus grpc's +-10 % jitter) so that a restarted
+# worker gets its share again within about a minute; calls in flight get as long again.
+DEFAULT_MAX_CONNECTION_AGE_S = 30.0
 # Services whose health is reported: "" is the server as a whole.
 HEALTH_SERVICES = ("", SERVICE_NAME)
 
@@ -248,8 +251,21 @@ def serve(
     tls: tuple[bytes, bytes] | None = None,
     worker: int | None = None,
     on_serving: Callable[[int], None] | None = None,
+    admission=None,
+    max_connection_age_s: float | None = DEFAULT_MAX_CONNECTION_AGE_S,
+    drain_s: float = 0.0,
+    blas_threads: int | None = 1,
 ) -> int:
     """Load policies, start, warm up, report SERVING; run until SIGTERM / SIGINT. Returns 0.
+
+    `admission`: server.admission.AdmissionLimits (batch / work caps, heavy lane); None: defaults.
+    `max_connection_age_s`: clients' connections are closed (GOAWAY, then as long again for the
+    calls in flight) at this age, so that they reconnect and spread over the workers again
+    after one was restarted; None: never.
+    `drain_s`: on SIGTERM, report NOT_SERVING for this long while still serving (load balancers
+    notice and stop sending), then stop taking calls and give those in flight `grace_s`.
+    `blas_threads`: BLAS threads in this process (threadpoolctl); 1 keeps numpy's linear algebra
+    (DPP requests) from oversubscribing the cores next to the handler threads; None: BLAS default.
 
     `ledger_url`: where amortized-fairness rules keep cumulative exposure: None / "memory://"
     (this process only) or "redis://host:port/db" (shared by every replica).
@@ -273,7 +289,11 @@ def serve(
     from engine.engine import Engine  # heavy (numba): imported when serving, not on import
 
     t0 = time.perf_counter()
+    started = _process_started_ago_s()
     tag = "" if worker is None else "worker "
+    blas = _limit_blas(blas_threads)
+    log.info(tag + "starting", extra={"worker": worker, "pid": os.getpid(), "blas_threads": blas,
+                                      "policies_dir": policies_dir})
     if worker is not None and metrics_port:
         metrics_port += worker
     if state_dir is None:
@@ -306,6 +326,8 @@ def serve(
         metrics=metrics,
         tls=tls,
         reuse_port=worker is not None,
+        admission=admission,
+        max_connection_age_s=max_connection_age_s,
     )
 
     watcher = None
@@ -314,19 +336,25 @@ def serve(
     previous = {sig: signal.signal(sig, lambda signum, _frame: events.put(signum)) for sig in handled}
     try:
         server.start()
-        log.info(tag + "listening", extra={"worker": worker, "pid": os.getpid(),"address": f"{address.rsplit(':', 1)[0]}:{port}", "port": port,
+        log.info(tag + "listening", extra={"health": "NOT_SERVING until warm-up is done","worker": worker, "pid": os.getpid(),"address": f"{address.rsplit(':', 1)[0]}:{port}", "port": port,
                                       "policies_dir": policies_dir, "state_dir": state_dir or None,
                                       "policies": [p.name for p in engine.list_policies()],
                                       "max_workers": max_workers, "tls": tls is not None})
-        engine.warmup()
+        def progress(step: str, i: int, n: int, seconds: float) -> None:
+            log.info(tag + "warm-up", extra={"step": step, "i": i, "of": n,
+                                             "seconds": round(seconds, 1), "worker": worker})
+
+        engine.warmup(progress)
         # Everything alive now (modules, numba dispatchers, policies) lives as long as the
         # process: keep it out of the cyclic collector, whose full passes over ~170k objects
         # would otherwise stall a request for milliseconds now and then.
         gc.collect()
         gc.freeze()
         set_serving(health_servicer, True)
-        log.info(tag + "serving", extra={"startup_ms": round((time.perf_counter() - t0) * 1e3, 1),
-                                         "worker": worker, "pid": os.getpid()})
+        now = time.perf_counter()
+        log.info(tag + "serving", extra={
+            "startup_ms": round((now - t0 + started) * 1e3, 1),  # from the process's start
+            "warmup_ms": round((now - t0) * 1e3, 1), "worker": worker, "pid": os.getpid()})
         if on_serving is not None:
             on_serving(port)
         if watch_interval_s > 0:
@@ -350,6 +378,9 @@ def serve(
         if watcher is not None:
             watcher.stop()
         set_serving(health_servicer, False)
+        if drain_s > 0:  # NOT_SERVING, still serving: balancers move traffic away first
+            log.info(tag + "draining", extra={"drain_s": drain_s, "worker": worker})
+            _wait_unless(events, drain_s)
         server.stop(grace_s).wait()
         engine.close()  # after the drain: the ledger writes what the last calls recorded
         log.info(tag + "stopped", extra={"worker": worker})
@@ -360,6 +391,41 @@ def serve(
         server.stop(None)
         if metrics_http is not None:
             _stop_http(metrics_http)
+
+
+def _wait_unless(events: "queue.SimpleQueue[int]", seconds: float) -> None:
+    """Sleep `seconds`, cut short by a second SIGTERM / SIGINT (SIGHUP is ignored meanwhile)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            signum = events.get(timeout=min(left, 0.5))
+        except queue.Empty:
+            continue
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            return
+
+
+def _limit_blas(threads: int | None) -> int | None:
+    """Cap BLAS / OpenMP threads in this process (threadpoolctl); returns the cap in force."""
+    if threads is None:
+        return None
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)
+    return threads
+
+
+def _process_started_ago_s() -> float:
+    """Seconds since this process started (Linux /proc; 0 elsewhere), so that startup_ms counts
+    the interpreter's start and imports, not only what serve() does."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _stop_http(httpd) -> None:
@@ -495,6 +561,7 @@ def serve_processes(
     """
     import multiprocessing
 
+    t_start = time.monotonic() - _process_started_ago_s()
     sock, host, port = reserve_port(address)
     shared = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     ctx = multiprocessing.get_context("spawn")  # no gRPC / numba state copied across a fork
@@ -515,9 +582,10 @@ def serve_processes(
     served: set[int] = set()
     code = 0
     try:
-        log.info("listening", extra={"address": shared, "port": port, "processes": processes,
-                                     "policies_dir": policies_dir, "pid": os.getpid(),
-                                     "tls": options.get("tls") is not None})
+        log.info("starting", extra={
+            "address": shared, "port": port, "processes": processes, "policies_dir": policies_dir,
+            "pid": os.getpid(), "note": "each worker loads the policies and compiles its kernels "
+            "before it takes calls (seconds with a warm Numba cache, about a minute without)"})
         for index in range(processes):
             workers[index] = start(index)
         signum = None
@@ -535,11 +603,18 @@ def serve_processes(
             while not ready.empty():
                 index, pid = ready.get()
                 first = len(served) < processes
+                if not served:  # the port takes connections now (the parent held it bound only)
+                    log.info("listening", extra={
+                        "address": shared, "port": port, "processes": processes,
+                        "policies_dir": policies_dir, "pid": os.getpid(),
+                        "tls": options.get("tls") is not None,
+                        "seconds": round(time.monotonic() - t_start, 1)})
                 served.add(index)
                 log.info("worker ready", extra={"worker": index, "pid": pid})
                 if first and len(served) == processes:
                     log.info("serving", extra={"port": port, "processes": processes,
-                                               "pids": [p.pid for p in workers.values()]})
+                                               "pids": [p.pid for p in workers.values()],
+                                               "startup_ms": round((time.monotonic() - t_start) * 1e3, 1)})
             for index, proc in list(workers.items()):
                 if proc.is_alive():
                     continue

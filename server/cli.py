@@ -86,6 +86,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="server processes sharing the port (SO_REUSEPORT), one per core; each has "
                         "its own metrics port, --metrics-port + its index; 1 = serve in this "
                         "process (default %(default)s)")
+    # admission control and operations (see README "Operating it")
+    p.add_argument("--max-batch", type=_positive_int, default=64, metavar="N",
+                   help="most requests in one RerankBatch (default %(default)s)")
+    p.add_argument("--max-work", type=_positive_int, default=10_000_000, metavar="UNITS",
+                   help="most work units in one request or batch: candidates x slate positions x "
+                        "greedy runs (explain: +1 per rule) x a diversity factor (default %(default)s)")
+    p.add_argument("--heavy-work", type=_positive_int, default=500_000, metavar="UNITS",
+                   help="requests above this many units run one at a time per process (the heavy "
+                        "lane) or are refused RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--max-connection-age", type=float, default=30.0, metavar="SECONDS",
+                   help="close client connections at this age (they reconnect), so load rebalances "
+                        "after a worker restart; 0 = never (default %(default)s)")
+    p.add_argument("--drain", type=float, default=0.0, metavar="SECONDS",
+                   help="on SIGTERM, report NOT_SERVING this long while still serving, before "
+                        "closing the listener (default %(default)s; 5-10 behind a load balancer)")
+    p.add_argument("--blas-threads", type=int, default=1, metavar="N",
+                   help="BLAS threads per process; 0 = the library's default (default %(default)s)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("validate", help="check policy files or folders; print every error as "
@@ -149,6 +166,7 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_serve(args, out: Console, err: Console) -> int:
+    from server.admission import AdmissionLimits
     from server.app import BindError, serve, serve_processes
     from server.logging_setup import configure_logging
 
@@ -182,6 +200,11 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
             metrics_port=None if args.metrics_port < 0 else args.metrics_port,
             metrics_host=args.metrics_host,
             tls=tls,
+            admission=AdmissionLimits(max_batch=args.max_batch, max_work=args.max_work,
+                                      heavy_work=args.heavy_work),
+            max_connection_age_s=args.max_connection_age or None,
+            drain_s=args.drain,
+            blas_threads=args.blas_threads or None,
         )
     except BindError as exc:
         err.print(f"error: {escape(str(exc))}", style="red")

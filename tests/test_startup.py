@@ -1,0 +1,70 @@
+"""Warm-up reaches every kernel a loaded policy uses: after `Engine.warmup`, real first requests to
+every example policy (every solver mode, explain on and off, embeddings, calibration targets)
+compile nothing more. Run in a fresh interpreter, where nothing else has compiled anything."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+_SCRIPT = r"""
+import json, sys
+import numba
+from numba.core.registry import CPUDispatcher
+
+from engine.engine import Engine
+from server import convert
+from tests.test_fuzz import base_request
+
+def signatures():
+    out = {}
+    for name, module in list(sys.modules.items()):
+        if not name.startswith(("solvers", "engine", "server")) or module is None:
+            continue
+        for attr, obj in vars(module).items():
+            if isinstance(obj, CPUDispatcher):
+                out[f"{name}.{attr}"] = len(obj.signatures)
+    return out
+
+engine = Engine.from_directory("policies")
+steps = []
+engine.warmup(progress=lambda step, i, n, s: steps.append([step, i, n]))
+convert.warmup()
+before = signatures()
+modules = set(sys.modules)
+answered = 0
+for policy in [p.name for p in engine.list_policies()]:
+    for solver in ("greedy", "exact", "auto"):
+        for explain in (False, True):
+            for n, k in ((50, 0), (300, 7)):
+                msg = base_request(policy, n, 1, True)
+                msg.explain, msg.slate_size = explain, k
+                msg.solver = {"greedy": 2, "exact": 3, "auto": 1}[solver]
+                if policy == "discovery":
+                    msg.targets["taste"].shares["shoes"] = 1.0
+                engine.rerank(convert.decode_request(msg))
+                answered += 1
+after = signatures()
+print(json.dumps({"steps": steps, "answered": answered,
+                  "imported": sorted(set(sys.modules) - modules),
+                  "new": {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}}))
+"""
+
+
+def test_first_requests_after_warmup_compile_nothing():
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["answered"] == 4 * 3 * 2 * 2
+    assert out["new"] == {}, f"kernels compiled by a first request after warm-up: {out['new']}"
+    # nor imported anything (the FA*IR tables' scipy.stats took 0.5 s of a first DPP request)
+    assert out["imported"] == [], f"modules first imported by a request after warm-up: {out['imported']}"
+    # progress: one step per kernel family and per policy, numbered
+    names = [s[0] for s in out["steps"]]
+    assert names[:2] == ["greedy kernels", "exact solvers"]
+    assert sorted(names[2:]) == ["policy discovery", "policy home_feed", "policy marketplace", "policy search"]
+    assert [s[1] for s in out["steps"]] == list(range(1, 7)) and {s[2] for s in out["steps"]} == {6}
