@@ -36,8 +36,9 @@ deltas (non-finite or non-numeric values, or magnitudes above `MAX_DELTA`) are d
 in `stats.rejected`, because one poisoned increment would otherwise block the queue forever, or
 outweigh every other request for good. Totals read back that are non-finite or above `MAX_TOTAL`
 (only a ledger written by an older version, or by hand, holds such values) are ignored: the
-group reads as 0, a WARNING names the namespace once, and `stats.ignored` counts them. To reset a
-namespace, delete its hash (`DEL reranker:ledger:ns:<policy>/<rule>`).
+group reads as 0, a WARNING names the namespace once, and `stats.ignored` counts them (per read);
+the next write to that group's total replaces it by the write's delta, which repairs the hash. To
+reset a namespace, delete its hash (`DEL reranker:ledger:ns:<policy>/<rule>`).
 
 When Redis loses data (a restart without persistence, FLUSHALL), a namespace's write counter
 goes back: that is logged (WARNING, once per namespace and event) and counted in
@@ -225,11 +226,18 @@ class InProcessLedger:
 # hash that Redis lost and a later write re-created reads back with another epoch.
 # Returns {1, v_2, ..., v_k} when applied (v_i: the new value of the hash's "_v" field, a write
 # counter the local mirror uses to tell which of its own writes a read already includes), 0 when
-# this (writer, seq) was applied before. Key types are checked before the first write, so a
+# this (writer, seq) was applied before. A stored total that is not a number, not finite or
+# above MAX_TOTAL (an older version's, or written by hand) counts as 0, so the write repairs it.
+# Key types are checked before the first write, so a
 # failing call changes nothing (scripts are not rolled back). Sums are computed in Lua (IEEE
 # doubles; JSON numbers written by Python's repr parse back exactly) and stored with 17
 # significant digits, which round-trip exactly: one HMGET and one HSET per 100 groups.
 _LUA = """
+local function total(s)  -- a stored total; a bad one (written before MAX_TOTAL) counts as 0
+  local x = tonumber(s) or 0
+  if x ~= x or x > __MAX_TOTAL__ or x < -__MAX_TOTAL__ then return 0 end
+  return x
+end
 local seq = tonumber(ARGV[1])
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 if seq <= last then return 0 end
@@ -257,9 +265,9 @@ for i = 2, #KEYS do
     for j = 1, m do
       local row = rows[done + j]
       out[4 * j - 3] = fields[2 * j - 1]
-      out[4 * j - 2] = string.format('%.17g', (tonumber(current[2 * j - 1]) or 0) + row[2])
+      out[4 * j - 2] = string.format('%.17g', total(current[2 * j - 1]) + row[2])
       out[4 * j - 1] = fields[2 * j]
-      out[4 * j] = string.format('%.17g', (tonumber(current[2 * j]) or 0) + row[3])
+      out[4 * j] = string.format('%.17g', total(current[2 * j]) + row[3])
     end
     redis.call('HSET', KEYS[i], unpack(out))
     done = done + m
@@ -269,7 +277,7 @@ for i = 2, #KEYS do
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return versions
-"""
+""".replace("__MAX_TOTAL__", "%.17g" % MAX_TOTAL)
 
 
 @dataclass(eq=False)

@@ -175,6 +175,17 @@ def test_a_redis_ledger_poisoned_by_an_older_version_still_serves(redis_server, 
         assert len(warned) == 2  # once per namespace
         assert warned[0].startswith("ledger 'fair/")
         assert f"{MAX_TOTAL:.0e}" in warned[0] and "delete the namespace's hash to reset it" in warned[0]
+        # the writes repaired the hashes: every total Redis holds is finite and bounded again, so
+        # later reads ignore nothing (the groups' bad totals were replaced by the writes' deltas)
+        for ns in ("fair/by_merit", "fair/new_share"):
+            stored = client.hgetall(f"reranker:ledger:ns:{ns}")
+            totals = {k: float(v) for k, v in stored.items() if k.startswith((b"exp:", b"merit:"))}
+            assert all(math.isfinite(v) and abs(v) <= MAX_TOTAL for v in totals.values()), (ns, totals)
+        ignored = ledger.stats.ignored
+        for s in range(10, 15):
+            assert _finite(engine.rerank(_request(s)))
+        assert ledger.stats.ignored == ignored
+        _totals_ok(ledger, 15 + 5)  # the hand-written 5 of b0's exposure, then 15 requests
     finally:
         ledger.close()
         client.close()
