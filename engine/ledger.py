@@ -443,8 +443,14 @@ class RedisLedger:
                 self._fail(e)
             else:
                 with self._lock:
-                    self._store_read(namespace, ticket, version, totals, epoch)
-                    return self._view(namespace)
+                    lost = self._store_read(namespace, ticket, version, totals, epoch)
+                    view = self._view(namespace)
+                if lost:  # a restarted Redis has lost its script cache too: reload it now, so
+                    try:  # that the next write is not a NOSCRIPT outage
+                        self._client.script_load(_LUA)
+                    except Exception as e:  # noqa: BLE001
+                        self._fail(e)
+                return view
         with self._lock:
             return self._view(namespace)
 
@@ -654,8 +660,9 @@ class RedisLedger:
                 self._store_read(namespace, ticket, version, totals, epoch)
 
     def _store_read(self, namespace: str, ticket: int, version: int, totals: _Acc,
-                    epoch: str | None) -> None:
-        """Sanitise and store one read (call with the lock held); log and count lost data."""
+                    epoch: str | None) -> bool:
+        """Sanitise and store one read (call with the lock held); log and count lost data
+        (True when this read showed it)."""
         totals, bad = _sane(totals)
         if bad:
             self._n["ignored"] += bad
@@ -668,6 +675,8 @@ class RedisLedger:
                         "persistence, or flushed; it had %d writes, now %d): the cumulative exposure "
                         "of this amortized rule starts again from what Redis holds",
                         self._where, namespace, before, version)
+            return True
+        return False
 
 
 def ledger_from_url(url: str | None, **options) -> Ledger:

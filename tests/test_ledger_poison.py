@@ -258,6 +258,37 @@ def test_a_redis_restarted_without_persistence_is_noticed_by_every_replica(caplo
         server.close()
 
 
+def test_a_redis_restarted_between_requests_costs_no_outage():
+    """Redis restarted empty between two requests: the next read notices the loss and reloads
+    the script, so the writes that follow reach Redis at once (no NOSCRIPT outage, no queue)."""
+    import redis
+
+    from tests.redis_server import RedisServer, require_redis_server
+
+    require_redis_server()
+    server = RedisServer().start()
+    ledger = RedisLedger(server.url, timeout_s=0.5, retry_interval_s=60.0)  # no recovery in time
+    try:
+        engine = _engine(ledger)
+        for s in range(5):
+            engine.rerank(_request(s))
+        server.kill()
+        server.start()
+        for s in range(5):
+            assert _finite(engine.rerank(_request(10 + s)))
+        assert ledger.stats.data_lost == 2 and ledger.stats.outages == 0, ledger.stats
+        assert ledger.stats.pending == 0
+        client = redis.Redis.from_url(server.url)
+        stored = client.hgetall("reranker:ledger:ns:fair/new_share")
+        client.close()
+        per_slate = sum(1.0 / math.log2(p + 2) for p in range(10))
+        exposure = sum(float(v) for k, v in stored.items() if k.startswith(b"exp:"))
+        assert exposure == pytest.approx(5 * per_slate, rel=1e-9)  # the 5 since the restart
+    finally:
+        ledger.close()
+        server.close()
+
+
 def test_data_loss_metric_is_exported():
     from prometheus_client import generate_latest
 
