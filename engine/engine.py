@@ -101,8 +101,7 @@ class Engine:
         lp = loaded.policy.exposure.lp if loaded.policy.exposure else None
         if lp is not None:
             exposure.warmup(lp.top_m, min(lp.top_m, loaded.policy.slate_size), lp.criterion)
-        modes = ["greedy"] if loaded.policy.solver.mode == "greedy" else ["greedy", "exact"]
-        for mode in modes:
+        for mode in ("greedy", "exact"):  # a request may ask for either, whatever the policy's mode
             for explain in (False, True):
                 req = warmup_request(loaded.policy, mode, explain)
                 try:

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server.metrics import DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, ServerMetrics
 from server.servicer import SERVICE_NAME, RerankerServicer
+from server.startup import import_kernels, process_started_ago_s, worker_entry
 
 log = logging.getLogger(__name__)
 
@@ -286,14 +287,14 @@ def serve(
     `grace_s` seconds to finish, then the process exits 0. SIGHUP reloads the policies (an invalid
     file never replaces a loaded policy; its errors are logged). Call from the main thread.
     """
-    from engine.engine import Engine  # heavy (numba): imported when serving, not on import
-
     t0 = time.perf_counter()
-    started = _process_started_ago_s()
+    started = process_started_ago_s()
     tag = "" if worker is None else "worker "
     blas = _limit_blas(blas_threads)
     log.info(tag + "starting", extra={"worker": worker, "pid": os.getpid(), "blas_threads": blas,
                                       "policies_dir": policies_dir})
+    import_kernels(tag, worker)
+    from engine.engine import Engine  # heavy (numba): imported when serving, not on import
     if worker is not None and metrics_port:
         metrics_port += worker
     if state_dir is None:
@@ -413,19 +414,6 @@ def _limit_blas(threads: int | None) -> int | None:
 
     threadpool_limits(limits=threads)
     return threads
-
-
-def _process_started_ago_s() -> float:
-    """Seconds since this process started (Linux /proc; 0 elsewhere), so that startup_ms counts
-    the interpreter's start and imports, not only what serve() does."""
-    try:
-        with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 def _stop_http(httpd) -> None:
@@ -561,7 +549,7 @@ def serve_processes(
     """
     import multiprocessing
 
-    t_start = time.monotonic() - _process_started_ago_s()
+    t_start = time.monotonic() - process_started_ago_s()
     sock, host, port = reserve_port(address)
     shared = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     ctx = multiprocessing.get_context("spawn")  # no gRPC / numba state copied across a fork
@@ -570,7 +558,7 @@ def serve_processes(
     options = dict(options, grace_s=grace_s)
 
     def start(index: int):
-        proc = ctx.Process(target=_worker_main, name=f"reranker-worker-{index}", daemon=False,
+        proc = ctx.Process(target=worker_entry, name=f"reranker-worker-{index}", daemon=False,
                            args=(index, shared, policies_dir, options, log_level, ready))
         proc.start()
         return proc

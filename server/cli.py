@@ -166,11 +166,18 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_serve(args, out: Console, err: Console) -> int:
-    from server.admission import AdmissionLimits
-    from server.app import BindError, serve, serve_processes
     from server.logging_setup import configure_logging
 
     configure_logging(args.log_level)
+    # Before server.app, whose import compiles the wire kernels: every kernel is compiled (or
+    # loaded from the Numba cache) here, with progress lines; worker processes then load them
+    # from the cache instead of compiling them side by side.
+    from server.startup import import_kernels
+
+    import_kernels()
+    from server.admission import AdmissionLimits
+    from server.app import BindError, serve, serve_processes
+
     if not Path(args.policies).is_dir():
         err.print(f"error: policy folder not found: {escape(args.policies)}")
         return EXIT_USAGE
