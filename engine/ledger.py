@@ -43,7 +43,10 @@ reset a namespace, delete its hash (`DEL reranker:ledger:ns:<policy>/<rule>`).
 When Redis loses data (a restart without persistence, FLUSHALL), a namespace's write counter
 goes back: that is logged (WARNING, once per namespace and event) and counted in
 `stats.data_lost`; the totals start again from what Redis holds, so the amortized rules forget
-the exposure handed out before.
+the exposure handed out before. The read that notices it also reloads the script (a restarted
+Redis has an empty script cache), so the writes that follow are not refused with NOSCRIPT. The
+epoch is what tells a lost hash apart from reads that merely finished out of order: a hash that
+is gone, or re-created by any replica, reads back without this process's last epoch.
 
 Redis layout (prefix `key_prefix`, default "reranker:ledger:"):
     <prefix>ns:<namespace>    hash: "exp:<group>" -> float, "merit:<group>" -> float,
