@@ -10,6 +10,7 @@ import sys
 
 from tests.conftest import REPO
 
+
 _SCRIPT = r"""
 import json, sys
 import numba
@@ -68,3 +69,74 @@ def test_first_requests_after_warmup_compile_nothing():
     assert names[:2] == ["greedy kernels", "exact solvers"]
     assert sorted(names[2:]) == ["policy discovery", "policy home_feed", "policy marketplace", "policy search"]
     assert [s[1] for s in out["steps"]] == list(range(1, 7)) and {s[2] for s in out["steps"]} == {6}
+
+
+def test_sigterm_with_a_drain_window_reports_not_serving_while_still_serving(tmp_path):
+    """--drain: after SIGTERM, health says NOT_SERVING at once, calls are still answered for the
+    window, then the process stops and exits 0."""
+    import os
+    import shutil
+    import signal
+    import time
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
+    from tests.conftest import POLICIES_DIR
+    from tests.serve_process import log_waiter
+    from tests.test_server import example_request
+
+    shutil.copy(POLICIES_DIR / "home_feed.yaml", tmp_path / "home_feed.yaml")
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--processes", "1",
+                             "--address", "127.0.0.1:0", "--policies", str(tmp_path), "--metrics-port", "-1",
+                             "--state-dir", "", "--drain", "3", "--grace", "1"],
+                            cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    wait_for = log_waiter(proc)
+    try:
+        port = wait_for("listening", timeout=120)["port"]
+        wait_for("serving", timeout=120)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            stub = pb_grpc.RerankerStub(channel)
+            stub.Rerank(example_request(), timeout=10)
+            os.kill(proc.pid, signal.SIGTERM)
+            wait_for("draining", timeout=10)
+            status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert stub.Rerank(example_request(), timeout=10).items  # still served
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_connections_age_out_without_errors_for_the_client(engine):
+    """max_connection_age: the server closes old connections (GOAWAY); a client calling
+    throughout reconnects by itself and sees no error."""
+    import time
+
+    import grpc
+    from grpc_health.v1 import health
+
+    from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
+    from server.app import create_server, set_serving
+    from tests.test_server import example_request
+
+    h = health.HealthServicer()
+    server, port = create_server("127.0.0.1:0", engine, health_servicer=h, max_connection_age_s=0.3)
+    server.start()
+    set_serving(h, True)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.RerankerStub(channel)
+            req = example_request()
+            end = time.monotonic() + 2.5
+            calls = 0
+            while time.monotonic() < end:
+                stub.Rerank(req, timeout=10)  # raises on any error
+                calls += 1
+            assert calls > 20
+    finally:
+        server.stop(None)

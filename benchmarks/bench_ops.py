@@ -1,0 +1,420 @@
+"""Operating under faults (issue 9): heavy-caller isolation, rebalancing after a worker crash, cold
+start, and DPP requests under CPU contention with BLAS threads pinned or not.
+
+    .venv/bin/python -m benchmarks.bench_ops                 # every part (~6 minutes)
+    .venv/bin/python -m benchmarks.bench_ops --only isolation rebalance
+    .venv/bin/python -m benchmarks.bench_ops --quick         # smoke run (~1.5 minutes)
+
+Parts (real `reranker serve` processes on loopback; the clients share the 2 cores with them):
+
+- isolation: a normal client at a fixed rate (open loop, N=1000, K=20) alone, then next to two
+  heavy clients sending the largest requests the default limits admit (N=10,000, K=250, explain),
+  with admission control on (defaults) and off (limits raised out of the way: the baseline, same
+  run). Target: the normal client's p99 <= 20 ms with admission on.
+- rebalance: `serve --processes 2`, 8 connections under steady load; worker 0 is SIGKILLed; the
+  share of calls answered by its replacement is followed for 75 s, with --max-connection-age 30
+  (default) and 0 (never: the baseline). Target: >= 30 % within 60 s.
+- coldstart: time to SERVING with an empty Numba cache (and with the cache it wrote), and the
+  first request's latency per example policy against its budget (target: budget + 2 ms).
+- dpp: Engine.rerank of a DPP policy (N=1000, K=50, d=64) with 1 BLAS thread and the library
+  default, alone and next to a CPU-bound process, beside the greedy kernel alone.
+
+Results: benchmarks/results/ops_<part>.json; tables printed as markdown for RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+from rich.console import Console
+
+from benchmarks.bench_grpc import POLICY, make_request
+from benchmarks.bench_load import RERANKER, ROOT, _free_port, _wait_serving, stop
+from benchmarks.common import markdown_table, print_table, save
+from server._gen.reranker.v1 import reranker_pb2 as pb
+from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
+from server.servicer import WORKER_PID_METADATA_KEY
+
+console = Console()
+OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+
+
+def _server(policies: Path, *flags: str, processes: int = 1, env: dict | None = None):
+    address = f"127.0.0.1:{_free_port()}"
+    cmd = [str(RERANKER), "serve", "--address", address, "--policies", str(policies),
+           "--processes", str(processes), "--metrics-port", "-1", "--log-level", "WARNING", *flags]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # drain
+    _wait_serving(address, proc, timeout_s=300)
+    return proc, address
+
+
+def _channel(address: str, i: int = 0) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=[*OPTIONS, ("grpc.use_local_subchannel_pool", 1),
+                                                   ("bench.connection", i)])
+
+
+def _pct(lat_ms: list[float], q: float) -> float | None:
+    return float(np.percentile(lat_ms, q)) if lat_ms else None
+
+
+# ------------------------------------------------------------------------------- isolation
+
+def _open_loop(stub, req: pb.RerankRequest, rate: float, seconds: float) -> dict:
+    """Calls at `rate` per second on schedule (futures), whatever the answers' latency."""
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    lock = threading.Lock()
+    pending = []
+    t0 = time.perf_counter()
+    n = int(rate * seconds)
+    for i in range(n):
+        due = t0 + i / rate
+        while (now := time.perf_counter()) < due:
+            time.sleep(min(due - now, 0.002))
+        start = time.perf_counter()
+        fut = stub.Rerank.future(req, timeout=5.0)
+
+        def done(f, start=start):
+            ms = (time.perf_counter() - start) * 1e3
+            with lock:
+                if f.exception() is None:
+                    lat.append(ms)
+                else:
+                    code = f.exception().code().name
+                    errors[code] = errors.get(code, 0) + 1
+
+        fut.add_done_callback(done)
+        pending.append(fut)
+    for f in pending:
+        try:
+            f.result()
+        except grpc.RpcError:
+            pass
+    return {"calls": n, "ok": len(lat), "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
+            "max_ms": max(lat) if lat else None, "errors": errors}
+
+
+def _heavy_loop(address: str, req_bytes: bytes, stop_at: threading.Event, out: dict, i: int) -> None:
+    with _channel(address, 100 + i) as ch:
+        call = ch.unary_unary("/reranker.v1.Reranker/Rerank")
+        while not stop_at.is_set():
+            try:
+                call(req_bytes, timeout=30)
+                out["ok"] = out.get("ok", 0) + 1
+            except grpc.RpcError as e:
+                out[e.code().name] = out.get(e.code().name, 0) + 1
+                time.sleep(0.01)  # a refused heavy caller backs off a little and retries
+
+
+def _heavy_request() -> bytes:
+    req = make_request("plain", n=10_000, seed=7)  # plain strings: the costlier decode
+    req.slate_size, req.explain = 250, True  # 10,000 x 250 x (1 + 3 rules) = 1e7 units: the limit
+    return req.SerializeToString()
+
+
+def run_isolation(quick: bool) -> list[dict]:
+    seconds = 6.0 if quick else 20.0
+    rate = 100.0
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        policies = Path(tmp) / "policies"
+        policies.mkdir()
+        (policies / "bench_feed.yaml").write_text(POLICY)
+        normal = make_request("dictionary", n=1000)
+        heavy = _heavy_request()
+        phases = [("alone", "on", ()), ("with 2 heavy clients", "on", ()),
+                  ("with 2 heavy clients", "off", ("--max-work", "1000000000000",
+                                                   "--heavy-work", "1000000000000"))]
+        for label, admission, flags in phases:
+            proc, address = _server(policies, *flags)
+            try:
+                with _channel(address) as ch:
+                    stub = pb_grpc.RerankerStub(ch)
+                    for _ in range(50):
+                        stub.Rerank(normal, timeout=5)
+                    stop_at, heavy_out, threads = threading.Event(), {}, []
+                    if "heavy" in label:
+                        threads = [threading.Thread(target=_heavy_loop, args=(address, heavy, stop_at, heavy_out, i),
+                                                    daemon=True) for i in range(2)]
+                        for t in threads:
+                            t.start()
+                        time.sleep(1.0)
+                    res = _open_loop(stub, normal, rate, seconds)
+                    stop_at.set()
+                    for t in threads:
+                        t.join(60)
+                rows.append({"phase": label, "admission": admission, "normal_rate": rate, **res,
+                             "errors": json.dumps(res["errors"]) if res["errors"] else "",
+                             "heavy_ok": heavy_out.get("ok"), "heavy_refused": heavy_out.get("RESOURCE_EXHAUSTED"),
+                             "target_p99_ms": 20.0})
+                console.print(rows[-1])
+            finally:
+                stop(proc)
+    return rows
+
+
+ISOLATION_COLUMNS = [("phase", "normal client"), ("admission", "admission control"),
+                     ("normal_rate", "normal req/s"), ("ok", "normal answered"), ("p50_ms", "p50 ms"),
+                     ("p99_ms", "p99 ms"), ("max_ms", "max ms"), ("errors", "normal errors"),
+                     ("heavy_ok", "heavy answered"), ("heavy_refused", "heavy refused (lane busy)")]
+
+
+# ------------------------------------------------------------------------------- rebalance
+
+def _pid_of(call) -> int | None:
+    for k, v in call.trailing_metadata() or ():
+        if k == WORKER_PID_METADATA_KEY:
+            return int(v)
+    return None
+
+
+def _rebalance_once(policies: Path, age: str, watch_s: float) -> dict:
+    proc, address = _server(policies, "--max-connection-age", age, processes=2)
+    req = make_request("dictionary", n=200)
+    records: list[tuple[float, int | None, str]] = []
+    stop_at = threading.Event()
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        with _channel(address, i) as ch:
+            stub = pb_grpc.RerankerStub(ch)
+            while not stop_at.is_set():
+                try:
+                    _, call = stub.Rerank.with_call(req, timeout=5)
+                    item = (time.monotonic(), _pid_of(call), "OK")
+                except grpc.RpcError as e:
+                    item = (time.monotonic(), None, e.code().name)
+                with lock:
+                    records.append(item)
+                time.sleep(0.02)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(3.0)
+        with lock:
+            before = {p for _, p, _ in records[-200:] if p}
+        victim = min(before)
+        t_kill = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(watch_s)
+    finally:
+        stop_at.set()
+        for t in threads:
+            t.join(10)
+        stop(proc)
+    after = [(t - t_kill, p, c) for t, p, c in records if t > t_kill]
+    survivors = before - {victim}
+    new = lambda p: p is not None and p not in before  # noqa: E731
+    windows = {}
+    for start in range(0, int(watch_s), 5):
+        got = [p for t, p, c in after if start <= t < start + 5 and c == "OK"]
+        windows[start] = (sum(1 for p in got if new(p)) / len(got)) if got else 0.0
+    reached = next((s + 5 for s, share in sorted(windows.items()) if share >= 0.3), None)
+    errors = sum(1 for _, _, c in after if c != "OK")
+    return {"max_connection_age_s": age, "calls_after_kill": len(after), "errors_after_kill": errors,
+            "share_new_0_10s": round(np.mean([windows.get(0, 0), windows.get(5, 0)]), 3),
+            "share_new_30_40s": round(np.mean([windows.get(30, 0), windows.get(35, 0)]), 3),
+            "share_new_55_60s": round(windows.get(55, 0.0), 3),
+            "share_new_last_5s": round(windows[max(windows)], 3),
+            "s_to_30pct": reached, "survivors": len(survivors), "target": ">= 30 % within 60 s"}
+
+
+def run_rebalance(quick: bool) -> list[dict]:
+    watch = 40.0 if quick else 75.0
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        policies = Path(tmp) / "policies"
+        policies.mkdir()
+        (policies / "bench_feed.yaml").write_text(POLICY)
+        for age in ("30", "0"):
+            rows.append(_rebalance_once(policies, age if not quick or age == "0" else "10", watch))
+            console.print(rows[-1])
+    return rows
+
+
+REBALANCE_COLUMNS = [("max_connection_age_s", "--max-connection-age s"), ("calls_after_kill", "calls after kill"),
+                     ("errors_after_kill", "errors after kill"), ("share_new_0_10s", "replacement's share 0-10 s"),
+                     ("share_new_30_40s", "30-40 s"), ("share_new_55_60s", "55-60 s"),
+                     ("share_new_last_5s", "last 5 s"), ("s_to_30pct", "s to >= 30 %")]
+
+
+# ------------------------------------------------------------------------------- cold start
+
+def _example_request(policy: str, n: int = 1000) -> pb.RerankRequest:
+    """A request with every column the example policies read."""
+    rng = np.random.default_rng(3)
+    req = pb.RerankRequest(policy=policy, request_id=f"cold-{policy}")
+    c = req.candidates
+    c.item_ids.extend(f"item-{j}" for j in range(n))
+    for name in ("p_click", "p_add_to_cart", "p_purchase", "predicted_value", "relevance", "freshness"):
+        c.scores[name].values.extend((rng.random(n) * 0.3).tolist())
+    pools = {"availability": ["in_stock", "low_stock"], "category": ["shoes", "apparel", "home", "beauty", "sports", "toys"],
+             "seller": [f"seller-{i}" for i in range(30)], "content_type": ["product", "video", "image"],
+             "seller_tier": ["new", "established"], "brand": [f"brand-{i}" for i in range(12)], "sponsored": ["yes", "no"]}
+    for name, pool in pools.items():
+        c.attributes[name].dictionary.extend(pool)
+        c.attributes[name].codes.extend(rng.integers(0, len(pool), n).tolist())
+    c.numeric["price"].values.extend(rng.uniform(5, 300, n).tolist())
+    c.embeddings.dim = 64
+    c.embeddings.values.extend(rng.normal(size=n * 64).astype(np.float32).tolist())
+    return req
+
+
+def _cold_once(cache: str) -> dict:
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+    t0 = time.monotonic()
+    proc, address = _server(ROOT / "policies", processes=2, env=env)
+    to_serving = time.monotonic() - t0
+    firsts = {}
+    try:
+        with _channel(address) as ch:
+            stub = pb_grpc.RerankerStub(ch)
+            for policy in [p.name for p in stub.ListPolicies(pb.ListPoliciesRequest(), timeout=10).policies]:
+                req = _example_request(policy)
+                t = time.perf_counter()
+                resp = stub.Rerank(req, timeout=30)
+                ms = (time.perf_counter() - t) * 1e3
+                firsts[policy] = (round(ms, 2), resp.diagnostics.budget_ms,
+                                  round(resp.diagnostics.elapsed_us["total"] / 1e3, 2))
+    finally:
+        stop(proc)
+    return {"to_serving_s": round(to_serving, 1), "firsts": firsts}
+
+
+def run_coldstart(quick: bool) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:
+        for label in ("empty Numba cache", "cache written by the first start"):
+            res = _cold_once(cache)
+            for policy, (ms, budget, server_ms) in sorted(res["firsts"].items()):
+                rows.append({"start": label, "to_serving_s": res["to_serving_s"], "policy": policy,
+                             "first_request_ms": ms, "server_ms": server_ms, "budget_ms": budget,
+                             "within_budget_plus_2ms": ms <= budget + 2.0})
+            console.print(res)
+    return rows
+
+
+COLD_COLUMNS = [("start", "start"), ("to_serving_s", "s to SERVING (2 processes)"), ("policy", "policy"),
+                ("first_request_ms", "first request ms (client)"), ("server_ms", "server ms"),
+                ("budget_ms", "budget ms"), ("within_budget_plus_2ms", "<= budget + 2 ms")]
+
+
+# ------------------------------------------------------------------------------- dpp / BLAS
+
+DPP_POLICY = """\
+name: dpp_only
+version: "1"
+slate_size: 50
+objective:
+  weights: {p_click: 1.0}
+diversity: {method: dpp, weight: 0.3}
+solver: {mode: greedy, budget_ms: 50}
+"""
+
+_BURNER = "import numpy as np, time\nend = time.time() + {s}\na = np.random.rand(400, 400)\nwhile time.time() < end:\n    a @ a\n"
+
+
+def run_dpp(quick: bool) -> list[dict]:
+    from threadpoolctl import threadpool_limits
+
+    from engine.engine import Engine
+    from engine.policy_loader import LoadedPolicy, PolicyStore, parse_policy_text
+    from engine.types import Attribute, Candidates, RerankRequest
+    from engine.compile import compile_request
+    from solvers.greedy import solve_greedy
+
+    store = PolicyStore()
+    store.add(LoadedPolicy(parse_policy_text(DPP_POLICY), "<text>", "0" * 64, 0.0))
+    engine = Engine(store)
+    engine.warmup()
+    rng = np.random.default_rng(5)
+    n, d = 1000, 64
+    req = RerankRequest("dpp_only", Candidates([f"i{j}" for j in range(n)], {"p_click": rng.random(n)},
+                                               {"c": Attribute.from_values(["a"] * n)}, {},
+                                               rng.normal(size=(n, d)).astype(np.float32)))
+    cp = engine._compiled_policy(store.get("dpp_only"))
+    problem = compile_request(cp, req).problem
+    reps = 200 if quick else 1000
+    rows = []
+
+    def timed(fn) -> np.ndarray:
+        for _ in range(20):
+            fn()
+        out = np.empty(reps)
+        for r in range(reps):
+            t = time.perf_counter_ns()
+            fn()
+            out[r] = (time.perf_counter_ns() - t) / 1e6
+        return out
+
+    for load in ("idle", "1 CPU-bound process beside"):
+        burner = None
+        if load != "idle":
+            burner = subprocess.Popen([sys.executable, "-c", _BURNER.format(s=600)])
+            time.sleep(0.5)
+        try:
+            kernel = timed(lambda: solve_greedy(problem, active=problem.active))
+            for blas in (1, None):
+                with threadpool_limits(limits=blas if blas else os.cpu_count()):
+                    t = timed(lambda: engine.rerank(req))
+                rows.append({"machine": load, "blas_threads": blas or f"default ({os.cpu_count()})",
+                             "rerank_p50_ms": float(np.median(t)), "rerank_p99_ms": float(np.percentile(t, 99)),
+                             "kernel_p50_ms": float(np.median(kernel)),
+                             "rerank_over_kernel": float(np.median(t) / np.median(kernel))})
+                console.print(rows[-1])
+        finally:
+            if burner is not None:
+                burner.kill()
+                burner.wait()
+    return rows
+
+
+DPP_COLUMNS = [("machine", "machine"), ("blas_threads", "BLAS threads"), ("rerank_p50_ms", "Engine.rerank p50 ms"),
+               ("rerank_p99_ms", "p99 ms"), ("kernel_p50_ms", "greedy kernel alone p50 ms"),
+               ("rerank_over_kernel", "rerank / kernel")]
+
+
+PARTS = {"isolation": (run_isolation, ISOLATION_COLUMNS), "rebalance": (run_rebalance, REBALANCE_COLUMNS),
+         "coldstart": (run_coldstart, COLD_COLUMNS), "dpp": (run_dpp, DPP_COLUMNS)}
+
+
+def run(quick: bool = False) -> list[dict]:
+    return [row for name in PARTS for row in _run_part(name, quick)]
+
+
+def _run_part(name: str, quick: bool) -> list[dict]:
+    fn, columns = PARTS[name]
+    console.rule(f"ops: {name}")
+    rows = fn(quick)
+    print_table(f"ops: {name}", rows, columns)
+    console.print(save(f"ops_{name}", rows, {"quick": quick}))
+    console.print(markdown_table(rows, columns), soft_wrap=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", nargs="*", choices=list(PARTS))
+    args = parser.parse_args()
+    for name in args.only or PARTS:
+        _run_part(name, args.quick)
+
+
+if __name__ == "__main__":
+    main()
