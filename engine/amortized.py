@@ -102,8 +102,10 @@ def boosts(snapshot: Mapping[str, tuple[float, float]], targets: Mapping[str, fl
 
     # non-finite totals (a ledger written by an older version) count as 0, never as inf, and
     # finite ones are capped at 1e300 so that their sums stay finite too
-    exposure = {g: _total(e) for g, (e, _) in snapshot.items()}
-    merit = {g: _total(m) for g, (_, m) in snapshot.items()}
+    exposure = {g: (float(e) if 0.0 < e <= 1e300 else (1e300 if 1e300 < e < math.inf else 0.0))
+                for g, (e, _) in snapshot.items()}
+    merit = {g: (float(m) if 0.0 < m <= 1e300 else (1e300 if 1e300 < m < math.inf else 0.0))
+             for g, (_, m) in snapshot.items()}
     E = sum(exposure.values())
     M = sum(merit.values())
     if targets is not None:
@@ -125,9 +127,6 @@ def boosts(snapshot: Mapping[str, tuple[float, float]], targets: Mapping[str, fl
     return out
 
 
-def _total(v: float) -> float:
-    v = float(v)
-    return min(v, 1e300) if math.isfinite(v) and v > 0 else 0.0
 
 
 def exposure_deltas(slate_groups: Sequence[str | None], position_weights: np.ndarray,
@@ -192,18 +191,20 @@ def normalised_merit(deltas: Mapping[str, tuple[float, float]]) -> dict[str, tup
     so that they sum to the exposure the slate handed out (sum of the deltas' exposures), keeping
     their ratios. All merit 0 (or no exposure) -> merit 0. Finite in, finite out, whatever the
     magnitudes (the ratios are taken after dividing by the largest merit)."""
-    exposure_total = sum(max(e, 0.0) for e, _ in deltas.values())
-    merits = {g: (m if math.isfinite(m) and m > 0 else (math.inf if m == math.inf else 0.0))
-              for g, (_, m) in deltas.items()}
-    top = max(merits.values(), default=0.0)
-    if top == math.inf:  # only the infinite ones count, equally
-        merits = {g: (1.0 if m == math.inf else 0.0) for g, m in merits.items()}
-        top = 1.0
+    exposure_total, top = 0.0, 0.0
+    for e, m in deltas.values():  # NaN fails every comparison: it counts as 0
+        if e > 0:
+            exposure_total += e
+        if m > top:
+            top = m
     if top <= 0 or exposure_total <= 0:
         return {g: (e, 0.0) for g, (e, _) in deltas.items()}
-    rel = {g: m / top for g, m in merits.items()}
-    total = sum(rel.values())
-    return {g: (e, exposure_total * rel[g] / total) for g, (e, _) in deltas.items()}
+    if top == math.inf:  # only the infinite ones count, equally
+        rel = {g: (1.0 if m == math.inf else 0.0) for g, (_, m) in deltas.items()}
+    else:
+        rel = {g: (m / top if m > 0 else 0.0) for g, (_, m) in deltas.items()}
+    k = exposure_total / sum(rel.values())
+    return {g: (e, k * rel[g]) for g, (e, _) in deltas.items()}
 
 
 def request_scale(utility: np.ndarray, position_weights: np.ndarray) -> tuple[float, float]:
