@@ -11,6 +11,9 @@ the service from the others.
   others stay free for normal calls. A heavy call that cannot get the slot within `heavy_wait_s`
   is refused (RESOURCE_EXHAUSTED, "heavy lane busy"): heavy callers share one thread per process,
   and retry.
+- `max_queue`: calls that may wait for a handler thread (None: no bound). A call that arrives
+  while that many wait is refused at once (RESOURCE_EXHAUSTED, "queue full"), on a thread of its
+  own, instead of waiting behind them (server.app's handler pool does this).
 - Calls whose deadline passed while they waited in the server's queue are shed before any work
   (DEADLINE_EXCEEDED), counted by reason, and summarised in the log at most once per
   `log_interval_s`.
@@ -34,8 +37,8 @@ DEFAULT_HEAVY_WORK = 500_000  # ~15-50 ms: 10x a normal N=1000, K=50 request
 DEFAULT_HEAVY_WAIT_S = 0.0
 
 #: Reasons a call is shed or refused (the `reason` label of reranker_shed_total).
-SHED_REASONS = ("deadline_in_queue", "cancelled_in_queue", "batch_too_large", "work_too_large",
-                "heavy_lane_busy")
+SHED_REASONS = ("deadline_in_queue", "cancelled_in_queue", "queue_full", "batch_too_large",
+                "work_too_large", "heavy_lane_busy")
 
 
 @dataclass(frozen=True)
@@ -45,12 +48,15 @@ class AdmissionLimits:
     heavy_work: int = DEFAULT_HEAVY_WORK
     heavy_wait_s: float = DEFAULT_HEAVY_WAIT_S
     log_interval_s: float = 1.0
+    max_queue: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_work", "heavy_work"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"admission {name}: must be an integer >= 1, got {v!r}")
+        if self.max_queue is not None and not (isinstance(self.max_queue, int) and self.max_queue >= 0):
+            raise ValueError(f"admission max_queue: must be an integer >= 0 or None, got {self.max_queue!r}")
         if not (self.heavy_wait_s >= 0):
             raise ValueError(f"admission heavy_wait_s: must be a number >= 0, got {self.heavy_wait_s!r}")
 
@@ -70,6 +76,7 @@ class Admission:
         self._lock = threading.Lock()
         self._counts = _Counts()
         self._unlogged: dict[str, int] = {}
+        self._waiting = 0  # calls queued for a handler thread, not started yet
         self._last_log = 0.0
         #: called as (method, gRPC code name) for calls dropped in the queue (the servicer points
         #: it at reranker_errors_total), since no handler sees them
@@ -104,6 +111,32 @@ class Admission:
         observer = self.error_observer
         if observer is not None:
             observer(method, "DEADLINE_EXCEEDED" if expired else "CANCELLED")
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a handler thread now."""
+        return self._waiting
+
+    def enter_queue(self) -> bool:
+        """A call is queued for a handler thread: False (not queued) when max_queue already wait."""
+        limit = self.limits.max_queue
+        with self._lock:
+            if limit is not None and self._waiting >= limit:
+                return False
+            self._waiting += 1
+            return True
+
+    def leave_queue(self) -> None:
+        """A queued call's task started (its handler runs now, or grpc drops it)."""
+        with self._lock:
+            self._waiting -= 1
+
+    def count_queue_full(self, method: str) -> None:
+        """A call refused because `max_queue` calls were already waiting for a handler thread."""
+        self.count_shed("queue_full", method=method)
+        observer = self.error_observer
+        if observer is not None:
+            observer(method, "RESOURCE_EXHAUSTED")
 
     # --------------------------------------------------------------------------- the lane
     @contextmanager

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server.metrics import DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, ServerMetrics
-from server.servicer import SERVICE_NAME, RerankerServicer
+from server.servicer import SERVICE_NAME, WORKER_PID_METADATA_KEY, RerankerServicer
 from server.startup import import_kernels, process_started_ago_s, worker_entry
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ def _parsing(behaviour, request_cls, pass_raw: bool = False):
         try:
             request = request_cls.FromString(raw)
         except DecodeError as exc:
+            context.set_trailing_metadata(((WORKER_PID_METADATA_KEY, str(os.getpid())),))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"request: not a valid {name} message (protobuf: {exc})")
         if pass_raw:
@@ -91,7 +92,8 @@ _dispatched = threading.local()
 
 
 class _ShedCountingPool(futures.ThreadPoolExecutor):
-    """The server's handler pool, counting the calls that never reached their handler.
+    """The server's handler pool, counting the calls that never reached their handler, and
+    refusing calls at once when too many already wait (admission `max_queue`).
 
     grpc's sync server queues each call for this pool; when the call's deadline passes (or the
     client cancels) while it waits, grpc drops it without calling the handler, so the servicer
@@ -99,20 +101,30 @@ class _ShedCountingPool(futures.ThreadPoolExecutor):
     handler having started is counted in the admission stats (reason `deadline_in_queue`, or
     `cancelled_in_queue` when its deadline had not passed). It reads the call's method handler and
     deadline from the task's arguments as grpc submits them (grpc._server: context.run,
-    _unary_response_in_pool, rpc_event, state, behaviour, ...); anything else runs as is."""
+    _unary_response_in_pool, rpc_event, state, behaviour, ...); anything else runs as is.
+
+    With `max_queue` set, a call of ours that arrives while that many of them wait for a handler
+    thread is answered RESOURCE_EXHAUSTED ("queue full", counted as `queue_full`) by a one-thread
+    side pool, whose tasks take microseconds, instead of waiting in line."""
 
     def __init__(self, admission, **kwargs) -> None:
         super().__init__(**kwargs)
         self._admission = admission
+        self._lock = threading.Lock()
+        self._refusals: futures.ThreadPoolExecutor | None = None
 
     def submit(self, fn, /, *args, **kwargs):
         behaviour = args[3] if len(args) > 3 else None
-        if getattr(behaviour, "reranker_method", None) is None:
+        method = getattr(behaviour, "reranker_method", None)
+        if method is None:
             return super().submit(fn, *args, **kwargs)
         rpc_event = args[1]
         admission = self._admission
+        if not admission.enter_queue():
+            return self._refuse(fn, args, kwargs, method)
 
         def run():
+            admission.leave_queue()
             _dispatched.started = False
             try:
                 return fn(*args, **kwargs)
@@ -120,9 +132,35 @@ class _ShedCountingPool(futures.ThreadPoolExecutor):
                 if not _dispatched.started:
                     deadline = getattr(getattr(rpc_event, "call_details", None), "deadline", None)
                     expired = deadline is not None and deadline <= time.time()
-                    admission.count_dropped(behaviour.reranker_method, expired)
+                    admission.count_dropped(method, expired)
 
-        return super().submit(run)
+        try:
+            return super().submit(run)
+        except BaseException:  # shut down: the call is not queued after all
+            admission.leave_queue()
+            raise
+
+    def _refuse(self, fn, args, kwargs, method: str):
+        """Answer the call RESOURCE_EXHAUSTED on the side pool (grpc's task, behaviour swapped)."""
+        self._admission.count_queue_full(method)
+        waiting, pid = self._admission.limits.max_queue, str(os.getpid())
+
+        def refuse(_raw, context):
+            context.set_trailing_metadata(((WORKER_PID_METADATA_KEY, pid),))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"queue full: {waiting} calls already wait for a handler thread on this "
+                          "server process (reranker serve --max-queue); retry with backoff")
+
+        if self._refusals is None:
+            with self._lock:
+                if self._refusals is None:
+                    self._refusals = futures.ThreadPoolExecutor(1, thread_name_prefix="rerank-refuse")
+        return self._refusals.submit(fn, *args[:3], refuse, *args[4:], **kwargs)
+
+    def shutdown(self, wait: bool = True, **kwargs) -> None:
+        if self._refusals is not None:
+            self._refusals.shutdown(wait, **kwargs)
+        super().shutdown(wait, **kwargs)
 
 
 def create_server(

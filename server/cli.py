@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--heavy-work", type=_positive_int, default=500_000, metavar="UNITS",
                    help="requests above this many units run one at a time per process (the heavy "
                         "lane) or are refused RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--max-queue", type=int, default=0, metavar="N",
+                   help="calls that may wait for a handler thread per process; more are refused at "
+                        "once (RESOURCE_EXHAUSTED, queue full); 0 = no bound (default %(default)s)")
     p.add_argument("--max-connection-age", type=float, default=30.0, metavar="SECONDS",
                    help="close client connections at this age (they reconnect), so load rebalances "
                         "after a worker restart; 0 = never (default %(default)s)")
@@ -208,7 +211,8 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
             metrics_host=args.metrics_host,
             tls=tls,
             admission=AdmissionLimits(max_batch=args.max_batch, max_work=args.max_work,
-                                      heavy_work=args.heavy_work),
+                                      heavy_work=args.heavy_work,
+                                      max_queue=args.max_queue if args.max_queue > 0 else None),
             max_connection_age_s=args.max_connection_age or None,
             drain_s=args.drain,
             blas_threads=args.blas_threads or None,

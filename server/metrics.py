@@ -175,10 +175,14 @@ class _AdmissionCollector:
         shed = CounterMetricFamily("reranker_shed", "Calls shed or refused by admission control, by "
                                    "reason (deadline_in_queue: expired while waiting for a handler "
                                    "thread; cancelled_in_queue: the client gave up meanwhile; "
+                                   "queue_full: refused, --max-queue calls already waited; "
                                    "batch_too_large; work_too_large; heavy_lane_busy)",
                                    labels=("reason",))
         for reason, n in self._admission.shed.items():
             shed.add_metric([reason], float(n))
         heavy = CounterMetricFamily("reranker_heavy_lane_calls", "Calls that ran in the heavy lane")
         heavy.add_metric([], float(self._admission.heavy_calls))
-        return [shed, heavy]
+        waiting = GaugeMetricFamily("reranker_queued_calls", "Calls waiting for a handler thread "
+                                    "now (reranker serve --max-queue bounds them)")
+        waiting.add_metric([], float(getattr(self._admission, "waiting", 0)))
+        return [shed, heavy, waiting]

@@ -43,7 +43,9 @@ def serve(engine):
         set_serving(h, True)
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         started.append((server, channel))
-        return pb_grpc.RerankerStub(channel), metrics
+        stub = pb_grpc.RerankerStub(channel)
+        stub.raw_channel = channel  # for calls with hand-made bytes
+        return stub, metrics
 
     yield make
     for server, channel in started:
@@ -199,3 +201,74 @@ def test_a_16_mib_request_logs_a_short_line(caplog):
     finally:
         logger.removeHandler(handler)
     assert len(stream.getvalue()) < 2 * 1024
+
+
+def test_calls_beyond_the_queue_bound_are_refused_at_once_and_counted(serve, engine):
+    blocking = _BlockingEngine(engine)
+    lane = Admission(AdmissionLimits(max_queue=1))
+    stub, metrics = serve(lane, max_workers=1, eng=blocking)
+    req = example_request()
+    first = stub.Rerank.future(req, timeout=TIMEOUT_S)  # holds the only handler thread
+    assert blocking.entered.wait(10)
+    second = stub.Rerank.future(req, timeout=TIMEOUT_S)  # waits in the queue ...
+    deadline = time.monotonic() + 10
+    while _metric(metrics, "reranker_queued_calls") < 1:
+        assert time.monotonic() < deadline, "the second call never reached the queue"
+        time.sleep(0.01)
+    with pytest.raises(grpc.RpcError) as info:  # ... so the third is refused, not queued
+        stub.Rerank(req, timeout=TIMEOUT_S)
+    err = info.value
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.details() == ("queue full: 1 calls already wait for a handler thread on this server "
+                             "process (reranker serve --max-queue); retry with backoff")
+    assert _trailing(err)[WORKER_PID_METADATA_KEY] == [PID]
+    assert not first.done() and not second.done()  # refused while the others still wait
+    blocking.release.set()
+    assert first.result(timeout=TIMEOUT_S).items and second.result(timeout=TIMEOUT_S).items
+    assert _metric(metrics, "reranker_shed_total", reason="queue_full") == 1
+    assert _metric(metrics, "reranker_errors_total", method="Rerank", code="RESOURCE_EXHAUSTED") == 1
+    assert _metric(metrics, "reranker_queued_calls") == 0
+    assert lane.waiting == 0
+
+
+def test_max_queue_setting_is_checked():
+    with pytest.raises(ValueError, match=r"admission max_queue: must be an integer >= 0 or None, got -1"):
+        AdmissionLimits(max_queue=-1)
+
+
+class _BrokenListing:
+    """An engine whose ListPolicies fails (a bug): INTERNAL, still with the pid."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def list_policies(self):
+        raise RuntimeError("listing broke")
+
+
+@pytest.mark.parametrize("method", ["Rerank", "RerankBatch", "ListPolicies", "ValidatePolicy"])
+def test_every_error_of_every_method_carries_the_worker_pid(serve, engine, method):
+    stub, _metrics = serve(AdmissionLimits(max_batch=1), eng=_BrokenListing(engine))
+    bad = {
+        "Rerank": lambda: stub.Rerank(pb.RerankRequest(policy="no_such_policy"), timeout=TIMEOUT_S),
+        "RerankBatch": lambda: stub.RerankBatch(pb.RerankBatchRequest(requests=[example_request()] * 2),
+                                                timeout=TIMEOUT_S),
+        "ListPolicies": lambda: stub.ListPolicies(pb.ListPoliciesRequest(), timeout=TIMEOUT_S),
+        "ValidatePolicy": lambda: stub.ValidatePolicy(pb.ValidatePolicyRequest(yaml="#" * (2 << 20)),
+                                                      timeout=TIMEOUT_S),
+    }[method]
+    with pytest.raises(grpc.RpcError) as info:
+        bad()
+    assert info.value.code() != grpc.StatusCode.OK
+    assert _trailing(info.value)[WORKER_PID_METADATA_KEY] == [PID]
+    # bytes that are no message of the method's request type: refused before any handler code
+    call = stub.raw_channel.unary_unary(f"/reranker.v1.Reranker/{method}", request_serializer=None,
+                                          response_deserializer=None)
+    with pytest.raises(grpc.RpcError) as info:
+        call(b"\xff\xff\xff\xff", timeout=TIMEOUT_S)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("request: not a valid reranker.v1.")
+    assert _trailing(info.value)[WORKER_PID_METADATA_KEY] == [PID]
