@@ -135,9 +135,10 @@ def run_isolation(quick: bool) -> list[dict]:
         (policies / "bench_feed.yaml").write_text(POLICY)
         normal = make_request("dictionary", n=1000)
         heavy = _heavy_request()
+        off = ("--max-work", "1000000000000", "--heavy-work", "1000000000000")
         phases = [("alone", "on", ()), ("with 2 heavy clients", "on", ()),
-                  ("with 2 heavy clients", "off", ("--max-work", "1000000000000",
-                                                   "--heavy-work", "1000000000000"))]
+                  ("with 2 heavy clients", "on, GIL switch 0.5 ms", ("--gil-switch-ms", "0.5")),
+                  ("with 2 heavy clients", "off", off)]
         for label, admission, flags in phases:
             proc, address = _server(policies, *flags)
             try:

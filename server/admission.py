@@ -6,6 +6,8 @@ the service from the others.
   positions x greedy runs x a diversity factor); above it the request is refused
   (RESOURCE_EXHAUSTED naming `candidates.item_ids`) before it is decoded. A batch counts the sum
   of its entries.
+- a message larger than `heavy_bytes` while the heavy lane is busy is refused before it is even
+  parsed (parsing a 10,000-candidate request holds the GIL for milliseconds);
 - the heavy lane: a request (or batch) of more than `heavy_work` units runs only while it holds
   the process's one heavy slot, so at most one handler thread at a time does heavy work and the
   others stay free for normal calls. A heavy call that cannot get the slot within `heavy_wait_s`
@@ -35,6 +37,7 @@ DEFAULT_MAX_BATCH = 64
 DEFAULT_MAX_WORK = 10_000_000  # ~0.3-1 s of greedy time on the 2-core machine
 DEFAULT_HEAVY_WORK = 500_000  # ~15-50 ms: 10x a normal N=1000, K=50 request
 DEFAULT_HEAVY_WAIT_S = 0.0
+DEFAULT_HEAVY_BYTES = 512 * 1024  # a normal N=1000 request is ~40-70 KB (without embeddings)
 
 #: Reasons a call is shed or refused (the `reason` label of reranker_shed_total).
 SHED_REASONS = ("deadline_in_queue", "cancelled_in_queue", "queue_full", "batch_too_large",
@@ -47,11 +50,12 @@ class AdmissionLimits:
     max_work: int = DEFAULT_MAX_WORK
     heavy_work: int = DEFAULT_HEAVY_WORK
     heavy_wait_s: float = DEFAULT_HEAVY_WAIT_S
+    heavy_bytes: int = DEFAULT_HEAVY_BYTES
     log_interval_s: float = 1.0
     max_queue: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_work", "heavy_work"):
+        for name in ("max_batch", "max_work", "heavy_work", "heavy_bytes"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"admission {name}: must be an integer >= 1, got {v!r}")
@@ -73,6 +77,7 @@ class Admission:
     def __init__(self, limits: AdmissionLimits | None = None) -> None:
         self.limits = limits or AdmissionLimits()
         self._heavy = threading.Semaphore(1)
+        self._busy = False
         self._lock = threading.Lock()
         self._counts = _Counts()
         self._unlogged: dict[str, int] = {}
@@ -151,10 +156,18 @@ class Admission:
             raise LaneBusy(work)
         with self._lock:
             self._counts.heavy += 1
+            self._busy = True
         try:
             yield True
         finally:
+            with self._lock:
+                self._busy = False
             self._heavy.release()
+
+    @property
+    def lane_busy(self) -> bool:
+        """Whether a heavy call holds the lane now (a hint: it may free up at any moment)."""
+        return self._busy
 
 
 class LaneBusy(Exception):

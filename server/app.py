@@ -57,7 +57,9 @@ def add_servicer(servicer, server: grpc.Server) -> None:
         request_cls = getattr(pb, method.input_type.name)
         response_cls = getattr(pb, method.output_type.name)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _parsing(getattr(servicer, method.name), request_cls, pass_raw=method.name == "Rerank"),
+            _parsing(getattr(servicer, method.name), request_cls, pass_raw=method.name == "Rerank",
+                     admission=getattr(servicer, "admission", None)
+                     if method.name in ("Rerank", "RerankBatch") else None),
             request_deserializer=None,  # raw bytes: parsed in _parsing
             response_serializer=response_cls.SerializeToString,
         )
@@ -65,7 +67,7 @@ def add_servicer(servicer, server: grpc.Server) -> None:
     server.add_registered_method_handlers(service.full_name, handlers)
 
 
-def _parsing(behaviour, request_cls, pass_raw: bool = False):
+def _parsing(behaviour, request_cls, pass_raw: bool = False, admission=None):
     """`pass_raw`: also hand the request's bytes to `behaviour` (keyword `raw`), whose decoder
     reads the large columns straight from them."""
     from google.protobuf.message import DecodeError
@@ -74,6 +76,17 @@ def _parsing(behaviour, request_cls, pass_raw: bool = False):
 
     def handle(raw: bytes, context: grpc.ServicerContext):
         _dispatched.started = True  # see _ShedCountingPool: this call reached its handler
+        if admission is not None and len(raw) > admission.limits.heavy_bytes and admission.lane_busy:
+            admission.count_shed("heavy_lane_busy")
+            if admission.error_observer is not None:
+                admission.error_observer(getattr(behaviour, "__name__", name), "RESOURCE_EXHAUSTED")
+            context.set_trailing_metadata(((WORKER_PID_METADATA_KEY, str(os.getpid())),))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"heavy lane busy: a message of {len(raw):,} bytes runs only while no other "
+                          f"heavy request runs on this server process (over "
+                          f"{admission.limits.heavy_bytes:,} bytes, or "
+                          f"{admission.limits.heavy_work:,} work units); retry with backoff, or send "
+                          "a smaller request")
         try:
             request = request_cls.FromString(raw)
         except DecodeError as exc:
@@ -294,6 +307,7 @@ def serve(
     max_connection_age_s: float | None = DEFAULT_MAX_CONNECTION_AGE_S,
     drain_s: float = 0.0,
     blas_threads: int | None = 1,
+    gil_switch_ms: float | None = None,
 ) -> int:
     """Load policies, start, warm up, report SERVING; run until SIGTERM / SIGINT. Returns 0.
 
@@ -305,6 +319,8 @@ def serve(
     notice and stop sending), then stop taking calls and give those in flight `grace_s`.
     `blas_threads`: BLAS threads in this process (threadpoolctl); 1 keeps numpy's linear algebra
     (DPP requests) from oversubscribing the cores next to the handler threads; None: BLAS default.
+    `gil_switch_ms`: sys.setswitchinterval in milliseconds (None: Python's 5 ms). A heavy call's
+    Python code keeps a normal call waiting for the GIL up to this long at every hand-over.
 
     `ledger_url`: where amortized-fairness rules keep cumulative exposure: None / "memory://"
     (this process only) or "redis://host:port/db" (shared by every replica).
@@ -329,6 +345,10 @@ def serve(
     started = process_started_ago_s()
     tag = "" if worker is None else "worker "
     blas = _limit_blas(blas_threads)
+    if gil_switch_ms:  # how long a thread running Python keeps the GIL while another waits
+        import sys
+
+        sys.setswitchinterval(gil_switch_ms / 1000.0)
     log.info(tag + "starting", extra={"worker": worker, "pid": os.getpid(), "blas_threads": blas,
                                       "policies_dir": policies_dir})
     import_kernels(tag, worker)

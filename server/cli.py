@@ -106,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
                         "closing the listener (default %(default)s; 5-10 behind a load balancer)")
     p.add_argument("--blas-threads", type=int, default=1, metavar="N",
                    help="BLAS threads per process; 0 = the library's default (default %(default)s)")
+    p.add_argument("--gil-switch-ms", type=float, default=None, metavar="MS",
+                   help="Python's GIL switch interval; lower values let normal calls through while "
+                        "a heavy one runs Python code (default: Python's 5 ms)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("validate", help="check policy files or folders; print every error as "
@@ -216,6 +219,7 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
             max_connection_age_s=args.max_connection_age or None,
             drain_s=args.drain,
             blas_threads=args.blas_threads or None,
+            gil_switch_ms=args.gil_switch_ms,
         )
     except BindError as exc:
         err.print(f"error: {escape(str(exc))}", style="red")

@@ -272,3 +272,20 @@ def test_every_error_of_every_method_carries_the_worker_pid(serve, engine, metho
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith("request: not a valid reranker.v1.")
     assert _trailing(info.value)[WORKER_PID_METADATA_KEY] == [PID]
+
+
+def test_a_large_message_is_refused_unparsed_while_the_lane_is_busy(serve):
+    lane = Admission(AdmissionLimits(heavy_bytes=100_000))
+    stub, metrics = serve(lane)
+    big = grown_request(3000)
+    assert big.ByteSize() > 100_000
+    stub.Rerank(big, timeout=TIMEOUT_S)  # lane free: served (3000 x 10 units is not heavy work)
+    with lane.lane(10**9):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Rerank(big, timeout=TIMEOUT_S)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert info.value.details().startswith(f"heavy lane busy: a message of {big.ByteSize():,} bytes")
+        assert _trailing(info.value)[WORKER_PID_METADATA_KEY] == [PID]
+        stub.Rerank(example_request(), timeout=TIMEOUT_S)  # small messages are not held up
+    assert _metric(metrics, "reranker_shed_total", reason="heavy_lane_busy") == 1
+    assert _metric(metrics, "reranker_errors_total", method="Rerank", code="RESOURCE_EXHAUSTED") == 1
