@@ -3,6 +3,7 @@ send the largest requests the server admits?
 
     .venv/bin/python -m benchmarks.bench_admission           # full run (~2 minutes; quiet machine)
     .venv/bin/python -m benchmarks.bench_admission --quick   # smoke run (~40 s)
+    .venv/bin/python -m benchmarks.bench_admission --server-flags '--max-queue 8'  # more serve flags
 
 One `reranker serve --processes 1` (2 handler threads, the default) per phase, on loopback. A
 normal client sends Rerank at a fixed rate (open loop, 100/s, N=1000 candidates, K=20, the
@@ -13,13 +14,14 @@ own connection, loop without pause (a refused one backs off 10 ms):
   default --max-work;
 - batch: a RerankBatch of 64 (the default --max-batch) requests of N=3,000, K=20 (3.8e6 units).
 
-Phases, each on a fresh server: the normal client alone, then next to both heavy clients, with
-admission control on (the defaults) and off (limits raised out of the way: the baseline of the
-same run). Reported: the normal client's p50 / p99 / max, its errors, and what the heavy clients
+Phases, each on a fresh server: the normal client alone, next to the batch client, the explain
+client and both, with admission control on (the defaults); then alone and next to both with
+admission control off (limits raised out of the way: the baseline of the same run). Reported: the normal client's p50 / p99 / max, its errors, and what the heavy clients
 got (answered, refused). Target: normal p99 <= 20 ms with admission on.
 
-The clients run in this process and share the machine's cores with the server: the figures
-include that contention, as a real neighbour's would.
+The normal client runs in this process, each heavy client in a process of its own (so that the
+heavy clients' own Python does not delay the normal client's); all share the machine's cores
+with the server: the figures include that contention, as a real neighbour's would.
 
 Results: benchmarks/results/admission.json (quick runs: admission_quick.json).
 """
@@ -28,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -56,8 +60,9 @@ COLUMNS = [("phase", "phase"), ("admission", "admission control"), ("normal_rate
            ("normal_ok", "normal answered"), ("normal_p50_ms", "normal p50 ms"),
            ("normal_p99_ms", "normal p99 ms"), ("normal_max_ms", "normal max ms"),
            ("normal_errors", "normal errors"), ("explain_ok", "heavy explain answered"),
-           ("explain_refused", "heavy explain refused"), ("batch_ok", "heavy batch answered"),
-           ("batch_refused", "heavy batch refused"), ("heavy_median_ms", "heavy answer median ms"),
+           ("explain_refused", "heavy explain refused"), ("explain_median_ms", "explain answer median ms"),
+           ("batch_ok", "heavy batch answered"), ("batch_refused", "heavy batch refused"),
+           ("batch_median_ms", "batch answer median ms"),
            ("p99_vs_alone", "p99 / alone (same admission)")]
 
 
@@ -121,8 +126,10 @@ def _open_loop(call, payload: bytes, rate: float, seconds: float) -> dict:
             "normal_errors": json.dumps(errors) if errors else ""}
 
 
-def _heavy_loop(address: str, method: str, payload: bytes, stop_at: threading.Event, out: dict,
-                lat: list[float]) -> None:
+def _heavy_loop(address: str, method: str, payload: bytes, stop_at, results) -> None:
+    """A heavy client (in a process of its own, so that its GIL is not the normal client's)."""
+    out: dict[str, int] = {}
+    lat: list[float] = []
     with _channel(address, f"heavy-{method}") as ch:
         call = ch.unary_unary(f"/reranker.v1.Reranker/{method}")
         while not stop_at.is_set():
@@ -135,6 +142,7 @@ def _heavy_loop(address: str, method: str, payload: bytes, stop_at: threading.Ev
                 key = "refused" if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else e.code().name
                 out[key] = out.get(key, 0) + 1
                 time.sleep(0.01)  # a refused heavy caller backs off a little and retries
+    results.put((method, out, lat))
 
 
 def _payloads() -> dict[str, bytes]:
@@ -147,20 +155,22 @@ def _payloads() -> dict[str, bytes]:
             "batch": batch.SerializeToString()}
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, extra_flags: tuple[str, ...] = ()) -> list[dict]:
     seconds = 4.0 if quick else 20.0
     payloads = _payloads()
-    phases = [("alone", "on", ()), ("with heavy clients", "on", ()),
-              ("alone", "off", OFF_FLAGS), ("with heavy clients", "off", OFF_FLAGS)]
+    phases = [("alone", "on", ()), ("with heavy batch", "on", ()), ("with heavy explain", "on", ()),
+              ("with heavy batch + explain", "on", ()),
+              ("alone", "off", OFF_FLAGS), ("with heavy batch + explain", "off", OFF_FLAGS)]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         policies = Path(tmp) / "policies"
         policies.mkdir()
         (policies / "bench_feed.yaml").write_text(POLICY)
         for label, admission, flags in phases:
-            proc, address = _server(policies, *flags)
+            proc, address = _server(policies, *flags, *extra_flags)
             try:
-                row = _phase(address, payloads, heavy=label != "alone", seconds=seconds)
+                kinds = [k for k in ("batch", "explain") if k in label]
+                row = _phase(address, payloads, kinds, seconds=seconds)
             finally:
                 stop(proc)
             row = {"phase": label, "admission": admission, "normal_rate": RATE, **row,
@@ -172,49 +182,56 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-def _phase(address: str, payloads: dict[str, bytes], *, heavy: bool, seconds: float) -> dict:
+def _phase(address: str, payloads: dict[str, bytes], kinds: list[str], *, seconds: float) -> dict:
     with _channel(address, "normal") as ch:
         call = ch.unary_unary("/reranker.v1.Reranker/Rerank")
         for _ in range(50):  # warm the connection and the server's caches
             call(payloads["normal"], timeout=NORMAL_TIMEOUT_S)
-        stop_at = threading.Event()
-        outs = {"explain": {}, "batch": {}}
-        heavy_lat: list[float] = []
-        threads = []
-        if heavy:
-            for kind, method in (("explain", "Rerank"), ("batch", "RerankBatch")):
-                threads.append(threading.Thread(
-                    target=_heavy_loop, args=(address, method, payloads[kind], stop_at, outs[kind], heavy_lat),
-                    daemon=True))
-            for t in threads:
-                t.start()
-            time.sleep(1.0)  # the heavy clients are at it before the normal one is measured
+        ctx = multiprocessing.get_context("spawn")
+        stop_at, results = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_heavy_loop, daemon=True,
+                             args=(address, "RerankBatch" if kind == "batch" else "Rerank", payloads[kind],
+                                   stop_at, results)) for kind in kinds]
+        for p in procs:
+            p.start()
+        if procs:
+            time.sleep(3.0)  # the heavy clients (started, connected) are at it before measuring
         result = _open_loop(call, payloads["normal"], RATE, seconds)
         stop_at.set()
-        for t in threads:
-            t.join(HEAVY_TIMEOUT_S)
+        outs: dict[str, dict] = {}
+        heavy_lat: dict[str, list[float]] = {}
+        for _ in procs:
+            method, out, lat = results.get(timeout=HEAVY_TIMEOUT_S + 30)
+            kind = "batch" if method == "RerankBatch" else "explain"
+            outs[kind], heavy_lat[kind] = out, lat
+        for p in procs:
+            p.join(30)
     row = dict(result)
-    if heavy:
-        for kind, out in outs.items():
+    if kinds:
+        for kind in kinds:
+            out = outs[kind]
             row[f"{kind}_ok"] = out.get("ok", 0)
             row[f"{kind}_refused"] = out.get("refused", 0)
             other = {k: v for k, v in out.items() if k not in ("ok", "refused")}
             if other:
                 row[f"{kind}_errors"] = json.dumps(other)
-        row["heavy_median_ms"] = _pct(heavy_lat, 50)
+            row[f"{kind}_median_ms"] = _pct(heavy_lat[kind], 50)
     return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short phases (smoke run)")
+    parser.add_argument("--server-flags", default="", metavar="FLAGS",
+                        help="more `reranker serve` flags for every phase, e.g. '--gil-switch-ms 0.5'")
     args = parser.parse_args()
+    extra = tuple(shlex.split(args.server_flags))
     sizes = {k: len(v) for k, v in _payloads().items()}
-    rows = run(args.quick)
+    rows = run(args.quick, extra)
     title = "Admission control: a normal client next to heavy ones"
     print_table(title, rows, COLUMNS)
     path = save("admission_quick" if args.quick else "admission", rows,
-                {"quick": args.quick, "payload_bytes": sizes, "normal_rate": RATE,
+                {"quick": args.quick, "server_flags": list(extra), "payload_bytes": sizes, "normal_rate": RATE,
                  "target_p99_ms": TARGET_P99_MS})
     print(path)
     print(markdown_table(rows, COLUMNS))
