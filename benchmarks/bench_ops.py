@@ -41,7 +41,7 @@ from rich.console import Console
 
 from benchmarks.bench_grpc import POLICY, make_request
 from benchmarks.bench_load import RERANKER, ROOT, _free_port, _wait_serving, stop
-from benchmarks.common import markdown_table, print_table, save
+from benchmarks.common import markdown_table, print_table, save, time_calls
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from server.servicer import WORKER_PID_METADATA_KEY
@@ -353,15 +353,8 @@ def run_dpp(quick: bool) -> list[dict]:
     reps = 200 if quick else 1000
     rows = []
 
-    def timed(fn) -> np.ndarray:
-        for _ in range(20):
-            fn()
-        out = np.empty(reps)
-        for r in range(reps):
-            t = time.perf_counter_ns()
-            fn()
-            out[r] = (time.perf_counter_ns() - t) / 1e6
-        return out
+    def timed(fn) -> np.ndarray:  # milliseconds per call
+        return time_calls(fn, reps, warmup=20) / 1000.0
 
     for load in ("idle", "1 CPU-bound process beside"):
         burner = None
