@@ -123,10 +123,24 @@ class RerankerServicer(pb_grpc.RerankerServicer):
             return 0
         c = request.candidates
         try:
-            return estimate(request.policy, len(c.item_ids), request.slate_size,
-                                              request.explain, c.embeddings.dim)
+            greedy = estimate(request.policy, len(c.item_ids), request.slate_size,
+                              request.explain, c.embeddings.dim)
+            return greedy + self._exact_work(request, greedy)
         except Exception:  # noqa: BLE001 - unknown policy and the like: reported by the call itself
             return 0
+
+    def _exact_work(self, request: pb.RerankRequest, greedy: int) -> int:
+        """Work units an exact solve may add when the request or its policy asks for exact or auto
+        mode: its model, as large as the greedy's work again (its solve time is bounded by the
+        budget and runs without the GIL). 0 for greedy. An upper estimate: the exact solver does
+        not run when the greedy slate is provably optimal or the rules are not linear."""
+        if request.solver == pb.SOLVER_MODE_GREEDY:
+            return 0
+        if request.solver == pb.SOLVER_MODE_UNSPECIFIED:
+            store = getattr(self._engine, "store", None)
+            if store is None or store.get(request.policy).policy.solver.mode == "greedy":
+                return 0
+        return greedy
 
     def _admit_work(self, policy: str, work: int, what: str = "this request asks") -> int:
         limit = self.admission.limits.max_work
@@ -134,9 +148,10 @@ class RerankerServicer(pb_grpc.RerankerServicer):
             self.admission.count_shed("work_too_large", policy=policy)
             raise Overloaded("candidates.item_ids",
                              f"{what} for {work:,} work units (candidates x slate positions x greedy "
-                             f"runs, x more with diversity; explain adds a run per rule), over this "
-                             f"server's limit of {limit:,} (reranker serve --max-work); send fewer "
-                             "candidates, a smaller slate_size, or explain: false")
+                             f"runs, x more with diversity; explain adds a run per rule; exact or auto "
+                             f"mode counts twice), over this server's limit of {limit:,} (reranker "
+                             "serve --max-work); send fewer candidates, a smaller slate_size, "
+                             "explain: false or solver: SOLVER_MODE_GREEDY")
         return work
 
     def _lane(self, work: int, policy: str) -> "_LaneGuard":

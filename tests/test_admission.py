@@ -99,19 +99,40 @@ def test_a_request_over_the_work_cap_is_refused_before_decoding(serve):
     # a batch counts the sum of its entries
     with pytest.raises(grpc.RpcError) as info:
         stub.RerankBatch(pb.RerankBatchRequest(requests=[grown_request(3000)] * 4), timeout=TIMEOUT_S)
-    assert info.value.details().startswith("candidates.item_ids: this batch's requests ask for 120,000 work units")
+    # (home_feed is in auto mode: its exact model counts as much again, 4 x 2 x 30,000)
+    assert info.value.details().startswith("candidates.item_ids: this batch's requests ask for 240,000 work units")
+
+
+def test_exact_and_auto_mode_count_the_exact_model_too(serve):
+    stub, metrics = serve(AdmissionLimits(max_work=50_000))
+    auto = grown_request(3000)  # home_feed, auto mode: 3000 x 10 greedy + as much for the model
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Rerank(auto, timeout=TIMEOUT_S)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert info.value.details().startswith("candidates.item_ids: this request asks for 60,000 work units")
+    assert "exact or auto mode counts twice" in info.value.details()
+    assert info.value.details().endswith("explain: false or solver: SOLVER_MODE_GREEDY")
+    greedy = grown_request(3000)
+    greedy.solver = pb.SOLVER_MODE_GREEDY  # 30,000 units: served
+    assert stub.Rerank(greedy, timeout=TIMEOUT_S).diagnostics.solver == "greedy"
+    exact = grown_request(3000)
+    exact.solver = pb.SOLVER_MODE_EXACT
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Rerank(exact, timeout=TIMEOUT_S)
+    assert info.value.details().startswith("candidates.item_ids: this request asks for 60,000 work units")
+    assert _metric(metrics, "reranker_shed_total", reason="work_too_large") == 2
 
 
 def test_heavy_calls_share_one_lane_and_normal_calls_never_wait_for_it(serve):
     lane = Admission(AdmissionLimits(heavy_work=10_000))
     stub, metrics = serve(lane, max_workers=2)
-    heavy = grown_request(3000)  # 30,000 units
-    normal = example_request()  # 500 units
+    heavy = grown_request(3000)  # 60,000 units (auto mode: the exact model counts too)
+    normal = example_request()  # 1,000 units
     with lane.lane(10**9):  # the test holds the lane, standing in for a long heavy call
         with pytest.raises(grpc.RpcError) as info:  # a second heavy call is refused at once
             stub.Rerank(heavy, timeout=TIMEOUT_S)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert info.value.details().startswith("heavy lane busy: a request of 30,000 work units runs only")
+        assert info.value.details().startswith("heavy lane busy: a request of 60,000 work units runs only")
         assert _trailing(info.value)[WORKER_PID_METADATA_KEY] == [PID]
         stub.Rerank(normal, timeout=TIMEOUT_S)  # normal calls do not use the lane
     stub.Rerank(heavy, timeout=TIMEOUT_S)  # free again
