@@ -141,3 +141,17 @@ def test_relaxations_exact_outcomes_and_ledger_stats_from_results():
     # after a policy served once, its errors carry its name
     metrics.observe_error("Rerank", "p", "INVALID_ARGUMENT", 0.0001)
     assert get("reranker_requests_total", {"policy": "p", "solver": "none", "status": "invalid_argument"}) == 1
+
+
+def test_admission_families_are_exposed_before_anything_is_shed(metered):
+    """Every shed reason is on the endpoint from the start (at 0), so that an alert on
+    rate(reranker_shed_total[5m]) has a series to watch; the queue gauge reads 0 when idle."""
+    from server.admission import SHED_REASONS
+
+    samples = scrape(metered.metrics_port)
+    names = {name for name, _ in samples}
+    assert {"reranker_shed_total", "reranker_heavy_lane_calls_total", "reranker_queued_calls"} <= names
+    reasons = {dict(labels)["reason"] for name, labels in samples if name == "reranker_shed_total"}
+    assert reasons == set(SHED_REASONS) == {"deadline_in_queue", "cancelled_in_queue", "queue_full",
+                                            "batch_too_large", "work_too_large", "heavy_lane_busy"}
+    assert sample(samples, "reranker_queued_calls") == 0
