@@ -1,16 +1,13 @@
-"""Operating under faults (issue 9): heavy-caller isolation, rebalancing after a worker crash, cold
-start, and DPP requests under CPU contention with BLAS threads pinned or not.
+"""Operating under faults (issue 9): rebalancing after a worker crash, cold start, and DPP
+requests under CPU contention with BLAS threads pinned or not. (Heavy-caller isolation is
+benchmarks/bench_admission.py.)
 
-    .venv/bin/python -m benchmarks.bench_ops                 # every part (~6 minutes)
-    .venv/bin/python -m benchmarks.bench_ops --only isolation rebalance
+    .venv/bin/python -m benchmarks.bench_ops                 # every part (~5 minutes)
+    .venv/bin/python -m benchmarks.bench_ops --only rebalance coldstart
     .venv/bin/python -m benchmarks.bench_ops --quick         # smoke run (~1.5 minutes)
 
 Parts (real `reranker serve` processes on loopback; the clients share the 2 cores with them):
 
-- isolation: a normal client at a fixed rate (open loop, N=1000, K=20) alone, then next to two
-  heavy clients sending the largest requests the default limits admit (N=10,000, K=250, explain),
-  with admission control on (defaults) and off (limits raised out of the way: the baseline, same
-  run). Target: the normal client's p99 <= 20 ms with admission on.
 - rebalance: `serve --processes 2`, 8 connections under steady load; worker 0 is SIGKILLed; the
   share of calls answered by its replacement is followed for 75 s, with --max-connection-age 30
   (default) and 0 (never: the baseline). Target: >= 30 % within 60 s.
@@ -68,109 +65,6 @@ def _channel(address: str, i: int = 0) -> grpc.Channel:
 
 def _pct(lat_ms: list[float], q: float) -> float | None:
     return float(np.percentile(lat_ms, q)) if lat_ms else None
-
-
-# ------------------------------------------------------------------------------- isolation
-
-def _open_loop(stub, req: pb.RerankRequest, rate: float, seconds: float) -> dict:
-    """Calls at `rate` per second on schedule (futures), whatever the answers' latency."""
-    lat: list[float] = []
-    errors: dict[str, int] = {}
-    lock = threading.Lock()
-    pending = []
-    t0 = time.perf_counter()
-    n = int(rate * seconds)
-    for i in range(n):
-        due = t0 + i / rate
-        while (now := time.perf_counter()) < due:
-            time.sleep(min(due - now, 0.002))
-        start = time.perf_counter()
-        fut = stub.Rerank.future(req, timeout=5.0)
-
-        def done(f, start=start):
-            ms = (time.perf_counter() - start) * 1e3
-            with lock:
-                if f.exception() is None:
-                    lat.append(ms)
-                else:
-                    code = f.exception().code().name
-                    errors[code] = errors.get(code, 0) + 1
-
-        fut.add_done_callback(done)
-        pending.append(fut)
-    for f in pending:
-        try:
-            f.result()
-        except grpc.RpcError:
-            pass
-    return {"calls": n, "ok": len(lat), "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
-            "max_ms": max(lat) if lat else None, "errors": errors}
-
-
-def _heavy_loop(address: str, req_bytes: bytes, stop_at: threading.Event, out: dict, i: int) -> None:
-    with _channel(address, 100 + i) as ch:
-        call = ch.unary_unary("/reranker.v1.Reranker/Rerank")
-        while not stop_at.is_set():
-            try:
-                call(req_bytes, timeout=30)
-                out["ok"] = out.get("ok", 0) + 1
-            except grpc.RpcError as e:
-                out[e.code().name] = out.get(e.code().name, 0) + 1
-                time.sleep(0.01)  # a refused heavy caller backs off a little and retries
-
-
-def _heavy_request() -> bytes:
-    req = make_request("plain", n=10_000, seed=7)  # plain strings: the costlier decode
-    req.slate_size, req.explain = 250, True  # 10,000 x 250 x (1 + 3 rules) = 1e7 units: the limit
-    return req.SerializeToString()
-
-
-def run_isolation(quick: bool) -> list[dict]:
-    seconds = 6.0 if quick else 20.0
-    rate = 100.0
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        policies = Path(tmp) / "policies"
-        policies.mkdir()
-        (policies / "bench_feed.yaml").write_text(POLICY)
-        normal = make_request("dictionary", n=1000)
-        heavy = _heavy_request()
-        off = ("--max-work", "1000000000000", "--heavy-work", "1000000000000")
-        phases = [("alone", "on", ()), ("with 2 heavy clients", "on", ()),
-                  ("with 2 heavy clients", "on, GIL switch 0.5 ms", ("--gil-switch-ms", "0.5")),
-                  ("with 2 heavy clients", "off", off)]
-        for label, admission, flags in phases:
-            proc, address = _server(policies, *flags)
-            try:
-                with _channel(address) as ch:
-                    stub = pb_grpc.RerankerStub(ch)
-                    for _ in range(50):
-                        stub.Rerank(normal, timeout=5)
-                    stop_at, heavy_out, threads = threading.Event(), {}, []
-                    if "heavy" in label:
-                        threads = [threading.Thread(target=_heavy_loop, args=(address, heavy, stop_at, heavy_out, i),
-                                                    daemon=True) for i in range(2)]
-                        for t in threads:
-                            t.start()
-                        time.sleep(1.0)
-                    res = _open_loop(stub, normal, rate, seconds)
-                    stop_at.set()
-                    for t in threads:
-                        t.join(60)
-                rows.append({"phase": label, "admission": admission, "normal_rate": rate, **res,
-                             "errors": json.dumps(res["errors"]) if res["errors"] else "",
-                             "heavy_ok": heavy_out.get("ok"), "heavy_refused": heavy_out.get("RESOURCE_EXHAUSTED"),
-                             "target_p99_ms": 20.0})
-                console.print(rows[-1])
-            finally:
-                stop(proc)
-    return rows
-
-
-ISOLATION_COLUMNS = [("phase", "normal client"), ("admission", "admission control"),
-                     ("normal_rate", "normal req/s"), ("ok", "normal answered"), ("p50_ms", "p50 ms"),
-                     ("p99_ms", "p99 ms"), ("max_ms", "max ms"), ("errors", "normal errors"),
-                     ("heavy_ok", "heavy answered"), ("heavy_refused", "heavy refused (lane busy)")]
 
 
 # ------------------------------------------------------------------------------- rebalance
@@ -383,7 +277,7 @@ DPP_COLUMNS = [("machine", "machine"), ("blas_threads", "BLAS threads"), ("reran
                ("rerank_over_kernel", "rerank / kernel")]
 
 
-PARTS = {"isolation": (run_isolation, ISOLATION_COLUMNS), "rebalance": (run_rebalance, REBALANCE_COLUMNS),
+PARTS = {"rebalance": (run_rebalance, REBALANCE_COLUMNS),
          "coldstart": (run_coldstart, COLD_COLUMNS), "dpp": (run_dpp, DPP_COLUMNS)}
 
 
