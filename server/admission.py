@@ -82,7 +82,8 @@ class Admission:
         self._counts = _Counts()
         self._unlogged: dict[str, int] = {}
         self._waiting = 0  # calls queued for a handler thread, not started yet
-        self._last_log = 0.0
+        self._last_log = -float("inf")
+        self._flusher: threading.Timer | None = None
         #: called as (method, gRPC code name) for calls dropped in the queue (the servicer points
         #: it at reranker_errors_total), since no handler sees them
         self.error_observer = None
@@ -99,16 +100,31 @@ class Admission:
             return self._counts.heavy
 
     def count_shed(self, reason: str, **context) -> None:
-        """Count one shed / refused call; log a summary at most once per log interval."""
+        """Count one shed / refused call; log a summary at most once per log interval (calls
+        shed within the interval are summed into one line logged when it ends)."""
         now = time.monotonic()
         with self._lock:
             self._counts.shed[reason] += 1
             self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
-            if now - self._last_log < self.limits.log_interval_s:
+            wait = self._last_log + self.limits.log_interval_s - now
+            if wait > 0:
+                if self._flusher is None:  # the rest of this interval's calls: one line later
+                    self._flusher = threading.Timer(wait, self._flush)
+                    self._flusher.daemon = True
+                    self._flusher.start()
                 return
             summary, self._unlogged = self._unlogged, {}
             self._last_log = now
         log.warning("calls shed or refused by admission control", extra={"shed": summary, **context})
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._flusher = None
+            summary, self._unlogged = self._unlogged, {}
+            if summary:
+                self._last_log = time.monotonic()
+        if summary:
+            log.warning("calls shed or refused by admission control", extra={"shed": summary})
 
     def count_dropped(self, method: str, expired: bool) -> None:
         """A call grpc dropped while it waited in the queue (its handler never ran)."""

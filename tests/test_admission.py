@@ -176,6 +176,23 @@ def test_calls_that_expire_in_the_queue_are_shed_and_counted(serve, engine, capl
     assert len(lines) == 1 and lines[0].shed == {"deadline_in_queue": 1}
 
 
+def test_shed_calls_are_summarised_in_one_line_per_interval_even_when_shedding_stops(caplog):
+    admission = Admission(AdmissionLimits(log_interval_s=0.2))
+    message = "calls shed or refused by admission control"
+    with caplog.at_level(logging.WARNING, logger="server.admission"):
+        admission.count_shed("deadline_in_queue", method="Rerank")  # logged at once
+        admission.count_shed("queue_full", method="Rerank")  # within the interval: summed ...
+        admission.count_shed("deadline_in_queue", method="Rerank")
+        lines = lambda: [r for r in caplog.records if r.getMessage() == message]  # noqa: E731
+        assert [r.shed for r in lines()] == [{"deadline_in_queue": 1}]
+        deadline = time.monotonic() + 10
+        while len(lines()) < 2:  # ... and logged when the interval ends, with no further call
+            assert time.monotonic() < deadline, "the rest of the interval was never summarised"
+            time.sleep(0.01)
+    assert [r.shed for r in lines()] == [{"deadline_in_queue": 1}, {"queue_full": 1, "deadline_in_queue": 1}]
+    assert admission.shed["deadline_in_queue"] == 2 and admission.shed["queue_full"] == 1
+
+
 def test_admission_limits_name_the_bad_setting():
     with pytest.raises(ValueError, match="admission max_batch: must be an integer >= 1, got 0"):
         AdmissionLimits(max_batch=0)
