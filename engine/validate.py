@@ -114,7 +114,8 @@ def work_units(policy, n: int, slate_size: int = 0, explain: bool = False, dim: 
     at least 1). `slate_size` 0 = the policy's. On the 2-core machine one unit costs 30-100 ns of
     greedy time (benchmarks/bench_admission.py): a normal N=1000, K=50 request is 5e4 units;
     N=10,000, K=1,000 with explain is 4e7 (about 1.5 s), and with DPP over d=64 embeddings and no
-    explain 3e8 (about 21 s)."""
+    explain 3e8 (about 21 s). The server counts a request in exact or auto mode twice (the exact
+    model's build time and memory are not bounded by the budget: server.servicer._exact_work)."""
     k = slate_size or policy.slate_size
     L = max(min(k, n), 1)
     runs = 1 + (len(policy.constraints) if explain else 0)
