@@ -127,11 +127,12 @@ class Admission:
             log.warning("calls shed or refused by admission control", extra={"shed": summary})
 
     def count_dropped(self, method: str, expired: bool) -> None:
-        """A call grpc dropped while it waited in the queue (its handler never ran)."""
-        self.count_shed("deadline_in_queue" if expired else "cancelled_in_queue", method=method)
+        """A call grpc dropped while it waited in the queue (its handler never ran). The error
+        counter moves before the shed counter, so whoever sees the shed sees the error too."""
         observer = self.error_observer
         if observer is not None:
             observer(method, "DEADLINE_EXCEEDED" if expired else "CANCELLED")
+        self.count_shed("deadline_in_queue" if expired else "cancelled_in_queue", method=method)
 
     @property
     def waiting(self) -> int:
