@@ -31,6 +31,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from server.errors import Overloaded
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 64
@@ -162,15 +164,19 @@ class Admission:
 
     # --------------------------------------------------------------------------- the lane
     @contextmanager
-    def lane(self, work: int):
-        """Run the body in the heavy lane when `work` > heavy_work (else directly). Raises
-        LaneBusy when the slot cannot be had within heavy_wait_s."""
+    def lane(self, work: int, policy: str = ""):
+        """Run the body in the heavy lane when `work` > heavy_work (else directly). A busy lane
+        (not free within heavy_wait_s) is counted and raised as Overloaded (RESOURCE_EXHAUSTED)."""
         if work <= self.limits.heavy_work:
             yield False
             return
-        if not self._heavy.acquire(timeout=self.limits.heavy_wait_s) if self.limits.heavy_wait_s > 0 \
-                else not self._heavy.acquire(blocking=False):
-            raise LaneBusy(work)
+        wait = self.limits.heavy_wait_s
+        if not (self._heavy.acquire(timeout=wait) if wait > 0 else self._heavy.acquire(blocking=False)):
+            self.count_shed("heavy_lane_busy", policy=policy)
+            raise Overloaded("", f"heavy lane busy: a request of {work:,} work units runs only while "
+                                 "no other heavy request runs on this server process (above "
+                                 f"{self.limits.heavy_work:,} units, reranker serve --heavy-work); "
+                                 "retry with backoff, or send a smaller request")
         with self._lock:
             self._counts.heavy += 1
             self._busy = True
@@ -185,9 +191,3 @@ class Admission:
     def lane_busy(self) -> bool:
         """Whether a heavy call holds the lane now (a hint: it may free up at any moment)."""
         return self._busy
-
-
-class LaneBusy(Exception):
-    def __init__(self, work: int):
-        super().__init__(work)
-        self.work = work

@@ -13,7 +13,7 @@ from engine.errors import InvalidRequest, PolicyInvalid
 from server import convert
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
-from server.admission import Admission, LaneBusy
+from server.admission import Admission
 from server.errors import DeadlineExpired, Overloaded, abort, to_error_message, to_status
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class RerankerServicer(pb_grpc.RerankerServicer):
         try:
             self._shed_if_expired(context, request.policy)
             work = self._admit_work(request.policy, self._work(request))
-            with self._lane(work, request.policy):
+            with self.admission.lane(work, request.policy):
                 response = self._rerank(request, context, raw)
             context.set_trailing_metadata(self._pid_metadata)
             return response
@@ -83,7 +83,7 @@ class RerankerServicer(pb_grpc.RerankerServicer):
                                              "split the batch")
             work = sum(self._work(one) for one in request.requests)
             work = self._admit_work("", work, what="this batch's requests ask")
-            with self._lane(work, ""):
+            with self.admission.lane(work):
                 return self._batch(request, context)
         except Exception as exc:  # noqa: BLE001 - the one table
             status = to_status(exc)
@@ -154,9 +154,6 @@ class RerankerServicer(pb_grpc.RerankerServicer):
                              "explain: false or solver: SOLVER_MODE_GREEDY")
         return work
 
-    def _lane(self, work: int, policy: str) -> "_LaneGuard":
-        return _LaneGuard(self.admission, work, policy)
-
     def _rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext,
                 raw: bytes | None = None) -> pb.RerankResponse:
         t0 = time.perf_counter()
@@ -223,30 +220,3 @@ class RerankerServicer(pb_grpc.RerankerServicer):
             return pb.ValidatePolicyResponse(valid=not issues, issues=convert.encode_issues(issues))
         abort(context, status, self._pid_metadata)
 
-
-class _LaneGuard:
-    """`with`: the heavy lane for `work` (see server.admission); a busy lane is Overloaded."""
-
-    __slots__ = ("_admission", "_work", "_policy", "_cm")
-
-    def __init__(self, admission: Admission, work: int, policy: str) -> None:
-        self._admission, self._work, self._policy, self._cm = admission, work, policy, None
-
-    def __enter__(self):
-        if self._work <= self._admission.limits.heavy_work:
-            return False
-        self._cm = self._admission.lane(self._work)
-        try:
-            return self._cm.__enter__()
-        except LaneBusy:
-            self._cm = None
-            self._admission.count_shed("heavy_lane_busy", policy=self._policy)
-            raise Overloaded("", f"heavy lane busy: a request of {self._work:,} work units runs only "
-                                 "while no other heavy request runs on this server process (above "
-                                 f"{self._admission.limits.heavy_work:,} units, reranker serve "
-                                 "--heavy-work); retry with backoff, or send a smaller request") from None
-
-    def __exit__(self, *exc):
-        if self._cm is not None:
-            return self._cm.__exit__(*exc)
-        return False
