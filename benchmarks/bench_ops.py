@@ -13,6 +13,8 @@ Parts (real `reranker serve` processes on loopback; the clients share the 2 core
   (default) and 0 (never: the baseline). Target: >= 30 % within 60 s.
 - coldstart: time to SERVING with an empty Numba cache (and with the cache it wrote), and the
   first request's latency per example policy against its budget (target: budget + 2 ms).
+- firstrequest: in a fresh interpreter, Engine.rerank's first call per example policy after the
+  warm-up, against the kernels-only warm-up of before (baseline, same run).
 - dpp: Engine.rerank of a DPP policy (N=1000, K=50, d=64) with 1 BLAS thread and the library
   default, alone and next to a CPU-bound process, beside the greedy kernel alone.
 
@@ -47,13 +49,21 @@ console = Console()
 OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 
 
-def _server(policies: Path, *flags: str, processes: int = 1, env: dict | None = None):
+def _server(policies: Path, *flags: str, processes: int = 1, env: dict | None = None,
+            log: list | None = None, level: str = "WARNING"):
+    """A `reranker serve` subprocess, SERVING; its JSON log records go to `log` if given."""
     address = f"127.0.0.1:{_free_port()}"
     cmd = [str(RERANKER), "serve", "--address", address, "--policies", str(policies),
-           "--processes", str(processes), "--metrics-port", "-1", "--log-level", "WARNING", *flags]
+           "--processes", str(processes), "--metrics-port", "-1", "--log-level", level, *flags]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env=env, start_new_session=True)
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # drain
+
+    def drain() -> None:
+        for line in proc.stderr:
+            if log is not None and line.startswith("{"):
+                log.append(json.loads(line))
+
+    threading.Thread(target=drain, daemon=True).start()
     _wait_serving(address, proc, timeout_s=300)
     return proc, address
 
@@ -173,8 +183,10 @@ def _example_request(policy: str, n: int = 1000) -> pb.RerankRequest:
 def _cold_once(cache: str) -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=cache)
     t0 = time.monotonic()
-    proc, address = _server(ROOT / "policies", processes=2, env=env)
+    log: list[dict] = []
+    proc, address = _server(ROOT / "policies", processes=2, env=env, log=log, level="INFO")
     to_serving = time.monotonic() - t0
+    compiling = next((r["seconds"] for r in log if r.get("msg") == "kernels ready" and r.get("worker") is None), 0.0)
     firsts = {}
     try:
         with _channel(address) as ch:
@@ -188,7 +200,7 @@ def _cold_once(cache: str) -> dict:
                                   round(resp.diagnostics.elapsed_us["total"] / 1e3, 2))
     finally:
         stop(proc)
-    return {"to_serving_s": round(to_serving, 1), "firsts": firsts}
+    return {"to_serving_s": round(to_serving, 1), "compiling_s": compiling, "firsts": firsts}
 
 
 def run_coldstart(quick: bool) -> list[dict]:
@@ -197,16 +209,61 @@ def run_coldstart(quick: bool) -> list[dict]:
         for label in ("empty Numba cache", "cache written by the first start"):
             res = _cold_once(cache)
             for policy, (ms, budget, server_ms) in sorted(res["firsts"].items()):
-                rows.append({"start": label, "to_serving_s": res["to_serving_s"], "policy": policy,
+                rows.append({"start": label, "to_serving_s": res["to_serving_s"],
+                             "compiling_s": res["compiling_s"], "policy": policy,
                              "first_request_ms": ms, "server_ms": server_ms, "budget_ms": budget,
                              "within_budget_plus_2ms": ms <= budget + 2.0})
             console.print(res)
     return rows
 
 
-COLD_COLUMNS = [("start", "start"), ("to_serving_s", "s to SERVING (2 processes)"), ("policy", "policy"),
+COLD_COLUMNS = [("start", "start"), ("to_serving_s", "s to SERVING (2 processes)"),
+                ("compiling_s", "of which compiling kernels s"), ("policy", "policy"),
                 ("first_request_ms", "first request ms (client)"), ("server_ms", "server ms"),
                 ("budget_ms", "budget ms"), ("within_budget_plus_2ms", "<= budget + 2 ms")]
+
+
+# ---------------------------------------------------------------------- first request after warm-up
+
+_FIRST = r"""
+import json, sys, time
+from engine.engine import Engine
+from server import convert
+from benchmarks.bench_ops import _example_request
+if sys.argv[1] == "kernels only":  # the warm-up before issue 9: kernels on canned problems only
+    Engine.warmup_policy = lambda self, loaded: self._compiled_policy(loaded)
+engine = Engine.from_directory("policies")
+t = time.perf_counter(); engine.warmup(); convert.warmup(); warm = time.perf_counter() - t
+out = {"warmup_s": warm}
+for policy in sorted(p.name for p in engine.list_policies()):
+    req = convert.decode_request(_example_request(policy))
+    times = []
+    for _ in range(3):
+        t = time.perf_counter(); engine.rerank(req); times.append((time.perf_counter() - t) * 1e3)
+    out[policy] = times
+print(json.dumps(out))
+"""
+
+
+def run_firstrequest(quick: bool) -> list[dict]:
+    """Engine.rerank's first and later calls per example policy, in a fresh interpreter after
+    each warm-up (baseline: the kernels-only warm-up, same run)."""
+    rows = []
+    for mode in ("kernels only", "every policy's paths"):
+        proc = subprocess.run([sys.executable, "-c", _FIRST, mode], cwd=ROOT, capture_output=True,
+                              text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-2000:])
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        for policy in sorted(k for k in out if k != "warmup_s"):
+            first, *later = out[policy]
+            rows.append({"warmup": mode, "warmup_s": out["warmup_s"], "policy": policy,
+                         "first_ms": first, "later_ms": float(np.median(later))})
+    return rows
+
+
+FIRST_COLUMNS = [("warmup", "warm-up"), ("warmup_s", "warm-up s"), ("policy", "policy"),
+                 ("first_ms", "first Engine.rerank ms"), ("later_ms", "later calls ms (median)")]
 
 
 # ------------------------------------------------------------------------------- dpp / BLAS
@@ -278,7 +335,8 @@ DPP_COLUMNS = [("machine", "machine"), ("blas_threads", "BLAS threads"), ("reran
 
 
 PARTS = {"rebalance": (run_rebalance, REBALANCE_COLUMNS),
-         "coldstart": (run_coldstart, COLD_COLUMNS), "dpp": (run_dpp, DPP_COLUMNS)}
+         "coldstart": (run_coldstart, COLD_COLUMNS), "firstrequest": (run_firstrequest, FIRST_COLUMNS),
+         "dpp": (run_dpp, DPP_COLUMNS)}
 
 
 def run(quick: bool = False) -> list[dict]:
