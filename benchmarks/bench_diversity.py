@@ -31,7 +31,7 @@ from benchmarks.bench_greedy import instance as rules_instance
 from benchmarks.common import bench_main, time_calls
 from solvers.evaluate import evaluate
 from solvers.greedy import solve_greedy, warmup
-from solvers.problem import DIV_DPP, DIV_MMR, DPP_EPS, DPP_SPAN_EPS
+from solvers.codes import DIV_DPP, DIV_MMR, DPP_EPS, DPP_SPAN_EPS
 from tests.random_problems import make_problem
 
 BETA = 0.5

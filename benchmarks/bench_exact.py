@@ -33,7 +33,8 @@ import time
 import numpy as np
 
 from solvers.evaluate import evaluate
-from solvers.problem import ALL_VALUES, MAX_COUNT, MIN_COUNT, PIN, WINDOW, SlateProblem
+from solvers.codes import ALL_VALUES, MAX_COUNT, MIN_COUNT, PIN, WINDOW
+from solvers.problem import SlateProblem
 from tests.instances import at_least, build, cap, dcg, pin, window
 
 SIZES = (100, 500, 1000)

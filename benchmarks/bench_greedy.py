@@ -15,7 +15,7 @@ from benchmarks.baselines import python_greedy, python_greedy_fullscan, topk_arg
 from benchmarks.common import bench_main, time_calls
 from solvers.evaluate import evaluate
 from solvers.greedy import solve_greedy, warmup
-from solvers.problem import ALL_VALUES, MAX_COUNT, MIN_COUNT, WINDOW
+from solvers.codes import ALL_VALUES, MAX_COUNT, MIN_COUNT, WINDOW
 from tests.random_problems import make_problem
 
 COLUMNS = [("n", "N"), ("k", "K"), ("floor_us", "argpartition top-K µs"),

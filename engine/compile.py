@@ -17,14 +17,15 @@ from engine.policy import (
     Policy, Window,
 )
 from engine.types import Candidates, RerankRequest
-from solvers.problem import (
-    ALL_VALUES, CALIBRATION, COVERAGE, MAX_COUNT, MIN_COUNT, NO_MATCH, PIN, RELAX_PIN_INVALID,
-    RELAX_SHORTAGE, WINDOW, ConstraintTable, SlateProblem,
+from solvers.codes import (
+    ALL_VALUES, CALIBRATION, COVERAGE, DIV_NAMES, DIV_NONE, MAX_COUNT, MIN_COUNT, NO_MATCH, PIN,
+    RELAX_PIN_INVALID, RELAX_SHORTAGE, WINDOW,
 )
+from solvers.problem import ConstraintTable, SlateProblem
 
 _KIND = {MaxCount: MAX_COUNT, MinCount: MIN_COUNT, Window: WINDOW, Pin: PIN, Coverage: COVERAGE,
          Calibration: CALIBRATION}
-_DIVERSITY = {"mmr": 1, "dpp": 2}
+_DIVERSITY = {name: code for code, name in enumerate(DIV_NAMES) if code != DIV_NONE}
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from solvers.codes import DIV_NONE, MAX_COUNT, RELAX_CONFLICT
 from solvers.evaluate import evaluate
 from solvers.greedy import constraint_ranks, solve_greedy_with_bound
-from solvers.problem import MAX_COUNT, RELAX_CONFLICT, Evaluation, SlateProblem, SolveResult
+from solvers.problem import Evaluation, SlateProblem, SolveResult
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def greedy_is_optimal(problem: SlateProblem) -> bool:
     """The greedy slate is provably optimal: non-increasing weights and either no rules, or only
     hard whole-slate caps on one attribute (a partition matroid, on which greedy is optimal).
     Plain Python on short lists: the arrays are small and numpy's per-call overhead is not."""
-    if problem.div_mode != 0:
+    if problem.div_mode != DIV_NONE:
         return False
     t = problem.constraints
     if t.n:
@@ -63,7 +64,7 @@ def greedy_is_optimal(problem: SlateProblem) -> bool:
 def exact_supported(problem: SlateProblem) -> bool:
     """The exact MIP models counts, windows and pins; not similarity diversity, coverage or
     calibration (their objective terms are not linear in the assignment)."""
-    from solvers.problem import CALIBRATION, COVERAGE
+    from solvers.codes import CALIBRATION, COVERAGE
 
     kinds = problem.constraints.kind
     return problem.div_mode == 0 and not np.any((kinds == COVERAGE) | (kinds == CALIBRATION))
@@ -182,12 +183,12 @@ def warmup() -> None:
     from solvers.mip import silence_highs_banner, solve_mip
 
     silence_highs_banner()
-    from solvers.problem import MIN_COUNT, ConstraintTable
+    from solvers.codes import MIN_COUNT
+    from solvers.problem import ConstraintTable
 
     i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
-    table = ConstraintTable(kind=i64(MAX_COUNT, MIN_COUNT), attr=i64(0, 0), value=i64(-1, 1),
-                            bound=i64(1, 1), top=i64(2, 2), size=i64(0, 0), hard=np.array([True, True]),
-                            penalty=np.zeros(2), priority=i64(0, 0), item=i64(-1, -1), position=i64(-1, -1))
+    table = ConstraintTable.from_rows([dict(kind=MAX_COUNT, attr=0, bound=1),
+                                       dict(kind=MIN_COUNT, attr=0, value=1, bound=1)], length=2)
     problem = SlateProblem(utility=np.array([3.0, 2.0, 1.0]), position_weight=np.array([1.0, 0.5]),
                            codes=np.array([[0, 0, 1]], dtype=np.int64), n_values=i64(2),
                            constraints=table, active=np.ones(2, dtype=np.bool_),

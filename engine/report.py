@@ -11,7 +11,8 @@ from engine.policy import Calibration, Coverage, FairPrefix, MaxCount, MinCount,
 from engine.types import ConstraintReport, SlateItem
 from solvers.evaluate import Evaluation
 from solvers.greedy import constraint_ranks
-from solvers.problem import RELAX_CONFLICT, RELAX_INFEASIBLE, RELAX_SHORTAGE, SolveResult
+from solvers.codes import RELAX_CONFLICT, RELAX_INFEASIBLE, RELAX_SHORTAGE
+from solvers.problem import SolveResult
 
 
 def describe(c) -> str:

@@ -1,26 +1,17 @@
 """Numba kernels scoring one slate: violation and slack of every constraint, and the similarity
 diversity term of every position.
 
-Imports only numpy and numba. Assumes valid input (see solvers.evaluate for the wrapper).
+Imports only numpy, numba and solvers.codes. Assumes valid input (see solvers.evaluate for the wrapper).
 The definitions are documented in solvers.problem; tests/naive.py has the slow twins.
 """
 
 import numba as nb
 import numpy as np
 
-MAX_COUNT = 0
-MIN_COUNT = 1
-WINDOW = 2
-PIN = 3
-COVERAGE = 4
-CALIBRATION = 5
-ALL_VALUES = -1
-
-DIV_MMR = 1
-DIV_DPP = 2
-DPP_EPS = 1e-10
-DPP_SPAN_EPS = 1e-6
-CALIBRATION_ALPHA = 0.01
+from solvers.codes import (
+    ALL_VALUES, CALIBRATION, CALIBRATION_ALPHA, COVERAGE, DIV_DPP, DIV_MMR, DPP_EPS, DPP_SPAN_EPS,
+    MAX_COUNT, MIN_COUNT, PIN, WINDOW,
+)
 
 _SIG = nb.void(
     nb.int64[::1],  # slate [L]

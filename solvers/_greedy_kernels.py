@@ -1,4 +1,4 @@
-"""Numba kernel of the constrained greedy. Imports only numpy and numba; assumes valid input.
+"""Numba kernel of the constrained greedy. Imports only numpy, numba and solvers.codes; assumes valid input.
 
 The public wrapper is solvers.greedy.solve_greedy; tests/naive.py holds the slow twin that must
 pick exactly the same slates. Semantics (shared with the twin):
@@ -91,22 +91,10 @@ the scan calls them for every candidate it examines.
 import numba as nb
 import numpy as np
 
-MAX_COUNT = 0
-MIN_COUNT = 1
-WINDOW = 2
-PIN = 3
-COVERAGE = 4
-CALIBRATION = 5
-ALL_VALUES = -1
-
-DIV_MMR = 1
-DIV_DPP = 2
-DPP_EPS = 1e-10
-DPP_SPAN_EPS = 1e-6
-CALIBRATION_ALPHA = 0.01
-
-RELAX_CONFLICT = 1
-RELAX_SHORTAGE = 2
+from solvers.codes import (
+    ALL_VALUES, CALIBRATION, CALIBRATION_ALPHA, COVERAGE, DIV_DPP, DIV_MMR, DPP_EPS, DPP_SPAN_EPS,
+    MAX_COUNT, MIN_COUNT, PIN, RELAX_CONFLICT, RELAX_SHORTAGE, WINDOW,
+)
 
 NEG_INF = -np.inf
 

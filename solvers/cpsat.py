@@ -28,7 +28,8 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from solvers.mip import _Run, exact_solve, relax_by_priority
-from solvers.problem import PIN, SlateProblem, SolveResult
+from solvers.codes import PIN
+from solvers.problem import SlateProblem, SolveResult
 from solvers.reduce import (
     ExactModel, build_model, constraint_classes, hard_rules_view, model_rows, row_incidence,
 )

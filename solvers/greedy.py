@@ -14,9 +14,8 @@ import math
 import numpy as np
 
 from solvers import _greedy_kernels as _k
-from solvers.problem import (
-    CALIBRATION, COVERAGE, DIV_DPP, DIV_MMR, DIV_NONE, PIN, RELAX_NONE, SlateProblem, SolveResult,
-)
+from solvers.codes import CALIBRATION, COVERAGE, DIV_DPP, DIV_MMR, DIV_NONE, PIN, RELAX_NONE
+from solvers.problem import SlateProblem, SolveResult
 
 _NO_EMBEDDINGS = np.zeros((0, 0), dtype=np.float32)
 
@@ -118,16 +117,15 @@ def warmup() -> None:
     from dataclasses import replace
 
     from solvers.evaluate import evaluate
-    from solvers.problem import ConstraintTable, MAX_COUNT, MIN_COUNT, WINDOW
+    from solvers.codes import MAX_COUNT, MIN_COUNT, WINDOW
+    from solvers.problem import ConstraintTable
 
     i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
-    table = ConstraintTable(
-        kind=i64(MAX_COUNT, MIN_COUNT, WINDOW, PIN),
-        attr=i64(0, 0, 0, -1), value=i64(-1, 1, -1, -1), bound=i64(2, 1, 1, 0),
-        top=i64(3, 3, 3, 3), size=i64(0, 0, 2, 0),
-        hard=np.array([True, False, True, True]), penalty=np.array([0.0, 1.0, 0.0, 0.0]),
-        priority=i64(0, 0, 0, 0), item=i64(-1, -1, -1, 3), position=i64(-1, -1, -1, 2),
-    )
+    table = ConstraintTable.from_rows([
+        dict(kind=MAX_COUNT, attr=0, bound=2), dict(kind=MIN_COUNT, attr=0, value=1, bound=1,
+                                                     hard=False, penalty=1.0),
+        dict(kind=WINDOW, attr=0, bound=1, size=2), dict(kind=PIN, item=3, position=2),
+    ], length=3)
     problem = SlateProblem(
         utility=np.array([3.0, 2.0, 1.0, 0.5]), position_weight=np.array([1.0, 0.6, 0.5]),
         codes=np.array([[0, 1, 0, 1]], dtype=np.int64), n_values=i64(2), constraints=table,
@@ -136,13 +134,11 @@ def warmup() -> None:
     evaluate(problem, solve_greedy(problem).slate)
 
     # diversity (every mode, with and without a window) with coverage and calibration rows
-    extended = ConstraintTable(
-        kind=i64(MAX_COUNT, COVERAGE, CALIBRATION, PIN), attr=i64(0, 0, 0, -1),
-        value=i64(-1, -1, -1, -1), bound=i64(2, 0, 0, 0), top=i64(3, 3, 3, 3), size=i64(0, 0, 0, 0),
-        hard=np.array([True, False, False, True]), penalty=np.array([0.0, 1.0, 1.0, 0.0]),
-        priority=i64(0, 0, 0, 0), item=i64(-1, -1, -1, 3), position=i64(-1, -1, -1, 2),
-        target=np.array([0.5, 0.5]), target_offset=i64(0, 0, 0, 2, 2),
-    )
+    extended = ConstraintTable.from_rows([
+        dict(kind=MAX_COUNT, attr=0, bound=2), dict(kind=COVERAGE, attr=0, hard=False, penalty=1.0),
+        dict(kind=CALIBRATION, attr=0, hard=False, penalty=1.0, target=[0.5, 0.5]),
+        dict(kind=PIN, item=3, position=2),
+    ], length=3)
     emb = np.array([[1, 0], [0.6, 0.8], [0, 1], [0, 0]], dtype=np.float32)
     for mode in (DIV_MMR, DIV_DPP):
         for window in (0, 1):

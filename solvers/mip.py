@@ -45,7 +45,8 @@ from scipy.sparse import csc_matrix
 
 from solvers._highs import new_highs, silence_banner
 from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
-from solvers.problem import RELAX_INFEASIBLE, RELAX_NONE, SlateProblem, SolveResult
+from solvers.codes import RELAX_INFEASIBLE, RELAX_NONE
+from solvers.problem import SlateProblem, SolveResult
 from solvers.reduce import (
     ExactModel, Prepared, hard_feasible, prepare, prune_columns, row_incidence, unsupported_terms,
     weights_monotone,
@@ -341,18 +342,19 @@ def solve_mip(problem: SlateProblem, *, time_limit_s: float, hint: np.ndarray | 
 def warmup_problem() -> SlateProblem:
     """A small problem touching every exact code path (caps, minimums, a soft window, a pin and
     an inactive minimum, 3 of category 0 in the top 3, that conflicts with the cap of 2)."""
-    from solvers.problem import ALL_VALUES, MAX_COUNT, MIN_COUNT, PIN, WINDOW, ConstraintTable
+    from solvers.codes import ALL_VALUES, MAX_COUNT, MIN_COUNT, PIN, WINDOW
+    from solvers.problem import ConstraintTable
 
     rng = np.random.default_rng(0)
     n, L = 40, 8
     i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
-    table = ConstraintTable(
-        kind=i64(MAX_COUNT, MIN_COUNT, WINDOW, PIN, MIN_COUNT),
-        attr=i64(0, 1, 0, -1, 0), value=i64(ALL_VALUES, 1, ALL_VALUES, -1, 0),
-        bound=i64(2, 2, 1, 0, 3), top=i64(L, 4, L, L, 3), size=i64(0, 0, 2, 0, 0),
-        hard=np.array([True, True, False, True, True]), penalty=np.array([0, 0, 0.1, 0, 0.0]),
-        priority=i64(0, 1, 0, 0, 0), item=i64(-1, -1, -1, 5, -1), position=i64(-1, -1, -1, 1, -1),
-    )
+    table = ConstraintTable.from_rows([
+        dict(kind=MAX_COUNT, attr=0, value=ALL_VALUES, bound=2),
+        dict(kind=MIN_COUNT, attr=1, value=1, bound=2, top=4, priority=1),
+        dict(kind=WINDOW, attr=0, value=ALL_VALUES, bound=1, size=2, hard=False, penalty=0.1),
+        dict(kind=PIN, item=5, position=1),
+        dict(kind=MIN_COUNT, attr=0, value=0, bound=3, top=3),
+    ], length=L)
     return SlateProblem(
         utility=rng.gamma(2.0, 1.0, size=n), position_weight=1.0 / np.log2(np.arange(2, L + 2)),
         codes=np.stack([rng.integers(0, 5, size=n), (rng.random(n) < 0.3).astype(np.int64)]),

@@ -63,35 +63,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Constraint kinds (ConstraintTable.kind).
-MAX_COUNT = 0
-MIN_COUNT = 1
-WINDOW = 2
-PIN = 3
-COVERAGE = 4  # soft only
-CALIBRATION = 5  # soft only
-KIND_NAMES = ("max_count", "min_count", "window", "pin", "coverage", "calibration")
-
-# Similarity diversity modes (SlateProblem.div_mode).
-DIV_NONE = 0
-DIV_MMR = 1
-DIV_DPP = 2
-DIV_NAMES = ("none", "mmr", "dpp")
-
-CALIBRATION_ALPHA = 0.01  # q~ = (1 - alpha) q + alpha t
-DPP_EPS = 1e-10  # residual floor inside the log
-DPP_SPAN_EPS = 1e-6  # an item whose residual is <= this adds nothing to the span (see below)
-
-# Special ConstraintTable.value codes.
-ALL_VALUES = -1  # the rule applies to every value of the attribute separately
-NO_MATCH = -2  # the rule's value does not occur among the candidates: nothing matches
-
-# Reasons a solver relaxed a hard constraint (SolveResult.relax_reason).
-RELAX_NONE = 0
-RELAX_CONFLICT = 1  # no candidate could be placed at some position without breaking it
-RELAX_SHORTAGE = 2  # fewer matching candidates than the rule needs
-RELAX_PIN_INVALID = 3  # pinned item not eligible, position beyond the slate, or clashing pin
-RELAX_INFEASIBLE = 4  # an exact solver proved the rules cannot all hold together
+from solvers.codes import CALIBRATION, COVERAGE, DIV_NONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +102,54 @@ class ConstraintTable:
     def target_of(self, c: int) -> np.ndarray:
         """Target distribution of calibration row c (empty for other rows)."""
         return self.target[self.target_offset[c]:self.target_offset[c + 1]]
+
+    @staticmethod
+    def from_rows(rows, *, length: int | None = None) -> "ConstraintTable":
+        """A table from one mapping per rule, in rule order.
+
+        Parameters
+        ----------
+        rows : iterable of mapping
+            Each has ``kind`` (a code of `solvers.codes`) and any of the other column names;
+            missing keys take the defaults ``attr=-1, value=-1, bound=0, top=length, size=0,
+            hard=True, penalty=0.0, priority=0, item=-1, position=-1``. A CALIBRATION row has
+            ``target``, its distribution over the attribute's value codes.
+        length : int, optional
+            The slate length: what ``top=None`` (or a missing ``top``) stands for. Required
+            when some row leaves ``top`` unset.
+
+        Returns
+        -------
+        ConstraintTable
+            C-contiguous int64 / bool / float64 columns of length C = len(rows), and the flat
+            calibration targets.
+        """
+        rows = list(rows)
+        defaults = dict(attr=-1, value=-1, bound=0, top=None, size=0, hard=True, penalty=0.0,
+                        priority=0, item=-1, position=-1)
+        unknown = {k for r in rows for k in r} - set(defaults) - {"kind", "target"}
+        if unknown:
+            raise ValueError(f"ConstraintTable.from_rows: unknown keys {sorted(unknown)}")
+
+        def col(key, dtype):
+            values = [r.get(key, defaults[key]) for r in rows]
+            if key == "top":
+                if length is None and any(v is None for v in values):
+                    raise ValueError("ConstraintTable.from_rows: a row leaves top unset: pass length")
+                values = [length if v is None else v for v in values]
+            return np.array(values, dtype=dtype)
+
+        widths = [len(r["target"]) if r["kind"] == CALIBRATION else 0 for r in rows]
+        targets = [np.asarray(r["target"], dtype=np.float64) for r in rows if r["kind"] == CALIBRATION]
+        return ConstraintTable(
+            kind=np.array([r["kind"] for r in rows], dtype=np.int64), attr=col("attr", np.int64),
+            value=col("value", np.int64), bound=col("bound", np.int64), top=col("top", np.int64),
+            size=col("size", np.int64), hard=col("hard", np.bool_), penalty=col("penalty", np.float64),
+            priority=col("priority", np.int64), item=col("item", np.int64),
+            position=col("position", np.int64),
+            target=np.concatenate(targets) if targets else None,
+            target_offset=np.concatenate([[0], np.cumsum(widths)]).astype(np.int64) if targets else None,
+        )
 
     @staticmethod
     def empty() -> "ConstraintTable":

@@ -31,7 +31,8 @@ from scipy.sparse import csc_matrix
 
 from solvers._highs import new_highs
 from solvers.evaluate import evaluate
-from solvers.problem import ALL_VALUES, MAX_COUNT, MIN_COUNT, PIN, WINDOW, SlateProblem
+from solvers.codes import ALL_VALUES, MAX_COUNT, MIN_COUNT, PIN, WINDOW
+from solvers.problem import SlateProblem
 
 # Reduced-cost fixing keeps a column unless its bound is below the incumbent by more than this
 # (relative to max(1, |incumbent|)): floating error in LP duals can never prune a useful column.

@@ -20,9 +20,8 @@ from typing import Callable
 import numpy as np
 
 from solvers.evaluate import evaluate
-from solvers.problem import (
-    ALL_VALUES, MAX_COUNT, MIN_COUNT, NO_MATCH, PIN, WINDOW, ConstraintTable, SlateProblem,
-)
+from solvers.codes import ALL_VALUES, MAX_COUNT, MIN_COUNT, NO_MATCH, PIN, WINDOW
+from solvers.problem import ConstraintTable, SlateProblem
 
 # ---------------------------------------------------------------------------------------------
 # Rule constructors and the array builder
@@ -71,19 +70,7 @@ def build(utility, weights, codes, rules: list[dict], *, n_values=None,
     c = np.ascontiguousarray(np.asarray(codes, dtype=np.int64).reshape(-1, u.shape[0]))
     if n_values is None:
         n_values = c.max(axis=1) + 1 if c.size else np.ones(c.shape[0], dtype=np.int64)
-    L = w.shape[0]
-
-    def col(key, dtype):
-        return np.array([(L if (key == "top" and r[key] is None) else r[key]) for r in rules],
-                        dtype=dtype)
-
-    table = ConstraintTable(
-        kind=col("kind", np.int64), attr=col("attr", np.int64), value=col("value", np.int64),
-        bound=col("bound", np.int64), top=col("top", np.int64), size=col("size", np.int64),
-        hard=col("hard", np.bool_), penalty=col("penalty", np.float64),
-        priority=col("priority", np.int64), item=col("item", np.int64),
-        position=col("position", np.int64),
-    )
+    table = ConstraintTable.from_rows(rules, length=w.shape[0])
     C = len(rules)
     act = np.ones(C, dtype=np.bool_) if active is None else np.asarray(active, dtype=np.bool_)
     return SlateProblem(u, w, c, np.ascontiguousarray(n_values, dtype=np.int64), table, act,

@@ -13,13 +13,11 @@ import math
 
 import numpy as np
 
-from solvers.problem import (
+from solvers.codes import (
     ALL_VALUES, CALIBRATION, CALIBRATION_ALPHA, COVERAGE, DIV_MMR, DPP_EPS, DPP_SPAN_EPS, MAX_COUNT,
-    MIN_COUNT, PIN, WINDOW, SlateProblem,
+    MIN_COUNT, PIN, RELAX_CONFLICT, RELAX_SHORTAGE, WINDOW,
 )
-
-RELAX_CONFLICT = 1
-RELAX_SHORTAGE = 2
+from solvers.problem import SlateProblem
 
 
 class Similarity:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from solvers.problem import (
-    ALL_VALUES, CALIBRATION, COVERAGE, MAX_COUNT, MIN_COUNT, NO_MATCH, PIN, WINDOW, ConstraintTable,
-    SlateProblem,
+from solvers.codes import (
+    ALL_VALUES, CALIBRATION, COVERAGE, MAX_COUNT, MIN_COUNT, NO_MATCH, PIN, WINDOW,
 )
+from solvers.problem import ConstraintTable, SlateProblem
 
 
 def random_problem(seed: int, *, n: int | None = None, k: int | None = None,
@@ -113,20 +113,7 @@ def random_embeddings(rng: np.random.Generator, n: int) -> np.ndarray:
 def make_problem(utility, pw, codes, n_values, rows: list[dict], **diversity) -> SlateProblem:
     """A SlateProblem from rule dicts (keys of ConstraintTable; calibration rows add `target`).
     `diversity`: embeddings, div_mode, div_weight, div_window."""
-    def col(key, dtype):
-        return np.array([r[key] for r in rows], dtype=dtype)
-
-    widths = [len(r["target"]) if r["kind"] == CALIBRATION else 0 for r in rows]
-    targets = [np.asarray(r["target"], dtype=np.float64) for r in rows if r["kind"] == CALIBRATION]
-    table = ConstraintTable(
-        kind=col("kind", np.int64), attr=col("attr", np.int64), value=col("value", np.int64),
-        bound=col("bound", np.int64), top=col("top", np.int64), size=col("size", np.int64),
-        hard=col("hard", np.bool_), penalty=col("penalty", np.float64),
-        priority=col("priority", np.int64), item=col("item", np.int64),
-        position=col("position", np.int64),
-        target=np.concatenate(targets) if targets else None,
-        target_offset=np.concatenate([[0], np.cumsum(widths)]).astype(np.int64) if targets else None,
-    )
+    table = ConstraintTable.from_rows(rows, length=len(pw))
     C = len(rows)
     return SlateProblem(
         utility=np.ascontiguousarray(utility, dtype=np.float64),

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from solvers.evaluate import diversity_terms, evaluate
 from solvers.greedy import solve_greedy, warmup
-from solvers.problem import (
-    CALIBRATION, CALIBRATION_ALPHA, COVERAGE, DIV_DPP, DIV_MMR, DPP_EPS, KIND_NAMES, MAX_COUNT,
-    PIN, WINDOW,
+from solvers.codes import (
+    CALIBRATION, CALIBRATION_ALPHA, COVERAGE, DIV_DPP, DIV_MMR, DPP_EPS, KIND_NAMES, MAX_COUNT, PIN,
+    WINDOW,
 )
 from tests import naive
 from tests.random_problems import make_problem, random_embeddings, random_problem

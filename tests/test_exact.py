@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from solvers.cpsat import find_conflict, solve_cpsat
 from solvers.evaluate import evaluate
 from solvers.mip import solve_mip
-from solvers.problem import RELAX_INFEASIBLE, RELAX_NONE, RELAX_PIN_INVALID, SolveResult
+from solvers.codes import RELAX_INFEASIBLE, RELAX_NONE, RELAX_PIN_INVALID
+from solvers.problem import SolveResult
 from solvers.reduce import build_model, canonical_slate, lp_upper_bound, prepare
 from tests.instances import (
     INFEASIBLE, MEDIUM, TINY, active_hard, brute_force, is_valid, random_tiny, with_active,
@@ -303,7 +304,7 @@ def test_zero_budget_returns_a_valid_answer_no_worse_than_the_hint(backend):
 def test_terms_the_exact_model_lacks_are_refused_but_conflicts_still_found():
     """Coverage / calibration rows and similarity diversity are the greedy's: the exact solvers
     refuse them with a clear error; feasibility (hard rows only) is still searched."""
-    from solvers.problem import COVERAGE
+    from solvers.codes import COVERAGE
 
     base = next(i for i in INFEASIBLE if i.name == "inf_spacing").problem()
     t = base.constraints

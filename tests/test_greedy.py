@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from solvers import _greedy_kernels
 from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
 from solvers.greedy import constraint_ranks, solve_greedy, solve_greedy_with_bound
-from solvers.problem import MAX_COUNT, MIN_COUNT, PIN, RELAX_CONFLICT, RELAX_SHORTAGE, WINDOW
+from solvers.codes import MAX_COUNT, MIN_COUNT, PIN, RELAX_CONFLICT, RELAX_SHORTAGE, WINDOW
 from tests import naive
 from tests.random_problems import make_problem, random_problem
 
