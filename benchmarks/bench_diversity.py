@@ -32,7 +32,7 @@ from benchmarks.common import bench_main, time_calls
 from solvers.evaluate import evaluate
 from solvers.greedy import solve_greedy, warmup
 from solvers.codes import DIV_DPP, DIV_MMR, DPP_EPS, DPP_SPAN_EPS
-from tests.random_problems import make_problem
+from testing.random_problems import make_problem
 
 BETA = 0.5
 

@@ -35,7 +35,7 @@ import numpy as np
 from solvers.evaluate import evaluate
 from solvers.codes import ALL_VALUES, MAX_COUNT, MIN_COUNT, PIN, WINDOW
 from solvers.problem import SlateProblem
-from tests.instances import at_least, build, cap, dcg, pin, window
+from testing.instances import at_least, build, cap, dcg, pin, window
 
 SIZES = (100, 500, 1000)
 SLATES = (10, 20, 50)

@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks.common import markdown_table, print_table, save, time_calls
 from solvers.exposure_lp import ExposureLP, birkhoff_von_neumann, sample_ranking
-from tests.test_exposure_lp import reference_lp
+from testing.exposure_reference import reference_lp
 
 CHOSEN = "CLARABEL"
 COLUMNS = [("solver", "solver"), ("m", "M"), ("k", "K"), ("first_ms", "build + first solve ms"),

@@ -16,7 +16,7 @@ from benchmarks.common import bench_main, time_calls
 from solvers.evaluate import evaluate
 from solvers.greedy import solve_greedy, warmup
 from solvers.codes import ALL_VALUES, MAX_COUNT, MIN_COUNT, WINDOW
-from tests.random_problems import make_problem
+from testing.random_problems import make_problem
 
 COLUMNS = [("n", "N"), ("k", "K"), ("floor_us", "argpartition top-K µs"),
            ("greedy_us", "greedy µs"), ("greedy_p99_us", "greedy p99 µs"),

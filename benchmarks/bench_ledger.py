@@ -23,7 +23,7 @@ import numpy as np
 
 from benchmarks.common import bench_main, time_calls
 from engine.ledger import InProcessLedger, RedisLedger
-from tests.redis_server import RedisServer
+from testing.redis_server import RedisServer
 
 COLUMNS = [("backend", "backend"), ("groups", "groups"), ("threads", "threads"),
            ("median_us", "round trip µs"), ("p99_us", "p99 µs"), ("floor_us", "2x PING µs"),

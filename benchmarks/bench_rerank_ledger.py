@@ -16,8 +16,8 @@ import numpy as np
 from benchmarks.common import bench_main, time_calls
 from engine.ledger import InProcessLedger, RedisLedger
 from engine.types import RerankRequest
-from tests.redis_server import RedisServer
-from tests.test_engine import candidates, engine_with, policy
+from testing.redis_server import RedisServer
+from testing.engines import candidates, engine_with, policy
 
 COLUMNS = [("ledger", "ledger"), ("median_us", "Rerank median µs"), ("p99_us", "p99 µs"),
            ("per_s", "requests/s (1 thread)"), ("over_baseline", "× no exposure rule")]

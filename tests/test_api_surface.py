@@ -232,7 +232,7 @@ def test_an_exact_solve_prints_nothing_on_stdout():
     code = (
         "import time\n"
         "from engine.portfolio import solve\n"
-        "from tests.instances import medium_problem\n"
+        "from testing.instances import medium_problem\n"
         "o = solve(medium_problem(0, 60, 10), mode='exact', deadline=time.perf_counter() + 5)\n"
         "assert o.result.solver != 'greedy', o.result.solver\n"
     )

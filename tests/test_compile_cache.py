@@ -9,7 +9,7 @@ import pytest
 
 from engine import compile as C
 from engine.types import RerankRequest
-from tests.test_engine import candidates
+from testing.engines import candidates
 
 FIELDS = ("kind", "attr", "value", "bound", "top", "size", "hard", "penalty", "priority")
 SHARED = FIELDS + ("position_weight", "no_item", "all_active", "no_reason")

@@ -19,7 +19,7 @@ from solvers.codes import (
     WINDOW,
 )
 from tests import naive
-from tests.random_problems import make_problem, random_embeddings, random_problem
+from testing.random_problems import make_problem, random_embeddings, random_problem
 from tests.test_greedy import _check_against_twin, _check_valid
 
 

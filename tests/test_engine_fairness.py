@@ -9,7 +9,7 @@ import pytest
 from engine.errors import InvalidRequest
 from engine.types import Candidates, RerankRequest
 from tests.checker import check_answer
-from tests.test_engine import candidates, engine_with, policy
+from testing.engines import candidates, engine_with, policy
 
 
 def _near_duplicates(n: int = 60, seed: int = 0) -> Candidates:
@@ -112,7 +112,7 @@ def test_redis_ledger_shared_by_two_replicas_survives_a_restart_mid_run():
     import math
 
     from engine.ledger import RedisLedger
-    from tests.redis_server import RedisServer, require_redis_server
+    from testing.redis_server import RedisServer, require_redis_server
     from tests.test_ledger import settled, wait_until
 
     require_redis_server()

@@ -23,7 +23,7 @@ from solvers.mip import solve_mip
 from solvers.codes import RELAX_INFEASIBLE, RELAX_NONE, RELAX_PIN_INVALID
 from solvers.problem import SolveResult
 from solvers.reduce import build_model, canonical_slate, lp_upper_bound, prepare
-from tests.instances import (
+from testing.instances import (
     INFEASIBLE, MEDIUM, TINY, active_hard, brute_force, is_valid, random_tiny, with_active,
 )
 

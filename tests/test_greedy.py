@@ -12,7 +12,7 @@ from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
 from solvers.greedy import constraint_ranks, solve_greedy, solve_greedy_with_bound
 from solvers.codes import MAX_COUNT, MIN_COUNT, PIN, RELAX_CONFLICT, RELAX_SHORTAGE, WINDOW
 from tests import naive
-from tests.random_problems import make_problem, random_problem
+from testing.random_problems import make_problem, random_problem
 
 from engine.portfolio import greedy_is_optimal
 

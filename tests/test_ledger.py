@@ -14,7 +14,7 @@ import time
 import pytest
 
 from engine.ledger import InProcessLedger, Ledger, LedgerStats, RedisLedger, ledger_from_url
-from tests.redis_server import RedisServer, free_port, redis_server, require_redis_server  # noqa: F401
+from testing.redis_server import RedisServer, free_port, redis_server, require_redis_server  # noqa: F401
 
 NS = "marketplace/new_sellers"
 TIMEOUT_S = 0.05

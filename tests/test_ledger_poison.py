@@ -19,7 +19,7 @@ from engine.ledger import MAX_TOTAL, InProcessLedger, RedisLedger
 from engine.policy_loader import PolicyStore, parse_policy_text, LoadedPolicy
 from engine.types import Attribute, Candidates, RerankRequest
 
-from tests.redis_server import redis_server  # noqa: F401 - the fixture
+from testing.redis_server import redis_server  # noqa: F401 - the fixture
 
 # Both kinds of amortized rule: an explicit target share, and merit-proportional exposure.
 POLICY = """\
@@ -222,7 +222,7 @@ def test_a_redis_restarted_without_persistence_is_noticed_by_every_replica(caplo
     """Two replicas; Redis is killed, then restarted empty (no persistence) while requests go on:
     no request fails, each replica logs one WARNING per namespace and counts it, and the totals
     afterwards are what was written since the loss (the queued deltas and the later requests)."""
-    from tests.redis_server import RedisServer, require_redis_server
+    from testing.redis_server import RedisServer, require_redis_server
     from tests.test_ledger import settled, wait_until
 
     require_redis_server()
@@ -263,7 +263,7 @@ def test_a_redis_restarted_between_requests_costs_no_outage():
     the script, so the writes that follow reach Redis at once (no NOSCRIPT outage, no queue)."""
     import redis
 
-    from tests.redis_server import RedisServer, require_redis_server
+    from testing.redis_server import RedisServer, require_redis_server
 
     require_redis_server()
     server = RedisServer().start()

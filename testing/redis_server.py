@@ -148,7 +148,7 @@ class RedisServer:
 @pytest.fixture
 def redis_server():
     """A running RedisServer, one per test (empty data); stopped afterwards.
-    Import it into a test module: `from tests.redis_server import redis_server  # noqa: F401`."""
+    Import it into a test module: `from testing.redis_server import redis_server  # noqa: F401`."""
     binary = require_redis_server()
     server = RedisServer(binary=binary)
     server.start()
