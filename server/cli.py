@@ -182,7 +182,8 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
 
     import_kernels()
     from server.admission import AdmissionLimits
-    from server.app import BindError, serve, serve_processes
+    from server.app import BindError, serve
+    from server.supervisor import serve_processes
 
     if not Path(args.policies).is_dir():
         err.print(f"error: policy folder not found: {escape(args.policies)}")

@@ -51,11 +51,12 @@ def process_started_ago_s() -> float:
 def worker_entry(index: int, address: str, policies_dir: str, options: dict, log_level: int,
                  ready) -> None:
     """What a spawned worker process runs: JSON logs first, then the kernels with progress, then
-    server.app's worker main (importing server.app itself would compile the wire kernels)."""
+    server.supervisor's worker main (importing it any earlier would compile the wire kernels
+without the progress lines)."""
     from server.logging_setup import configure_logging
 
     configure_logging(log_level)
     import_kernels("worker ", index)
-    from server.app import _worker_main
+    from server.supervisor import worker_main
 
-    _worker_main(index, address, policies_dir, options, log_level, ready)
+    worker_main(index, address, policies_dir, options, log_level, ready)

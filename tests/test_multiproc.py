@@ -24,7 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
-from server.app import BindError, reserve_port
+from server.app import BindError
+from server.supervisor import reserve_port
 from server.servicer import WORKER_PID_METADATA_KEY
 from tests.conftest import POLICIES_DIR
 from tests.serve_process import log_waiter
@@ -259,7 +260,7 @@ def test_two_workers_share_the_port_restart_and_drain_on_sigterm():
 
 
 def test_a_worker_that_fails_before_serving_stops_everything_with_exit_1(tmp_path, caplog):
-    from server.app import serve_processes
+    from server.supervisor import serve_processes
 
     caplog.set_level("INFO", logger="server.app")
     missing = str(tmp_path / "no_policies")
