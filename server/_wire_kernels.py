@@ -14,6 +14,12 @@ import numpy as np
 #: Returned when the bytes are not what the kernel can read (the caller falls back).
 MALFORMED = -1
 
+#: Indices of the `fields` array the Candidates kernels take: the field numbers of the proto,
+#: which `server.wire_layout` reads from the generated descriptors (this module imports no
+#: protobuf code and hard-codes no field number).
+(F_ITEM_IDS, F_SCORES, F_ATTRIBUTES, F_NUMERIC, F_MAP_KEY, F_MAP_VALUE, F_DOUBLE_VALUES,
+ F_STRING_CODES, F_COUNT) = range(9)
+
 
 @nb.njit(cache=True, nogil=True)
 def _varint(buf, i, end):
@@ -263,16 +269,16 @@ UNREAD = -2
 
 
 @nb.njit(cache=True, nogil=True)
-def _double_column(buf, i, stop):
-    """Packed `values` (field 1) of the DoubleColumn in buf[i:stop]: its one segment's offset
-    and length, or UNREAD if the values are unpacked or in several segments."""
+def _double_column(buf, i, stop, values):
+    """Packed field `values` (uint64; DoubleColumn.values) of the DoubleColumn in buf[i:stop]: its
+    one segment's offset and length, or UNREAD if the values are unpacked or in several segments."""
     at = -1
     size = 0
     while i < stop:
         number, wire, length, p, i = _next_field(buf, i, stop)
-        if i < 0 or number == np.uint64(1) and wire == 1:
+        if i < 0 or number == values and wire == 1:
             return UNREAD, 0
-        if number == np.uint64(1) and wire == 2:
+        if number == values and wire == 2:
             if at >= 0:
                 return UNREAD, 0
             at = p
@@ -281,10 +287,18 @@ def _double_column(buf, i, stop):
 
 
 @nb.njit(cache=True, nogil=True)
-def _candidates(buf, id_start, id_size, entries, codes):
+def _candidates(buf, fields, id_start, id_size, entries, codes):
     """(item ids, map entries, first empty item id) of the Candidates message in `buf`; see
-    `candidates_scan`. Item ids (field 1) are located (id_start, id_size) only if `id_start` has room
+    `candidates_scan`. Item ids are located (id_start, id_size) only if `id_start` has room
     (more ids than that: MALFORMED); item ids = MALFORMED when the bytes are unreadable."""
+    f_ids = np.uint64(fields[F_ITEM_IDS])
+    f_scores = np.uint64(fields[F_SCORES])
+    f_attributes = np.uint64(fields[F_ATTRIBUTES])
+    f_numeric = np.uint64(fields[F_NUMERIC])
+    f_key = np.uint64(fields[F_MAP_KEY])
+    f_value = np.uint64(fields[F_MAP_VALUE])
+    f_doubles = np.uint64(fields[F_DOUBLE_VALUES])
+    f_codes = np.uint64(fields[F_STRING_CODES])
     i = 0
     end = buf.shape[0]
     n = 0
@@ -298,7 +312,7 @@ def _candidates(buf, id_start, id_size, entries, codes):
             return MALFORMED, 0, -1
         if wire != 2:
             continue
-        if number == np.uint64(1) and want_ids:
+        if number == f_ids and want_ids:
             if ids >= want_ids:
                 return MALFORMED, 0, -1
             id_start[ids] = at
@@ -306,7 +320,7 @@ def _candidates(buf, id_start, id_size, entries, codes):
             if length == 0 and first_empty < 0:
                 first_empty = ids
             ids += 1
-        elif np.uint64(2) <= number <= np.uint64(4):
+        elif number == f_scores or number == f_attributes or number == f_numeric:
             if n >= entries.shape[0]:
                 return MALFORMED, 0, -1
             key_at = np.int64(-1)
@@ -315,14 +329,14 @@ def _candidates(buf, id_start, id_size, entries, codes):
             value_len = np.int64(0)
             twice = False
             p = at
-            while p < i:  # the entry in buf[at:i]: key = 1, value = 2
+            while p < i:  # the entry in buf[at:i]: its key and its value
                 enumber, ewire, elen, eat, p = _next_field(buf, p, i)
                 # Anything but one key and values (wire type 2) is left to the parser: an
                 # entry with unknown fields is not even stored by upb (it goes to the
                 # Candidates' unknown fields), so which entry wins would be a guess.
-                if p < 0 or ewire != np.uint64(2) or not np.uint64(1) <= enumber <= np.uint64(2):
+                if p < 0 or ewire != np.uint64(2) or (enumber != f_key and enumber != f_value):
                     return MALFORMED, 0, -1
-                if enumber == np.uint64(1):
+                if enumber == f_key:
                     if key_at >= 0:
                         return MALFORMED, 0, -1
                     key_at = eat
@@ -342,10 +356,10 @@ def _candidates(buf, id_start, id_size, entries, codes):
             e[E_MAX] = -1
             if twice:
                 e[E_DATA] = UNREAD
-            elif value_at >= 0 and number == np.uint64(3):
+            elif value_at >= 0 and number == f_attributes:
                 if rows < codes.shape[0]:
-                    count, top = _uint32_values(buf, value_at, value_at + value_len,
-                                                np.uint64(3), codes[rows])
+                    count, top = _uint32_values(buf, value_at, value_at + value_len, f_codes,
+                                                codes[rows])
                     if count < 0:
                         e[E_DATA] = UNREAD
                     elif count > 0:  # the row is used; none: E_DATA stays -1
@@ -356,7 +370,7 @@ def _candidates(buf, id_start, id_size, entries, codes):
                 else:
                     e[E_DATA] = UNREAD
             elif value_at >= 0:
-                at, size = _double_column(buf, value_at, value_at + value_len)
+                at, size = _double_column(buf, value_at, value_at + value_len, f_doubles)
                 e[E_DATA] = at
                 e[E_COUNT] = size
             n += 1
@@ -364,9 +378,10 @@ def _candidates(buf, id_start, id_size, entries, codes):
 
 
 @nb.njit(cache=True, nogil=True)
-def map_entries(buf, entries, codes):
-    """Every map entry of `scores` (field 2), `attributes` (3) and `numeric` (4) of the Candidates
-    message in `buf` (uint8), in wire order, one row of `entries` (int64, rows x 8) each:
+def map_entries(buf, fields, entries, codes):
+    """Every map entry of `scores`, `attributes` and `numeric` of the Candidates message in `buf`
+    (uint8), in wire order, one row of `entries` (int64, rows x 8) each (`fields`: the field
+    numbers, indexed by F_*):
     E_FIELD; the key's offset and length (-1, 0: no key, i.e. ""); the value message's offset and
     length (-1, 0: none); then for a DoubleColumn E_DATA / E_COUNT = offset / length in bytes of
     its packed values (-1: none), and for a StringColumn E_DATA = the row of `codes` (int64,
@@ -378,12 +393,12 @@ def map_entries(buf, entries, codes):
     than key and value, a key given twice in an entry, a key or value of the wrong wire type,
     more entries than `entries` holds)."""
     none = np.empty(0, dtype=np.int64)
-    ids, n, _ = _candidates(buf, none, none, entries, codes)
+    ids, n, _ = _candidates(buf, fields, none, none, entries, codes)
     return MALFORMED if ids < 0 else n
 
 
 @nb.njit(cache=True, nogil=True)
-def candidates_scan(buf, id_codes, id_first, info, entries, codes):
+def candidates_scan(buf, fields, id_codes, id_first, info, entries, codes):
     """One pass over the Candidates message in `buf` (uint8): its item ids dictionary-encoded as
     by `string_field_codes` (into `id_codes` / `id_first`, which must hold exactly the number of
     ids) and its map entries located as by `map_entries` (into `entries` / `codes`).
@@ -392,7 +407,7 @@ def candidates_scan(buf, id_codes, id_first, info, entries, codes):
     cap = id_codes.shape[0]
     start = np.empty(max(cap, 1), dtype=np.int64)
     size = np.empty(max(cap, 1), dtype=np.int64)
-    ids, n, first_empty = _candidates(buf, start, size, entries, codes)
+    ids, n, first_empty = _candidates(buf, fields, start, size, entries, codes)
     if ids != cap:
         return MALFORMED
     info[0] = first_empty
@@ -400,16 +415,17 @@ def candidates_scan(buf, id_codes, id_first, info, entries, codes):
     return _dictionary_encode(buf, start, size, cap, id_codes, id_first)
 
 
-def warmup() -> None:
-    """Compile (or load from the cache) every kernel."""
+def warmup(fields) -> None:
+    """Compile (or load from the cache) every kernel; `fields` as for `candidates_scan` (the
+    bytes below are only typed inputs: what the kernels find in them does not matter)."""
     submessage(np.frombuffer(b"\x08\x01\x2a\x01a", dtype=np.uint8), 5)
     entries = np.frombuffer(b"\x1a\x08\x0a\x01a\x12\x03\x1a\x01\x01", dtype=np.uint8)
-    map_entries(entries, np.empty((2, 8), dtype=np.int64), np.empty((1, 2), dtype=np.int64))
+    map_entries(entries, fields, np.empty((2, 8), dtype=np.int64), np.empty((1, 2), dtype=np.int64))
     out = np.empty(4, dtype=np.int64)
     uint32_field(np.frombuffer(b"\x1a\x02\x01\x02\x18\x03", dtype=np.uint8), 3, out)
     codes, first, empty = (np.empty(3, dtype=np.int64) for _ in range(3))
     string_field_codes(np.frombuffer(b"\x0a\x01a\x0a\x00\x0a\x01a", dtype=np.uint8), 1, codes,
                        first, empty)
-    candidates_scan(np.frombuffer(b"\x0a\x01a" + entries.tobytes(), dtype=np.uint8), codes[:1],
-                    first[:1], np.empty(2, dtype=np.int64), np.empty((2, 8), dtype=np.int64),
+    candidates_scan(np.frombuffer(b"\x0a\x01a" + entries.tobytes(), dtype=np.uint8), fields,
+                    codes[:1], first[:1], np.empty(2, dtype=np.int64), np.empty((2, 8), dtype=np.int64),
                     np.empty((1, 1), dtype=np.int64))

@@ -38,6 +38,7 @@ from engine.types import (
     RerankResult,
 )
 from server import _wire_kernels as _wk
+from server import wire_layout
 from server._gen.reranker.v1 import reranker_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -108,12 +109,12 @@ class _Wire(NamedTuple):
 
 
 def _candidates_wire(raw: bytes | None) -> _Wire | None:
-    """Where field 5 (candidates) of a serialized RerankRequest lies; None without `raw`, or if
+    """Where the candidates field of a serialized RerankRequest lies; None without `raw`, or if
     the field is absent, repeated or unreadable."""
     if raw is None:
         return None
     buf = np.frombuffer(raw, dtype=np.uint8)
-    offset, length = _wk.submessage(buf, 5)
+    offset, length = _wk.submessage(buf, wire_layout.REQUEST_CANDIDATES)
     if offset < 0:
         return None
     return _Wire(raw, offset, buf[offset:offset + length])
@@ -196,11 +197,11 @@ def _uint32s(msg, values, field_number: int) -> np.ndarray:
 
 def warmup() -> None:
     """Compile (or load from the cache) the wire kernels, before the server reports SERVING."""
-    _wk.warmup()
+    _wk.warmup(wire_layout.KERNEL_FIELDS)
 
 
 def _doubles(col: pb.DoubleColumn) -> np.ndarray:
-    return _packed(col, col.values, 1, "<f8", np.float64)
+    return _packed(col, col.values, wire_layout.DOUBLE_VALUES, "<f8", np.float64)
 
 
 class ItemIds(Sequence):
@@ -248,7 +249,7 @@ def _string_codes(msg, values, field_number: int, wire: np.ndarray | None = None
 
 
 def _item_ids(c: pb.Candidates, wire: np.ndarray | None = None) -> tuple[ItemIds | list[str], IdCheck | None]:
-    found = _string_codes(c, c.item_ids, 1, wire) if len(c.item_ids) else None
+    found = _string_codes(c, c.item_ids, wire_layout.ITEM_IDS, wire) if len(c.item_ids) else None
     if found is None:
         return list(c.item_ids), None
     return ItemIds(c.item_ids), _id_check(*found)
@@ -287,7 +288,7 @@ class _Columns:
         if wire is None:
             return None
         entries, codes = _Columns.room(c, n)
-        count = _wk.map_entries(wire.view, entries, codes)
+        count = _wk.map_entries(wire.view, wire_layout.KERNEL_FIELDS, entries, codes)
         if count < 0:
             return None
         return _Columns.of(wire, codes, entries[:count])
@@ -318,7 +319,7 @@ class _Columns:
 
     def string_column(self, name: str) -> tuple[np.ndarray | None, np.ndarray | None, int]:
         """(the column's bytes, its codes, the largest code), or Nones if not read."""
-        row = self.where.get((3, name))
+        row = self.where.get((wire_layout.ATTRIBUTES, name))
         if row is None:
             return None, None, -1
         _, _, _, at, size, code_row, count, top = row
@@ -340,7 +341,8 @@ def _scan(c: pb.Candidates, wire: _Wire):
     first = np.empty(n, dtype=np.int64)
     info = np.empty(2, dtype=np.int64)
     entries, column_codes = _Columns.room(c, n)
-    distinct = _wk.candidates_scan(wire.view, codes, first, info, entries, column_codes)
+    distinct = _wk.candidates_scan(wire.view, wire_layout.KERNEL_FIELDS, codes, first, info,
+                                     entries, column_codes)
     if distinct < 0:
         return None
     empty_at, count = info.tolist()
@@ -364,8 +366,8 @@ def _decode_candidates(c: pb.Candidates, issues: list[FieldIssue],
         scores = {name: _doubles(col) for name, col in c.scores.items()}
         numeric = {name: _doubles(col) for name, col in c.numeric.items()}
     else:
-        scores = {name: found.doubles(2, name, col) for name, col in c.scores.items()}
-        numeric = {name: found.doubles(4, name, col) for name, col in c.numeric.items()}
+        scores = {name: found.doubles(wire_layout.SCORES, name, col) for name, col in c.scores.items()}
+        numeric = {name: found.doubles(wire_layout.NUMERIC, name, col) for name, col in c.numeric.items()}
     attributes: dict[str, Attribute] = {}
     for name, col in c.attributes.items():
         col_wire, codes, top = found.string_column(name) if found is not None else (None, None, -1)
@@ -403,7 +405,7 @@ def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue],
         ))
         return None
     if not (n_dict or n_codes):
-        found = _string_codes(col, col.values, 1, wire) if n_values else None
+        found = _string_codes(col, col.values, wire_layout.STRING_VALUES, wire) if n_values else None
         if found is None:
             return attribute_from_values(list(col.values))
         codes, first, _ = found
@@ -426,7 +428,7 @@ def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue],
     if wire_codes is not None and wire_codes.shape[0] == n_codes:
         codes = wire_codes
     else:
-        codes = _uint32s(col, col.codes, 3)
+        codes = _uint32s(col, col.codes, wire_layout.STRING_CODES)
         top = int(codes.max()) if n_codes else -1
     bad = np.flatnonzero(codes >= n_dict) if top >= n_dict else ()
     if len(bad):
@@ -456,7 +458,7 @@ def _decode_embeddings(e: pb.Embeddings, n: int, issues: list[FieldIssue]) -> np
             f"expected N*dim = {n * dim} floats (N={n}, dim={dim}), got {got}",
         ))
         return None
-    return _packed(e, e.values, 2, "<f4", np.float32).reshape(n, dim)
+    return _packed(e, e.values, wire_layout.EMBEDDING_VALUES, "<f4", np.float32).reshape(n, dim)
 
 
 # --------------------------------------------------------------------------------------- encode

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from server import _wire_kernels as wk
 from server import convert
 from server._gen.reranker.v1 import reranker_pb2 as pb
+from server.wire_layout import KERNEL_FIELDS as FIELDS
 
 U32 = st.integers(min_value=0, max_value=2**32 - 1)
 
@@ -340,7 +341,7 @@ def test_submessage_on_arbitrary_bytes_never_crashes_or_disagrees(buf, field):
 def _map_entries(buf: bytes, rows: int = 4, columns: int = 2, cap: int = 8):
     entries = np.full((rows, 8), -7, dtype=np.int64)
     codes = np.full((columns, cap), -7, dtype=np.int64)
-    return wk.map_entries(np.frombuffer(buf, dtype=np.uint8), entries, codes), entries, codes
+    return wk.map_entries(np.frombuffer(buf, dtype=np.uint8), FIELDS, entries, codes), entries, codes
 
 
 @settings(max_examples=500, deadline=None)
@@ -412,7 +413,7 @@ def test_candidates_scan_is_the_two_kernels_in_one_pass(buf, n):
     info = np.full(2, -7, dtype=np.int64)
     got_entries = np.full((30, 8), -7, dtype=np.int64)
     got_column_codes = np.full((3, n), -7, dtype=np.int64)
-    distinct = wk.candidates_scan(view, got_codes, got_first, info, got_entries, got_column_codes)
+    distinct = wk.candidates_scan(view, FIELDS, got_codes, got_first, info, got_entries, got_column_codes)
     if distinct < 0:
         assert ids[0] < 0 or count < 0
         return
@@ -456,3 +457,106 @@ def test_the_server_hands_rerank_its_raw_bytes_and_batches_none(live_server, mon
         seen.clear()
         stub.RerankBatch(pb.RerankBatchRequest(requests=[req]), timeout=20.0)
         assert seen == [None]
+
+
+# -- field numbers come from the descriptors ---------------------------------------------------
+import importlib.util  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from server import wire_layout  # noqa: E402
+
+PROTO = Path(__file__).resolve().parents[1] / "proto" / "reranker" / "v1" / "reranker.proto"
+
+
+def test_the_layout_is_the_one_this_file_builds_its_bytes_with():
+    """The byte builders above write the proto's numbers by hand (item ids 1, scores 2, ...). The
+    decoder follows the descriptors (see the renumbered-proto test below); these tests would not:
+    a renumbered proto fails here first. Update the builders, then this line."""
+    assert wire_layout.LAYOUT == wire_layout.Layout(
+        request_candidates=5, item_ids=1, scores=2, attributes=3, numeric=4, map_key=1,
+        map_value=2, double_values=1, string_values=1, string_codes=3, embedding_values=2)
+    assert FIELDS.tolist() == [1, 2, 3, 4, 1, 2, 1, 3]
+
+
+def _compiled_variant(tmp_path: Path, edits: list[tuple[str, str]], tag: str):
+    """The repo's proto with `edits` (regex, replacement) applied, in a package of its own (so it
+    can sit beside the real one in the descriptor pool), compiled with protoc and imported."""
+    text = PROTO.read_text().replace("package reranker.v1;", f"package {tag}.v1;")
+    for pattern, replacement in edits:
+        text, count = re.subn(pattern, replacement, text, flags=re.S)
+        assert count == 1, pattern
+    (tmp_path / tag).mkdir()
+    (tmp_path / tag / f"{tag}.proto").write_text(text)
+    # protoc in a process of its own: grpc_tools' in-process protoc aborted (SIGABRT) the test
+    # process when run after this file's other tests (cause not pinned down)
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{tmp_path}",
+                    f"--python_out={tmp_path}", str(tmp_path / tag / f"{tag}.proto")], check=True)
+    spec = importlib.util.spec_from_file_location(f"{tag}_pb2", tmp_path / tag / f"{tag}_pb2.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+RENUMBER = [
+    (r"(message Candidates \{.*?)repeated string item_ids = 1;", r"\1repeated string item_ids = 11;"),
+    (r"(message Candidates \{.*?)map<string, DoubleColumn> scores = 2;", r"\1map<string, DoubleColumn> scores = 14;"),
+    (r"(message Candidates \{.*?)map<string, StringColumn> attributes = 3;", r"\1map<string, StringColumn> attributes = 12;"),
+    (r"(message Candidates \{.*?)map<string, DoubleColumn> numeric = 4;", r"\1map<string, DoubleColumn> numeric = 2;"),
+    (r"(message DoubleColumn \{\s*)repeated double values = 1;", r"\1repeated double values = 7;"),
+    (r"(message StringColumn \{.*?)repeated uint32 codes = 3;", r"\1repeated uint32 codes = 9;"),
+]
+
+
+def test_the_decoder_follows_a_renumbered_proto(tmp_path):
+    variant = _compiled_variant(tmp_path, RENUMBER, "renumbered")
+    layout = wire_layout.read_layout(variant)
+    assert (layout.item_ids, layout.scores, layout.attributes, layout.numeric) == (11, 14, 12, 2)
+    assert (layout.double_values, layout.string_codes) == (7, 9)
+    c = variant.Candidates(item_ids=["a", "b", "a", ""])
+    c.scores["p"].values.extend([0.5, 1.5, 2.5, 3.5])
+    c.numeric["price"].values.extend([1.0, 2.0, 3.0, 4.0])
+    c.attributes["cat"].dictionary.extend(["x", "y"])
+    c.attributes["cat"].codes.extend([1, 0, 1, 1])
+    buf = np.frombuffer(c.SerializeToString(), dtype=np.uint8)
+
+    def scan(fields):
+        codes, first = np.full(4, -7, dtype=np.int64), np.full(4, -7, dtype=np.int64)
+        info = np.empty(2, dtype=np.int64)
+        entries = np.full((8, 8), -7, dtype=np.int64)
+        column_codes = np.full((1, 4), -7, dtype=np.int64)
+        distinct = wk.candidates_scan(buf, fields, codes, first, info, entries, column_codes)
+        return distinct, codes, info, entries[: max(info[1], 0)], column_codes
+
+    distinct, codes, info, entries, column_codes = scan(layout.kernel_fields())
+    assert distinct == 3 and codes.tolist() == [0, 1, 0, 2] and info.tolist() == [3, 3]
+    by_field = {int(e[wk.E_FIELD]): e for e in entries}
+    assert sorted(by_field) == [2, 12, 14]
+    doubles = by_field[14]  # scores: its packed values, read where the kernel says they are
+    values = np.frombuffer(buf.tobytes(), dtype="<f8", count=4, offset=int(doubles[wk.E_DATA]))
+    assert values.tolist() == [0.5, 1.5, 2.5, 3.5] and doubles[wk.E_COUNT] == 32
+    strings = by_field[12]
+    assert strings[wk.E_COUNT] == 4 and strings[wk.E_MAX] == 1
+    assert column_codes[strings[wk.E_DATA]].tolist() == [1, 0, 1, 1]
+    # the same bytes read with the real proto's numbers are not understood: the layout matters
+    assert scan(FIELDS)[0] == wk.MALFORMED
+
+
+@pytest.mark.parametrize("tag, edit, message", [
+    ("changed", (r"(message DoubleColumn \{\s*)repeated double values = 1;", r"\1repeated float values = 1;"),
+     r"changed\.v1\.DoubleColumn\.values: the wire decoder expects type 1 \(repeated\), the proto has type 2"),
+    ("renamed", (r"(message StringColumn \{.*?)repeated uint32 codes = 3;", r"\1repeated uint32 indexes = 3;"),
+     r"renamed\.v1\.StringColumn\.codes: the wire decoder reads this field, and the proto has no such field"),
+    ("retyped", (r"(message Candidates \{.*?)map<string, DoubleColumn> numeric = 4;", r"\1map<string, StringColumn> numeric = 4;"),
+     r"retyped\.v1\.Candidates\.NumericEntry\.value: the wire decoder expects a retyped\.v1\.DoubleColumn"),
+])
+def test_a_change_the_kernels_cannot_follow_names_the_field(tmp_path, tag, edit, message):
+    """(Each variant has a package of its own: a descriptor pool takes a file name only once.)"""
+    variant = _compiled_variant(tmp_path, [edit], tag)
+    with pytest.raises(wire_layout.ProtoLayoutError, match=message):
+        wire_layout.read_layout(variant)
