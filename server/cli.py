@@ -87,28 +87,8 @@ def _parser() -> argparse.ArgumentParser:
                         "its own metrics port, --metrics-port + its index; 1 = serve in this "
                         "process (default %(default)s)")
     # admission control and operations (see README "Operating it")
-    p.add_argument("--max-batch", type=_positive_int, default=64, metavar="N",
-                   help="most requests in one RerankBatch (default %(default)s)")
-    p.add_argument("--max-work", type=_positive_int, default=10_000_000, metavar="UNITS",
-                   help="most work units in one request or batch: candidates x slate positions x "
-                        "greedy runs (explain: +1 per rule) x a diversity factor (default %(default)s)")
-    p.add_argument("--heavy-work", type=_positive_int, default=500_000, metavar="UNITS",
-                   help="requests above this many units run one at a time per process (the heavy "
-                        "lane) or are refused RESOURCE_EXHAUSTED (default %(default)s)")
-    p.add_argument("--max-queue", type=int, default=0, metavar="N",
-                   help="calls that may wait for a handler thread per process; more are refused at "
-                        "once (RESOURCE_EXHAUSTED, queue full); 0 = no bound (default %(default)s)")
-    p.add_argument("--max-connection-age", type=float, default=30.0, metavar="SECONDS",
-                   help="close client connections at this age (they reconnect), so load rebalances "
-                        "after a worker restart; 0 = never (default %(default)s)")
-    p.add_argument("--drain", type=float, default=0.0, metavar="SECONDS",
-                   help="on SIGTERM, report NOT_SERVING this long while still serving, before "
-                        "closing the listener (default %(default)s; 5-10 behind a load balancer)")
-    p.add_argument("--blas-threads", type=int, default=1, metavar="N",
-                   help="BLAS threads per process; 0 = the library's default (default %(default)s)")
-    p.add_argument("--gil-switch-ms", type=float, default=None, metavar="MS",
-                   help="Python's GIL switch interval; lower values let normal calls through while "
-                        "a heavy one runs Python code (default: Python's 5 ms)")
+    for flag, kind, default, metavar, text in _OPERATING_OPTIONS:
+        p.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("validate", help="check policy files or folders; print every error as "
@@ -169,6 +149,32 @@ def _positive_int(text: str) -> int:
 
 
 # ------------------------------------------------------------------------------------ serve
+
+
+#: `serve`'s admission-control and operating options: (flag, type, default, metavar, help).
+_OPERATING_OPTIONS = (
+    ("--max-batch", _positive_int, 64, "N", "most requests in one RerankBatch (default %(default)s)"),
+    ("--max-work", _positive_int, 10_000_000, "UNITS",
+     "most work units in one request or batch: candidates x slate positions x greedy runs "
+     "(explain: +1 per rule) x a diversity factor (default %(default)s)"),
+    ("--heavy-work", _positive_int, 500_000, "UNITS",
+     "requests above this many units run one at a time per process (the heavy lane) or are "
+     "refused RESOURCE_EXHAUSTED (default %(default)s)"),
+    ("--max-queue", int, 0, "N",
+     "calls that may wait for a handler thread per process; more are refused at once "
+     "(RESOURCE_EXHAUSTED, queue full); 0 = no bound (default %(default)s)"),
+    ("--max-connection-age", float, 30.0, "SECONDS",
+     "close client connections at this age (they reconnect), so load rebalances after a worker "
+     "restart; 0 = never (default %(default)s)"),
+    ("--drain", float, 0.0, "SECONDS",
+     "on SIGTERM, report NOT_SERVING this long while still serving, before closing the listener "
+     "(default %(default)s; 5-10 behind a load balancer)"),
+    ("--blas-threads", int, 1, "N",
+     "BLAS threads per process; 0 = the library's default (default %(default)s)"),
+    ("--gil-switch-ms", float, None, "MS",
+     "Python's GIL switch interval; lower values let normal calls through while a heavy one "
+     "runs Python code (default: Python's 5 ms)"),
+)
 
 
 def _cmd_serve(args, out: Console, err: Console) -> int:

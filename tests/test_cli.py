@@ -9,24 +9,12 @@ import pytest
 from server.cli import main
 from server.request_json import load_request, request_from_json
 
+from testing.policies import BROKEN_POLICY
 from tests.conftest import EXAMPLES_DIR, POLICIES_DIR
 from tests.serve_process import log_waiter
 
 EXAMPLE_REQUEST = EXAMPLES_DIR / "request_home_feed.json"
 
-BROKEN_POLICY = """\
-name: broken
-version: 1
-slate_size: 10
-objective:
-  weights: {p_click: 1.0}
-constraints:
-  - name: cap
-    type: max_count
-    attribute: category
-    max: 2
-    colour: red
-"""
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

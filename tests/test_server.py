@@ -28,6 +28,7 @@ from server.errors import FIELD_METADATA_KEY, INTERNAL_MESSAGE, DeadlineExpired,
 from server.request_json import load_request
 from server.servicer import RerankerServicer
 
+from testing.policies import TWO_ERRORS_POLICY as INVALID_POLICY
 from tests.conftest import EXAMPLES_DIR, POLICIES_DIR
 
 EXAMPLE_REQUEST = EXAMPLES_DIR / "request_home_feed.json"
@@ -396,24 +397,6 @@ def test_validate_policy_accepts_a_shipped_policy(stub):
     assert resp.valid and not resp.issues
 
 
-INVALID_POLICY = """\
-name: broken
-version: 1
-slate_size: 10
-objective:
-  weights: {p_click: 1.0}
-constraints:
-  - name: cap
-    type: max_count
-    attribute: category
-    max: 2
-    colour: red
-  - name: few
-    type: min_count
-    attribute: seller_tier
-    value: new
-    min: 0
-"""
 
 
 def test_validate_policy_reports_path_and_message(stub):
