@@ -15,27 +15,29 @@ from solvers.codes import RELAX_CONFLICT, RELAX_INFEASIBLE, RELAX_SHORTAGE
 from solvers.problem import SolveResult
 
 
+def _top(c, word: str = "in") -> str:
+    return f" {word} the top {c.within_top}" if c.within_top else ""
+
+
+def _of_what(c) -> str:
+    return f"{c.attribute} = {c.value!r}" if c.value is not None else f"one {c.attribute}"
+
+
 def describe(c) -> str:
     """A constraint in a few words, for reasons and conflict reports."""
     if isinstance(c, MaxCount):
-        what = f"{c.attribute} = {c.value!r}" if c.value is not None else f"one {c.attribute}"
-        where = f" in the top {c.within_top}" if c.within_top else ""
-        return f"at most {c.max} of {what}{where}"
+        return f"at most {c.max} of {_of_what(c)}{_top(c)}"
     if isinstance(c, MinCount):
-        where = f" in the top {c.within_top}" if c.within_top else ""
-        return f"at least {c.min} of {c.attribute} = {c.value!r}{where}"
+        return f"at least {c.min} of {c.attribute} = {c.value!r}{_top(c)}"
     if isinstance(c, Window):
-        what = f"{c.attribute} = {c.value!r}" if c.value is not None else f"one {c.attribute}"
-        return f"at most {c.max} of {what} in any {c.size} consecutive positions"
+        return f"at most {c.max} of {_of_what(c)} in any {c.size} consecutive positions"
     if isinstance(c, Pin):
         target = f"item {c.item!r}" if c.item is not None else f"the best {c.attribute} = {c.value!r}"
         return f"{target} at position {c.position}"
     if isinstance(c, Coverage):
-        where = f" in the top {c.within_top}" if c.within_top else ""
-        return f"as many distinct {c.attribute} values as possible{where}"
+        return f"as many distinct {c.attribute} values as possible{_top(c)}"
     if isinstance(c, Calibration):
-        where = f" of the top {c.within_top}" if c.within_top else ""
-        return f"{c.attribute} distribution{where} close to its target"
+        return f"{c.attribute} distribution{_top(c, 'of')} close to its target"
     if isinstance(c, FairPrefix):
         groups = ", ".join(repr(v) for v in c.protected)
         return f"every prefix holds enough {c.attribute} = {groups} (FA*IR, p={c.p:g}, alpha={c.alpha:g})"
