@@ -7,9 +7,9 @@ Families: N in {100, 500, 1000} x K in {10, 20, 50} x rule mix, seeded instances
 - mixed:   caps + spacing + a category window (at most 2 in any 4) + 2 pins
 
 Backends, each warm-started from the greedy slate (solvers.greedy) like the engine does:
-- mip:         solvers.mip.solve_mip (reductions + LP pricing + HiGHS)
+- mip:         solvers.exact.solve_mip (reductions + LP pricing + HiGHS)
 - mip_cold:    the same without the hint (incumbent from a first MIP on the LP's columns)
-- cpsat:       solvers.cpsat.solve_cpsat (same reductions, tuned CP-SAT)
+- cpsat:       solvers.exact.solve_cpsat (same reductions, tuned CP-SAT)
 - naive_cpsat: x[i, p] for every candidate and position, the rules written directly, the greedy
                slate as hint, CP-SAT default parameters: the baseline a user would write.
 
@@ -122,7 +122,7 @@ def naive_cpsat(problem: SlateProblem, *, time_limit_s: float, hint=None):
 def _model_arrays(model, cols):
     """Rows of the reduced model restricted to `cols` as Python lists (positions, items, count
     rows with their entries), shared by the per-variable builders below."""
-    from solvers.reduce import row_incidence
+    from solvers.exact.model import row_incidence
 
     r = model.rows
     rr, cc = row_incidence(model, cols)
@@ -138,7 +138,7 @@ def pywraplp_mip(model, cols, start, time_limit: float, engine: str = "SCIP"):
     """The reduced model through pywraplp (SCIP or CBC), built one call per variable / row."""
     from ortools.linear_solver import pywraplp
 
-    from solvers.mip import _Run
+    from solvers.exact.driver import Run
 
     r, by_row, pos, item = _model_arrays(model, cols)
     s = pywraplp.Solver.CreateSolver(engine)
@@ -171,12 +171,12 @@ def pywraplp_mip(model, cols, start, time_limit: float, engine: str = "SCIP"):
     s.SetTimeLimit(int(max(time_limit, 0.001) * 1000))
     status = s.Solve()
     if status == pywraplp.Solver.INFEASIBLE:
-        return _Run("infeasible", None, -np.inf)
+        return Run("infeasible", None, -np.inf)
     if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
-        return _Run("timeout", None, np.inf)
+        return Run("timeout", None, np.inf)
     bound = s.Objective().BestBound()
     chosen = cols[np.array([v.solution_value() > 0.5 for v in x], dtype=np.bool_)]
-    return _Run("optimal" if status == pywraplp.Solver.OPTIMAL else "feasible", chosen, bound)
+    return Run("optimal" if status == pywraplp.Solver.OPTIMAL else "feasible", chosen, bound)
 
 
 def mathopt_mip(model, cols, start, time_limit: float):
@@ -185,7 +185,7 @@ def mathopt_mip(model, cols, start, time_limit: float):
 
     from ortools.math_opt.python import mathopt
 
-    from solvers.mip import _Run
+    from solvers.exact.driver import Run
 
     r, by_row, pos, item = _model_arrays(model, cols)
     m = mathopt.Model()
@@ -223,22 +223,22 @@ def mathopt_mip(model, cols, start, time_limit: float):
     res = mathopt.solve(m, mathopt.SolverType.HIGHS, params=params, model_params=hint)
     reason = res.termination.reason
     if reason == mathopt.TerminationReason.INFEASIBLE:
-        return _Run("infeasible", None, -np.inf)
+        return Run("infeasible", None, -np.inf)
     if not res.has_primal_feasible_solution():
-        return _Run("timeout", None, np.inf)
+        return Run("timeout", None, np.inf)
     bound = res.termination.objective_bounds.dual_bound
     vals = res.variable_values(x)
     chosen = cols[np.array([v > 0.5 for v in vals], dtype=np.bool_)]
-    return _Run("optimal" if reason == mathopt.TerminationReason.OPTIMAL else "feasible",
-                chosen, bound)
+    return Run("optimal" if reason == mathopt.TerminationReason.OPTIMAL else "feasible",
+               chosen, bound)
 
 
 def compare_mip_backends(quick: bool = False) -> list[dict]:
     """Median time of one backend call on the same reduced model (columns after LP pricing,
     and the class-reduced universe without pricing), greedy slate as the start."""
+    from solvers.exact.highs_mip import highs_mip
+    from solvers.exact.pricing import prepare
     from solvers.greedy import solve_greedy
-    from solvers.mip import highs_mip
-    from solvers.reduce import prepare
 
     backends = {
         "highspy": highs_mip,
@@ -303,8 +303,7 @@ def print_rows(title: str, rows: list[dict], columns) -> None:
 
 
 def _solve(backend: str, problem: SlateProblem, hint, limit: float, naive_limit: float):
-    from solvers.cpsat import solve_cpsat
-    from solvers.mip import solve_mip
+    from solvers.exact import solve_cpsat, solve_mip
 
     if backend == "mip":
         r = solve_mip(problem, time_limit_s=limit, hint=hint)
@@ -333,16 +332,15 @@ def run(quick: bool = False, *, seeds: int | None = None, sizes=SIZES, slates=SL
     included, warm-started from the greedy slate (mip_cold: no hint); an instance not proven
     within the limit counts as never proven (infinite time to proof). Solvers are warmed up
     first, as the server does at start-up."""
+    from solvers.exact import cpsat, highs_mip
+    from solvers.exact.model import hard_feasible
     from solvers.greedy import solve_greedy, warmup
-    from solvers.reduce import hard_feasible
 
     seeds = seeds if seeds is not None else (3 if quick else 10)
     limit = limit_s if limit_s is not None else (1.0 if quick else 2.0)
     naive_limit = naive_limit_s if naive_limit_s is not None else (0.5 if quick else 2.0)
-    from solvers import cpsat, mip
-
     warmup()
-    mip.warmup()
+    highs_mip.warmup()
     cpsat.warmup()
     rows: list[dict] = []
     for n in sizes:

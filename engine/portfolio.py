@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from solvers.codes import DIV_NONE, MAX_COUNT, RELAX_CONFLICT
+from solvers.codes import DIV_NONE, MAX_COUNT, MIN_COUNT, RELAX_CONFLICT
 from solvers.evaluate import evaluate
+from solvers.exact import exact_unsupported
 from solvers.greedy import constraint_ranks, solve_greedy_with_bound
-from solvers.problem import Evaluation, SlateProblem, SolveResult
+from solvers.problem import ConstraintTable, Evaluation, SlateProblem, SolveResult
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +35,40 @@ TOL = 1e-9
 
 @dataclass
 class Outcome:
+    """What `solve` answers: the winning slate and how good it is."""
+
     result: SolveResult  # the winning slate
     objective: float
     bound: float  # NaN when unknown
     status: str  # optimal | feasible | relaxed
     elapsed_us: dict[str, float] = field(default_factory=dict)
     conflicts: list[list[int]] = field(default_factory=list)  # minimal conflicting rule sets
-    exact_status: str = ""  # what the exact solver said, when it ran ("" = not run)
+    # what the exact solver said when it ran (optimal, feasible, timeout, infeasible, relaxed,
+    # error); "skipped: <reason>" when the mode asked for it but solvers.exact.exact_unsupported
+    # refused the problem; "" when it was not asked for or not needed (greedy mode, a provably
+    # optimal greedy slate, too little budget left)
+    exact_status: str = ""
     evaluation: Evaluation | None = None  # of `result.slate` against the problem solved
 
 
 def greedy_is_optimal(problem: SlateProblem) -> bool:
-    """The greedy slate is provably optimal: non-increasing weights and either no rules, or only
-    hard whole-slate caps on one attribute (a partition matroid, on which greedy is optimal).
-    Plain Python on short lists: the arrays are small and numpy's per-call overhead is not."""
+    """Whether the greedy slate is provably optimal, so that no exact solve is needed.
+
+    True for non-increasing weights >= 0 and no similarity diversity, with either no rules or
+    only hard whole-slate caps on one attribute (a partition matroid, on which greedy is
+    optimal). Plain Python on short lists: the arrays are small and numpy's per-call overhead
+    is not.
+
+    Parameters
+    ----------
+    problem : SlateProblem
+        The compiled problem.
+
+    Returns
+    -------
+    bool
+        True when the greedy slate is optimal (False means "not known to be").
+    """
     if problem.div_mode != DIV_NONE:
         return False
     t = problem.constraints
@@ -61,15 +82,6 @@ def greedy_is_optimal(problem: SlateProblem) -> bool:
     return all(x >= 0 for x in w) and all(a >= b for a, b in zip(w, w[1:]))
 
 
-def exact_supported(problem: SlateProblem) -> bool:
-    """The exact MIP models counts, windows and pins; not similarity diversity, coverage or
-    calibration (their objective terms are not linear in the assignment)."""
-    from solvers.codes import CALIBRATION, COVERAGE
-
-    kinds = problem.constraints.kind
-    return problem.div_mode == 0 and not np.any((kinds == COVERAGE) | (kinds == CALIBRATION))
-
-
 def _relax_key(result: SolveResult, rank: np.ndarray) -> tuple:
     """Smaller is better: the most important rule relaxed first, then how many were."""
     ranks = sorted((int(rank[c]) for c in np.flatnonzero(result.relaxed)), reverse=True)
@@ -77,7 +89,30 @@ def _relax_key(result: SolveResult, rank: np.ndarray) -> tuple:
 
 
 def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
-    """Greedy, then (mode auto/exact, time permitting) the exact MIP warm-started from it."""
+    """Greedy, then (mode auto/exact, time permitting) the exact MIP warm-started from it.
+
+    The exact solve is skipped in greedy mode, for an empty slate, when
+    `solvers.exact.exact_unsupported` gives a reason (the outcome's exact_status is then
+    ``"skipped: <reason>"``), when the greedy slate is provably optimal or reaches the sorting
+    bound, and when less than MIN_EXACT_S is left. An exact solver failure is logged and the
+    greedy slate stands (exact_status "error").
+
+    Parameters
+    ----------
+    problem : SlateProblem
+        The compiled problem.
+    mode : str
+        A solver mode of `solvers.codes.SOLVER_MODES` ("greedy", "auto", "exact").
+    deadline : float
+        The `time.perf_counter()` instant the answer is due; the exact solver gets
+        EXACT_SHARE of what is left after SAFETY_S.
+
+    Returns
+    -------
+    Outcome
+        The best valid slate found (hard rules relaxed first by importance, then objective),
+        its objective, bound, status and timings.
+    """
     elapsed: dict[str, float] = {}
     t0 = time.perf_counter()
     greedy, sort_bound = solve_greedy_with_bound(problem)  # the kernel's sort bound comes free
@@ -95,15 +130,18 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
                        "relaxed" if relaxed else "feasible", elapsed, exact_status=exact_status,
                        evaluation=g_ev)
 
-    if mode == "greedy" or problem.length == 0 or not exact_supported(problem):
+    if mode == "greedy" or problem.length == 0:
         return greedy_outcome(sort_bound)
+    unsupported = exact_unsupported(problem)
+    if unsupported is not None:
+        return greedy_outcome(sort_bound, f"skipped: {unsupported}")
     if not relaxed and (g_obj >= sort_bound - TOL * max(1.0, abs(sort_bound)) or greedy_is_optimal(problem)):
         return greedy_outcome(sort_bound)
     left = deadline - time.perf_counter() - SAFETY_S
     if left < MIN_EXACT_S:
         return greedy_outcome(sort_bound)
 
-    from solvers.mip import solve_mip  # imported lazily: greedy-only users never load HiGHS
+    from solvers.exact import solve_mip  # imported lazily: greedy-only users never load HiGHS
 
     t2 = time.perf_counter()
     try:
@@ -153,7 +191,27 @@ def explain_conflicts(problem: SlateProblem, outcome: Outcome, *, deadline: floa
     """Minimal conflicting rule sets behind the relaxations of `outcome`, if time allows.
 
     The greedy relaxes a rule when it cannot place a candidate; whether the rules truly conflict
-    (rather than the greedy having painted itself into a corner) is settled here by CP-SAT."""
+    (rather than the greedy having painted itself into a corner) is settled here: the HiGHS MIP
+    decides the whole rule set, then CP-SAT finds a minimal conflict
+    (`solvers.exact.find_conflict` with ``decide=solve_mip``).
+
+    Parameters
+    ----------
+    problem : SlateProblem
+        The problem `outcome` answers (soft terms and diversity are ignored by the search).
+    outcome : Outcome
+        The answer of `solve`; its own conflicts (from an exact relaxation) are returned as they
+        are.
+    deadline : float
+        The `time.perf_counter()` instant the answer is due.
+
+    Returns
+    -------
+    list of list of int
+        Sorted constraint-table rows of each minimal conflict; empty when the greedy relaxed
+        nothing for a conflict, the rules are feasible together, time ran out or the search
+        failed (logged).
+    """
     if outcome.conflicts or not outcome.result.relaxed.any():
         return outcome.conflicts
     if not np.any(outcome.result.relax_reason == RELAX_CONFLICT):
@@ -161,13 +219,14 @@ def explain_conflicts(problem: SlateProblem, outcome: Outcome, *, deadline: floa
     left = deadline - time.perf_counter() - SAFETY_S
     if left < MIN_EXACT_S:
         return []
-    from solvers.cpsat import ConflictSearchTimeout, find_conflict
+    # imported lazily: greedy-only users never load HiGHS or OR-Tools
+    from solvers.exact import ConflictSearchTimeout, find_conflict, solve_mip
 
     try:
-        core = find_conflict(problem, time_limit_s=left)
+        core = find_conflict(problem, time_limit_s=left, decide=solve_mip)
     except ConflictSearchTimeout:
         return []
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a failed explanation must never fail the request
         log.exception("conflict search failed")
         return []
     return [core] if core else []
@@ -179,12 +238,8 @@ __all__ = ["Outcome", "solve", "explain_conflicts", "greedy_is_optimal"]
 def warmup() -> None:
     """Load the exact solvers' modules and run each once on a tiny problem, so that the first
     real request does not pay for imports (HiGHS, OR-Tools) or first-call set-up."""
-    from solvers.cpsat import find_conflict
-    from solvers.mip import silence_highs_banner, solve_mip
-
-    silence_highs_banner()
-    from solvers.codes import MIN_COUNT
-    from solvers.problem import ConstraintTable
+    # imported here on purpose: loading HiGHS and OR-Tools is what this warm-up is for
+    from solvers.exact import find_conflict, solve_mip
 
     i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
     table = ConstraintTable.from_rows([dict(kind=MAX_COUNT, attr=0, bound=1),
@@ -194,4 +249,4 @@ def warmup() -> None:
                            constraints=table, active=np.ones(2, dtype=np.bool_),
                            pre_reason=np.zeros(2, dtype=np.int64))
     solve_mip(problem, time_limit_s=1.0, hint=None)
-    find_conflict(problem, time_limit_s=1.0)
+    find_conflict(problem, time_limit_s=1.0, decide=solve_mip)

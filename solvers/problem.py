@@ -53,8 +53,8 @@ given P_p = the items at positions < p (only the last w of them when w > 0):
   "in the span" would depend on rounding.
 
 Every extra term is <= 0 (div, -penalty * violation), so `objective_upper_bound_unconstrained`
-stays a valid bound. `SlateProblem.greedy_only` tells whether a problem uses any of them (the exact
-solvers model only the four original kinds and the plain utility).
+stays a valid bound. `solvers.exact.exact_unsupported` tells whether a problem uses any of them
+(the exact solvers model only the MAX_COUNT / MIN_COUNT / WINDOW / PIN rows and the plain utility).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solvers.codes import CALIBRATION, COVERAGE, DIV_NONE
+from solvers.codes import CALIBRATION, DIV_NONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,13 +195,6 @@ class SlateProblem:
     @property
     def diversity_on(self) -> bool:
         return self.div_mode != DIV_NONE and self.div_weight > 0.0
-
-    @property
-    def greedy_only(self) -> bool:
-        """True when the problem has terms only the greedy and `evaluate` model: similarity
-        diversity, COVERAGE or CALIBRATION rows (the exact solvers must not be used)."""
-        kind = self.constraints.kind
-        return self.diversity_on or bool(np.any((kind == COVERAGE) | (kind == CALIBRATION)))
 
     @property
     def length(self) -> int:

@@ -327,11 +327,13 @@ def test_calibration_zero_target_values_and_empty_prefix():
     assert evaluate(empty, np.zeros(0, dtype=np.int64)).violation[0] == pytest.approx(worst)
 
 
-def test_kind_names_and_greedy_only():
+def test_kind_names_and_exact_unsupported():
+    from solvers.exact import exact_unsupported
+
     assert KIND_NAMES[COVERAGE] == "coverage" and KIND_NAMES[CALIBRATION] == "calibration"
-    assert not random_problem(1).greedy_only
-    assert random_problem(1, extras=1).greedy_only
-    assert random_problem(1, n=10, div_mode=DIV_MMR).greedy_only
+    assert not exact_unsupported(random_problem(1))
+    assert exact_unsupported(random_problem(1, extras=1))
+    assert exact_unsupported(random_problem(1, n=10, div_mode=DIV_MMR))
 
 
 # --- input checks --------------------------------------------------------------------------------

@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
+import time
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from solvers.cpsat import find_conflict, solve_cpsat
+from engine import portfolio
+from solvers.codes import (
+    ALL_VALUES, CALIBRATION, COVERAGE, DIV_DPP, DIV_MMR, MAX_COUNT, RELAX_INFEASIBLE, RELAX_NONE,
+    RELAX_PIN_INVALID, WINDOW,
+)
 from solvers.evaluate import evaluate
-from solvers.mip import solve_mip
-from solvers.codes import RELAX_INFEASIBLE, RELAX_NONE, RELAX_PIN_INVALID
-from solvers.problem import SolveResult
-from solvers.reduce import build_model, canonical_slate, lp_upper_bound, prepare
+from solvers.exact import exact_unsupported, find_conflict, solve_cpsat, solve_mip
+from solvers.exact.model import build_model, canonical_slate
+from solvers.exact.pricing import lp_upper_bound, prepare
+from solvers.problem import ConstraintTable, SlateProblem, SolveResult
 from testing.instances import (
     INFEASIBLE, MEDIUM, TINY, active_hard, brute_force, is_valid, random_tiny, with_active,
 )
@@ -246,6 +252,19 @@ def test_find_conflict_minimal_on_random_tiny(seed):
         assert brute_force(with_active(p, [d for d in core if d != c]))[1] is not None
 
 
+@pytest.mark.parametrize("inst", INFEASIBLE + TINY[:6] + MEDIUM[:3], ids=lambda i: i.name)
+def test_find_conflict_decided_by_the_mip_first_gives_the_same_answer(inst):
+    """The portfolio's call (decide=solve_mip: the MIP decides the whole rule set before CP-SAT
+    looks for a core) and the CP-SAT-only search agree, infeasible instances and feasible."""
+    p = inst.problem()
+    core = find_conflict(p, time_limit_s=LIMIT, decide=solve_mip)
+    assert core == find_conflict(p, time_limit_s=LIMIT)
+    if inst.conflict is not None:
+        assert core is not None and set(core) == set(inst.conflict)
+    else:
+        assert core is None
+
+
 def test_relax_gives_way_to_the_lowest_priority_rule_of_the_conflict():
     inst = next(i for i in INFEASIBLE if i.name == "inf_spacing")
     p = inst.problem()  # rule 0 (minimum, priority 2) against rule 1 (window, priority 1)
@@ -304,8 +323,6 @@ def test_zero_budget_returns_a_valid_answer_no_worse_than_the_hint(backend):
 def test_terms_the_exact_model_lacks_are_refused_but_conflicts_still_found():
     """Coverage / calibration rows and similarity diversity are the greedy's: the exact solvers
     refuse them with a clear error; feasibility (hard rows only) is still searched."""
-    from solvers.codes import COVERAGE
-
     base = next(i for i in INFEASIBLE if i.name == "inf_spacing").problem()
     t = base.constraints
     table = dataclasses.replace(
@@ -319,6 +336,61 @@ def test_terms_the_exact_model_lacks_are_refused_but_conflicts_still_found():
         with pytest.raises(ValueError, match="coverage / calibration rows"):
             solve(p, time_limit_s=LIMIT)
     assert find_conflict(p, time_limit_s=LIMIT) == [0, 1]
+
+
+def _term_problem(extra: dict | None = None, **diversity) -> SlateProblem:
+    """A small feasible problem (a cap), plus one row of `extra` and the given diversity."""
+    rng = np.random.default_rng(3)
+    n, L = 12, 4
+    rows = [dict(kind=MAX_COUNT, attr=0, value=ALL_VALUES, bound=2)] + ([extra] if extra else [])
+    return SlateProblem(
+        utility=rng.normal(size=n), position_weight=1.0 / np.log2(np.arange(2, L + 2)),
+        codes=rng.integers(0, 3, size=(1, n)).astype(np.int64), n_values=np.array([3]),
+        constraints=ConstraintTable.from_rows(rows, length=L),
+        active=np.ones(len(rows), dtype=np.bool_), pre_reason=np.zeros(len(rows), dtype=np.int64),
+        embeddings=rng.normal(size=(n, 4)).astype(np.float32), **diversity)
+
+
+UNSUPPORTED_TERMS = {
+    "similarity diversity (mmr)": dict(div_mode=DIV_MMR, div_weight=0.5),
+    "similarity diversity (dpp)": dict(div_mode=DIV_DPP, div_weight=0.5, div_window=2),
+    "coverage / calibration rows (coverage row 1)": dict(
+        extra=dict(kind=COVERAGE, attr=0, hard=False, penalty=0.3)),
+    "coverage / calibration rows (calibration row 1)": dict(
+        extra=dict(kind=CALIBRATION, attr=0, hard=False, penalty=0.5, target=[0.5, 0.3, 0.2])),
+}
+SUPPORTED_TERMS = {
+    "plain": {},
+    "diversity method with weight 0 (off)": dict(div_mode=DIV_MMR, div_weight=0.0),
+    "soft window": dict(extra=dict(kind=WINDOW, attr=0, value=ALL_VALUES, bound=1, size=2,
+                                   hard=False, penalty=0.2)),
+}
+
+
+@pytest.mark.parametrize("reason", UNSUPPORTED_TERMS)
+def test_each_unsupported_term_gets_its_reason_and_the_exact_solvers_refuse_it(reason):
+    """exact_unsupported is the one answer: its reason is the solvers' error and the exact
+    status the portfolio reports when it skips the exact solve."""
+    p = _term_problem(**UNSUPPORTED_TERMS[reason])
+    assert exact_unsupported(p) == reason
+    for solve in (solve_mip, solve_cpsat):
+        with pytest.raises(ValueError, match=re.escape(reason)):
+            solve(p, time_limit_s=LIMIT)
+    out = portfolio.solve(p, mode="exact", deadline=time.perf_counter() + LIMIT)
+    assert out.exact_status == f"skipped: {reason}" and "solve_exact" not in out.elapsed_us
+    assert portfolio.solve(p, mode="greedy", deadline=time.perf_counter() + LIMIT).exact_status == ""
+
+
+@pytest.mark.parametrize("name", SUPPORTED_TERMS)
+def test_the_exact_solvers_take_every_problem_exact_unsupported_accepts(name):
+    p = _term_problem(**SUPPORTED_TERMS[name])
+    assert exact_unsupported(p) is None
+    for solver, solve in (("mip", solve_mip), ("cpsat", solve_cpsat)):
+        res = solve(p, time_limit_s=LIMIT)
+        assert res.status == "optimal"
+        check(p, res, solver)
+    assert not portfolio.solve(p, mode="exact",
+                               deadline=time.perf_counter() + LIMIT).exact_status.startswith("skipped")
 
 
 def test_infeasible_hint_is_ignored():
