@@ -1,10 +1,16 @@
 """HiGHS solver objects that never write to stdout.
 
 HiGHS prints a copyright banner on stdout (from C, once per process) when the first `Highs`
-object is made, before any option can turn it off. `new_highs` makes that first object with file
-descriptor 1 pointed at /dev/null, under a lock, so neither a server's stdout nor an in-process
-user's sees it, whichever code path makes the first solver; later objects are made directly.
-Every object it returns already has `output_flag` off.
+object is made, before any option can turn it off. `new_highs` (through `silence_banner`) makes
+that first object with file descriptor 1 pointed at /dev/null, under a lock, so neither a
+server's stdout nor an in-process user's sees it, whichever caller of `new_highs` (the exact
+solvers in solvers.exact) makes the first solver; later objects are made directly. Every object
+it returns already has `output_flag` off.
+
+Only objects made through this module are covered: CVXPY's HIGHS backend (e.g.
+`ExposureLP(..., solver="HIGHS")` in solvers.exposure_lp) makes its own `highspy.Highs`, and if
+that is the process's first one the banner reaches stdout, unless `silence_banner()` has run
+before.
 """
 
 from __future__ import annotations
@@ -20,7 +26,17 @@ _banner_done = False
 
 
 def silence_banner() -> None:
-    """Make the process's first HiGHS object with stdout silenced (idempotent, thread-safe)."""
+    """Make the process's first HiGHS object with stdout silenced (idempotent, thread-safe).
+
+    The first call makes (and drops) one `highspy.Highs` with file descriptor 1 pointed at
+    /dev/null, after flushing sys.stdout, then restores descriptor 1; later calls return at once.
+    Call it before anything else (e.g. CVXPY's HIGHS backend) makes a HiGHS object to keep the
+    banner off stdout; once another object has been made, the banner has already been printed.
+
+    Returns
+    -------
+    None
+    """
     global _banner_done
     if _banner_done:
         return
@@ -41,7 +57,15 @@ def silence_banner() -> None:
 
 
 def new_highs() -> highspy.Highs:
-    """A `highspy.Highs` with output off; the banner never reaches stdout."""
+    """A `highspy.Highs` with output off; the banner never reaches stdout.
+
+    Calls `silence_banner` first, so the process's first HiGHS object is made silently.
+
+    Returns
+    -------
+    highspy.Highs
+        A new, empty solver object with the option `output_flag` set to False.
+    """
     silence_banner()
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)

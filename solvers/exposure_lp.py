@@ -96,22 +96,37 @@ warnings.filterwarnings("ignore", message="Solution may be inaccurate", category
 
 @dataclass(frozen=True)
 class LPResult:
-    """Outcome of one ExposureLP.solve.
+    """Outcome of one ExposureLP.solve (frozen; made by `ExposureLP.solve`, not by callers).
 
-    status: CVXPY's status ("optimal", "optimal_inaccurate", "infeasible", "user_limit",
+    Read `status` first: P and the exposures are only present when status is "optimal" or
+    "optimal_inaccurate"; otherwise P is None and objective, the exposures and disparity are
+    nan. M, K and G are the shape of the ExposureLP that produced it.
+
+    Parameters
+    ----------
+    P : ndarray of float64, shape (M, K), or None
+        Ranking matrix, clipped to [0, 1] (solver round-off): P[i, j] is the probability that
+        item i is shown at position j. None without a solution.
+    objective : float
+        Expected utility u^T P v (nan without a solution).
+    status : str
+        CVXPY's status ("optimal", "optimal_inaccurate", "infeasible", "user_limit",
         "solver_error", ...) or "nonpositive_merit" (disparate treatment with a group whose mean
-        utility is <= 0: the ratio is undefined and nothing is solved). P and the exposures are
-        only present when status is "optimal" or "optimal_inaccurate".
-    P: [M, K] ranking matrix, clipped to [0, 1] (solver round-off), or None.
-    objective: expected utility u^T P v (nan without a solution).
-    unconstrained_objective: the best utility without the fairness rows (top-K utilities against
-        the sorted position weights); objective / unconstrained_objective is the price of fairness.
-    exposure_by_group: [G] total expected exposure sum_{i in g} (P v)_i (nan without a solution).
-    mean_exposure_by_group: [G] the same per member (the paper's Exposure(G_g)); nan for groups
-        without members.
-    disparity: max - min over non-empty groups of the constrained quantity (mean exposure, or
-        mean exposure / merit), to compare with the tolerance (nan without a solution).
-    solve_ms: wall time of the whole solve call (parameter update, CVXPY, solver).
+        utility is <= 0: the ratio is undefined and nothing is solved).
+    exposure_by_group : ndarray of float64, shape (G,)
+        Total expected exposure sum_{i in g} (P v)_i of each group (nan without a solution).
+    solve_ms : float
+        Wall time of the whole solve call (parameter update, CVXPY, solver), in milliseconds.
+    mean_exposure_by_group : ndarray of float64, shape (G,)
+        The same per member (the paper's Exposure(G_g)); nan for groups without members (and
+        for every group without a solution).
+    unconstrained_objective : float
+        The best utility without the fairness rows (top-K utilities against the sorted position
+        weights), present whatever the status; objective / unconstrained_objective is the price
+        of fairness.
+    disparity : float
+        max - min over non-empty groups of the constrained quantity (mean exposure, or mean
+        exposure / merit), to compare with the tolerance (nan without a solution).
     """
 
     P: np.ndarray | None
@@ -129,9 +144,41 @@ class ExposureLP:
 
     ExposureLP(M, K, G, criterion) builds the parametrised problem; the first `solve` compiles it
     (tens of ms), later solves only update parameters (a few ms at M = 20, see the module
-    docstring). `solver` is any installed CVXPY backend; `solver_options` replaces
-    DEFAULT_SOLVER_OPTIONS[solver] (passed to every solve).
+    docstring).
 
+    Parameters
+    ----------
+    M : int
+        Number of candidates (items), an integer >= 1.
+    K : int
+        Number of positions, an integer in [1, M].
+    G : int
+        Number of groups, an integer >= 1; `solve` takes group indices in [0, G).
+    criterion : {"demographic_parity", "disparate_treatment"}, default "demographic_parity"
+        The fairness constraint (one of CRITERIA; definitions in the module docstring).
+    solver : str, default "CLARABEL"
+        Any installed CVXPY backend (one of cvxpy.installed_solvers()).
+    solver_options : dict or None, default None
+        Backend options passed to every solve; replaces DEFAULT_SOLVER_OPTIONS[solver] (None:
+        use those defaults, {} for none). Copied.
+
+    Attributes
+    ----------
+    M, K, G : int
+        The shape, as given.
+    criterion, solver : str
+        As given.
+    solver_options : dict
+        The options passed to every solve.
+
+    Raises
+    ------
+    ValueError
+        If M, K or G is not an integer in its range, criterion is not in CRITERIA, or solver is
+        not installed; the message names the argument.
+
+    Notes
+    -----
     Parameter values are shared state, so `solve` holds a lock: threads sharing an instance are
     serialised; give each worker thread its own instance for parallel solves.
     """
@@ -181,14 +228,39 @@ class ExposureLP:
               *, time_limit_ms: float | None = None) -> LPResult:
         """Maximise u^T P v subject to the criterion within `tolerance`.
 
-        u: [M] utilities (for disparate treatment, every non-empty group needs a positive mean);
-        groups: [M] group index of each candidate in [0, G); v: [K] non-negative position
-        weights; tolerance >= 0. Malformed input (shapes, NaN, out-of-range groups, negative
-        tolerance) raises ValueError naming the argument; everything the solver can run into
-        (infeasible tolerance, time limit, numerical failure) comes back as `status`.
-        time_limit_ms: passed to the backend's own time limit (CLARABEL, HIGHS, GLOP, SCS, OSQP;
-        ignored for others); when it stops the solver the status is "user_limit" and P is None.
-        CVXPY's own work (~1 ms at M = 20) is not covered by it.
+        Malformed input raises; everything the solver can run into (infeasible tolerance, time
+        limit, numerical failure) comes back as the result's `status`.
+
+        Parameters
+        ----------
+        u : array_like of float, shape (M,)
+            Utilities, finite; converted to float64. For disparate treatment, every non-empty
+            group needs a positive mean (else the status is "nonpositive_merit", not an error).
+        groups : array_like of int, shape (M,)
+            Group index of each candidate, in [0, G). Must have an integer dtype.
+        v : array_like of float, shape (K,)
+            Non-negative, finite position weights (examination probabilities); converted to
+            float64.
+        tolerance : float, default 0.0
+            Allowed max - min of the constrained quantity over groups, finite and >= 0 (units in
+            the module docstring).
+        time_limit_ms : float or None, default None
+            Keyword-only. Passed to the backend's own time limit (CLARABEL, HIGHS, GLOP, SCS,
+            OSQP; ignored for others; negative values count as 0); when it stops the solver the
+            status is "user_limit" and P is None. CVXPY's own work (~1 ms at M = 20) is not
+            covered by it. None: no time limit.
+
+        Returns
+        -------
+        LPResult
+            The status, P and its exposures, objective, unconstrained objective, disparity and
+            wall time of this call.
+
+        Raises
+        ------
+        ValueError
+            On malformed input (shapes, NaN, out-of-range groups, negative tolerance), naming
+            the argument.
         """
         t0 = time.perf_counter()
         u, groups, v = self._validate(u, groups, v, tolerance)
@@ -271,9 +343,29 @@ def _best_unconstrained(u: np.ndarray, v: np.ndarray) -> float:
 
 def expected_exposure(P: np.ndarray, v: np.ndarray, groups: np.ndarray, G: int,
                       per_member: bool = False) -> np.ndarray:
-    """[G] expected exposure of each group under ranking matrix P[M, K] and position weights v[K]:
-    sum_{i in g} sum_j P[i, j] v[j]; divided by the group's size if `per_member` (nan for empty
-    groups), which is the paper's Exposure(G_g)."""
+    """Expected exposure of each group under a ranking matrix.
+
+    Group g's exposure is sum_{i in g} sum_j P[i, j] v[j]; divided by the group's size if
+    `per_member` (nan for empty groups), which is the paper's Exposure(G_g).
+
+    Parameters
+    ----------
+    P : array_like of float, shape (M, K)
+        Ranking matrix: P[i, j] is the probability that item i is shown at position j.
+    v : array_like of float, shape (K,)
+        Position weights.
+    groups : array_like of int, shape (M,)
+        Group index of each item, in [0, G) (not checked); converted to int64.
+    G : int
+        Number of groups.
+    per_member : bool, default False
+        Divide each group's total by its number of members.
+
+    Returns
+    -------
+    ndarray of float64, shape (G,)
+        Total (or, with `per_member`, mean per member) expected exposure of each group.
+    """
     groups = np.asarray(groups, dtype=np.int64)
     item = np.asarray(P) @ np.asarray(v, dtype=np.float64)
     total = np.bincount(groups, weights=item, minlength=G)
@@ -304,11 +396,33 @@ def _northwest_corner(row_sums: np.ndarray, n_cols: int) -> np.ndarray:
 
 
 def birkhoff_von_neumann(P: np.ndarray, tol: float = 1e-9) -> list[tuple[float, np.ndarray]]:
-    """Decompose a ranking matrix P[M, K] (K <= M, columns summing to 1, rows to <= 1) into a
-    convex combination of rankings: [(weight, ranking)], weights summing to 1, ranking[j] = the
-    item at position j (K distinct items). sum_w w * X(ranking) reconstructs P, X the 0/1
-    item-by-position matrix.
+    """Decompose a ranking matrix into a convex combination of rankings.
 
+    sum_w w * X(ranking) over the result reconstructs P, X the 0/1 item-by-position matrix.
+
+    Parameters
+    ----------
+    P : array_like of float, shape (M, K)
+        Ranking matrix, K <= M, columns summing to 1 and rows to <= 1 (as LPResult.P).
+        Converted to float64 with negative entries clipped to 0; P itself is not modified.
+    tol : float, default 1e-9
+        Entries of the residual above tol form the support searched for matchings; the loop
+        stops once the weights reach 1 - tol.
+
+    Returns
+    -------
+    list of tuple of (float, ndarray of int64, shape (K,))
+        [(weight, ranking)], weights summing to 1, ranking[j] = the item at position j (K
+        distinct items). Distinct rankings, in the order they were first found.
+
+    Raises
+    ------
+    ValueError
+        If P is not a 2-D [M, K] matrix with K <= M, or if its support has no perfect matching
+        at all (not a ranking matrix).
+
+    Notes
+    -----
     Birkhoff-von Neumann (as used by Singh & Joachims, Sec. 4.2): if K < M, P is first made
     square and doubly stochastic with M - K dummy positions that absorb each item's slack
     1 - sum_j P[i, j] (filled by the north-west corner rule, so the padding adds at most
@@ -372,6 +486,25 @@ def sample_ranking(decomposition: list[tuple[float, np.ndarray]],
     """Draw one ranking (K item indices, a fresh copy) with probability equal to its weight.
 
     Uses exactly one rng.random() draw, so a seeded Generator gives a reproducible sequence.
+
+    Parameters
+    ----------
+    decomposition : list of tuple of (float, ndarray of int, shape (K,))
+        Non-empty list of (weight, ranking) pairs, as returned by `birkhoff_von_neumann`. Weights
+        that do not sum to 1 act as relative weights (each is divided by their total).
+    rng : numpy.random.Generator
+        The source of the single uniform draw.
+
+    Returns
+    -------
+    ndarray, shape (K,)
+        A copy of the chosen ranking (int64 for `birkhoff_von_neumann`'s output): ranking[j] is
+        the item at position j.
+
+    Raises
+    ------
+    ValueError
+        If `decomposition` is empty.
     """
     if not decomposition:
         raise ValueError("decomposition: must hold at least one (weight, ranking) pair")

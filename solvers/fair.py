@@ -23,8 +23,13 @@ level alpha_c chosen so that the probability of rejecting a fair ranking is alph
 `failure_probability` computes that probability exactly (see its docstring) and `adjusted_alpha`
 searches alpha_c.
 
-Everything here takes and returns plain numbers / numpy arrays; tables are cached and returned
-read-only.
+`fair_mtable` is the table FA*IR uses (at the adjusted level by default), `prefix_minimums` turns
+a table into "at least n in the top i" rows, and `multi_mtables` gives one table per group for
+several protected groups (a Bonferroni split of alpha, see its docstring).
+
+Everything here takes and returns plain numbers / numpy arrays (and lists of them).
+`adjusted_alpha` and `fair_mtable` are cached; the tables `fair_mtable` and `multi_mtables`
+return are shared and read-only, while `mtable` computes a fresh, writable array on every call.
 """
 
 from __future__ import annotations
@@ -83,11 +88,34 @@ def _mtable(k: int, p: float, a: float) -> np.ndarray:
 
 
 def mtable(k: int, p: float, alpha: float) -> np.ndarray:
-    """Unadjusted m-table: m[i-1] = min{x : F(x; i, p) > alpha} for i = 1..k (int64, length k).
+    """Unadjusted m-table: the fewest protected items each prefix may hold at level `alpha`.
 
-    This is the paper's binomial inverse CDF with the strict inequality of its fair
-    representation condition (see the module docstring for how it differs from
-    scipy.stats.binom.ppf). m is non-decreasing, m[i-1] <= i, and p = 0 gives all zeros.
+    m[i-1] = min{x : F(x; i, p) > alpha} for i = 1..k, F the binomial CDF. This is the paper's
+    binomial inverse CDF with the strict inequality of its fair representation condition (see
+    the module docstring for how it differs from scipy.stats.binom.ppf). The level is used as
+    given, with no multiple-testing adjustment (`fair_mtable` applies `adjusted_alpha`).
+
+    Parameters
+    ----------
+    k : int
+        Length of the ranking (the number of prefixes), an integer >= 0; an integral float such
+        as 10.0 is accepted.
+    p : float
+        Minimal proportion of the protected group, in [0, 1].
+    alpha : float
+        Significance level of each prefix's test, in (0, 1).
+
+    Returns
+    -------
+    m : ndarray of int64, shape (k,)
+        m[i-1] is the minimum number of protected items in the top i. m is non-decreasing,
+        m[i-1] <= i, and p = 0 gives all zeros. A fresh, writable array (not cached).
+
+    Raises
+    ------
+    ValueError
+        If k is not an integer >= 0, p is not in [0, 1] or alpha is not in (0, 1); the message
+        names the argument.
     """
     k, p, alpha = _check(k, p, alpha)
     return _mtable(k, p, alpha)
@@ -97,11 +125,29 @@ def failure_probability(mt: np.ndarray, p: float) -> float:
     """Exact probability that a fair ranking fails the m-table `mt` at some prefix.
 
     A fair ranking has each position protected independently with probability p. It fails iff
-    for some prefix i the protected count X_i is below mt[i-1]. The paper computes the success
-    probability recursively over the m-table's "blocks" (runs of positions between the points
-    where m increases by one) with memoisation; this is the same quantity computed forward as a
-    dynamic program over the distribution of the protected count among rankings that have not
-    failed yet:
+    for some prefix i the protected count X_i is below mt[i-1]. This is the type I error of the
+    ranked group fairness test run with table `mt`.
+
+    Parameters
+    ----------
+    mt : array_like of int, shape (k,)
+        An m-table: mt[i-1] is the minimum protected count of the prefix of length i (as from
+        `mtable` or `fair_mtable`). Converted to int64.
+    p : float
+        Probability that a position of the fair ranking is protected, in [0, 1] (not checked).
+
+    Returns
+    -------
+    float
+        The probability, in [0, 1], that some prefix i holds fewer than mt[i-1] protected
+        items; 0.0 for an empty table (k = 0).
+
+    Notes
+    -----
+    The paper computes the success probability recursively over the m-table's "blocks" (runs of
+    positions between the points where m increases by one) with memoisation; this is the same
+    quantity computed forward as a dynamic program over the distribution of the protected count
+    among rankings that have not failed yet:
 
         d_0 = delta_0;  d_i(c) = (1-p) d_{i-1}(c) + p d_{i-1}(c-1);  then the mass at c < mt[i-1]
         is removed and added to the failure probability.
@@ -166,10 +212,37 @@ def adjusted_alpha(k: int, p: float, alpha: float) -> float:
     (`failure_probability` of the m-table at level alpha_c) is alpha. That probability is a step
     function of the level, so "equal to alpha" is rarely attainable; we return a level whose
     table has the **largest failure probability that does not exceed alpha** (type I error is
-    guaranteed <= alpha). The search is exact and discrete: the table can only change at the CDF
-    values F(x; i, p) <= alpha, so we binary-search those breakpoints (O(log k) DP evaluations of
+    guaranteed <= alpha).
+
+    Parameters
+    ----------
+    k : int
+        Length of the ranking, an integer >= 0 (an integral float is accepted).
+    p : float
+        Minimal proportion of the protected group, in [0, 1].
+    alpha : float
+        Target probability, in (0, 1), that a fair ranking fails the test at any prefix (the
+        family-wise type I error).
+
+    Returns
+    -------
+    alpha_c : float
+        A level in (0, alpha] at which `mtable(k, p, alpha_c)` is the chosen table: the midpoint
+        of the level interval on which that table is constant (any level in it gives the same
+        table). alpha itself when the unadjusted table already fails with probability <= alpha
+        (always for k = 0, p = 0 or p = 1).
+
+    Raises
+    ------
+    ValueError
+        If k is not an integer >= 0, p is not in [0, 1] or alpha is not in (0, 1).
+
+    Notes
+    -----
+    The search is exact and discrete: the table can only change at the CDF values
+    F(x; i, p) <= alpha, so we binary-search those breakpoints (O(log k) DP evaluations of
     O(k^2) each) instead of bisecting a float, and return the midpoint of the level interval on
-    which the chosen table is constant (any level in it gives the same table).
+    which the chosen table is constant.
 
     Differences from the reference implementation (fairsearch-core): it returns the boundary
     table whose failure probability is *closest* to alpha, which may exceed it (k=20, p=0.25,
@@ -194,21 +267,58 @@ def _fair_mtable_cached(k: int, p: float, alpha: float, adjust: bool) -> np.ndar
 def fair_mtable(k: int, p: float, alpha: float, adjust: bool = True) -> np.ndarray:
     """The m-table used by FA*IR: at level adjusted_alpha(k, p, alpha) if `adjust`, else at alpha.
 
-    Cached on (k, round(p, 12), round(alpha, 12), adjust); the returned array is shared and
-    read-only (copy it before modifying).
+    Parameters
+    ----------
+    k : int
+        Length of the ranking, an integer >= 0 (an integral float is accepted).
+    p : float
+        Minimal proportion of the protected group, in [0, 1].
+    alpha : float
+        Significance, in (0, 1): the family-wise level if `adjust`, else each prefix's level.
+    adjust : bool, default True
+        Run the per-prefix tests at `adjusted_alpha(k, p, alpha)` (type I error <= alpha over
+        the whole ranking) rather than at alpha.
+
+    Returns
+    -------
+    m : ndarray of int64, shape (k,)
+        `mtable(k, p, level)`. Cached on (k, round(p, 12), round(alpha, 12), adjust); the
+        returned array is shared and read-only (copy it before modifying).
+
+    Raises
+    ------
+    ValueError
+        If k is not an integer >= 0, p is not in [0, 1] or alpha is not in (0, 1).
     """
     k, p, alpha = _check(k, p, alpha)
     return _fair_mtable_cached(k, round(p, 12), round(alpha, 12), bool(adjust))
 
 
 def prefix_minimums(mt: np.ndarray) -> list[tuple[int, int]]:
-    """The (within_top, min) pairs where the requirement increases: "at least `min` protected in
-    the top `within_top`". E.g. [0, 0, 0, 1, 1, 1, 2] -> [(4, 1), (7, 2)].
+    """The (within_top, min) pairs where the requirement increases.
 
-    Together these rows are equivalent to the whole table: a prefix i between two rows inherits
-    the requirement of the last row at or before it. Rows are emitted with the new value even if
-    m jumps by more than one (a jump never happens for a valid m-table, which grows by at most 1
-    per position, but the function does not rely on it).
+    Each pair reads "at least `min` protected in the top `within_top`". Together these rows are
+    equivalent to the whole table: a prefix i between two rows inherits the requirement of the
+    last row at or before it.
+
+    Parameters
+    ----------
+    mt : array_like of int, shape (k,)
+        An m-table (mt[i-1]: the minimum protected count in the top i). Converted to int64.
+
+    Returns
+    -------
+    list of tuple of (int, int)
+        (within_top, min) for every 1-based position i where mt[i-1] exceeds the previous entry
+        (the entry before position 1 counts as 0), in increasing order of within_top; [] for an
+        empty or all-zero table. Rows are emitted with the new value even if m jumps by more
+        than one (a jump never happens for a valid m-table, which grows by at most 1 per
+        position, but the function does not rely on it).
+
+    Examples
+    --------
+    >>> prefix_minimums([0, 0, 0, 1, 1, 1, 2])
+    [(4, 1), (7, 2)]
     """
     mt = np.asarray(mt, dtype=np.int64)
     if mt.size == 0:
@@ -221,17 +331,46 @@ def prefix_minimums(mt: np.ndarray) -> list[tuple[int, int]]:
 def multi_mtables(k: int, ps: list[float], alpha: float, adjust: bool = True) -> list[np.ndarray]:
     """One m-table per protected group, for several protected groups at once.
 
+    Group g's table is fair_mtable(k, ps[g], alpha / G, adjust), G = len(ps): a Bonferroni split
+    of alpha over the groups (see Notes).
+
+    Parameters
+    ----------
+    k : int
+        Length of the ranking, an integer >= 0 (an integral float is accepted).
+    ps : sequence of float, length G
+        Minimal proportion of each protected group, each in [0, 1]; the groups are disjoint, so
+        the proportions must sum to <= 1 (checked up to 1e-9).
+    alpha : float
+        Family-wise significance shared by all groups; each group is tested at alpha / G, which
+        must lie in (0, 1).
+    adjust : bool, default True
+        Passed to `fair_mtable`: adjust each group's level alpha / G for its k prefix tests.
+
+    Returns
+    -------
+    list of ndarray of int64, shape (k,)
+        One table per group, in the order of `ps`; [] when `ps` is empty (then nothing else is
+        checked). The arrays are `fair_mtable`'s cached, shared, read-only ones.
+
+    Raises
+    ------
+    ValueError
+        If sum(ps) > 1 (message names `ps`), or, from `fair_mtable`, if k is not an integer
+        >= 0, a proportion is not in [0, 1] or alpha / G is not in (0, 1).
+
+    Notes
+    -----
     What the papers do: FA*IR (2017) handles a single protected group. The 2020 note
     (arXiv:2012.12795) generalises the test to several protected groups with a multinomial
     model and a tree of m-tables ("mTree"), whose exact failure probability it computes and
     adjusts; its cost grows quickly with the number of groups.
 
     What we do (conservative and cheap): a Bonferroni split over the G groups, then the
-    single-group adjustment for each. Group g's table is fair_mtable(k, ps[g], alpha / G, adjust).
-    By the union bound, the probability that a fair ranking (positions drawn independently from
-    any joint distribution with marginals ps) fails *any* group's table is at most
-    sum_g alpha / G = alpha, whatever the dependence between groups. The price is tables a little
-    looser than the exact multinomial correction would give.
+    single-group adjustment for each. By the union bound, the probability that a fair ranking
+    (positions drawn independently from any joint distribution with marginals ps) fails *any*
+    group's table is at most sum_g alpha / G = alpha, whatever the dependence between groups.
+    The price is tables a little looser than the exact multinomial correction would give.
 
     The groups are separate constraints; we require sum(ps) <= 1 (they are disjoint proportions)
     but do not check joint satisfiability (sum_g m_g[i] <= i), which holds for the usual values
