@@ -226,7 +226,8 @@ class RerankResult:
     eligible: int  # candidates left after filters
     request_id: str = ""
     budget_ms: float = 0.0  # the solve budget that applied (policy / request, capped by deadline)
-    exact_status: str = ""  # what the exact solver said when it ran: optimal, feasible, timeout...
+    exact_status: str = ""  # what the exact solver said when it ran: optimal, feasible, timeout...;
+    #                         "skipped: <reason>" when the problem has terms only the greedy models
     conflicts: list[ConflictReport] = field(default_factory=list)  # minimal conflicting rule sets
     boosts: dict[str, float] = field(default_factory=dict)  # "attribute=value" -> exposure boost
     exposure_lp: ExposureLPReport | None = None

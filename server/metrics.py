@@ -77,8 +77,8 @@ class ServerMetrics:
         for c in result.constraints:
             if c.relaxed:
                 self.relaxations.labels(policy, c.name).inc()
-        if result.exact_status:
-            self.exact.labels(policy, result.exact_status).inc()
+        if result.exact_status:  # "skipped: <reason>" counts as "skipped" (bounded label values)
+            self.exact.labels(policy, result.exact_status.split(":", 1)[0]).inc()
 
     def observe_error(self, method: str, policy: str, code_name: str, seconds: float) -> None:
         """A refused or failed call; `code_name` as grpc.StatusCode.X.name (e.g. INVALID_ARGUMENT)."""

@@ -155,3 +155,16 @@ def test_admission_families_are_exposed_before_anything_is_shed(metered):
     assert reasons == set(SHED_REASONS) == {"deadline_in_queue", "cancelled_in_queue", "queue_full",
                                             "batch_too_large", "work_too_large", "heavy_lane_busy"}
     assert sample(samples, "reranker_queued_calls") == 0
+
+
+def test_a_skipped_exact_solve_counts_as_skipped_whatever_its_reason():
+    metrics = ServerMetrics()
+    for reason in ("similarity diversity (mmr)", "coverage / calibration rows (coverage row 3)",
+                   "coverage / calibration rows (calibration row 7)"):
+        metrics.observe_ok(SimpleNamespace(policy="p", solver="greedy", status="feasible",
+                                           exact_status=f"skipped: {reason}", constraints=[]), 0.001)
+    get = metrics.registry.get_sample_value
+    assert get("reranker_exact_solver_total", {"policy": "p", "outcome": "skipped"}) == 3
+    outcomes = {s.labels["outcome"] for m in metrics.registry.collect() for s in m.samples
+                if s.name == "reranker_exact_solver_total"}
+    assert outcomes == {"skipped"}
