@@ -193,7 +193,7 @@ def explain_conflicts(problem: SlateProblem, outcome: Outcome, *, deadline: floa
     The greedy relaxes a rule when it cannot place a candidate; whether the rules truly conflict
     (rather than the greedy having painted itself into a corner) is settled here: the HiGHS MIP
     decides the whole rule set, then CP-SAT finds a minimal conflict
-    (`solvers.exact.find_conflict` with ``decide=solve_mip``).
+    (`solvers.exact.find_conflict`, which decides with the MIP first).
 
     Parameters
     ----------
@@ -220,10 +220,10 @@ def explain_conflicts(problem: SlateProblem, outcome: Outcome, *, deadline: floa
     if left < MIN_EXACT_S:
         return []
     # imported lazily: greedy-only users never load HiGHS or OR-Tools
-    from solvers.exact import ConflictSearchTimeout, find_conflict, solve_mip
+    from solvers.exact import ConflictSearchTimeout, find_conflict
 
     try:
-        core = find_conflict(problem, time_limit_s=left, decide=solve_mip)
+        core = find_conflict(problem, time_limit_s=left)
     except ConflictSearchTimeout:
         return []
     except Exception:  # noqa: BLE001 - a failed explanation must never fail the request
@@ -249,4 +249,4 @@ def warmup() -> None:
                            constraints=table, active=np.ones(2, dtype=np.bool_),
                            pre_reason=np.zeros(2, dtype=np.int64))
     solve_mip(problem, time_limit_s=1.0, hint=None)
-    find_conflict(problem, time_limit_s=1.0, decide=solve_mip)
+    find_conflict(problem, time_limit_s=1.0)

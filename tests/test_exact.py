@@ -26,6 +26,7 @@ from solvers.codes import (
 )
 from solvers.evaluate import evaluate
 from solvers.exact import exact_unsupported, find_conflict, solve_cpsat, solve_mip
+from solvers.exact import conflict
 from solvers.exact.model import build_model, canonical_slate
 from solvers.exact.pricing import lp_upper_bound, prepare
 from solvers.problem import ConstraintTable, SlateProblem, SolveResult
@@ -254,11 +255,11 @@ def test_find_conflict_minimal_on_random_tiny(seed):
 
 @pytest.mark.parametrize("inst", INFEASIBLE + TINY[:6] + MEDIUM[:3], ids=lambda i: i.name)
 def test_find_conflict_decided_by_the_mip_first_gives_the_same_answer(inst):
-    """The portfolio's call (decide=solve_mip: the MIP decides the whole rule set before CP-SAT
-    looks for a core) and the CP-SAT-only search agree, infeasible instances and feasible."""
+    """The engine's search (solvers.exact.find_conflict: the MIP decides the whole rule set before
+    CP-SAT looks for a core) and the CP-SAT-only search agree, infeasible instances and feasible."""
     p = inst.problem()
-    core = find_conflict(p, time_limit_s=LIMIT, decide=solve_mip)
-    assert core == find_conflict(p, time_limit_s=LIMIT)
+    core = find_conflict(p, time_limit_s=LIMIT)
+    assert core == conflict.find_conflict(p, time_limit_s=LIMIT, decide=None)
     if inst.conflict is not None:
         assert core is not None and set(core) == set(inst.conflict)
     else:

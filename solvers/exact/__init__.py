@@ -7,10 +7,12 @@ Modules, each importing only those above it in this list:
 - `pricing`: LP pricing, bounds, reduced-cost fixing, infeasibility proofs (HiGHS LP);
 - `driver`: the budgeted exact solve shared by the backends (`exact_solve`, `Run`) and
   `relax_by_priority`, which takes the conflict finder as an argument;
-- `conflict`: the minimal-conflict search (`find_conflict`, CP-SAT);
+- `conflict`: the minimal-conflict search (`find_conflict`, CP-SAT; it takes the MIP that decides
+  the whole rule set first as an argument, `decide`);
 - `highs_mip`, `cpsat`: one module per backend (`solve_mip`, `solve_cpsat`).
 
-Public API: `exact_unsupported`, `solve_mip`, `solve_cpsat`, `find_conflict`,
+Public API: `exact_unsupported`, `solve_mip`, `solve_cpsat`, `find_conflict` (the MIP-first
+search: `highs_mip.find_conflict_mip_first`),
 `ConflictSearchTimeout`, `warmup`. Importing this package loads no solver library: only
 `exact_unsupported` (numpy) is imported eagerly; the other names load HiGHS / OR-Tools on first
 use (module `__getattr__`, PEP 562), so that greedy-only users never pay for them.
@@ -23,7 +25,8 @@ from typing import TYPE_CHECKING
 from solvers.exact.model import exact_unsupported
 
 if TYPE_CHECKING:  # for type checkers and readers; at run time the names load lazily below
-    from solvers.exact.conflict import ConflictSearchTimeout, find_conflict
+    from solvers.exact.conflict import ConflictSearchTimeout
+    from solvers.exact.highs_mip import find_conflict_mip_first as find_conflict
     from solvers.exact.cpsat import solve_cpsat
     from solvers.exact.highs_mip import solve_mip
 
@@ -50,7 +53,7 @@ def __getattr__(name: str):
     elif name == "solve_cpsat":
         from solvers.exact.cpsat import solve_cpsat as value
     elif name == "find_conflict":
-        from solvers.exact.conflict import find_conflict as value
+        from solvers.exact.highs_mip import find_conflict_mip_first as value
     elif name == "ConflictSearchTimeout":
         from solvers.exact.conflict import ConflictSearchTimeout as value
     else:
