@@ -36,7 +36,7 @@ run: setup
 test: setup redis
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The Redis ledger tests start their own redis-server processes (tests/redis_server.py); this
+# The Redis ledger tests start their own redis-server processes (testing/redis_server.py); this
 # only makes sure the binary exists. Without it they are skipped (and fail when CI is set).
 redis:
 	@command -v redis-server >/dev/null 2>&1 || { \

@@ -1,5 +1,5 @@
 """Exposure ledger: the in-process default, and the Redis backend against a real redis-server
-(started per test by tests/redis_server.py), including crashes, hangs and restarts mid-run.
+(started per test by testing/redis_server.py), including crashes, hangs and restarts mid-run.
 
 Deltas are multiples of 1/8 so that every sum is exact in binary floating point and totals can
 be compared with ==, whatever the order of the additions.

@@ -34,7 +34,7 @@ CONFLICT_PARAMS: dict[str, object] = {
     "num_workers": 1,  # cores come from the single-worker search
     "cp_model_presolve": False,  # presolve can report literals outside the assumptions
     # counting arguments (4 items in 5 positions, at most 1 per 2) are LP reasoning: on
-    # tests/instances.py inf_medium the search takes 4.1 s at the default level, 0.2 s at 2
+    # testing/instances.py inf_medium the search takes 4.1 s at the default level, 0.2 s at 2
     "linearization_level": 2,
     "random_seed": 0,
 }
