@@ -46,17 +46,3 @@ def process_started_ago_s() -> float:
         return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
     except (OSError, ValueError, IndexError):
         return 0.0
-
-
-def worker_entry(index: int, address: str, policies_dir: str, options: dict, log_level: int,
-                 ready) -> None:
-    """What a spawned worker process runs: JSON logs first, then the kernels with progress, then
-    server.supervisor's worker main (importing it any earlier would compile the wire kernels
-without the progress lines)."""
-    from server.logging_setup import configure_logging
-
-    configure_logging(log_level)
-    import_kernels("worker ", index)
-    from server.supervisor import worker_main
-
-    worker_main(index, address, policies_dir, options, log_level, ready)
