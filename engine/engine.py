@@ -21,12 +21,7 @@ from engine.errors import FieldIssue, PolicyInvalid
 from engine.policy_loader import LoadedPolicy, PolicyStore, parse_policy_text
 from engine import exposure, portfolio
 from engine.amortized import (
-    boosts,
-    clip_boosts,
-    exposure_deltas,
-    merit_by_group,
-    normalised_merit,
-    request_scale,
+    boosts, clip_boosts, exposure_deltas, merit_by_group, normalised_merit, request_scale,
 )
 from engine.ledger import InProcessLedger, Ledger, ledger_from_url
 from engine.report import conflict_text, constraint_reports, gap, slate_items

@@ -11,12 +11,7 @@ import pytest
 import math
 
 from engine.amortized import (
-    boosts,
-    clip_boosts,
-    exposure_deltas,
-    merit_by_group,
-    normalised_merit,
-    request_scale,
+    boosts, clip_boosts, exposure_deltas, merit_by_group, normalised_merit, request_scale,
 )
 from engine.ledger import InProcessLedger
 
