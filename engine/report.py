@@ -23,25 +23,27 @@ def _of_what(c) -> str:
     return f"{c.attribute} = {c.value!r}" if c.value is not None else f"one {c.attribute}"
 
 
+def _fair_prefix(c) -> str:
+    groups = ", ".join(repr(v) for v in c.protected)
+    return f"every prefix holds enough {c.attribute} = {groups} (FA*IR, p={c.p:g}, alpha={c.alpha:g})"
+
+
+_DESCRIBE = {
+    MaxCount: lambda c: f"at most {c.max} of {_of_what(c)}{_top(c)}",
+    MinCount: lambda c: f"at least {c.min} of {c.attribute} = {c.value!r}{_top(c)}",
+    Window: lambda c: f"at most {c.max} of {_of_what(c)} in any {c.size} consecutive positions",
+    Pin: lambda c: (f"item {c.item!r}" if c.item is not None
+                    else f"the best {c.attribute} = {c.value!r}") + f" at position {c.position}",
+    Coverage: lambda c: f"as many distinct {c.attribute} values as possible{_top(c)}",
+    Calibration: lambda c: f"{c.attribute} distribution{_top(c, 'of')} close to its target",
+    FairPrefix: _fair_prefix,
+}
+
+
 def describe(c) -> str:
     """A constraint in a few words, for reasons and conflict reports."""
-    if isinstance(c, MaxCount):
-        return f"at most {c.max} of {_of_what(c)}{_top(c)}"
-    if isinstance(c, MinCount):
-        return f"at least {c.min} of {c.attribute} = {c.value!r}{_top(c)}"
-    if isinstance(c, Window):
-        return f"at most {c.max} of {_of_what(c)} in any {c.size} consecutive positions"
-    if isinstance(c, Pin):
-        target = f"item {c.item!r}" if c.item is not None else f"the best {c.attribute} = {c.value!r}"
-        return f"{target} at position {c.position}"
-    if isinstance(c, Coverage):
-        return f"as many distinct {c.attribute} values as possible{_top(c)}"
-    if isinstance(c, Calibration):
-        return f"{c.attribute} distribution{_top(c, 'of')} close to its target"
-    if isinstance(c, FairPrefix):
-        groups = ", ".join(repr(v) for v in c.protected)
-        return f"every prefix holds enough {c.attribute} = {groups} (FA*IR, p={c.p:g}, alpha={c.alpha:g})"
-    return type(c).__name__
+    words = _DESCRIBE.get(type(c))
+    return words(c) if words is not None else type(c).__name__
 
 
 def row_text(cp: CompiledPolicy, compiled: Compiled, r: int) -> str:

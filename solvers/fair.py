@@ -269,10 +269,8 @@ def fair_mtable(k: int, p: float, alpha: float, adjust: bool = True) -> np.ndarr
 
     Parameters
     ----------
-    k : int
-        Length of the ranking, an integer >= 0 (an integral float is accepted).
-    p : float
-        Minimal proportion of the protected group, in [0, 1].
+    k, p : int, float
+        As for `adjusted_alpha`.
     alpha : float
         Significance, in (0, 1): the family-wise level if `adjust`, else each prefix's level.
     adjust : bool, default True
