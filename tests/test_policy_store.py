@@ -242,13 +242,18 @@ def test_list_policies_shows_a_rejected_edit(folder_server):
 # ------------------------------------------------------------------------------ a real restart
 
 
-def _serve(folder: Path, state: Path) -> tuple[subprocess.Popen, object, int]:
+def _start(folder: Path, state: Path, processes: int) -> tuple[subprocess.Popen, object]:
+    """`reranker serve` on `folder` with `state` as its state dir (not yet waited for)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--processes", "1", "--address", "127.0.0.1:0",
-         "--policies", str(folder), "--state-dir", str(state), "--metrics-port", "-1",
-         "--watch-interval", "0.05", "--settle", "0.05"],
+        [sys.executable, "-m", "server.cli", "serve", "--processes", str(processes),
+         "--address", "127.0.0.1:0", "--policies", str(folder), "--state-dir", str(state),
+         "--metrics-port", "-1", "--watch-interval", "0.05", "--settle", "0.05"],
         stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
-    wait_for = log_waiter(proc)
+    return proc, log_waiter(proc)
+
+
+def _serve(folder: Path, state: Path) -> tuple[subprocess.Popen, object, int]:
+    proc, wait_for = _start(folder, state, processes=1)
     port = wait_for("listening", timeout=120)["port"]
     wait_for("serving", timeout=120)
     return proc, wait_for, port
@@ -313,12 +318,7 @@ def test_a_worker_restarted_after_a_crash_serves_the_last_good_version(tmp_path)
     folder, state = tmp_path / "policies", tmp_path / "state"
     folder.mkdir()
     write(folder, "p.yaml", POLICY)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--processes", "2", "--address", "127.0.0.1:0",
-         "--policies", str(folder), "--state-dir", str(state), "--metrics-port", "-1",
-         "--watch-interval", "0.05", "--settle", "0.05"],
-        stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
-    wait_for = log_waiter(proc)
+    proc, wait_for = _start(folder, state, processes=2)
     try:
         port = wait_for("listening", timeout=120)["port"]
         pids = set(wait_for("serving", timeout=120)["pids"])
