@@ -5,46 +5,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import replace
 
-
-from engine.compile import (
-    Compiled,
-    CompiledPolicy,
-    compile_policy,
-    compile_request,
-    slate_position_weights,
-    request_utility,
-)
-from engine.errors import FieldIssue, PolicyInvalid
-from engine.policy_loader import LoadedPolicy, PolicyStore, parse_policy_text
 from engine import exposure, portfolio
-from engine.amortized import (
-    boosts, clip_boosts, exposure_deltas, merit_by_group, normalised_merit, request_scale,
-)
+from engine.compile import CompiledPolicy, compile_policy
+from engine.decide import PolicyVersion, decide
+from engine.errors import FieldIssue, PolicyInvalid
 from engine.ledger import InProcessLedger, Ledger, ledger_from_url
-from engine.report import conflict_text, constraint_reports, gap, slate_items
-from engine.types import ConflictReport, ExposureLPReport, PolicyInfo, RerankRequest, RerankResult
-from engine.validate import Limits, validate_candidates, validate_request_scalars, work_units
+from engine.policy_loader import LoadedPolicy, PolicyStore, parse_policy_text
+from engine.types import PolicyInfo, RerankRequest, RerankResult
+from engine.validate import Limits, validate_request_scalars, work_units
+from engine.versions import PolicyVersions
 from engine.warmup_request import warmup_request
-from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
-from solvers.greedy import solve_greedy
 from solvers.greedy import warmup as warmup_greedy
-from solvers.problem import SolveResult
 
 log = logging.getLogger(__name__)
 
-#: Kept back from the caller's deadline for the trip back (encode, network).
-DEADLINE_MARGIN_MS = 1.0
-
-
-def _us(t0: int) -> float:
-    return (time.perf_counter_ns() - t0) / 1000.0
-
 
 class Engine:
-    """Thread-safe: `rerank` may be called from many threads at once."""
+    """Serving around the pure request path (`engine.decide.decide`): the policy store and its
+    versions, the compiled-policy cache, the exposure ledger. Thread-safe: `rerank` may be
+    called from many threads at once."""
+
+    #: compiled policy versions kept (live, experiment variants, previews, replays)
+    compiled_cache_size = 64
 
     def __init__(self, store: PolicyStore, *, limits: Limits | None = None,
                  policies_dir: str | None = None, ledger: Ledger | None = None):
@@ -52,7 +37,9 @@ class Engine:
         self.limits = limits or Limits()
         self.policies_dir = policies_dir
         self.ledger: Ledger = ledger if ledger is not None else InProcessLedger()
-        self._compiled: dict[tuple[str, str], CompiledPolicy] = {}
+        #: every revision of every policy this engine has loaded, by (name, digest)
+        self.versions = PolicyVersions(store)
+        self._compiled: OrderedDict[tuple[str, str], CompiledPolicy] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
@@ -117,7 +104,10 @@ class Engine:
         is in `self.store.last_report`."""
         if self.policies_dir is None:
             return []
-        return self.store.reload_directory(self.policies_dir, settle_s=settle_s)
+        self.versions.keep_live()  # the revisions being replaced stay reachable by digest
+        errors = self.store.reload_directory(self.policies_dir, settle_s=settle_s)
+        self.versions.keep_live()
+        return errors
 
     def list_policies(self) -> list[PolicyInfo]:
         """Live policies, each with the state of its file on disk now (digest, invalid, first error)."""
@@ -143,16 +133,22 @@ class Engine:
         return []
 
     # ---------------------------------------------------------------- the request path
+    def version(self, name: str, digest: str | None = None) -> PolicyVersion:
+        """A policy version, compiled: the live one of `name`, or the revision with `digest`
+        (any revision this process has loaded: see `versions`). Raises PolicyNotFound."""
+        loaded = self.store.get(name) if digest is None else self.versions.get(name, digest)
+        return PolicyVersion(loaded, self._compiled_policy(loaded))
+
     def _compiled_policy(self, loaded: LoadedPolicy) -> CompiledPolicy:
         key = (loaded.policy.name, loaded.digest)
         cp = self._compiled.get(key)
         if cp is None:
             cp = compile_policy(loaded.policy, loaded.source if loaded.source != "<text>" else "")
             with self._lock:
-                # drop older versions of the same policy
-                for k in [k for k in self._compiled if k[0] == key[0]]:
-                    del self._compiled[k]
                 self._compiled[key] = cp
+                self._compiled.move_to_end(key)
+                while len(self._compiled) > self.compiled_cache_size:
+                    self._compiled.popitem(last=False)  # the least recently compiled version
         return cp
 
     def estimate_work(self, policy: str, n: int, slate_size: int = 0, explain: bool = False,
@@ -169,135 +165,16 @@ class Engine:
         """`loaded` / `cp`: a policy version to use instead of the store's live one (warm-up);
         `record`: add the answer's exposure to the ledger."""
         t_start = time.perf_counter_ns()
-        validate_request_scalars(req, self.limits)
+        validate_request_scalars(req, self.limits)  # before the look-up: its errors come first
         if loaded is None:
             loaded = self.store.get(req.policy)
-        validate_candidates(req.candidates, self.limits)
-        if cp is None:
-            cp = self._compiled_policy(loaded)
-        amortized = loaded.policy.exposure.amortized if loaded.policy.exposure else []
-        if amortized:
-            utility_all = request_utility(cp, req)
-            group_boosts = self._exposure_boosts(loaded.policy.name, amortized,
-                                                 *request_scale(utility_all, slate_position_weights(cp, req)))
-            compiled = compile_request(cp, req, group_boosts, utility_all=utility_all)
-        else:
-            group_boosts = None
-            compiled = compile_request(cp, req)
-        problem = compiled.problem
-        t_compiled = time.perf_counter_ns()
-        elapsed = {"compile": (t_compiled - t_start) / 1000.0}
-
-        mode = req.solver or loaded.policy.solver.mode
-        budget_ms = req.budget_ms or loaded.policy.solver.budget_ms
-        if req.deadline_ms is not None:
-            budget_ms = min(budget_ms, max(req.deadline_ms - DEADLINE_MARGIN_MS, 0.0))
-        deadline = t_start / 1e9 + budget_ms / 1000.0  # perf_counter seconds
-        lp_out = None
-        lp_rule = loaded.policy.exposure.lp if loaded.policy.exposure else None
-        if lp_rule is not None:
-            attr = req.candidates.attributes[lp_rule.attribute]
-            lp_out = exposure.apply(lp_rule, problem, attr.codes[compiled.index], attr.dictionary,
-                                    f"{loaded.policy.name}/{loaded.policy.version}/{req.user_id}/{req.request_id}",
-                                    deadline)
-        if lp_out is not None and lp_out.problem is not None:
-            # the sampled fair ranking, within the hard rules: greedy on the steered utilities,
-            # reported against the policy's own objective
-            outcome = portfolio.solve(lp_out.problem, mode="greedy", deadline=deadline)
-            outcome.evaluation = evaluate(problem, outcome.result.slate)  # the policy's objective
-            outcome.objective = outcome.evaluation.objective
-            outcome.bound = objective_upper_bound_unconstrained(problem)
-            outcome.status = "relaxed" if outcome.result.relaxed.any() else "feasible"
-        else:
-            outcome = portfolio.solve(problem, mode=mode, deadline=deadline)
-        result = outcome.result
-        if mode != "greedy" or req.explain:
-            outcome.conflicts = portfolio.explain_conflicts(problem, outcome, deadline=deadline)
-        t_solved = time.perf_counter_ns()
-        elapsed.update(outcome.elapsed_us)
-        elapsed["solve"] = (t_solved - t_compiled) / 1000.0
-
-        ev = outcome.evaluation  # computed by the portfolio for the winning slate
-        bound = outcome.bound
-        status = outcome.status
-        costs = self._rule_costs(compiled, result, ev.objective) if req.explain else None
-        report = constraint_reports(cp, compiled, result, ev, costs, outcome.conflicts)
-        items = slate_items(compiled, result.slate, req.candidates.item_ids,
-                            req.candidates.scores, req.explain)
-        if amortized and record:
-            self._record_exposure(loaded.policy.name, amortized, compiled, req, result.slate)
-        elapsed["report"] = _us(t_solved)
-        elapsed["engine_total"] = _us(t_start)
-        return RerankResult(
-            items=items, policy=loaded.policy.name, policy_version=loaded.policy.version,
-            solver=result.solver, status=status, objective=ev.objective, bound=bound,
-            gap=gap(ev.objective, bound), constraints=report, elapsed_us=elapsed,
-            budget_ms=budget_ms, exact_status=outcome.exact_status,
-            boosts={f"{attr}={value}": b for attr, by_value in (group_boosts or {}).items()
-                    for value, b in by_value.items()},
-            exposure_lp=None if lp_out is None else ExposureLPReport(
-                lp_out.status, lp_out.objective, lp_out.expected_exposure, lp_out.solve_ms),
-            conflicts=[ConflictReport(sorted({cp.names[compiled.rows[r].owner] for r in core},
-                                             key=cp.names.index),
-                                      conflict_text(cp, compiled, sorted(core)))
-                       for core in outcome.conflicts],
-            eligible=problem.n, request_id=req.request_id,
-        )
-
-    # ---------------------------------------------------------------- exposure across requests
-    def _exposure_boosts(self, policy: str, rules, scale: float, spread: float) -> dict[str, dict[str, float]]:
-        """Utility boost per attribute value from the ledger (summed over rules on one attribute),
-        in this request's utility units (`scale`, see engine.amortized.request_scale) and clipped
-        to its utility `spread` (engine.amortized.clip_boosts)."""
-        out: dict[str, dict[str, float]] = {}
-        for rule in rules:
-            snap = self.ledger.snapshot(f"{policy}/{rule.name}")
-            for group, b in boosts(snap, rule.target, rule.gain, utility_scale=scale).items():
-                if b:
-                    by_value = out.setdefault(rule.attribute, {})
-                    by_value[group] = by_value.get(group, 0.0) + b
-        return {attr: clip_boosts(by_value, spread, scale) for attr, by_value in out.items()}
-
-    def _record_exposure(self, policy: str, rules, compiled: Compiled, req: RerankRequest,
-                         slate) -> None:
-        """Add this answer's exposure (position weights) and merit (utility before boosts, in
-        exposure units: see engine.amortized.normalised_merit), so that no request adds more
-        than its slate's exposure to either total."""
-        u = compiled.problem.utility - (compiled.boost if compiled.boost is not None else 0.0)
-        pw = compiled.problem.position_weight
-        for rule in rules:
-            attr = req.candidates.attributes[rule.attribute]
-            codes = attr.codes[compiled.index]
-            merit = merit_by_group(codes, attr.dictionary, u) if rule.target is None else None
-            groups = [attr.dictionary[c] for c in codes[slate].tolist()]
-            deltas = exposure_deltas(groups, pw[: len(groups)], u[slate], candidate_merit=merit)
-            self.ledger.record(f"{policy}/{rule.name}", normalised_merit(deltas))
-
-    @staticmethod
-    def _rule_costs(compiled: Compiled, result: SolveResult, objective: float) -> dict[int, float]:
-        """What each policy rule costs: objective of the greedy slate without the rule minus this
-        answer's objective (a greedy estimate; it can be slightly negative)."""
-        problem = compiled.problem
-        t = problem.constraints
-        costs: dict[int, float] = {}
-        for j, rows in enumerate(compiled.rule_rows):
-            if not rows:
-                continue
-            rows = list(rows)
-            if t.hard[rows[0]]:
-                if result.relaxed[rows].any():
-                    costs[j] = 0.0
-                    continue
-                active = problem.active.copy()
-                active[rows] = False
-                variant = replace(problem, active=active)
-            else:
-                penalty = t.penalty.copy()
-                penalty[rows] = 0.0
-                variant = replace(problem, constraints=replace(t, penalty=penalty))
-            alt = solve_greedy(variant, active=variant.active)
-            costs[j] = evaluate(variant, alt.slate).objective - objective
-        return costs
+        version = PolicyVersion(loaded, cp if cp is not None else self._compiled_policy(loaded))
+        snapshots = {ns: self.ledger.snapshot(ns) for ns in version.ledger_namespaces()}
+        decision = decide(version, req, limits=self.limits, snapshots=snapshots, t_start_ns=t_start)
+        if record:
+            for namespace, deltas in decision.deltas.items():
+                self.ledger.record(namespace, deltas)
+        return decision.result
 
 
 __all__ = ["Engine", "Limits"]

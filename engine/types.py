@@ -231,6 +231,7 @@ class RerankResult:
     conflicts: list[ConflictReport] = field(default_factory=list)  # minimal conflicting rule sets
     boosts: dict[str, float] = field(default_factory=dict)  # "attribute=value" -> exposure boost
     exposure_lp: ExposureLPReport | None = None
+    policy_digest: str = ""  # sha256 of the policy file's bytes that served the answer
 
 
 @dataclass(frozen=True, slots=True)

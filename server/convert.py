@@ -469,6 +469,7 @@ def encode_result(result: RerankResult) -> pb.RerankResponse:
     resp = pb.RerankResponse(
         policy=result.policy,
         policy_version=result.policy_version,
+        policy_digest=result.policy_digest,
         request_id=result.request_id,
         eligible=int(result.eligible),
     )

@@ -648,3 +648,12 @@ def test_serve_closes_the_engine_after_the_drain(monkeypatch, tmp_path):
     code = app.serve("127.0.0.1:0", str(tmp_path), metrics_port=None, watch_interval_s=0,
                      grace_s=0.5, on_serving=lambda port: os.kill(os.getpid(), signal.SIGTERM))
     assert code == 0 and len(closed) == 1
+
+
+def test_every_answer_names_the_digest_of_the_policy_file_that_served_it(stub):
+    import hashlib
+
+    resp = stub.Rerank(example_request(), timeout=TIMEOUT_S)
+    served = (POLICIES_DIR / "home_feed.yaml").read_bytes()
+    assert resp.policy == "home_feed"
+    assert resp.policy_digest == hashlib.sha256(served).hexdigest()
