@@ -2,12 +2,13 @@
 
 Each problem becomes a `FieldIssue(path, message)`: the path is written like the YAML
 (`constraints[2].max`) and the message says what was expected and what came, with the line.
+The YAML -> model path itself is `engine.yaml_model`'s (experiment files share it); this module
+gives it the policy's specifics, and reads, watches and keeps the files.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import json
 import logging
@@ -15,28 +16,17 @@ import os
 import re
 import threading
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from inspect import isclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Any, get_args
 
-import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from pydantic.fields import FieldInfo
 
 from engine.errors import FieldIssue, PolicyInvalid, PolicyNotFound
-from engine.policy import (
-    NAME_PATTERN,
-    NAME_RULE,
-    RULE_ERROR_TYPE,
-    AttributeFilter,
-    Constraint,
-    Objective,
-    Policy,
-    policy_conflicts,
-)
+from engine.policy import AttributeFilter, Constraint, Objective, Policy, policy_conflicts
+from engine.yaml_model import MAX_DEPTH  # noqa: F401 - re-exported: the loader's callers import it from here
+from engine.yaml_model import YamlIndex, parse_yaml_model, peel, tag_of
 
 logger = logging.getLogger(__name__)
 
@@ -47,383 +37,17 @@ POLICY_SUFFIXES = (".yaml", ".yml")  # compared in lower case: home.YAML is a po
 _REQUIRED_KEYS = "name, version, slate_size and objective"
 
 
-# --- paths and line numbers ------------------------------------------------------------------------
-
-
-def _join(path: str, part: str | int) -> str:
-    if isinstance(part, int):
-        return f"{path}[{part}]"
-    return f"{path}.{part}" if path else str(part)
-
-
-_LAST_PART = re.compile(r"^(.*?)(\.[^.\[\]]+|\[\d+\])$")
-
-
-def _parent(path: str) -> str | None:
-    if not path:
-        return None
-    m = _LAST_PART.match(path)
-    return m.group(1) if m else ""
-
-
-def _line_of(path: str, lines: dict[str, int]) -> int | None:
-    """Line of `path` in the YAML, or of its nearest ancestor (e.g. for a missing key); not the root's."""
-    p: str | None = path
-    while p:
-        if p in lines:
-            return lines[p]
-        p = _parent(p)
-    return None
-
-
-@dataclass
-class _Yaml:
-    """Where things are in the YAML text: line of each path, and unquoted scalars as written."""
-
-    lines: dict[str, int]
-    plain: dict[str, str]
-
-
-def _index(node: yaml.Node, path: str, where: _Yaml, issues: list[FieldIssue]) -> None:
-    """Record the line of every key / list item, and report keys given twice in one mapping."""
-    where.lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.ScalarNode) and node.style is None:
-        where.plain[path] = node.value
-    elif isinstance(node, yaml.MappingNode):
-        first_line: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                continue
-            key, line = str(key_node.value), key_node.start_mark.line + 1
-            child = _join(path, key)
-            if key in first_line:
-                issues.append(FieldIssue(child, f"duplicate key {key!r}, first given at line {first_line[key]}"))
-            else:
-                first_line[key] = line
-            where.lines[child] = line
-            _index(value_node, child, where, issues)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _index(item, _join(path, i), where, issues)
-
-
-def _yaml_error_message(err: yaml.YAMLError) -> str:
-    if isinstance(err, yaml.MarkedYAMLError):
-        what = ", ".join(p for p in (err.context, err.problem) if p) or "syntax error"
-        if "'\\t'" in what:
-            what += "; indent with spaces, not tabs"
-        mark = err.problem_mark or err.context_mark
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        return f"invalid YAML: {what}{where}"
-    return f"invalid YAML: {err}"
-
-
-#: Largest document, in nodes once every alias is expanded. Nested aliases multiply: a few hundred
-#: bytes can expand to billions of nodes, and walking them would stall the server.
-MAX_EXPANDED_NODES = 100_000
-#: Deepest nesting of mappings / lists, aliases expanded. A policy needs about 6 levels; the YAML
-#: composer and the walks below recurse once per level, and Python's stack ends near 1,000.
-MAX_DEPTH = 64
-
-
-def _too_deep(line: int | None) -> PolicyInvalid:
-    where = f" (line {line})" if line else ""
-    return PolicyInvalid("", [FieldIssue("", f"the document is nested deeper than {MAX_DEPTH} levels"
-                                              f"{where}; a policy needs about 6")])
-
-
-class _DepthLimitedLoader(yaml.SafeLoader):
-    """SafeLoader whose (recursive) composer refuses nesting deeper than MAX_DEPTH before it
-    would exhaust the stack (5,000 levels of `[` raised RecursionError, an INTERNAL error)."""
-
-    _depth = 0
-
-    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise _too_deep(self.peek_event().start_mark.line + 1)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def _expanded_size(node: yaml.Node, memo: dict[int, tuple[int, int]], path: set[int] | None = None,
-                   depth: int = 1) -> tuple[int, int]:
-    """(nodes, height) of the document with every alias expanded, counted in time linear in the
-    graph (each distinct node is visited once; aliases share node objects). Raises PolicyInvalid
-    for an alias inside the value it names (a cycle) and for nesting deeper than MAX_DEPTH."""
-    path = set() if path is None else path
-    key = id(node)
-    if key in path:
-        raise PolicyInvalid("", [FieldIssue("", "an alias (*name) refers to a value that contains it "
-                                                f"(line {node.start_mark.line + 1}); write the values out")])
-    if key in memo:
-        size, height = memo[key]
-        if depth + height - 1 > MAX_DEPTH:
-            raise _too_deep(node.start_mark.line + 1)
-        return size, height
-    if depth > MAX_DEPTH:
-        raise _too_deep(node.start_mark.line + 1)
-    children: list[yaml.Node] = []
-    if isinstance(node, yaml.MappingNode):
-        children = [n for pair in node.value for n in pair]
-    elif isinstance(node, yaml.SequenceNode):
-        children = list(node.value)
-    path.add(key)
-    total, height = 1, 1
-    for child in children:
-        size, h = _expanded_size(child, memo, path, depth + 1)
-        total += size
-        height = max(height, h + 1)
-    path.discard(key)
-    memo[key] = (total, height)
-    return total, height
-
-
-def _load_yaml(text: str, source: str) -> tuple[Any, _Yaml, list[FieldIssue]]:
-    loader = _DepthLimitedLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is not None and _expanded_size(node, {})[0] > MAX_EXPANDED_NODES:
-            raise PolicyInvalid(source, [FieldIssue(
-                "", f"document too large: more than {MAX_EXPANDED_NODES:,} values once YAML aliases "
-                    "are expanded (nested anchors multiply); write the values out instead")])
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as err:
-        raise PolicyInvalid(source, [FieldIssue("", _yaml_error_message(err))]) from None
-    except PolicyInvalid as err:
-        raise PolicyInvalid(source, err.issues) from None
-    finally:
-        loader.dispose()
-    where = _Yaml({}, {})
-    issues: list[FieldIssue] = []
-    if node is not None:
-        _index(node, "", where, issues)
-    return data, where, issues
-
-
-# --- pydantic errors -> messages -----------------------------------------------------------------
-
-
-@dataclass
-class _Spot:
-    """What the language expects at one pydantic `loc`: the YAML path and the declared type."""
-
-    path: str
-    annotation: Any = None
-    metadata: tuple[Any, ...] = ()
-    owner: type[BaseModel] | None = None  # the model whose key the loc ends on
-    union_note: str = ""  # ' or a list of weights' when the value may also be a list (position_discount)
-
-
-def _is_union(tp: Any) -> bool:
-    return get_origin(tp) in (Union, types.UnionType)
-
-
-def _peel(tp: Any) -> tuple[Any, list[Any]]:
-    """Strip `Annotated[...]` and `X | None`, collecting constraint metadata on the way."""
-    meta: list[Any] = []
-    while True:
-        if get_origin(tp) is Annotated:
-            tp, *extra = get_args(tp)
-            for m in extra:
-                meta.extend(m.metadata if isinstance(m, FieldInfo) else [m])
-        elif _is_union(tp) and sum(a is not type(None) for a in get_args(tp)) == 1:
-            tp = next(a for a in get_args(tp) if a is not type(None))
-        else:
-            return tp, meta
-
-
-def _tag_of(member: Any) -> str | None:
-    tp, meta = _peel(member)
-    for m in meta:
-        if type(m).__name__ == "Tag":
-            return m.tag
-    if isclass(tp) and issubclass(tp, BaseModel) and "type" in tp.model_fields:
-        values = get_args(tp.model_fields["type"].annotation)
-        return values[0] if values else None
-    return None
-
-
-def _field(model: type[BaseModel], key: Any) -> FieldInfo | None:
-    for name, f in model.model_fields.items():
-        if (f.alias or name) == key:
-            return f
-    return None
-
-
-def _keys(model: type[BaseModel]) -> list[str]:
-    return sorted(f.alias or name for name, f in model.model_fields.items())
-
-
-def _resolve(loc: tuple[Any, ...]) -> _Spot:
-    """Walk the models along a pydantic `loc`, dropping union tags (e.g. 'max_count') from the path."""
-    spot = _Spot(path="", annotation=Policy)
-    tp, meta = Policy, []
-    for part in loc:
-        tp, more = _peel(tp)
-        meta += more
-        if part == "[key]":  # a mapping key itself is wrong
-            return _Spot(spot.path, str)
-        if isclass(tp) and issubclass(tp, BaseModel):
-            spot.owner = tp
-            spot.path = _join(spot.path, str(part))
-            f = _field(tp, part)
-            if f is None:
-                return _Spot(spot.path, owner=tp)
-            tp, meta = f.annotation, list(f.metadata)
-        elif get_origin(tp) is list:
-            spot.path, tp, meta = _join(spot.path, part), get_args(tp)[0], []
-        elif get_origin(tp) is dict:
-            spot.path, tp, meta = _join(spot.path, str(part)), get_args(tp)[1], []
-        elif _is_union(tp):
-            members = get_args(tp)
-            chosen = next((m for m in members if _tag_of(m) == part), None)
-            if chosen is None:
-                return _Spot(spot.path)
-            if any(get_origin(_peel(m)[0]) is list for m in members if m is not chosen):
-                spot.union_note = " or a list of weights"
-            tp = chosen
-        else:
-            return _Spot(spot.path)
-    tp, more = _peel(tp)
-    return _Spot(spot.path, tp, tuple(meta + more), spot.owner, spot.union_note)
-
-
-def _num(x: Any) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
-def _bounds(meta: tuple[Any, ...]) -> str:
-    b = {k: getattr(m, k) for m in meta for k in ("ge", "gt", "le", "lt") if getattr(m, k, None) is not None}
-    if "ge" in b and "le" in b:
-        return f" between {_num(b['ge'])} and {_num(b['le'])}"
-    parts = [f"{op} {_num(b[k])}" for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if k in b]
-    return (" " + " and ".join(parts)) if parts else ""
-
-
-def _quoted(values: Any) -> str:
-    return ", ".join(repr(v) for v in values)
-
-
-def _expected(spot: _Spot) -> str:
-    tp = spot.annotation
-    if tp is bool:
-        return "true or false"
-    if tp is int:
-        return "an integer" + _bounds(spot.metadata)
-    if tp is float:
-        return "a finite number" + _bounds(spot.metadata)
-    if tp is str:
-        return "a string"
-    if get_origin(tp) is Literal:
-        return f"one of {_quoted(get_args(tp))}{spot.union_note}"
-    if get_origin(tp) is list:
-        return "a list"
-    if get_origin(tp) is dict or (isclass(tp) and issubclass(tp, BaseModel)):
-        return "a mapping (key: value lines)"
-    if _is_union(tp):
-        return "a mapping with a 'type' key"
-    return "a valid value"
-
-
-def _show(v: Any, written: str | None = None) -> str:
-    """A value as the author wrote it in YAML (`written`: the unquoted scalar text, if known)."""
-    if written and not isinstance(v, str):
-        return written
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "an empty value"
-    if isinstance(v, str):
-        return repr(v if len(v) <= 60 else v[:57] + "...")
-    if isinstance(v, (int, float)):
-        return _num(v)
-    if isinstance(v, dict):
-        return "a mapping"
-    if isinstance(v, list):
-        return "a list"
-    return type(v).__name__
-
-
-def _did_you_mean(word: Any, choices: list[str]) -> str:
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
+# --- policy specifics of the YAML -> model path (the path itself: engine.yaml_model) --------------
 
 _MISSING_HINTS: dict[tuple[type[BaseModel], str], str] = {
     (AttributeFilter, "attribute"): "required: a filter needs 'attribute' (with 'in' or 'not_in') "
     "or 'numeric' (with 'min' and/or 'max')",
 }
 
-_TYPE_ERRORS = {
-    "int_type", "int_parsing", "int_from_float", "float_type", "float_parsing", "finite_number",
-    "bool_type", "bool_parsing", "string_type", "literal_error", "list_type", "dict_type",
-    "model_type", "model_attributes_type", "greater_than", "greater_than_equal", "less_than",
-    "less_than_equal",
-}
-
-
-def _translate(err: dict[str, Any], where: _Yaml) -> list[tuple[str, str, str]]:
-    """One pydantic error -> `(path, line path, message)` triples (the line path may be deeper)."""
-    kind, loc, value, ctx = err["type"], err["loc"], err.get("input"), err.get("ctx") or {}
-    spot = _resolve(loc)
-    written = where.plain.get(spot.path)
-    if kind == RULE_ERROR_TYPE:
-        paths = [_join_rel(spot.path, rel) for rel, _ in ctx["issues"]]
-        return [(p, p, msg) for p, (_, msg) in zip(paths, ctx["issues"])]
-    if kind == "missing":
-        hint = _MISSING_HINTS.get((spot.owner, str(loc[-1]))) if spot.owner else None
-        return [(spot.path, spot.path, hint or "required")]
-    if loc and loc[-1] == "[key]":
-        return [(spot.path, spot.path, f"key must be text, got {loc[-2]} "
-                 f'(write it in quotes: "{loc[-2]}")')]
-    if kind in ("extra_forbidden", "invalid_key"):
-        parent, key = _parent(spot.path) or "", loc[-1]
-        allowed = _keys(spot.owner) if spot.owner else []
-        msg = f"unknown key {str(key)!r} (allowed: {', '.join(allowed)}){_did_you_mean(key, allowed)}"
-        return [(parent, spot.path, msg)]
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        tags = _constraint_tags()
-        path = _join(spot.path, "type")
-        if kind == "union_tag_not_found":
-            return [(path, spot.path, f"required: the kind of rule, one of {_quoted(tags)}")]
-        return [(path, path, f"must be one of {_quoted(tags)}, got {_show(ctx.get('tag'))}"
-                 f"{_did_you_mean(ctx.get('tag'), list(tags))}")]
-    if kind in _TYPE_ERRORS:
-        msg = f"must be {_expected(spot)}, got {_show(value, written)}"
-        if kind == "string_type" and isinstance(value, (bool, int, float)) and written is not None:
-            read_as = f"YAML reads it as {_show(value)}; " if isinstance(value, bool) else ""
-            msg += f' ({read_as}write it in quotes: "{written}")'
-        if kind == "literal_error" and isinstance(value, str) and get_origin(spot.annotation) is Literal:
-            msg += _did_you_mean(value, [str(a) for a in get_args(spot.annotation)])
-        return [(spot.path, spot.path, msg)]
-    if kind == "string_pattern_mismatch":
-        rule = NAME_RULE if ctx.get("pattern") == NAME_PATTERN else f"must match {ctx.get('pattern')}"
-        return [(spot.path, spot.path, f"{rule}, got {_show(value, written)}")]
-    if kind in ("too_short", "string_too_short"):
-        n = ctx.get("min_length", 1)
-        if kind == "string_too_short" or n == 1:
-            return [(spot.path, spot.path, "must not be empty")]
-        return [(spot.path, spot.path, f"must have at least {n} entries, got {ctx.get('actual_length')}")]
-    if kind in ("value_error", "assertion_error"):
-        return [(spot.path, spot.path, str(ctx.get("error", err["msg"])))]
-    msg = err["msg"][:1].lower() + err["msg"][1:]
-    return [(spot.path, spot.path, f"{msg}, got {_show(value, written)}")]
-
-
-def _join_rel(base: str, rel: str) -> str:
-    if not rel:
-        return base
-    if not base or rel.startswith("["):
-        return base + rel
-    return f"{base}.{rel}"
-
 
 def _constraint_tags() -> tuple[str, ...]:
-    union, _ = _peel(Constraint)
-    return tuple(t for t in (_tag_of(m) for m in get_args(union)) if t)
+    union, _ = peel(Constraint)
+    return tuple(t for t in (tag_of(m) for m in get_args(union)) if t)
 
 
 # --- checks across fields, on whatever parts validated ---------------------------------------------
@@ -456,32 +80,14 @@ def _partial_conflicts(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 def parse_policy_text(text: str, source: str = "<text>") -> Policy:
     """Parse and validate one policy document; raise `PolicyInvalid` listing every issue found."""
-    data, where, issues = _load_yaml(text, source)
-    found: list[tuple[str, str, str]] = [(i.path, i.path, i.message) for i in issues]
-    if data is None:
-        raise PolicyInvalid(source, [FieldIssue("", f"the document is empty; a policy needs at least {_REQUIRED_KEYS}")])
-    if not isinstance(data, dict):
-        raise PolicyInvalid(source, [FieldIssue("", f"the document must be a mapping of keys ({_REQUIRED_KEYS}, "
-                                                    f"...), got {_show(data)} (line {where.lines.get('', 1)})")])
+    return parse_yaml_model(Policy, text, source, noun="a policy", required_keys=_REQUIRED_KEYS,
+                            prepare=_version_as_written, partial_checks=_partial_conflicts,
+                            missing_hints=_MISSING_HINTS, union_tags=_constraint_tags)
+
+
+def _version_as_written(data: dict[str, Any], where: YamlIndex) -> None:
     if isinstance(data.get("version"), (int, float)) and where.plain.get("version"):
         data["version"] = where.plain["version"]  # keep `version: 1.10` as written, not 1.1
-    policy: Policy | None = None
-    try:
-        policy = Policy.model_validate(data)
-    except ValidationError as err:
-        for e in err.errors(include_url=False):
-            found += _translate(e, where)
-        # Cross-constraint checks ran only if every field validated; else run them on the valid parts.
-        if not any(e["type"] == RULE_ERROR_TYPE and e["loc"] == () for e in err.errors()):
-            found += [(p, p, m) for p, m in _partial_conflicts(data)]
-    if not found and policy is not None:
-        return policy
-    unique = sorted(dict.fromkeys(found), key=lambda f: _line_of(f[1], where.lines) or 0)
-    out = []
-    for path, line_path, msg in unique:
-        line = _line_of(line_path, where.lines)
-        out.append(FieldIssue(path, f"{msg} (line {line})" if line else msg))
-    raise PolicyInvalid(source, out)
 
 
 @dataclass(frozen=True)
