@@ -49,7 +49,7 @@ from engine import bucketing
 from engine.bucketing import BUCKETS, Ranges
 from engine.errors import FieldIssue, PolicyInvalid
 from engine.policy import NAME_PATTERN, Bool, Float, Int
-from engine.yaml_model import Issue, RuleModel, located, parse_yaml_located
+from engine.yaml_model import Issue, RuleModel, json_schema, located, parse_yaml_located
 
 SCHEMA_ID = "urn:slate-reranker:experiment:v1"
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "examples" / "experiments" / "experiment.schema.json"
@@ -497,14 +497,7 @@ def experiment_with_weights(exp: Experiment, new_weights: Mapping[str, float]) -
 
 def experiment_json_schema() -> dict[str, Any]:
     """The JSON Schema of experiment files (for editors checking YAML as people type)."""
-    schema = Experiment.model_json_schema(by_alias=True)
-    head = {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": SCHEMA_ID,
-        "title": "Slate re-ranking experiment (v1)",
-        "description": schema.get("description", ""),
-    }
-    return head | {k: v for k, v in schema.items() if k not in head}
+    return json_schema(Experiment, SCHEMA_ID, "Slate re-ranking experiment (v1)")
 
 
 def write_experiment_schema(path: str | os.PathLike[str] = SCHEMA_PATH) -> None:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from engine.errors import FieldIssue, PolicyInvalid, PolicyNotFound
 from engine.policy import AttributeFilter, Constraint, Objective, Policy, policy_conflicts
 from engine.yaml_model import MAX_DEPTH  # noqa: F401 - re-exported: the loader's callers import it from here
-from engine.yaml_model import YamlIndex, parse_yaml_model, peel, tag_of
+from engine.yaml_model import YamlIndex, json_schema, parse_yaml_model, peel, tag_of
 
 logger = logging.getLogger(__name__)
 
@@ -737,16 +737,9 @@ def _line_suffix(source: str, key: str) -> str:
 
 def policy_json_schema() -> dict[str, Any]:
     """The JSON Schema of the policy language (for editors checking YAML as people type)."""
-    schema = Policy.model_json_schema(by_alias=True)
-    version = schema["properties"]["version"]
-    version["type"] = ["string", "number"]
-    head = {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": SCHEMA_ID,
-        "title": "Slate re-ranking policy (v1)",
-        "description": schema.get("description", ""),
-    }
-    return head | {k: v for k, v in schema.items() if k not in head}
+    schema = json_schema(Policy, SCHEMA_ID, "Slate re-ranking policy (v1)")
+    schema["properties"]["version"]["type"] = ["string", "number"]
+    return schema
 
 
 def write_schema(path: str | os.PathLike[str] = SCHEMA_PATH) -> None:

@@ -510,3 +510,16 @@ def parse_yaml_model(model_cls: type[ModelT], text: str, source: str, **options:
     `error` makes) listing every issue found, each with its path and line. Options: see
     `parse_yaml_located`."""
     return parse_yaml_located(model_cls, text, source, **options)[0]
+
+
+def json_schema(model_cls: type[BaseModel], schema_id: str, title: str) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a YAML language's root model, for editors checking
+    files as people type: `$schema`, `$id`, `title` and the model's description first."""
+    schema = model_cls.model_json_schema(by_alias=True)
+    head = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": schema_id,
+        "title": title,
+        "description": schema.get("description", ""),
+    }
+    return head | {k: v for k, v in schema.items() if k not in head}
