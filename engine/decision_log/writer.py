@@ -1,0 +1,413 @@
+"""The decision log's writer: a bounded queue that the request path hands records to, and one
+background thread that turns them into Arrow batches and writes them to a sink.
+
+`DecisionLog.offer` never blocks and never raises; everything slow (the Arrow conversion, the
+sink's I/O, retries) happens on the writer thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from engine.decision_log.record import DecisionRecord
+from engine.decision_log.schema import outcomes_to_batch, to_batch
+from engine.decision_log.sinks import MiB, OutcomeSink, Sink
+
+log = logging.getLogger("engine.decision_log")
+
+#: blake2b personalisation of the sampling hash (see `sampled`)
+SAMPLING_PERSON = b"reranker.dlog"
+
+
+def sampling_hash(request_id: str) -> int:
+    """The 64-bit sampling hash of a request id: the big-endian integer of
+    blake2b(utf-8 bytes of the id, digest_size=8, person=b"reranker.dlog")."""
+    return int.from_bytes(hashlib.blake2b(request_id.encode("utf-8"), digest_size=8,
+                                          person=SAMPLING_PERSON).digest(), "big")
+
+
+def sampled(request_id: str, rate: float) -> bool:
+    """Whether a request is logged at sample `rate` (0..1): `sampling_hash(id) < rate * 2**64`,
+    so the same id always gets the same answer, in every process. An empty id has nothing to
+    hash: it is sampled at random at the same rate."""
+    if rate >= 1.0:
+        return True
+    if rate <= 0.0:
+        return False
+    if not request_id:
+        return random.random() < rate
+    return sampling_hash(request_id) < rate * 18446744073709551616.0  # 2**64
+
+
+@dataclass
+class LogStats:
+    """Counters of one DecisionLog (records, not batches), for metrics; `queued` is live."""
+
+    offered: int = 0  # records handed to offer() (accepted or not)
+    written: int = 0  # records the sink accepted
+    dropped_full: int = 0  # refused by offer(): queue full (records or bytes)
+    dropped_closed: int = 0  # refused by offer(): the log was closed
+    dropped_invalid: int = 0  # could not be converted to Arrow (a malformed record): dropped
+    dropped_unwritten: int = 0  # still unwritten when close() gave up (sink failing)
+    dropped_sink: int = 0  # accepted by the sink, lost afterwards (see the sink's `lost`)
+    write_errors: int = 0  # failed sink calls (every failed attempt counts)
+    _log: "DecisionLog | None" = None
+
+    @property
+    def dropped(self) -> int:
+        """Every record lost, for whatever reason."""
+        return (self.dropped_full + self.dropped_closed + self.dropped_invalid
+                + self.dropped_unwritten + self.dropped_sink)
+
+    @property
+    def queued(self) -> int:
+        """Records waiting: in the queue and in batches held for a retry."""
+        return 0 if self._log is None else self._log.pending()
+
+    def as_dict(self) -> dict[str, int]:
+        return {"offered": self.offered, "written": self.written, "dropped": self.dropped,
+                "dropped_full": self.dropped_full, "dropped_closed": self.dropped_closed,
+                "dropped_invalid": self.dropped_invalid, "dropped_unwritten": self.dropped_unwritten,
+                "dropped_sink": self.dropped_sink, "write_errors": self.write_errors,
+                "queued": self.queued}
+
+
+class _Every:
+    """Rate-limited logging: at most one line per key per `interval_s`, saying how many were
+    suppressed since the last one."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str, level: int, message: str, exc_info: bool = False, **extra) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -1e18) < self.interval_s:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return
+            self._last[key] = now
+            suppressed = self._suppressed.pop(key, 0)
+        log.log(level, message, exc_info=exc_info, extra={**extra, "suppressed_since_last": suppressed})
+
+
+class DecisionLog:
+    """Decision records to a sink, off the request path.
+
+    `offer(record)` puts a record on a bounded queue and returns at once; a daemon thread takes
+    batches (`batch_size` records, or fewer after `flush_s`, or about `batch_bytes` of request
+    data), converts them to Arrow (`to_batch`) and writes them with `sink.write`, and calls
+    `sink.flush()` every `flush_s` (a Parquet sink finishes old files then).
+
+    What is lost, and when (every lost record is counted in `stats`, by reason):
+    - **Queue full**: when `queue_size` records, or `queue_bytes` of request data (about what
+      the queued records' arrays hold: the queue keeps references to the requests), wait, the
+      offered record is dropped (`offer` returns False; `stats.dropped_full`). A warning is
+      logged at most every `log_interval_s`.
+    - **Sink failing** (disk full, Redis down): the failed batch is held, converted (Arrow), and
+      retried with exponential backoff (`retry_initial_s` doubling to `retry_max_s`); each failed
+      attempt counts in `stats.write_errors` and is logged (rate-limited). New batches are held
+      behind it, up to `max_held_batches`; then the writer stops taking records, the queue
+      fills, and new records are dropped as above. Nothing held is dropped while the process
+      runs: when the sink recovers, the held batches are written in order.
+    - **close(timeout_s)** (SIGTERM): records still queued or held when the sink has not taken
+      them by the timeout are dropped (`stats.dropped_unwritten`). Records offered after close
+      are dropped (`stats.dropped_closed`).
+    - **Malformed record** (cannot be converted): dropped alone, the rest of its batch is
+      written (`stats.dropped_invalid`, logged).
+    - **After the sink took them**: rows the sink accepted and lost later (a Parquet file that
+      could not be finished: see ParquetSink) count in `stats.dropped_sink`.
+    - **Process killed** (SIGKILL, crash): everything queued or held, and what the sink has not
+      made durable (a Parquet sink's open file).
+
+    Every written row carries `log_writer` (this log's identity) and `log_dropped` (how many
+    records this log had dropped before the row's batch), so a reader of the log can tell that
+    records are missing (`summarise`).
+
+    Sampling (`should_log`): deterministic by request id (`sampled`), at `sample_rate`, and at
+    `exploration_sample_rate` (default 100 %) for requests served by an exploration policy. The
+    caller asks before building the record.
+    """
+
+    def __init__(self, sink: Sink, *, queue_size: int = 10_000, batch_size: int = 256,
+                 flush_s: float = 1.0, sample_rate: float = 1.0, exploration_sample_rate: float = 1.0,
+                 queue_bytes: int = 1024 * MiB, batch_bytes: int = 64 * MiB,
+                 max_held_batches: int = 16, retry_initial_s: float = 0.1, retry_max_s: float = 10.0,
+                 log_interval_s: float = 10.0,
+                 convert: Callable[[list], pa.RecordBatch] | None = None) -> None:
+        for name, value, lo in (("queue_size", queue_size, 1), ("batch_size", batch_size, 1),
+                                ("queue_bytes", queue_bytes, 1), ("batch_bytes", batch_bytes, 1),
+                                ("max_held_batches", max_held_batches, 1)):
+            if not (isinstance(value, int) and value >= lo):
+                raise ValueError(f"DecisionLog {name}: must be an integer >= {lo}, got {value!r}")
+        for name, value in (("sample_rate", sample_rate), ("exploration_sample_rate", exploration_sample_rate)):
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ValueError(f"DecisionLog {name}: must be a number in [0, 1], got {value!r}")
+        for name, value in (("flush_s", flush_s), ("retry_initial_s", retry_initial_s),
+                            ("retry_max_s", retry_max_s), ("log_interval_s", log_interval_s)):
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"DecisionLog {name}: must be a number > 0, got {value!r}")
+        self.sink = sink
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.flush_s = float(flush_s)
+        self.sample_rate = float(sample_rate)
+        self.exploration_sample_rate = float(exploration_sample_rate)
+        self.queue_bytes = queue_bytes
+        self.batch_bytes = batch_bytes
+        self.max_held_batches = max_held_batches
+        self.retry_initial_s = float(retry_initial_s)
+        self.retry_max_s = float(retry_max_s)
+        #: records -> Arrow batch (None: `to_batch` with this log's writer id and dropped count;
+        #: `outcome_log` passes `outcomes_to_batch`)
+        self.convert = convert
+        #: written into every row's log_writer
+        self.writer_id = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        self.stats = LogStats(_log=self)
+        self._say = _Every(log_interval_s)
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[DecisionRecord, int]] = deque()
+        self._queued_bytes = 0
+        self._held: deque[pa.RecordBatch] = deque()  # converted, waiting for the sink
+        self._held_rows = 0
+        self._wake = threading.Event()
+        self._flush_now = threading.Event()
+        self._closed = False
+        self._closing = threading.Event()
+        self._deadline = float("inf")  # monotonic: when close() gives up
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="decision-log-writer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------ the request path
+    def should_log(self, request_id: str, exploration: bool = False) -> bool:
+        """Whether to log this request (deterministic per id; see `sampled`)."""
+        return sampled(request_id, self.exploration_sample_rate if exploration else self.sample_rate)
+
+    def offer(self, record: DecisionRecord) -> bool:
+        """Queue a record for writing; False if it was dropped (queue full, log closed). Never
+        blocks, never raises."""
+        try:
+            size = record.approx_bytes()
+            s = self.stats
+            with self._lock:
+                s.offered += 1
+                if self._closed:
+                    s.dropped_closed += 1
+                    return False
+                if len(self._queue) >= self.queue_size or (
+                        self._queue and self._queued_bytes + size > self.queue_bytes):
+                    s.dropped_full += 1
+                    full = True
+                else:
+                    full = False
+                    self._queue.append((record, size))
+                    self._queued_bytes += size
+                    if len(self._queue) >= self.batch_size:
+                        self._wake.set()
+            if full:
+                self._say("full", logging.WARNING, "decision log queue full: records dropped",
+                          queue_size=self.queue_size, dropped_full=s.dropped_full)
+            return not full
+        except Exception:  # noqa: BLE001 - never the caller's problem
+            try:
+                with self._lock:
+                    self.stats.dropped_invalid += 1
+                self._say("offer", logging.ERROR, "decision log: offer() failed, record dropped",
+                          exc_info=True)
+            except Exception:  # noqa: BLE001
+                pass
+            return False
+
+    # ------------------------------------------------------------ lifecycle
+    def pending(self) -> int:
+        """Records not written yet: queued, and held in batches waiting for the sink."""
+        with self._lock:
+            return len(self._queue) + self._held_rows
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Hand everything queued now to the sink (partial batch included) and wait for it;
+        True if nothing is left waiting. (A Parquet sink's rows are in files once they are
+        finished: see ParquetSink.)"""
+        deadline = time.monotonic() + timeout_s
+        self._flush_now.set()
+        self._wake.set()
+        while time.monotonic() < deadline:
+            if self.pending() == 0 and not self._flush_now.is_set():
+                return True
+            time.sleep(0.005)
+        return self.pending() == 0
+
+    def close(self, timeout_s: float = 10.0) -> bool:
+        """Stop accepting records, write what is queued and held (retrying a failing sink until
+        `timeout_s`), close the sink. What is left then is dropped (`stats.dropped_unwritten`).
+        True if everything offered before close was written. Idempotent."""
+        with self._lock:
+            self._closed = True
+            if not self._closing.is_set():
+                self._deadline = time.monotonic() + timeout_s
+        self._closing.set()
+        self._wake.set()
+        self._done.wait(timeout_s + 1.0)
+        return self._done.is_set() and self.pending() == 0 and self.stats.dropped_unwritten == 0
+
+    def __enter__(self) -> "DecisionLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ the writer thread
+    def _take(self, partial: bool) -> list[DecisionRecord]:
+        """Up to one batch from the queue; a batch short of batch_size only if `partial`."""
+        with self._lock:
+            q = self._queue
+            if not q or (len(q) < self.batch_size and not partial and self._queued_bytes < self.batch_bytes):
+                return []
+            out: list[DecisionRecord] = []
+            size = 0
+            while q and len(out) < self.batch_size and size < self.batch_bytes:
+                record, n = q.popleft()
+                out.append(record)
+                size += n
+            self._queued_bytes -= size
+            self._held_rows += len(out)  # counted as waiting until written or dropped
+            return out
+
+    def _batch(self, records: list) -> pa.RecordBatch:
+        if self.convert is not None:
+            return self.convert(records)
+        return to_batch(records, writer=self.writer_id, dropped=self.stats.dropped)
+
+    def _convert(self, records: list[DecisionRecord]) -> pa.RecordBatch | None:
+        try:
+            return self._batch(records)
+        except Exception:  # noqa: BLE001 - find the bad record(s); keep the others
+            good = []
+            for r in records:
+                try:
+                    self._batch([r])
+                    good.append(r)
+                except Exception as e:  # noqa: BLE001
+                    self._say("invalid", logging.ERROR, "decision log: record cannot be converted, dropped",
+                              request_id=getattr(r, "request_id", "?"), error=f"{type(e).__name__}: {e}")
+            with self._lock:
+                self.stats.dropped_invalid += len(records) - len(good)
+                self._held_rows -= len(records) - len(good)
+            return self._batch(good) if good else None
+
+    def _sink_call(self, what: str, call, *args) -> bool:
+        try:
+            call(*args)
+            return True
+        except Exception as e:  # noqa: BLE001 - counted, logged, retried
+            with self._lock:
+                self.stats.write_errors += 1
+            self._say(f"sink-{what}", logging.WARNING, f"decision log sink {what} failed",
+                      sink=type(self.sink).__name__, error=f"{type(e).__name__}: {e}",
+                      write_errors=self.stats.write_errors, queued=self.pending())
+            return False
+        finally:
+            self._account_sink_losses()
+
+    def _account_sink_losses(self) -> None:
+        lost = getattr(self.sink, "lost", 0)
+        if isinstance(lost, int) and lost != self.stats.dropped_sink:
+            with self._lock:
+                self.stats.dropped_sink = lost
+
+    def _run(self) -> None:
+        backoff = self.retry_initial_s
+        retry_at = 0.0
+        last_partial = last_sink_flush = time.monotonic()
+        try:
+            while True:
+                closing = self._closing.is_set()
+                now = time.monotonic()
+                if not closing:
+                    wait = self.flush_s - (now - last_partial)
+                    if self._held:
+                        wait = min(wait, retry_at - now)
+                    if wait > 0 and not self._flush_now.is_set():
+                        self._wake.wait(wait)
+                    self._wake.clear()
+                    now = time.monotonic()
+                flushing = self._flush_now.is_set()
+                partial = closing or flushing or now - last_partial >= self.flush_s
+                if partial:
+                    last_partial = now
+                while len(self._held) < self.max_held_batches:
+                    records = self._take(partial)
+                    if not records:
+                        break
+                    batch = self._convert(records)
+                    if batch is not None:
+                        self._held.append(batch)
+                while self._held and time.monotonic() >= retry_at:
+                    batch = self._held[0]
+                    if not self._sink_call("write", self.sink.write, batch):
+                        retry_at = time.monotonic() + backoff
+                        backoff = min(backoff * 2.0, self.retry_max_s)
+                        break
+                    self._held.popleft()
+                    with self._lock:
+                        self._held_rows -= batch.num_rows
+                        self.stats.written += batch.num_rows
+                    backoff, retry_at = self.retry_initial_s, 0.0
+                if flushing and not self._held and not self._queue:
+                    self._flush_now.clear()
+                if time.monotonic() - last_sink_flush >= self.flush_s:
+                    self._sink_call("flush", self.sink.flush)
+                    last_sink_flush = time.monotonic()
+                if closing:
+                    if not self._held and not self._queue:
+                        break
+                    if time.monotonic() >= self._deadline:
+                        break
+                    if self._held and retry_at > time.monotonic():
+                        time.sleep(max(0.0, min(retry_at, self._deadline) - time.monotonic()))
+        except Exception:  # noqa: BLE001 - a bug here must not go unnoticed; offers keep dropping
+            log.exception("decision log writer stopped by an error")
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._sink_call("close", self.sink.close)
+        with self._lock:
+            self._closed = True
+            left = len(self._queue) + self._held_rows
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._held.clear()
+            self._held_rows = 0
+            self.stats.dropped_unwritten += left
+        if left:
+            log.error("decision log closed with records unwritten: dropped",
+                      extra={"dropped_unwritten": left, "sink": type(self.sink).__name__})
+        self._flush_now.clear()
+        self._done.set()
+
+
+def outcome_log(folder, *, max_bytes: int = 64 * MiB, max_seconds: float = 300.0,
+                **options) -> DecisionLog:
+    """A log of OutcomeRecords to Parquet files in `folder` (an OutcomeSink), with the same
+    queue, batching and failure handling as the decision log (`options`: DecisionLog's)."""
+    return DecisionLog(OutcomeSink(folder, max_bytes=max_bytes, max_seconds=max_seconds),
+                       convert=outcomes_to_batch, **options)
+
+
+__all__ = ["DecisionLog", "outcome_log", "LogStats", "SAMPLING_PERSON", "sampled", "sampling_hash"]
