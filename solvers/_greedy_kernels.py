@@ -85,7 +85,49 @@ Speed-ups that change no pick (each keeps "best feasible gain, ties to the lowes
 
 Helpers that allocate nothing are compiled with `_nrt=False`: Numba otherwise reference-counts
 every array argument of a call that is not inlined (two atomic operations, ~5 ns per array), and
-the scan calls them for every candidate it examines.
+the scan calls them for every candidate it examines. Small ones called in such a helper's loops
+are inlined (`inline="always"`, merged at Numba's IR level: no call at all), among them
+`_examine`, the one step every scan takes per candidate, with its parts (`_blocked`,
+`_capped_until`, `_gain`). They are merged only into `_nrt=False` functions: merged into
+greedy_slate, which allocates and so counts references, every array an inlined body binds
+would be counted on every candidate (measured: the scans took twice as long). So the scans are
+`_nrt=False` functions of their own (`_scan_lazy`, `_scan_list`), and greedy_slate, which does
+the allocating, calls them once per position (and per stretch of the scan order).
+
+Packed inputs (as PyNNDescent passes its graphs: a few typed arrays, not one argument per column):
+
+* The rule table (solvers.problem.ConstraintTable; rule c is the policy's c-th rule):
+
+      rules    int64[RULE_COLS, C]   the integer columns, one row each: rules[RULE_*, c]
+                 RULE_KIND       MAX_COUNT | MIN_COUNT | WINDOW | PIN | COVERAGE | CALIBRATION
+                 RULE_ATTR       row of codes (-1 for PIN)
+                 RULE_VALUE      value code, ALL_VALUES or NO_MATCH (-1 for PIN)
+                 RULE_BOUND      the max (max_count, window) or the min (min_count), else 0
+                 RULE_TOP        length of the prefix the rule covers
+                 RULE_SIZE       window size (window), else 0
+                 RULE_HARD       1 hard, 0 soft
+                 RULE_PRIORITY   higher = more important (the lowest gives way first)
+                 RULE_ITEM       PIN: the pinned candidate, else -1
+                 RULE_POSITION   PIN: its position, else -1
+      penalty  float64[C]            cost per violation unit (soft rules)
+      target   float64[T]            calibration targets, flat: row c's distribution over its
+                                     attribute's values is target[toff[c]:toff[c + 1]]
+      toff     int64[C + 1]          their offsets
+
+  One row per column (PyNNDescent's heap is laid out the same way: heap[0] the indices, heap[1]
+  the distances, heap[2] the flags): each column is a contiguous row, rules[RULE_KIND] a plain
+  view, and packing is one np.array call with no transpose. `pack_table(table)` returns the
+  four arrays (RULE_COLUMNS names the table's columns in RULE_* order); the wrappers call it
+  once per call. solvers._evaluate_kernels takes the same arrays.
+* The problem arrays utility float64[N], position_weight float64[L], codes int64[A, N] and
+  n_values int64[A]; the diversity inputs embeddings float32[N, d] ([0, 0] when off) and three
+  scalars div_mode, div_weight (beta), div_window.
+* PROBLEM_TYPES and TABLE_TYPES are the Numba types of the problem arrays and of the packed
+  table, in argument order: every explicit signature of both kernel modules is built from them.
+  The RULE_* indices are compile-time constants there too: after changing the layout, delete
+  the `__pycache__` folder of `solvers/` (Numba's cache keys on each module's own source).
+* Inside greedy_slate the per-candidate diversity state travels as one tuple `ds` to
+  `_div_refresh` and `_div_placed` (whose docstring lists its members).
 """
 
 import numba as nb
@@ -97,6 +139,55 @@ from solvers.codes import (
 )
 
 NEG_INF = -np.inf
+
+# --- the packed rule table -----------------------------------------------------------------------
+
+RULE_KIND = 0
+RULE_ATTR = 1
+RULE_VALUE = 2
+RULE_BOUND = 3
+RULE_TOP = 4
+RULE_SIZE = 5
+RULE_HARD = 6
+RULE_PRIORITY = 7
+RULE_ITEM = 8
+RULE_POSITION = 9
+RULE_COLS = 10
+#: ConstraintTable column of each RULE_* index, in order
+RULE_COLUMNS = ("kind", "attr", "value", "bound", "top", "size", "hard", "priority", "item",
+                "position")
+
+
+def pack_table(table):
+    """A solvers.problem.ConstraintTable as the kernels take it (the layout above).
+
+    Parameters
+    ----------
+    table : ConstraintTable
+        The rules, one row each.
+
+    Returns
+    -------
+    rules : ndarray of int64, shape (RULE_COLS, C)
+        C-contiguous; row rules[RULE_*] is the table's column RULE_COLUMNS[RULE_*] (hard as
+        0 / 1). About 1.5 µs for a few rules.
+    penalty : ndarray of float64, shape (C,)
+    target : ndarray of float64, shape (T,)
+        The calibration targets, flat.
+    target_offset : ndarray of int64, shape (C + 1,)
+    """
+    t = table
+    rules = np.array((t.kind, t.attr, t.value, t.bound, t.top, t.size, t.hard, t.priority, t.item,
+                      t.position), dtype=np.int64)  # in RULE_COLUMNS order
+    return (rules, t.penalty, np.ascontiguousarray(t.target, dtype=np.float64),
+            np.ascontiguousarray(t.target_offset, dtype=np.int64))
+
+
+#: Numba types of the problem arrays: utility [N], position_weight [>= L], codes [A, N], n_values [A]
+PROBLEM_TYPES = (nb.float64[::1], nb.float64[::1], nb.int64[:, ::1], nb.int64[::1])
+#: Numba types of the packed rule table: rules [RULE_COLS, C], penalty [C], target (flat),
+#: target_offset [C + 1]
+TABLE_TYPES = (nb.int64[:, ::1], nb.float64[::1], nb.float64[::1], nb.int64[::1])
 
 
 @nb.njit(cache=True, nogil=True)
@@ -180,10 +271,16 @@ def _free_between(pinned_prefix, p, m):
         return 0
     return (m - p - 1) - (pinned_prefix[m] - pinned_prefix[p + 1])
 
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _live_hard_min(rules, active, c, p):
+    """Whether rule c is an active hard min_count rule whose prefix still holds position p."""
+    return (rules[RULE_KIND, c] == MIN_COUNT and rules[RULE_HARD, c] != 0 and active[c]
+            and p < rules[RULE_TOP, c])
+
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def _min_lookahead_blocker(i, p, codes, kind, attr, value, bound, top, hard, active, cnt, off,
-                           pinned_prefix, need_buf, self_counted):
+def _min_lookahead_blocker(i, p, codes, rules, active, cnt, off, pinned_prefix, need_buf,
+                           self_counted):
     """Index of the hard min_count rule whose prefix would overflow if i were placed at p, or -1
     (i = -1: an item matching no rule, the worst case; need_buf then holds each rule's need).
 
@@ -191,33 +288,35 @@ def _min_lookahead_blocker(i, p, codes, kind, attr, value, bound, top, hard, act
     before m0 are summed, one per value (the largest), and compared with the free positions left
     between p and m0. Rules of one attribute and different values are disjoint, so the sum is a
     necessary condition; across attributes an item may serve several rules, so none is summed."""
-    C = kind.shape[0]
+    C = rules.shape[1]
     for c in range(C):
-        if kind[c] == MIN_COUNT and hard[c] and active[c] and p < top[c]:
-            need = bound[c] - cnt[off[c]]
-            if not self_counted and i >= 0 and value[c] >= 0 and codes[attr[c], i] == value[c]:
+        if _live_hard_min(rules, active, c, p):
+            v = rules[RULE_VALUE, c]
+            need = rules[RULE_BOUND, c] - cnt[off[c]]
+            if not self_counted and i >= 0 and v >= 0 and codes[rules[RULE_ATTR, c], i] == v:
                 need -= 1
             need_buf[c] = need if need > 0 else 0
         else:
             need_buf[c] = 0
     for c0 in range(C):
-        if not (kind[c0] == MIN_COUNT and hard[c0] and active[c0] and p < top[c0]):
+        if not _live_hard_min(rules, active, c0, p):
             continue
-        a0 = attr[c0]
-        m0 = top[c0]
+        a0 = rules[RULE_ATTR, c0]
+        m0 = rules[RULE_TOP, c0]
         total = 0
         # per value: the largest need among rules of this attribute ending at or before m0
         for c in range(C):
-            if not (kind[c] == MIN_COUNT and hard[c] and active[c] and p < top[c]):
+            if not _live_hard_min(rules, active, c, p):
                 continue
-            if attr[c] != a0 or top[c] > m0 or need_buf[c] == 0:
+            if rules[RULE_ATTR, c] != a0 or rules[RULE_TOP, c] > m0 or need_buf[c] == 0:
                 continue
             # count each value once: only the first rule (in index order) holding the max need
             dominated = False
             for c2 in range(C):
-                if c2 == c or not (kind[c2] == MIN_COUNT and hard[c2] and active[c2] and p < top[c2]):
+                if c2 == c or not _live_hard_min(rules, active, c2, p):
                     continue
-                if attr[c2] != a0 or value[c2] != value[c] or top[c2] > m0:
+                if (rules[RULE_ATTR, c2] != a0 or rules[RULE_VALUE, c2] != rules[RULE_VALUE, c]
+                        or rules[RULE_TOP, c2] > m0):
                     continue
                 if need_buf[c2] > need_buf[c] or (need_buf[c2] == need_buf[c] and c2 < c):
                     dominated = True
@@ -230,55 +329,56 @@ def _min_lookahead_blocker(i, p, codes, kind, attr, value, bound, top, hard, act
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _cap_or_window_forbids(c, i, p, L, slate, codes, kind, attr, value, bound, top, size, cnt,
-                           off, self_counted):
+def _cap_or_window_forbids(c, i, p, L, slate, codes, rules, cnt, off, self_counted):
     """Whether rule c, if it is a max_count or a window, forbids placing i at p (the caller checks
     that c is hard and active). self_counted: i is a reserved pin already in the counts."""
-    k = kind[c]
+    k = rules[RULE_KIND, c]
     if k == MAX_COUNT:
-        if p >= top[c]:
+        if p >= rules[RULE_TOP, c]:
             return False
-        code = codes[attr[c], i]
-        if value[c] != ALL_VALUES and value[c] != code:
+        code = codes[rules[RULE_ATTR, c], i]
+        v = rules[RULE_VALUE, c]
+        if v != ALL_VALUES and v != code:
             return False
         n_now = cnt[off[c] + code]
         if self_counted:
             n_now -= 1
-        return n_now >= bound[c]
+        return n_now >= rules[RULE_BOUND, c]
     if k == WINDOW:
-        code = codes[attr[c], i]
-        if value[c] != ALL_VALUES and value[c] != code:
+        a = rules[RULE_ATTR, c]
+        code = codes[a, i]
+        v = rules[RULE_VALUE, c]
+        if v != ALL_VALUES and v != code:
             return False
-        return _window_hits(slate, codes, attr[c], code, p, size[c], L, bound[c]) > 0
+        return _window_hits(slate, codes, a, code, p, rules[RULE_SIZE, c], L,
+                            rules[RULE_BOUND, c]) > 0
     return False
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, size, hard, active,
-                       cnt, off, pinned_prefix, rank, need_buf, self_counted):
+def _blockers_max_rank(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix, rank,
+                       need_buf, self_counted):
     """Highest rank among the active hard rules that forbid placing i at p (-1: none).
     (`_blocked` is the scan's cheaper yes/no version.)
 
     self_counted: i is a reserved pin already included in the counts.
     """
-    C = kind.shape[0]
     worst = -1
-    for c in range(C):
-        if hard[c] and active[c] and rank[c] > worst and _cap_or_window_forbids(
-                c, i, p, L, slate, codes, kind, attr, value, bound, top, size, cnt, off,
-                self_counted):
+    for c in range(rules.shape[1]):
+        if rules[RULE_HARD, c] != 0 and active[c] and rank[c] > worst and _cap_or_window_forbids(
+                c, i, p, L, slate, codes, rules, cnt, off, self_counted):
             worst = rank[c]
     # the rule whose prefix overflows is blamed (others of its attribute may be involved too)
-    c0 = _min_lookahead_blocker(i, p, codes, kind, attr, value, bound, top, hard, active, cnt, off,
-                                pinned_prefix, need_buf, self_counted)
+    c0 = _min_lookahead_blocker(i, p, codes, rules, active, cnt, off, pinned_prefix, need_buf,
+                                self_counted)
     if c0 >= 0 and rank[c0] > worst:
         worst = rank[c0]
     return worst
 
 
-@nb.njit(cache=True, nogil=True, _nrt=False)
-def _blocked(i, p, L, slate, codes, kind, attr, value, bound, top, size, hard, active, cnt, off,
-             pinned_prefix, need_buf, la_c0, la_need):
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _blocked(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix, need_buf, la_c0,
+             la_need):
     """Whether an active hard rule forbids placing i (not a reserved pin) at p: the test
     `_blockers_max_rank(..., self_counted=False) >= 0`, made cheap with the
     look-ahead's worst case computed once per scan (`_lookahead_worst`: la_c0, la_need).
@@ -286,49 +386,51 @@ def _blocked(i, p, L, slate, codes, kind, attr, value, bound, top, size, hard, a
     Needs only shrink when i matches a rule, and the look-ahead total grows with the needs, so:
     la_c0 < 0 (an item matching nothing passes) means no item is blocked by the look-ahead; and
     an item matching no rule with a need left has exactly the worst-case needs: it is blocked."""
-    C = kind.shape[0]
+    C = rules.shape[1]
     if la_c0 >= 0:
         helps = False
         for c in range(C):
-            if la_need[c] > 0 and value[c] >= 0 and codes[attr[c], i] == value[c]:
+            v = rules[RULE_VALUE, c]
+            if la_need[c] > 0 and v >= 0 and codes[rules[RULE_ATTR, c], i] == v:
                 helps = True
                 break
         if not helps:
             return True
     for c in range(C):
-        if hard[c] and active[c] and _cap_or_window_forbids(
-                c, i, p, L, slate, codes, kind, attr, value, bound, top, size, cnt, off, False):
+        if rules[RULE_HARD, c] != 0 and active[c] and _cap_or_window_forbids(
+                c, i, p, L, slate, codes, rules, cnt, off, False):
             return True
     if la_c0 >= 0:
-        return _min_lookahead_blocker(i, p, codes, kind, attr, value, bound, top, hard, active,
-                                      cnt, off, pinned_prefix, need_buf, False) >= 0
+        return _min_lookahead_blocker(i, p, codes, rules, active, cnt, off, pinned_prefix,
+                                      need_buf, False) >= 0
     return False
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def _lookahead_worst(p, codes, kind, attr, value, bound, top, hard, active, cnt, off,
-                     pinned_prefix, need_buf, la_need):
+def _lookahead_worst(p, codes, rules, active, cnt, off, pinned_prefix, need_buf, la_need):
     """The look-ahead for an item matching no rule (see `_blocked`): the blamed rule or -1, and
     each rule's need in la_need. Valid while p, the counts and the active rules stay as they are."""
-    c0 = _min_lookahead_blocker(-1, p, codes, kind, attr, value, bound, top, hard, active, cnt,
-                                off, pinned_prefix, need_buf, False)
-    for c in range(kind.shape[0]):
+    c0 = _min_lookahead_blocker(-1, p, codes, rules, active, cnt, off, pinned_prefix, need_buf,
+                                False)
+    for c in range(rules.shape[1]):
         la_need[c] = need_buf[c]
     return c0
 
 
-@nb.njit(cache=True, nogil=True, _nrt=False)
-def _capped_until(i, p, codes, kind, attr, value, bound, top, hard, active, cnt, off):
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _capped_until(i, p, codes, rules, active, cnt, off):
     """First position from which i may fit again under the active hard max_count rules (p when
     none blocks it). Counts only grow, so a cap that is full now stays full up to its prefix end
     unless a rule is relaxed or a pin released (the caller then forgets these marks)."""
     until = p
-    for c in range(kind.shape[0]):
-        if kind[c] == MAX_COUNT and hard[c] and active[c] and p < top[c]:
-            code = codes[attr[c], i]
-            if (value[c] == ALL_VALUES or value[c] == code) and cnt[off[c] + code] >= bound[c]:
-                if top[c] > until:
-                    until = top[c]
+    for c in range(rules.shape[1]):
+        top = rules[RULE_TOP, c]
+        if rules[RULE_KIND, c] == MAX_COUNT and rules[RULE_HARD, c] != 0 and active[c] and p < top:
+            code = codes[rules[RULE_ATTR, c], i]
+            v = rules[RULE_VALUE, c]
+            if (v == ALL_VALUES or v == code) and cnt[off[c] + code] >= rules[RULE_BOUND, c]:
+                if top > until:
+                    until = top
     return until
 
 
@@ -378,13 +480,15 @@ def _cos_batch(emb, i, n2, P, slate, t0, t1, xi, out):
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def _div_refresh(i, p, slate, emb, mode, beta, w, n2, P, dcnt, dval, mx, d2, M, dsel, Wc, Wd,
-                 ebuf, rank, xi, xbuf):
+def _div_refresh(i, p, slate, emb, mode, beta, w, ds):
     """Bring candidate i's diversity state up to position p (fold in slate[dcnt[i]..p-1]) and
     return div_i(p). Without a window the stored value, once stale, is an upper bound.
 
-    rank[0] (rank[1]): members of the span (of the window's span) that are not zero rows; once
-    it reaches d every other residual is exactly 0 (1 for a zero row), without computing it."""
+    ds = (n2, P, dcnt, dval, mx, d2, M, dsel, Wc, Wd, ebuf, rank, xi, xbuf), greedy_slate's
+    diversity state (the module docstring). rank[0] (rank[1]): members of the span (of the
+    window's span) that are not zero rows; once it reaches d every other residual is exactly 0
+    (1 for a zero row), without computing it."""
+    n2, P, dcnt, dval, mx, d2, M, dsel, Wc, Wd, ebuf, rank, xi, xbuf = ds
     if dcnt[i] == p:
         return dval[i]
     d = emb.shape[1]
@@ -446,6 +550,27 @@ def _div_refresh(i, p, slate, emb, mode, beta, w, n2, P, dcnt, dval, mx, d2, M, 
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
+def cholesky_row(s, Cv, piv, a):
+    """Row a of an incremental Cholesky factor (rows Cv, pivots piv) of a similarity matrix,
+    s[b] being row a's similarity with row b < a; a row whose residual is <= DPP_SPAN_EPS gets
+    pivot 0 (it adds nothing to the span). Returns the residual. Shared with
+    solvers._evaluate_kernels, so both compute it in one order (Numba's cache does not see a
+    change here from that module: delete solvers/__pycache__ after changing it)."""
+    r = 1.0
+    for b in range(a):
+        e = 0.0
+        if piv[b] > 0.0:
+            acc = 0.0
+            for m in range(b):
+                acc += Cv[b, m] * Cv[a, m]
+            e = (s[b] - acc) / piv[b]
+        Cv[a, b] = e
+        r -= e * e
+    piv[a] = np.sqrt(r) if r > DPP_SPAN_EPS else 0.0
+    return r
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _window_factor(p, slate, w, n2, M, Wc, Wd):
     """Cholesky factor (rows Wc, pivots Wd) of the similarity block of the window of position p,
     the items at positions max(0, p - w)..p-1, in slate order; a member whose residual given the
@@ -457,26 +582,17 @@ def _window_factor(p, slate, w, n2, M, Wc, Wd):
     members = 0
     for k in range(p - lo):
         j = slate[lo + k]
-        r = 1.0
-        for l in range(k):
-            e = 0.0
-            if Wd[l] > 0.0:
-                acc = 0.0
-                for m in range(l):
-                    acc += Wc[l, m] * Wc[k, m]
-                e = (M[j, lo + l] - acc) / Wd[l]
-            Wc[k, l] = e
-            r -= e * e
-        Wd[k] = np.sqrt(r) if r > DPP_SPAN_EPS else 0.0
+        cholesky_row(M[j, lo:], Wc, Wd, k)
         if Wd[k] > 0.0 and n2[j] > 0.0:
             members += 1
     return members
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def _div_placed(j, p, slate, emb, mode, w, n2, P, d2, dsel, M, Wc, Wd, rank):
+def _div_placed(j, p, slate, emb, mode, w, ds):
     """Item j (brought up to date at p) is placed at p: keep its row and record what the next
-    positions need."""
+    positions need (ds: as for `_div_refresh`)."""
+    n2, P, dcnt, dval, mx, d2, M, dsel, Wc, Wd, ebuf, rank, xi, xbuf = ds
     _load(emb, j, P, p, n2)
     if w == 0:
         if mode == DIV_DPP:
@@ -487,6 +603,12 @@ def _div_placed(j, p, slate, emb, mode, w, n2, P, d2, dsel, M, Wc, Wd, rank):
         rank[1] = _window_factor(p + 1, slate, w, n2, M, Wc, Wd)
 
 
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _heap_set(hkey, hidx, pos, key, i):
+    hkey[pos] = key
+    hidx[pos] = i
+
+
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def _heap_push(hkey, hidx, n, key, i):
     """Insert (key, i) into the max-heap hkey/hidx[:n] (the caller then counts n + 1)."""
@@ -495,11 +617,9 @@ def _heap_push(hkey, hidx, n, key, i):
         parent = (pos - 1) >> 1
         if hkey[parent] >= key:
             break
-        hkey[pos] = hkey[parent]
-        hidx[pos] = hidx[parent]
+        _heap_set(hkey, hidx, pos, hkey[parent], hidx[parent])  # the parent moves down
         pos = parent
-    hkey[pos] = key
-    hidx[pos] = i
+    _heap_set(hkey, hidx, pos, key, i)
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
@@ -520,11 +640,9 @@ def _heap_pop(hkey, hidx, n):
                 child += 1
             if hkey[child] <= key:
                 break
-            hkey[pos] = hkey[child]
-            hidx[pos] = hidx[child]
+            _heap_set(hkey, hidx, pos, hkey[child], hidx[child])  # the larger child moves up
             pos = child
-        hkey[pos] = key
-        hidx[pos] = i
+        _heap_set(hkey, hidx, pos, key, i)
     return top
 
 
@@ -561,61 +679,65 @@ def _calibration_deltas(c, nv, cnt, off, target, toff, out):
             best = d
     return best
 
-
-@nb.njit(cache=True, nogil=True, _nrt=False)
-def _gain(i, p, L, pw, u, div, slate, codes, kind, attr, value, bound, top, size, hard, penalty,
-          item, position, cnt, off, cal, toff):
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _gain(i, p, L, pw, u, div, slate, codes, rules, penalty, cnt, off, cal, toff):
     g = pw[p] * (u[i] + div)
-    C = kind.shape[0]
-    for c in range(C):
-        if hard[c]:
+    for c in range(rules.shape[1]):
+        if rules[RULE_HARD, c] != 0:
             continue
-        k = kind[c]
+        k = rules[RULE_KIND, c]
+        a = rules[RULE_ATTR, c]
+        v = rules[RULE_VALUE, c]
+        bound = rules[RULE_BOUND, c]
+        top = rules[RULE_TOP, c]
         if k == MAX_COUNT:
-            if p < top[c]:
-                code = codes[attr[c], i]
-                if (value[c] == ALL_VALUES or value[c] == code) and cnt[off[c] + code] >= bound[c]:
+            if p < top:
+                code = codes[a, i]
+                if (v == ALL_VALUES or v == code) and cnt[off[c] + code] >= bound:
                     g -= penalty[c]
         elif k == MIN_COUNT:
-            if p < top[c] and value[c] >= 0 and codes[attr[c], i] == value[c]:
-                if cnt[off[c]] < bound[c]:
+            if p < top and v >= 0 and codes[a, i] == v:
+                if cnt[off[c]] < bound:
                     # deferred: the bonus counts only once the items still missing no longer fit
                     # in the free positions after p, so the minimum is met at the cheapest
                     # (lowest-weight) positions of its prefix rather than at the top
                     free = 0
-                    for r in range(p + 1, min(top[c], L)):
+                    for r in range(p + 1, min(top, L)):
                         if slate[r] < 0:
                             free += 1
-                    if bound[c] - cnt[off[c]] > free:
+                    if bound - cnt[off[c]] > free:
                         g += penalty[c]
         elif k == WINDOW:
-            code = codes[attr[c], i]
-            if value[c] == ALL_VALUES or value[c] == code:
-                g -= penalty[c] * _window_hits(slate, codes, attr[c], code, p, size[c], L, bound[c])
+            code = codes[a, i]
+            if v == ALL_VALUES or v == code:
+                g -= penalty[c] * _window_hits(slate, codes, a, code, p, rules[RULE_SIZE, c], L,
+                                               bound)
         elif k == PIN:
-            if item[c] >= 0 and position[c] < L:
-                if p == position[c] and i != item[c]:
+            item = rules[RULE_ITEM, c]
+            position = rules[RULE_POSITION, c]
+            if item >= 0 and position < L:
+                if p == position and i != item:
                     g -= penalty[c]
-                elif i == item[c] and p != position[c]:
+                elif i == item and p != position:
                     g -= penalty[c]
         elif k == COVERAGE:
-            if p < top[c] and cnt[off[c] + codes[attr[c], i]] == 0:
+            if p < top and cnt[off[c] + codes[a, i]] == 0:
                 g += penalty[c]
         else:  # CALIBRATION
-            if p < top[c]:
-                g += penalty[c] * cal[toff[c] + codes[attr[c], i]]
+            if p < top:
+                g += penalty[c] * cal[toff[c] + codes[a, i]]
     return g
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def _count(i, p, codes, kind, attr, value, top, cnt, off, delta):
-    C = kind.shape[0]
-    for c in range(C):
-        k = kind[c]
-        if k != PIN and k != WINDOW and p < top[c]:
-            code = codes[attr[c], i]
+def _count(i, p, codes, rules, cnt, off, delta):
+    for c in range(rules.shape[1]):
+        k = rules[RULE_KIND, c]
+        if k != PIN and k != WINDOW and p < rules[RULE_TOP, c]:
+            code = codes[rules[RULE_ATTR, c], i]
             if k == MIN_COUNT:
-                if value[c] >= 0 and code == value[c]:
+                v = rules[RULE_VALUE, c]
+                if v >= 0 and code == v:
                     cnt[off[c]] += delta
             else:  # MAX_COUNT, COVERAGE: per value; CALIBRATION: per value and the total
                 cnt[off[c] + code] += delta
@@ -623,24 +745,126 @@ def _count(i, p, codes, kind, attr, value, top, cnt, off, delta):
                     cnt[off[c + 1] - 1] += delta
 
 
+# --- the scan ------------------------------------------------------------------------------------
+
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _beyond_reach(bound, best, best_g):
+    """Whether a candidate whose gain is at most `bound` can neither beat nor tie best_g (with a
+    tiny relative slack, so that rounding never ends a scan early)."""
+    return best >= 0 and bound + 1e-12 * (1.0 + abs(best_g)) < best_g
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _examine(i, p, la_c0, best, best_g, ex):
+    """The step every scan takes per candidate at free position p: candidate i (unused,
+    unreserved) is either blocked by an active hard rule (its capped_until mark is then set) or
+    has a gain; returns the new (best, best_g): the best feasible gain, ties to the lowest index.
+    ex: greedy_slate's scan context (see there)."""
+    (L, pw, u, slate, codes, rules, penalty, active, cnt, off, pinned_prefix, need_buf, la_need,
+     capped_until, cal, toff, emb, mode, beta, win, ds) = ex
+    if _blocked(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix, need_buf, la_c0,
+                la_need):
+        capped_until[i] = _capped_until(i, p, codes, rules, active, cnt, off)
+        return best, best_g
+    div = 0.0
+    if mode != 0:
+        div = _div_refresh(i, p, slate, emb, mode, beta, win, ds)
+    g = _gain(i, p, L, pw, u, div, slate, codes, rules, penalty, cnt, off, cal, toff)
+    if g > best_g or (g == best_g and i < best) or best < 0:
+        return i, g
+    return best, best_g
+
+
+# The scans of a free position (the lazy one for diversity without a window; `_scan_list` for
+# the look-ahead's matches and for the plain walk down the scan order). Each is compiled without
+# reference counting, with `_examine` merged into its loop, so a candidate costs no call. None
+# allocates, so extending the scan order (`_extend_order` allocates) is left to greedy_slate: a
+# scan that reaches the end of order[:n_order] returns, greedy_slate extends the order if items
+# are left and calls it again, which resumes where it stopped (its state is in its arguments).
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _scan_lazy(p, bonus, la_c0, best, best_g, sp, n_order, n_def, hsize, order, used, reserved,
+               seen, capped_until, hkey, hidx, defer, full_span, floor_div, u0, pw, u, ex):
+    """Examine candidates by their bound on u + div, best first: the heap hkey/hidx[:hsize] holds
+    those examined before (u + stale div), the scan order from sp the rest (u; the cap once the
+    span is full); stop when the best bound left cannot reach best_g. Each candidate examined is
+    recorded in defer[:n_def]. Returns (best, best_g, sp, n_def, hsize, more)."""
+    N = u.shape[0]
+    while True:
+        while True:  # the next unseen candidate of the scan order
+            if sp == n_order:
+                if n_order == N:
+                    break
+                return best, best_g, sp, n_def, hsize, True
+            i = order[sp]
+            if used[i] or reserved[i] or seen[i]:
+                sp += 1
+                continue
+            break
+        key_s = NEG_INF
+        if sp < n_order:
+            key_s = u[order[sp]]
+            if full_span:
+                key_s = max(key_s + floor_div, u0)
+        if hsize == 0 and sp == n_order:
+            break
+        from_heap = hsize > 0 and hkey[0] >= key_s
+        key = hkey[0] if from_heap else key_s
+        if _beyond_reach(pw[p] * key + bonus, best, best_g):
+            break
+        if from_heap:
+            i = _heap_pop(hkey, hidx, hsize)
+            hsize -= 1
+            if used[i] or reserved[i]:
+                continue  # dropped (a released pin is pushed again)
+        else:
+            i = order[sp]
+            sp += 1
+            seen[i] = True
+        defer[n_def] = i  # back into the heap after this scan
+        n_def += 1
+        if capped_until[i] > p:
+            continue
+        best, best_g = _examine(i, p, la_c0, best, best_g, ex)
+    return best, best_g, sp, n_def, hsize, False
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _scan_list(p, bonus, la_c0, best, best_g, j, end, items, by_utility, used, reserved,
+               capped_until, pw, u, ex):
+    """Examine items[j:end], skipping those out of reach (a gain of at most pw[p] * u + bonus
+    cannot beat best_g); with by_utility (items in utility order, the scan order) the first one
+    out of reach ends the scan, as none after it can do better. Returns (best, best_g, j,
+    stopped): stopped when it ended that way."""
+    while j < end:
+        i = items[j]
+        j += 1
+        if used[i] or reserved[i] or capped_until[i] > p:
+            continue
+        if _beyond_reach(pw[p] * u[i] + bonus, best, best_g):
+            if by_utility:
+                return best, best_g, j, True
+            continue
+        best, best_g = _examine(i, p, la_c0, best, best_g, ex)
+    return best, best_g, j, False
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _relax_rank(r, p, rank, active, reason, relax_pos, capped_until):
+    """The rule of rank r gives way at position p (a conflict); the capped marks are forgotten,
+    as a relaxed cap frees the items it held back."""
+    for c in range(rank.shape[0]):
+        if rank[c] == r:
+            active[c] = False
+            reason[c] = RELAX_CONFLICT
+            relax_pos[c] = p
+    for i in range(capped_until.shape[0]):
+        capped_until[i] = 0
+
+
 _SIG = nb.int64(
-    nb.float64[::1],  # utility
-    nb.float64[::1],  # pw
-    nb.int64[:, ::1],  # codes
-    nb.int64[::1],  # n_values
-    nb.int64[::1],  # kind
-    nb.int64[::1],  # attr
-    nb.int64[::1],  # value
-    nb.int64[::1],  # bound
-    nb.int64[::1],  # top
-    nb.int64[::1],  # size
-    nb.boolean[::1],  # hard
-    nb.float64[::1],  # penalty
-    nb.int64[::1],  # priority
-    nb.int64[::1],  # item
-    nb.int64[::1],  # position
-    nb.float64[::1],  # target (calibration distributions, flat)
-    nb.int64[::1],  # target_offset [C + 1]
+    *PROBLEM_TYPES,  # utility, position_weight, codes, n_values
+    *TABLE_TYPES,  # rules, penalty, target, target_offset
     nb.float32[:, ::1],  # embeddings [N, d] ([0, 0] when diversity is off)
     nb.int64,  # div_mode
     nb.float64,  # div_weight (beta)
@@ -670,19 +894,27 @@ def _ranks(priority):
 
 
 @nb.njit(_SIG, cache=True, nogil=True)
-def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, hard, penalty,
-                 priority, item, position, target, toff, emb, div_mode, beta, div_window, active,
-                 slate, reason, relax_pos, relaxed, info):
+def greedy_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div_mode, beta,
+                 div_window, active, slate, reason, relax_pos, relaxed, info):
     """Fill `slate`; return the number of relaxed hard rules, or -1 - j when utility[j] is not
     finite (nothing else is then written). info[0] = the sort bound: sum_p pw[p] * (p-th largest
     utility), the objective_upper_bound_unconstrained of solvers.evaluate."""
     N = u.shape[0]
     L = pw.shape[0]
-    C = kind.shape[0]
+    C = rules.shape[1]
+    # column views for the set-up and the per-position steps (the helpers take `rules`)
+    kind = rules[RULE_KIND]
+    attr = rules[RULE_ATTR]
+    value = rules[RULE_VALUE]
+    bound = rules[RULE_BOUND]
+    top = rules[RULE_TOP]
+    hard = rules[RULE_HARD]  # 1 / 0
+    item = rules[RULE_ITEM]
+    position = rules[RULE_POSITION]
     for i in range(N):
         if not np.isfinite(u[i]):
             return -1 - i
-    rank = _ranks(priority)
+    rank = _ranks(rules[RULE_PRIORITY])
     for c in range(C):
         relax_pos[c] = -1
 
@@ -708,36 +940,42 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
     la_need = np.zeros(C, dtype=np.int64)  # look-ahead needs of an item matching no rule
     cal = np.zeros(target.shape[0], dtype=np.float64)  # per-value KL decrease at this position
 
-    # --- diversity state (see the module docstring); sized 0 when unused
+    # --- diversity state (see the module docstring). What the mode does not use is one of the
+    # shared empty arrays (an allocation costs ~40 ns; most calls have no diversity)
     mode = div_mode if beta > 0.0 else 0
     win = div_window if div_window < L - 1 else 0  # a window reaching back to 0 is no window
-    Nd = N if mode != 0 else 0
     d = emb.shape[1]
-    n2 = np.full(Nd, -1.0)  # squared norms (-1: not computed yet)
-    P = np.zeros((L if mode != 0 else 0, d))  # rows of the placed items, in float64
-    span_rank = np.zeros(2, dtype=np.int64)
-    xi = np.zeros((1, d))  # the candidate's row in float64
-    xbuf = np.zeros(L)  # a candidate's cosines to the positions it folds in
-    floor_div = beta * np.log(DPP_EPS)
-    zero_rows = np.zeros(0, dtype=np.int64)  # known once the span is full (DPP without window)
-    zero_known = False
-    dcnt = np.zeros(Nd, dtype=np.int64)
-    dval = np.zeros(Nd)
-    mx = np.zeros(Nd if (mode == DIV_MMR and win == 0) else 0)
-    d2 = np.ones(Nd if (mode == DIV_DPP and win == 0) else 0)
-    M = np.empty((Nd, L) if (mode == DIV_DPP or win > 0) else (0, 0))
-    dsel = np.zeros(L if (mode == DIV_DPP and win == 0) else 0)
+    no_f = np.zeros(0)
+    no_f2 = np.zeros((0, 0))
+    no_i = np.zeros(0, dtype=np.int64)
+    flat_dpp = mode == DIV_DPP and win == 0
     wd = win if (mode == DIV_DPP and win > 0) else 0
-    Wc = np.zeros((wd, wd))
-    Wd = np.zeros(wd)
-    ebuf = np.zeros(wd)
+    n2, P, xi, xbuf, dcnt, dval = no_f, no_f2, no_f2, no_f, no_i, no_f
+    if mode != 0:
+        n2 = np.full(N, -1.0)  # squared norms (-1: not computed yet)
+        P = np.zeros((L, d))  # rows of the placed items, in float64
+        xi = np.zeros((1, d))  # the candidate's row in float64
+        xbuf = np.zeros(L)  # a candidate's cosines to the positions it folds in
+        dcnt = np.zeros(N, dtype=np.int64)
+        dval = np.zeros(N)
+    mx = np.zeros(N) if (mode == DIV_MMR and win == 0) else no_f
+    d2 = np.ones(N) if flat_dpp else no_f
+    M = np.empty((N, L)) if (mode == DIV_DPP or (mode != 0 and win > 0)) else no_f2
+    dsel = np.zeros(L) if flat_dpp else no_f
+    Wc = np.zeros((wd, wd)) if wd > 0 else no_f2
+    Wd = np.zeros(wd) if wd > 0 else no_f
+    ebuf = np.zeros(wd) if wd > 0 else no_f
+    span_rank = np.zeros(2, dtype=np.int64)
+    floor_div = beta * np.log(DPP_EPS)
+    zero_rows = no_i  # known once the span is full (DPP without window)
+    zero_known = False
+    ds = (n2, P, dcnt, dval, mx, d2, M, dsel, Wc, Wd, ebuf, span_rank, xi, xbuf)  # _div_refresh
     lazy = mode != 0 and win == 0  # stale div values are upper bounds
-    Nh = N if lazy else 0
-    hkey = np.empty(Nh)  # max-heap of examined candidates by u + stale div
-    hidx = np.empty(Nh, dtype=np.int64)
+    hkey = np.empty(N) if lazy else no_f  # max-heap of examined candidates by u + stale div
+    hidx = np.empty(N, dtype=np.int64) if lazy else no_i
     hsize = 0
-    seen = np.zeros(Nh, dtype=np.bool_)  # taken from the scan order into the heap
-    defer = np.empty(Nh, dtype=np.int64)  # examined during the current scan
+    seen = np.zeros(N if lazy else 0, dtype=np.bool_)  # taken from the scan order into the heap
+    defer = np.empty(N, dtype=np.int64) if lazy else no_i  # examined during the current scan
     sp = 0  # order[:sp] are seen, used or reserved
 
     used = np.zeros(N, dtype=np.bool_)
@@ -749,15 +987,18 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
 
     # --- reserve active hard pins (compile guarantees distinct items and positions < L)
     for c in range(C):
-        if kind[c] == PIN and hard[c] and active[c]:
+        if kind[c] == PIN and hard[c] != 0 and active[c]:
             q = position[c]
             slate[q] = item[c]
             pin_rule[q] = c
             reserved[item[c]] = True
-            _count(item[c], q, codes, kind, attr, value, top, cnt, off, 1)
+            _count(item[c], q, codes, rules, cnt, off, 1)
     pinned_prefix = np.zeros(L + 1, dtype=np.int64)
     for p in range(L):
         pinned_prefix[p + 1] = pinned_prefix[p] + (1 if pin_rule[p] >= 0 else 0)
+    # the scan context `_examine` reads: arrays changed in place only, and constants
+    ex = (L, pw, u, slate, codes, rules, penalty, active, cnt, off, pinned_prefix, need_buf,
+          la_need, capped_until, cal, toff, emb, mode, beta, win, ds)
 
     # --- matching candidates still available to each min_count rule (reserved pins excluded)
     avail = np.zeros(C, dtype=np.int64)
@@ -775,7 +1016,7 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                         n_match += 1
                         if not reserved[i]:
                             avail[c] += 1
-            if not hard[c]:
+            if hard[c] == 0:
                 max_bonus += penalty[c]
                 n_match = 0
         moff[c + 1] = moff[c] + n_match
@@ -792,7 +1033,7 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
     for p in range(L):
         # shortages: a hard min rule needing more than the candidates left can give
         for c in range(C):
-            if kind[c] == MIN_COUNT and hard[c] and active[c] and p < top[c]:
+            if kind[c] == MIN_COUNT and hard[c] != 0 and active[c] and p < top[c]:
                 if bound[c] - cnt[off[c]] > avail[c]:
                     active[c] = False
                     reason[c] = RELAX_SHORTAGE
@@ -802,9 +1043,8 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
         if c_pin >= 0:
             i = slate[p]
             while True:
-                worst = _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top,
-                                           size, hard, active, cnt, off, pinned_prefix, rank,
-                                           need_buf, True)
+                worst = _blockers_max_rank(i, p, L, slate, codes, rules, active, cnt, off,
+                                           pinned_prefix, rank, need_buf, True)
                 if worst < 0:
                     break
                 if worst > rank[c_pin]:
@@ -812,7 +1052,7 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                     active[c_pin] = False
                     reason[c_pin] = RELAX_CONFLICT
                     relax_pos[c_pin] = p
-                    _count(i, p, codes, kind, attr, value, top, cnt, off, -1)
+                    _count(i, p, codes, rules, cnt, off, -1)
                     reserved[i] = False
                     for c in range(C):
                         if kind[c] == MIN_COUNT and value[c] >= 0 and codes[attr[c], i] == value[c]:
@@ -830,19 +1070,12 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                         hsize += 1
                     break
                 # relax the lowest-ranked rule that forbids the pin, then look again
-                for c in range(C):
-                    if rank[c] == worst:
-                        active[c] = False
-                        reason[c] = RELAX_CONFLICT
-                        relax_pos[c] = p
-                capped_until[:] = 0
+                _relax_rank(worst, p, rank, active, reason, relax_pos, capped_until)
             if pin_rule[p] >= 0:
                 used[i] = True
                 if mode != 0:
-                    _div_refresh(i, p, slate, emb, mode, beta, win, n2, P, dcnt, dval, mx, d2, M,
-                                 dsel, Wc, Wd, ebuf, span_rank, xi, xbuf)
-                    _div_placed(i, p, slate, emb, mode, win, n2, P, d2, dsel, M, Wc, Wd,
-                                span_rank)
+                    _div_refresh(i, p, slate, emb, mode, beta, win, ds)
+                    _div_placed(i, p, slate, emb, mode, win, ds)
                 continue
 
         # bound on the soft bonuses at p: min_count rewards, coverage rewards, and per calibration
@@ -885,70 +1118,28 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
         while True:
             best = -1
             best_g = NEG_INF
-            la_c0 = _lookahead_worst(p, codes, kind, attr, value, bound, top, hard, active, cnt,
-                                     off, pinned_prefix, need_buf, la_need)
+            la_c0 = _lookahead_worst(p, codes, rules, active, cnt, off, pinned_prefix, need_buf,
+                                     la_need)
             if lazy:
-                # examine candidates by their bound on u + div, best first: the heap holds those
-                # examined before (u + stale div), the scan order the rest (u; the cap once the
-                # span is full); stop when the best bound left cannot reach best_g
                 n_def = 0
                 while True:
-                    while True:  # the next unseen candidate of the scan order
-                        if sp == n_order:
-                            if n_order == N:
-                                break
-                            n_order, cut = _extend_order(u, order, n_order, cut, stretch)
-                            stretch *= 2
-                        i = order[sp]
-                        if used[i] or reserved[i] or seen[i]:
-                            sp += 1
-                            continue
+                    best, best_g, sp, n_def, hsize, more = _scan_lazy(
+                        p, bonus, la_c0, best, best_g, sp, n_order, n_def, hsize, order, used,
+                        reserved, seen, capped_until, hkey, hidx, defer, full_span, floor_div, u0,
+                        pw, u, ex)
+                    if not more:
                         break
-                    key_s = NEG_INF
-                    if sp < n_order:
-                        key_s = u[order[sp]]
-                        if full_span:
-                            key_s = max(key_s + floor_div, u0)
-                    if hsize == 0 and sp == n_order:
-                        break
-                    from_heap = hsize > 0 and hkey[0] >= key_s
-                    key = hkey[0] if from_heap else key_s
-                    if best >= 0 and pw[p] * key + bonus + 1e-12 * (1.0 + abs(best_g)) < best_g:
-                        break
-                    if from_heap:
-                        i = _heap_pop(hkey, hidx, hsize)
-                        hsize -= 1
-                        if used[i] or reserved[i]:
-                            continue  # dropped (a released pin is pushed again)
-                    else:
-                        i = order[sp]
-                        sp += 1
-                        seen[i] = True
-                    defer[n_def] = i  # back into the heap after this scan
-                    n_def += 1
-                    if capped_until[i] > p:
-                        continue
-                    if _blocked(i, p, L, slate, codes, kind, attr, value, bound, top, size, hard,
-                                active, cnt, off, pinned_prefix, need_buf, la_c0, la_need):
-                        capped_until[i] = _capped_until(i, p, codes, kind, attr, value, bound,
-                                                        top, hard, active, cnt, off)
-                        continue
-                    div = _div_refresh(i, p, slate, emb, mode, beta, win, n2, P, dcnt, dval, mx,
-                                       d2, M, dsel, Wc, Wd, ebuf, span_rank, xi, xbuf)
-                    g = _gain(i, p, L, pw, u, div, slate, codes, kind, attr, value, bound, top,
-                              size, hard, penalty, item, position, cnt, off, cal, toff)
-                    if g > best_g or (g == best_g and i < best) or best < 0:
-                        best = i
-                        best_g = g
+                    n_order, cut = _extend_order(u, order, n_order, cut, stretch)
+                    stretch *= 2
                 for k in range(n_def):
                     if defer[k] != best:
                         _heap_push(hkey, hidx, hsize, u[defer[k]] + dval[defer[k]], defer[k])
                         hsize += 1
             if not lazy and la_c0 >= 0 and pw[p] >= 0.0:
                 # the look-ahead admits only items matching a rule with a need left (`_blocked`):
-                # examine just those, each against the scan's bound (the best feasible gain, ties
-                # to the lowest index, is the same in any order). Nothing feasible: the plain scan
-                # below runs (and sees every candidate, as the relaxation needs).
+                # examine just those (the best feasible gain, ties to the lowest index, is the
+                # same in any order). Nothing feasible: the scan of the whole order below runs
+                # (and sees every candidate, as the relaxation needs).
                 for c in range(C):
                     if la_need[c] <= 0 or value[c] < 0:
                         continue
@@ -959,58 +1150,19 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                             if codes[attr[c], i] == value[c]:
                                 matches[k] = i
                                 k += 1
-                    for k in range(moff[c], moff[c + 1]):
-                        i = matches[k]
-                        if used[i] or reserved[i] or capped_until[i] > p:
-                            continue
-                        if best >= 0 and pw[p] * u[i] + bonus + 1e-12 * (1.0 + abs(best_g)) < best_g:
-                            continue
-                        if _blocked(i, p, L, slate, codes, kind, attr, value, bound, top, size,
-                                    hard, active, cnt, off, pinned_prefix, need_buf, la_c0,
-                                    la_need):
-                            capped_until[i] = _capped_until(i, p, codes, kind, attr, value, bound,
-                                                            top, hard, active, cnt, off)
-                            continue
-                        div = 0.0
-                        if mode != 0:
-                            div = _div_refresh(i, p, slate, emb, mode, beta, win, n2, P, dcnt,
-                                               dval, mx, d2, M, dsel, Wc, Wd, ebuf, span_rank, xi,
-                                               xbuf)
-                        g = _gain(i, p, L, pw, u, div, slate, codes, kind, attr, value, bound, top,
-                                  size, hard, penalty, item, position, cnt, off, cal, toff)
-                        if g > best_g or (g == best_g and i < best) or best < 0:
-                            best = i
-                            best_g = g
+                    best, best_g, _, _ = _scan_list(p, bonus, la_c0, best, best_g, moff[c],
+                                                    moff[c + 1], matches, False, used, reserved,
+                                                    capped_until, pw, u, ex)
             j = head
-            plain = not lazy and best < 0
+            plain = not lazy and best < 0  # (decided once: the scan goes on past a stretch)
             while plain:
-                if j == n_order:
-                    if n_order == N:
-                        break
-                    n_order, cut = _extend_order(u, order, n_order, cut, stretch)
-                    stretch *= 2
-                i = order[j]
-                j += 1
-                if used[i] or reserved[i] or capped_until[i] > p:
-                    continue
-                # later candidates cannot beat best_g: their gain is at most pw*u + bonus
-                # (the tiny relative slack keeps rounding from ending the scan early)
-                if best >= 0 and pw[p] * u[i] + bonus + 1e-12 * (1.0 + abs(best_g)) < best_g:
+                best, best_g, j, stopped = _scan_list(p, bonus, la_c0, best, best_g, j, n_order,
+                                                      order, True, used, reserved, capped_until,
+                                                      pw, u, ex)
+                if stopped or n_order == N:
                     break
-                if _blocked(i, p, L, slate, codes, kind, attr, value, bound, top, size, hard,
-                            active, cnt, off, pinned_prefix, need_buf, la_c0, la_need):
-                    capped_until[i] = _capped_until(i, p, codes, kind, attr, value, bound, top,
-                                                    hard, active, cnt, off)
-                    continue
-                div = 0.0
-                if mode != 0:
-                    div = _div_refresh(i, p, slate, emb, mode, beta, win, n2, P, dcnt, dval,
-                                       mx, d2, M, dsel, Wc, Wd, ebuf, span_rank, xi, xbuf)
-                g = _gain(i, p, L, pw, u, div, slate, codes, kind, attr, value, bound, top, size,
-                          hard, penalty, item, position, cnt, off, cal, toff)
-                if g > best_g or (g == best_g and i < best) or best < 0:
-                    best = i
-                    best_g = g
+                n_order, cut = _extend_order(u, order, n_order, cut, stretch)
+                stretch *= 2
             if best >= 0:
                 break
             # nothing feasible: relax the rule whose relaxation frees a candidate most cheaply
@@ -1019,26 +1171,21 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
                 i = order[jj]
                 if used[i] or reserved[i]:
                     continue
-                w = _blockers_max_rank(i, p, L, slate, codes, kind, attr, value, bound, top, size,
-                                       hard, active, cnt, off, pinned_prefix, rank, need_buf, False)
+                w = _blockers_max_rank(i, p, L, slate, codes, rules, active, cnt, off,
+                                       pinned_prefix, rank, need_buf, False)
                 if r_star < 0 or w < r_star:
                     r_star = w
             if r_star < 0:
                 break  # no candidate left at all (cannot happen when L <= N)
-            for c in range(C):
-                if rank[c] == r_star:
-                    active[c] = False
-                    reason[c] = RELAX_CONFLICT
-                    relax_pos[c] = p
-            capped_until[:] = 0
+            _relax_rank(r_star, p, rank, active, reason, relax_pos, capped_until)
 
         if best < 0:
             break
         slate[p] = best
         used[best] = True
         if mode != 0:
-            _div_placed(best, p, slate, emb, mode, win, n2, P, d2, dsel, M, Wc, Wd, span_rank)
-        _count(best, p, codes, kind, attr, value, top, cnt, off, 1)
+            _div_placed(best, p, slate, emb, mode, win, ds)
+        _count(best, p, codes, rules, cnt, off, 1)
         for c in range(C):
             if kind[c] == MIN_COUNT and value[c] >= 0 and codes[attr[c], best] == value[c]:
                 avail[c] -= 1
@@ -1047,13 +1194,13 @@ def greedy_slate(u, pw, codes, n_values, kind, attr, value, bound, top, size, ha
 
     # a minimum the slate could not reach (e.g. fewer positions than it needs) is a shortage
     for c in range(C):
-        if kind[c] == MIN_COUNT and hard[c] and active[c] and cnt[off[c]] < bound[c]:
+        if kind[c] == MIN_COUNT and hard[c] != 0 and active[c] and cnt[off[c]] < bound[c]:
             active[c] = False
             reason[c] = RELAX_SHORTAGE
             relax_pos[c] = L
     n_relaxed = 0
     for c in range(C):
-        relaxed[c] = hard[c] and not active[c]
+        relaxed[c] = hard[c] != 0 and not active[c]
         if relaxed[c]:
             n_relaxed += 1
         else:

@@ -2,9 +2,10 @@
 
 `solve_greedy` trusts the constraint table (engine.compile builds valid problems) but checks the
 parts a caller may get wrong when building a problem by hand: the diversity inputs and the
-coverage / calibration rows (`check_extensions`), and (in the kernel) finite utilities. It
-allocates the outputs, runs the Numba kernel in solvers._greedy_kernels (which also ranks the
-rules and marks the relaxed ones) and assembles a SolveResult.
+coverage / calibration rows (`check_extensions`), and (in the kernel) finite utilities. It packs
+the rule table (`solvers._greedy_kernels.pack_table`, once per call), allocates the outputs, runs
+the Numba kernel in solvers._greedy_kernels (which also ranks the rules and marks the relaxed
+ones) and assembles a SolveResult.
 """
 
 from __future__ import annotations
@@ -21,9 +22,21 @@ _NO_EMBEDDINGS = np.zeros((0, 0), dtype=np.float32)
 
 
 def check_extensions(problem: SlateProblem) -> None:
-    """Raise ValueError (what, expected, got) when the diversity settings or a coverage /
-    calibration row cannot be solved as documented in solvers.problem. Cheap checks only:
-    finite embeddings are the request validation's job."""
+    """Check the diversity settings and the coverage / calibration rows of `problem`.
+
+    Cheap checks only: finite embeddings are the request validation's job.
+
+    Parameters
+    ----------
+    problem : SlateProblem
+        The problem about to be solved.
+
+    Raises
+    ------
+    ValueError
+        What, where, what was expected and what came, when the diversity settings or a
+        coverage / calibration row cannot be solved as documented in solvers.problem.
+    """
     if problem.div_mode not in (DIV_NONE, DIV_MMR, DIV_DPP):
         raise ValueError(f"div_mode: must be {DIV_NONE} (none), {DIV_MMR} (mmr) or {DIV_DPP} "
                          f"(dpp), got {problem.div_mode!r}")
@@ -57,15 +70,39 @@ def check_extensions(problem: SlateProblem) -> None:
 
 
 def kernel_embeddings(problem: SlateProblem) -> np.ndarray:
-    """The float32 C-contiguous embeddings the kernels take ([0, 0] when diversity is off)."""
+    """The embeddings as the kernels take them.
+
+    Parameters
+    ----------
+    problem : SlateProblem
+
+    Returns
+    -------
+    ndarray of float32, shape (N, d)
+        C-contiguous (a copy only when the stored ones are not); shape (0, 0) when diversity
+        is off.
+    """
     if not problem.diversity_on:
         return _NO_EMBEDDINGS
     return np.ascontiguousarray(problem.embeddings, dtype=np.float32)
 
 
 def constraint_ranks(priority: np.ndarray) -> np.ndarray:
-    """Rank of each rule in the order rules give way: lowest priority first, and among equal
-    priorities the later rule in the policy first. Rank 0 gives way first."""
+    """Rank of each rule in the order rules give way.
+
+    Lowest priority first, and among equal priorities the later rule in the policy first (the
+    kernel's `_ranks` computes the same).
+
+    Parameters
+    ----------
+    priority : ndarray of int64, shape (C,)
+        ConstraintTable.priority: higher = more important.
+
+    Returns
+    -------
+    ndarray of int64, shape (C,)
+        A permutation of 0..C-1; rank 0 gives way first.
+    """
     C = priority.shape[0]
     order = np.lexsort((-np.arange(C), priority))
     rank = np.empty(C, dtype=np.int64)
@@ -76,15 +113,46 @@ def constraint_ranks(priority: np.ndarray) -> np.ndarray:
 def solve_greedy(problem: SlateProblem, *, active: np.ndarray | None = None) -> SolveResult:
     """Fill the slate position by position with the best feasible candidate.
 
-    `active` overrides problem.active (used to price rules: solve again with one rule dropped).
+    Parameters
+    ----------
+    problem : SlateProblem
+        The compiled problem (utilities, position weights, codes, rules, diversity).
+    active : ndarray of bool, shape (C,), optional
+        Overrides problem.active (used to price rules: solve again with one rule dropped). Rules
+        it switches off are not reported as relaxed.
+
+    Returns
+    -------
+    SolveResult
+        The slate (candidate indices, one per position), the hard rules that gave way with
+        their reason and position, solver "greedy" and status "feasible" or "relaxed".
+
+    Raises
+    ------
+    ValueError
+        When a utility is not finite, or as `check_extensions`.
     """
     return solve_greedy_with_bound(problem, active=active)[0]
 
 
 def solve_greedy_with_bound(problem: SlateProblem, *,
                             active: np.ndarray | None = None) -> tuple[SolveResult, float]:
-    """`solve_greedy`, and the sort bound that the kernel reads off its scan order for free
-    (the same float as solvers.evaluate.objective_upper_bound_unconstrained)."""
+    """`solve_greedy`, and the sort bound that the kernel reads off its scan order for free.
+
+    Parameters
+    ----------
+    problem : SlateProblem
+    active : ndarray of bool, shape (C,), optional
+        As for `solve_greedy`.
+
+    Returns
+    -------
+    result : SolveResult
+        As `solve_greedy` returns it.
+    sort_bound : float
+        sum_p position_weight[p] * (the p-th largest utility): the same float as
+        solvers.evaluate.objective_upper_bound_unconstrained.
+    """
     t = problem.constraints
     if problem.div_mode != DIV_NONE or (t.n and max(t.kind.tolist()) > PIN):
         check_extensions(problem)
@@ -95,12 +163,10 @@ def solve_greedy_with_bound(problem: SlateProblem, *,
     relaxed = np.empty(t.n, dtype=np.bool_)
     info = np.empty(1, dtype=np.float64)
     n_relaxed = _k.greedy_slate(
-        problem.utility, problem.position_weight, problem.codes, problem.n_values, t.kind, t.attr,
-        t.value, t.bound, t.top, t.size, t.hard, t.penalty, t.priority, t.item, t.position,
-        np.ascontiguousarray(t.target, dtype=np.float64),
-        np.ascontiguousarray(t.target_offset, dtype=np.int64), kernel_embeddings(problem),
-        int(problem.div_mode), float(problem.div_weight), int(problem.div_window),
-        act, slate, reason, relax_pos, relaxed, info)
+        problem.utility, problem.position_weight, problem.codes, problem.n_values,
+        *_k.pack_table(t), kernel_embeddings(problem), int(problem.div_mode),
+        float(problem.div_weight), int(problem.div_window), act, slate, reason, relax_pos,
+        relaxed, info)
     if n_relaxed < 0:  # the kernel assumes finite utilities and wrote nothing
         j = -1 - n_relaxed
         raise ValueError(f"utility[{j}]: must be finite, got {problem.utility[j]}")
@@ -113,7 +179,14 @@ def solve_greedy_with_bound(problem: SlateProblem, *,
 
 
 def warmup() -> None:
-    """Compile (or load from cache) every kernel on a tiny problem touching every code path."""
+    """Compile (or load from the Numba cache) every kernel, then run each on a tiny problem.
+
+    The kernels have explicit signatures, so importing their modules compiles them (and the
+    helpers they call); the runs touch every code path (every rule kind, a pin, both diversity
+    methods with and without a window, coverage and calibration rows) so that a broken kernel
+    fails here, at start-up, rather than on the first request. Takes no arguments and returns
+    None.
+    """
     from dataclasses import replace
 
     from solvers.evaluate import evaluate
