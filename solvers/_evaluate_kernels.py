@@ -1,53 +1,47 @@
 """Numba kernels scoring one slate: violation and slack of every constraint, and the similarity
 diversity term of every position.
 
-Imports only numpy, numba and solvers.codes. Assumes valid input (see solvers.evaluate for the wrapper).
-The definitions are documented in solvers.problem; tests/naive.py has the slow twins.
+Imports only numpy, numba, solvers.codes and, from solvers._greedy_kernels, the packed rule
+table's layout (RULE_* columns), the Numba types of the problem and table arguments and the
+incremental Cholesky row, so that both kernel modules read one table layout, declare it once and
+compute the DPP residuals in one order. Assumes valid input (see
+solvers.evaluate for the wrapper). The definitions are documented in solvers.problem;
+tests/naive.py has the slow twins.
 """
 
 import numba as nb
 import numpy as np
 
+from solvers._greedy_kernels import (
+    PROBLEM_TYPES, RULE_ATTR, RULE_BOUND, RULE_HARD, RULE_ITEM, RULE_KIND, RULE_POSITION, RULE_SIZE,
+    RULE_TOP, RULE_VALUE, TABLE_TYPES, cholesky_row,
+)
 from solvers.codes import (
-    ALL_VALUES, CALIBRATION, CALIBRATION_ALPHA, COVERAGE, DIV_MMR, DPP_EPS, DPP_SPAN_EPS, MAX_COUNT,
-    MIN_COUNT, PIN,
+    ALL_VALUES, CALIBRATION, CALIBRATION_ALPHA, COVERAGE, DIV_MMR, DPP_EPS, MAX_COUNT, MIN_COUNT, PIN,
 )
 
 _SIG = nb.void(
     nb.int64[::1],  # slate [L]
-    nb.float64[::1],  # utility [N]
-    nb.float64[::1],  # position_weight [>= L]
-    nb.int64[:, ::1],  # codes
-    nb.int64[::1],  # n_values
-    nb.int64[::1],  # kind
-    nb.int64[::1],  # attr
-    nb.int64[::1],  # value
-    nb.int64[::1],  # bound
-    nb.int64[::1],  # top
-    nb.int64[::1],  # size
-    nb.boolean[::1],  # hard
-    nb.float64[::1],  # penalty
-    nb.int64[::1],  # item
-    nb.int64[::1],  # position
-    nb.float64[::1],  # target (calibration distributions, flat)
-    nb.int64[::1],  # target_offset [C + 1]
-    nb.float64[::1],  # out violation
-    nb.float64[::1],  # out slack
+    *PROBLEM_TYPES,  # utility, position_weight, codes, n_values
+    *TABLE_TYPES,  # rules, penalty, target, target_offset
+    nb.float64[::1],  # out violation [C]
+    nb.float64[::1],  # out slack [C]
     nb.float64[::1],  # out [utility part, penalty part]
 )
 
 
 @nb.njit(cache=True, nogil=True)
-def _rows_status(slate, codes, n_values, kind, attr, value, bound, top, size, item, position,
-                 target, toff, violation, slack):
+def _rows_status(slate, codes, n_values, rules, target, toff, violation, slack):
     L = slate.shape[0]
-    C = kind.shape[0]
     N = codes.shape[1]
-    for c in range(C):
-        k = kind[c]
+    for c in range(rules.shape[1]):
+        k = rules[RULE_KIND, c]
+        a = rules[RULE_ATTR, c]
+        v = rules[RULE_VALUE, c]
+        b = rules[RULE_BOUND, c]
+        top = rules[RULE_TOP, c]
         if k == COVERAGE or k == CALIBRATION:
-            a = attr[c]
-            m = min(top[c], L)
+            m = min(top, L)
             counts = np.zeros(n_values[a], dtype=np.int64)
             for p in range(m):
                 counts[codes[a, slate[p]]] += 1
@@ -62,7 +56,7 @@ def _rows_status(slate, codes, n_values, kind, attr, value, bound, top, size, it
                 for g in range(counts.shape[0]):
                     if counts[g] > 0:
                         covered += 1
-                viol = float(min(top[c], n_distinct) - covered)
+                viol = float(min(top, n_distinct) - covered)
             else:
                 viol = 0.0
                 keep = 1.0 - CALIBRATION_ALPHA
@@ -75,16 +69,14 @@ def _rows_status(slate, codes, n_values, kind, attr, value, bound, top, size, it
             slack[c] = -viol
             continue
         if k == PIN:
-            p = position[c]
-            ok = item[c] >= 0 and p < L and slate[p] == item[c]
+            p = rules[RULE_POSITION, c]
+            item = rules[RULE_ITEM, c]
+            ok = item >= 0 and p < L and slate[p] == item
             violation[c] = 0.0 if ok else 1.0
             slack[c] = 0.0 if ok else -1.0
             continue
-        a = attr[c]
-        v = value[c]
-        b = bound[c]
         if k == MAX_COUNT or k == MIN_COUNT:
-            m = min(top[c], L)
+            m = min(top, L)
             if k == MIN_COUNT:
                 cnt = 0
                 if v >= 0:
@@ -111,7 +103,7 @@ def _rows_status(slate, codes, n_values, kind, attr, value, bound, top, size, it
                 violation[c] = float(viol)
                 slack[c] = float(b - worst)
         else:  # WINDOW
-            w = size[c]
+            w = rules[RULE_SIZE, c]
             n_win = L - w + 1
             span = w
             if n_win < 1:
@@ -142,26 +134,29 @@ def _rows_status(slate, codes, n_values, kind, attr, value, bound, top, size, it
 
 
 @nb.njit(_SIG, cache=True, nogil=True)
-def constraint_status(slate, u, pw, codes, n_values, kind, attr, value, bound, top, size, hard,
-                      penalty, item, position, target, toff, violation, slack, parts):
+def constraint_status(slate, u, pw, codes, n_values, rules, penalty, target, toff, violation,
+                      slack, parts):
     """violation and slack of every row; parts = [sum_p pw[p] * u[slate[p]], sum over soft rows
-    of penalty * violation] (both summed in order)."""
+    of penalty * violation] (both summed in order). The table is packed as for greedy_slate
+    (solvers._greedy_kernels)."""
     L = slate.shape[0]
-    C = kind.shape[0]
+    C = rules.shape[1]
     up = 0.0
     for p in range(L):
         up += pw[p] * u[slate[p]]
     parts[0] = up
-    _rows_status(slate, codes, n_values, kind, attr, value, bound, top, size, item, position,
-                 target, toff, violation, slack)
+    _rows_status(slate, codes, n_values, rules, target, toff, violation, slack)
     pp = 0.0
     for c in range(C):
-        if not hard[c]:
+        if rules[RULE_HARD, c] == 0:
             pp += penalty[c] * violation[c]
     parts[1] = pp
 
 
-@nb.njit(nb.float64(nb.float64[::1], nb.float64[::1]), cache=True, nogil=True)
+_SORT_BOUND_SIG = nb.float64(nb.float64[::1], nb.float64[::1])  # utility [N], position_weight
+
+
+@nb.njit(_SORT_BOUND_SIG, cache=True, nogil=True)
 def sort_bound(u, pw):
     """sum_p pw[p] * (the p-th largest of u), p < min(len(pw), len(u)), summed in order (as the
     greedy kernel sums its info[0])."""
@@ -194,25 +189,6 @@ def _dot(a, b):
     for k in range(a.shape[0]):
         s += a[k] * b[k]
     return s
-
-
-@nb.njit(cache=True, nogil=True)
-def _cholesky_row(S, Cv, piv, a, n_before, lo):
-    """Row a of the incremental Cholesky of S over positions lo, lo+1, ... (against the n_before
-    earlier rows; a row whose residual is <= DPP_SPAN_EPS gets pivot 0 and adds nothing).
-    Returns the residual of row a and stores its pivot."""
-    r = 1.0
-    for b in range(n_before):
-        e = 0.0
-        if piv[b] > 0.0:
-            acc = 0.0
-            for m in range(b):
-                acc += Cv[a, m] * Cv[b, m]
-            e = (S[lo + a, lo + b] - acc) / piv[b]
-        Cv[a, b] = e
-        r -= e * e
-    piv[a] = np.sqrt(r) if r > DPP_SPAN_EPS else 0.0
-    return r
 
 
 _DIV_SIG = nb.void(
@@ -259,12 +235,12 @@ def slate_diversity(slate, emb, div_mode, beta, window, div):
     if window == 0:
         # one incremental Cholesky over the slate in order (Chen et al.'s recurrence)
         for a in range(L):
-            div[a] = beta * np.log(max(_cholesky_row(S, Cv, piv, a, a, 0), DPP_EPS))
+            div[a] = beta * np.log(max(cholesky_row(S[a], Cv, piv, a), DPP_EPS))
         return
     for p in range(L):
         # the same recurrence over the window's items, then slate[p] against them
         lo = max(0, p - window)
         r = 1.0
         for a in range(p - lo + 1):
-            r = _cholesky_row(S, Cv, piv, a, a, lo)
+            r = cholesky_row(S[lo + a, lo:], Cv, piv, a)
         div[p] = beta * np.log(max(r, DPP_EPS))

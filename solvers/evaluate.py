@@ -1,15 +1,37 @@
-"""Objective, violation and slack of a slate: the single definition shared by every solver."""
+"""Objective, violation and slack of a slate: the single definition shared by every solver.
+
+The wrappers pack the rule table as the kernels take it (solvers._greedy_kernels.pack_table)
+and run the Numba kernels of solvers._evaluate_kernels.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from solvers._evaluate_kernels import constraint_status, slate_diversity, sort_bound
+from solvers._greedy_kernels import pack_table
 from solvers.problem import Evaluation, SlateProblem
 
 
 def diversity_terms(problem: SlateProblem, slate: np.ndarray) -> np.ndarray:
-    """div_p of every position of `slate` (zeros when diversity is off)."""
+    """The diversity term div_p of every position of `slate` (solvers.problem defines it).
+
+    Parameters
+    ----------
+    problem : SlateProblem
+    slate : array_like of int, shape (L,)
+        Candidate indices, one per position.
+
+    Returns
+    -------
+    ndarray of float64, shape (L,)
+        div_p <= 0 given the items above position p; zeros when diversity is off.
+
+    Raises
+    ------
+    ValueError
+        When diversity is on and the problem has no embeddings.
+    """
     slate = np.ascontiguousarray(slate, dtype=np.int64)
     div = np.zeros(slate.shape[0], dtype=np.float64)
     if problem.diversity_on and slate.shape[0]:
@@ -22,11 +44,28 @@ def diversity_terms(problem: SlateProblem, slate: np.ndarray) -> np.ndarray:
 
 
 def evaluate(problem: SlateProblem, slate: np.ndarray) -> Evaluation:
-    """Score `slate` (int64 candidate indices, one per position) against `problem`.
+    """Score `slate` against `problem`.
 
     objective = utility_part + diversity_part - penalty_part: soft constraints cost
     penalty * violation; hard ones are reported in `violation` / `slack` but never enter the
     objective; diversity_part = sum_p position_weight[p] * div_p (0 without diversity).
+
+    Parameters
+    ----------
+    problem : SlateProblem
+    slate : array_like of int, shape (L,)
+        Candidate indices, one per position, L <= problem.length.
+
+    Returns
+    -------
+    Evaluation
+        objective, utility_part, penalty_part, diversity_part, and per rule the violation (in
+        the units of its kind, solvers.problem) and the slack.
+
+    Raises
+    ------
+    ValueError
+        When the slate is longer than problem.length.
     """
     slate = np.ascontiguousarray(slate, dtype=np.int64)
     t = problem.constraints
@@ -37,10 +76,7 @@ def evaluate(problem: SlateProblem, slate: np.ndarray) -> Evaluation:
     slack = np.empty(t.n, dtype=np.float64)
     parts = np.empty(2, dtype=np.float64)
     constraint_status(slate, problem.utility, problem.position_weight, problem.codes,
-                      problem.n_values, t.kind, t.attr, t.value, t.bound, t.top, t.size, t.hard,
-                      t.penalty, t.item, t.position,
-                      np.ascontiguousarray(t.target, dtype=np.float64),
-                      np.ascontiguousarray(t.target_offset, dtype=np.int64), violation, slack, parts)
+                      problem.n_values, *pack_table(t), violation, slack, parts)
     utility_part = float(parts[0])
     penalty_part = float(parts[1])
     diversity_part = 0.0
@@ -51,10 +87,21 @@ def evaluate(problem: SlateProblem, slate: np.ndarray) -> Evaluation:
 
 
 def objective_upper_bound_unconstrained(problem: SlateProblem) -> float:
-    """Objective of the best slate ignoring every constraint: a valid upper bound whenever the
-    position weights are non-increasing and soft penalties are >= 0 (sorting is then optimal;
-    diversity terms, coverage and calibration violations only ever subtract).
+    """Objective of the best slate ignoring every constraint.
 
-    sum_p position_weight[p] * (the p-th largest utility), summed in position order, so that it
-    equals the utility part of `evaluate` bit for bit when the slate is sorted by utility."""
+    A valid upper bound whenever the position weights are non-increasing and soft penalties are
+    >= 0 (sorting is then optimal; diversity terms, coverage and calibration violations only
+    ever subtract).
+
+    Parameters
+    ----------
+    problem : SlateProblem
+
+    Returns
+    -------
+    float
+        sum_p position_weight[p] * (the p-th largest utility), summed in position order, so that
+        it equals the utility part of `evaluate` bit for bit when the slate is sorted by utility
+        (and the sort bound of solvers.greedy.solve_greedy_with_bound).
+    """
     return float(sort_bound(problem.utility, problem.position_weight))
