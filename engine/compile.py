@@ -19,7 +19,7 @@ from engine.policy import (
 from engine.types import Candidates, RerankRequest
 from solvers.codes import (
     ALL_VALUES, CALIBRATION, COVERAGE, DIV_NAMES, DIV_NONE, MAX_COUNT, MIN_COUNT, NO_MATCH, PIN,
-    RELAX_PIN_INVALID, RELAX_SHORTAGE, WINDOW,
+    RELAX_PIN_INVALID, RELAX_SHORTAGE, RULE_ITEM, RULE_POSITION, RULE_VALUE, WINDOW,
 )
 from solvers.problem import ConstraintTable, SlateProblem
 
@@ -301,15 +301,13 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
     lookups = _Lookups(dictionaries)
 
     rows = fixed.rows
-    C = len(rows)
-    kind, attr_rows, bound, top = fixed.kind, fixed.attr, fixed.bound, fixed.top
-    size, hard, penalty, priority = fixed.size, fixed.hard, fixed.penalty, fixed.priority
-    # per request (the rest of the table is shared: see _row_arrays)
-    value = fixed.value.copy()
+    top, hard, penalty, priority = fixed.top, fixed.hard, fixed.penalty, fixed.priority
+    # per request (the rest of the table is shared: see _row_arrays): one copy of the packed
+    # table, whose value, item and position rows this request writes
+    block = fixed.rules.copy()
+    value, item, position = block[RULE_VALUE], block[RULE_ITEM], block[RULE_POSITION]
     for r in fixed.value_rows:
         value[r] = lookups.code(rows[r].attr, rows[r].value)
-    item = fixed.no_item.copy()
-    position = fixed.no_item.copy()
     active = fixed.all_active.copy()
     pre_reason = fixed.no_reason.copy()
     reasons: dict[int, str] = {}
@@ -338,8 +336,7 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
                   pre_relax)
     target, target_offset = (_calibration_targets(policy, rows, req, cands, n_values, lookups)
                               if fixed.calibration else (_NO_TARGET, fixed.no_target_offset))
-    table = ConstraintTable(kind, attr_rows, value, bound, top, size, hard, penalty, priority, item,
-                            position, target=target, target_offset=target_offset)
+    table = ConstraintTable.from_block(block, hard, penalty, target=target, target_offset=target_offset)
     diversity = {}
     if policy.diversity is not None:
         emb = cands.embeddings
@@ -398,6 +395,8 @@ class _RowArrays:
     no_item: np.ndarray  # templates of the per-request columns, copied per request
     all_active: np.ndarray
     no_reason: np.ndarray
+    rules: np.ndarray  # the packed table (ConstraintTable.rules) of these rows, item / position -1:
+    #                    each request copies it and writes its value, item and position rows
 
 
 _NO_TARGET = np.zeros(0, dtype=np.float64)
@@ -435,7 +434,11 @@ def _row_arrays(cp: CompiledPolicy, L: int) -> _RowArrays:
         no_item=np.full(C, -1, dtype=np.int64),
         all_active=np.ones(C, dtype=np.bool_),
         no_reason=np.zeros(C, dtype=np.int64),
+        rules=None,
     )
+    object.__setattr__(got, "rules", ConstraintTable(  # the same columns, packed once
+        got.kind, got.attr, got.value, got.bound, got.top, got.size, got.hard, got.penalty,
+        got.priority, got.no_item, got.no_item).rules)
     if len(cache) >= _ROW_CACHE_MAX:
         cache.clear()
     cache[L] = got

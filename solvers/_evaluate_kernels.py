@@ -1,10 +1,10 @@
 """Numba kernels scoring one slate: violation and slack of every constraint, and the similarity
 diversity term of every position.
 
-Imports only numpy, numba, solvers.codes and, from solvers._greedy_kernels, the packed rule
-table's layout (RULE_* columns), the Numba types of the problem and table arguments and the
-incremental Cholesky row, so that both kernel modules read one table layout, declare it once and
-compute the DPP residuals in one order. Assumes valid input (see
+Imports only numpy, numba, solvers.codes (which holds the packed rule table's layout, RULE_*)
+and, from solvers._greedy_kernels, the Numba types of the problem and table arguments and the
+incremental Cholesky row, so that both kernel modules declare the table once and compute the DPP
+residuals in one order. Assumes valid input (see
 solvers.evaluate for the wrapper). The definitions are documented in solvers.problem;
 tests/naive.py has the slow twins.
 """
@@ -12,12 +12,11 @@ tests/naive.py has the slow twins.
 import numba as nb
 import numpy as np
 
-from solvers._greedy_kernels import (
-    PROBLEM_TYPES, RULE_ATTR, RULE_BOUND, RULE_HARD, RULE_ITEM, RULE_KIND, RULE_POSITION, RULE_SIZE,
-    RULE_TOP, RULE_VALUE, TABLE_TYPES, cholesky_row,
-)
+from solvers._greedy_kernels import PROBLEM_TYPES, TABLE_TYPES, cholesky_row
 from solvers.codes import (
     ALL_VALUES, CALIBRATION, CALIBRATION_ALPHA, COVERAGE, DIV_MMR, DPP_EPS, MAX_COUNT, MIN_COUNT, PIN,
+    RULE_ATTR, RULE_BOUND, RULE_HARD, RULE_ITEM, RULE_KIND, RULE_POSITION, RULE_SIZE, RULE_TOP,
+    RULE_VALUE,
 )
 
 _SIG = nb.void(

@@ -43,6 +43,22 @@ RELAX_SHORTAGE = 2  # fewer matching candidates than the rule needs
 RELAX_PIN_INVALID = 3  # pinned item not eligible, position beyond the slate, or clashing pin
 RELAX_INFEASIBLE = 4  # an exact solver proved the rules cannot all hold together
 
+# The packed rule table (ConstraintTable.rules, the kernels' `rules` argument): int64[RULE_COLS, C],
+# row RULE_X holding the table's column RULE_COLUMNS[RULE_X] (hard as 0 / 1).
+RULE_KIND = 0
+RULE_ATTR = 1
+RULE_VALUE = 2
+RULE_BOUND = 3
+RULE_TOP = 4
+RULE_SIZE = 5
+RULE_HARD = 6
+RULE_PRIORITY = 7
+RULE_ITEM = 8
+RULE_POSITION = 9
+RULE_COLS = 10
+RULE_COLUMNS = ("kind", "attr", "value", "bound", "top", "size", "hard", "priority", "item",
+                "position")
+
 # Numeric constants of the objective (see solvers.problem for the definitions).
 CALIBRATION_ALPHA = 0.01  # q~ = (1 - alpha) q + alpha t
 DPP_EPS = 1e-10  # residual floor inside the log

@@ -59,11 +59,11 @@ stays a valid bound. `solvers.exact.exact_unsupported` tells whether a problem u
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from solvers.codes import CALIBRATION, DIV_NONE
+from solvers.codes import CALIBRATION, DIV_NONE, RULE_COLUMNS, RULE_HARD
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +88,22 @@ class ConstraintTable:
     # empty for other rows). None (the default) means no calibration rows: empty / zero arrays.
     target: np.ndarray | None = None  # float64[sum of widths]
     target_offset: np.ndarray | None = None  # int64[C + 1]
+    # The integer columns as one C-contiguous int64[RULE_COLS, C] block, row RULE_X = column
+    # RULE_COLUMNS[RULE_X] (solvers.codes), as the kernels take it: built once, when the table is
+    # made (also by dataclasses.replace), and the int columns above are then views of its rows,
+    # so writing a column writes the block. `hard` stays a bool array of its own; the block's
+    # RULE_HARD row is its 0 / 1 copy, taken when the table is made.
+    rules: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        rules = np.array([getattr(self, name) for name in RULE_COLUMNS], dtype=np.int64)
+        self._adopt(rules.reshape(len(RULE_COLUMNS), -1))  # C = 0: shape (RULE_COLS, 0)
+
+    def _adopt(self, rules: np.ndarray) -> None:
+        object.__setattr__(self, "rules", rules)
+        for r, name in enumerate(RULE_COLUMNS):
+            if r != RULE_HARD:
+                object.__setattr__(self, name, rules[r])
         if self.target is None:
             object.__setattr__(self, "target", np.zeros(0, dtype=np.float64))
         if self.target_offset is None:
@@ -102,6 +116,37 @@ class ConstraintTable:
     def target_of(self, c: int) -> np.ndarray:
         """Target distribution of calibration row c (empty for other rows)."""
         return self.target[self.target_offset[c]:self.target_offset[c + 1]]
+
+    @classmethod
+    def from_block(cls, rules: np.ndarray, hard: np.ndarray, penalty: np.ndarray,
+                   target: np.ndarray | None = None,
+                   target_offset: np.ndarray | None = None) -> "ConstraintTable":
+        """A table over an already packed block, without copying it (the request path builds
+        its block from a cached one).
+
+        Parameters
+        ----------
+        rules : ndarray of int64, shape (RULE_COLS, C), C-contiguous
+            Row RULE_X is column RULE_COLUMNS[RULE_X]; the table's int columns become views of
+            it. Its RULE_HARD row must equal `hard` (0 / 1).
+        hard : ndarray of bool, shape (C,)
+        penalty : ndarray of float64, shape (C,)
+        target, target_offset : ndarray, optional
+            The calibration targets, as for the constructor.
+
+        Returns
+        -------
+        ConstraintTable
+        """
+        table = object.__new__(cls)
+        for name in RULE_COLUMNS:
+            object.__setattr__(table, name, None)
+        object.__setattr__(table, "hard", hard)
+        object.__setattr__(table, "penalty", penalty)
+        object.__setattr__(table, "target", target)
+        object.__setattr__(table, "target_offset", target_offset)
+        table._adopt(rules)
+        return table
 
     @staticmethod
     def from_rows(rows, *, length: int | None = None) -> "ConstraintTable":

@@ -12,7 +12,7 @@ from engine.types import RerankRequest
 from testing.engines import candidates
 
 FIELDS = ("kind", "attr", "value", "bound", "top", "size", "hard", "penalty", "priority")
-SHARED = FIELDS + ("position_weight", "no_item", "all_active", "no_reason")
+SHARED = FIELDS + ("position_weight", "no_item", "all_active", "no_reason", "rules")
 
 
 def _snapshot(cp) -> dict:
