@@ -37,7 +37,8 @@ from engine.compile import (
 )
 from engine.policy_loader import LoadedPolicy
 from engine.report import conflict_text, constraint_reports, gap, slate_items
-from engine.types import ConflictReport, ExposureLPReport, RerankRequest, RerankResult
+from engine.experiments import Assignment
+from engine.types import ConflictReport, ExperimentReport, ExposureLPReport, RerankRequest, RerankResult
 from engine.validate import Limits, validate_candidates, validate_request_scalars
 from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
 from solvers.greedy import solve_greedy
@@ -115,7 +116,7 @@ def exposure_boosts(version: PolicyVersion, snapshots: Mapping[str, Snapshot], s
 
 def decide(version: PolicyVersion, req: RerankRequest, *, limits: Limits,
            snapshots: Mapping[str, Snapshot] | None = None, boosts: Boosts | None = None,
-           t_start_ns: int | None = None) -> Decision:
+           t_start_ns: int | None = None, assignment: Assignment | None = None) -> Decision:
     """Answer one request with one policy version; no I/O, no state.
 
     Parameters
@@ -134,6 +135,8 @@ def decide(version: PolicyVersion, req: RerankRequest, *, limits: Limits,
         decision passes `Decision.boosts`).
     t_start_ns : int, optional
         `time.perf_counter_ns()` when the call began (the budget counts from it); default now.
+    assignment : engine.experiments.Assignment, optional
+        The experiment variant the caller chose `version` for; reported in the result.
 
     Returns
     -------
@@ -211,6 +214,9 @@ def decide(version: PolicyVersion, req: RerankRequest, *, limits: Limits,
                                   conflict_text(cp, compiled, sorted(core)))
                    for core in outcome.conflicts],
         eligible=problem.n, request_id=req.request_id,
+        experiment=None if assignment is None else ExperimentReport(
+            assignment.experiment, assignment.variant, assignment.bucket, assignment.holdout,
+            assignment.layer, assignment.layer_bucket, assignment.unit),
     ), deltas, boosts)
 
 

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from engine import exposure, portfolio
 from engine.compile import CompiledPolicy, compile_policy
 from engine.decide import PolicyVersion, decide
-from engine.errors import FieldIssue, PolicyInvalid
+from engine.errors import FieldIssue, PolicyInvalid, PolicyNotFound
+from engine.experiment_store import ExperimentStore
 from engine.ledger import InProcessLedger, Ledger, ledger_from_url
 from engine.policy_loader import LoadedPolicy, PolicyStore, parse_policy_text
 from engine.types import PolicyInfo, RerankRequest, RerankResult
@@ -32,8 +33,11 @@ class Engine:
     compiled_cache_size = 64
 
     def __init__(self, store: PolicyStore, *, limits: Limits | None = None,
-                 policies_dir: str | None = None, ledger: Ledger | None = None):
+                 policies_dir: str | None = None, ledger: Ledger | None = None,
+                 experiments: ExperimentStore | None = None):
         self.store = store
+        #: the A/B/n experiments splitting policy names (engine.experiment_store); empty: none
+        self.experiments = experiments if experiments is not None else ExperimentStore()
         self.limits = limits or Limits()
         self.policies_dir = policies_dir
         self.ledger: Ledger = ledger if ledger is not None else InProcessLedger()
@@ -45,14 +49,20 @@ class Engine:
     @classmethod
     def from_directory(cls, policies_dir: str, *, limits: Limits | None = None,
                        ledger_url: str | None = None, settle_s: float = 0.0,
-                       state_dir: str | None = None) -> "Engine":
+                       state_dir: str | None = None,
+                       experiments_dir: str | None = None) -> "Engine":
         """`ledger_url`: None / "memory://" (in-process, the default) or "redis://host:port/db"
         (shared by every replica) for the exposure ledger of amortized fairness rules.
         `settle_s`: load a file only once it has stopped changing for that long (0: as it is).
         `state_dir`: keep every file's last good version there, and serve it for a file that is
-        invalid at start-up (None: off). Rejected files are logged by the store."""
+        invalid at start-up (None: off). Rejected files are logged by the store.
+        `experiments_dir`: a folder of experiment files splitting policy names into variants
+        (None: no experiments); checked against the loaded policies, reloaded with them."""
         store = PolicyStore.from_directory(policies_dir, settle_s=settle_s, state_dir=state_dir)
-        return cls(store, limits=limits, policies_dir=policies_dir, ledger=ledger_from_url(ledger_url))
+        experiments = ExperimentStore(experiments_dir)
+        experiments.reload([lp.name for lp in store.list()])
+        return cls(store, limits=limits, policies_dir=policies_dir, ledger=ledger_from_url(ledger_url),
+                   experiments=experiments)
 
     # ---------------------------------------------------------------- lifecycle
     def warmup(self, progress: Callable[[str, int, int, float], None] | None = None) -> None:
@@ -107,6 +117,8 @@ class Engine:
         self.versions.keep_live()  # the revisions being replaced stay reachable by digest
         errors = self.store.reload_directory(self.policies_dir, settle_s=settle_s)
         self.versions.keep_live()
+        if self.experiments.folder is not None:
+            self.experiments.reload([lp.name for lp in self.store.list()])
         return errors
 
     def list_policies(self) -> list[PolicyInfo]:
@@ -166,11 +178,22 @@ class Engine:
         `record`: add the answer's exposure to the ledger."""
         t_start = time.perf_counter_ns()
         validate_request_scalars(req, self.limits)  # before the look-up: its errors come first
+        assignment = None
         if loaded is None:
             loaded = self.store.get(req.policy)
+            assignment = self.experiments.assign(req.policy, req.user_id, req.request_id)
+            if assignment is not None and assignment.policy != req.policy:
+                try:
+                    loaded = self.store.get(assignment.policy)
+                except PolicyNotFound:  # the variant's policy went away: the called one serves
+                    log.warning("experiment variant's policy not loaded; serving the policy called",
+                                extra={"experiment": assignment.experiment,
+                                       "variant": assignment.variant, "policy": assignment.policy})
+                    assignment = None
         version = PolicyVersion(loaded, cp if cp is not None else self._compiled_policy(loaded))
         snapshots = {ns: self.ledger.snapshot(ns) for ns in version.ledger_namespaces()}
-        decision = decide(version, req, limits=self.limits, snapshots=snapshots, t_start_ns=t_start)
+        decision = decide(version, req, limits=self.limits, snapshots=snapshots, t_start_ns=t_start,
+                          assignment=assignment)
         if record:
             for namespace, deltas in decision.deltas.items():
                 self.ledger.record(namespace, deltas)

@@ -232,6 +232,20 @@ class RerankResult:
     boosts: dict[str, float] = field(default_factory=dict)  # "attribute=value" -> exposure boost
     exposure_lp: ExposureLPReport | None = None
     policy_digest: str = ""  # sha256 of the policy file's bytes that served the answer
+    experiment: "ExperimentReport | None" = None  # the experiment variant that served, if any
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentReport:
+    """Which experiment and variant served an answer, and the unit's buckets (engine.bucketing)."""
+
+    experiment: str
+    variant: str
+    bucket: int  # 0..9999: the unit's bucket in the experiment (its variant's ranges hold it)
+    holdout: bool = False  # the variant is the experiment's holdout (served by its control)
+    layer: str = ""
+    layer_bucket: int = -1  # 0..9999: the unit's bucket in the layer
+    unit: str = ""  # which id was hashed: "user_id" or "request_id"
 
 
 @dataclass(frozen=True, slots=True)

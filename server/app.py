@@ -292,6 +292,7 @@ def serve(
     address: str = DEFAULT_ADDRESS,
     policies_dir: str = "policies",
     *,
+    experiments_dir: str | None = None,
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_concurrent_rpcs: int | None = None,
@@ -363,7 +364,7 @@ def serve(
         found = default_state_dir(policies_dir)
         state_dir = "" if found is None else str(found)
     engine = Engine.from_directory(policies_dir, ledger_url=ledger_url, settle_s=settle_s,
-                                   state_dir=state_dir or None)
+                                   state_dir=state_dir or None, experiments_dir=experiments_dir)
     health_servicer = health.HealthServicer()
     metrics = metrics_http = None
     if metrics_port is not None:

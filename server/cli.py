@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gRPC server until SIGTERM / SIGINT")
     p.add_argument("--address", default=DEFAULT_ADDRESS, help="host:port to bind (default %(default)s)")
     p.add_argument("--policies", default="policies", help="policy folder (default %(default)s)")
+    p.add_argument("--experiments", default=None, metavar="DIR",
+                   help="folder of experiment files splitting policy names into variants, "
+                        "checked against the policies and reloaded with them (default: none)")
     p.add_argument("--workers", type=_positive_int, default=None,
                    help="handler threads per process (default 2; more only take turns on the GIL)")
     p.add_argument("--max-message-mb", type=_positive_int, default=16,
@@ -191,6 +194,9 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
     from server.app import BindError, serve
     from server.supervisor import serve_processes
 
+    if args.experiments is not None and not Path(args.experiments).is_dir():
+        err.print(f"error: experiment folder not found: {escape(args.experiments)}")
+        return EXIT_USAGE
     if not Path(args.policies).is_dir():
         err.print(f"error: policy folder not found: {escape(args.policies)}")
         return EXIT_USAGE
@@ -217,6 +223,7 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
             watch_interval_s=args.watch_interval,
             settle_s=args.settle,
             state_dir=args.state_dir,
+            experiments_dir=args.experiments,
             metrics_port=None if args.metrics_port < 0 else args.metrics_port,
             metrics_host=args.metrics_host,
             tls=tls,

@@ -473,6 +473,11 @@ def encode_result(result: RerankResult) -> pb.RerankResponse:
         request_id=result.request_id,
         eligible=int(result.eligible),
     )
+    if result.experiment is not None:
+        e = result.experiment
+        resp.experiment.CopyFrom(pb.ExperimentAssignment(
+            experiment=e.experiment, variant=e.variant, bucket=e.bucket, holdout=e.holdout,
+            layer=e.layer, layer_bucket=max(e.layer_bucket, 0), unit=e.unit))
     add_item = resp.items.add
     for it in result.items:  # the engine gives Python ints and floats (SlateItem)
         item = add_item(item_id=it.item_id, index=it.index, position=it.position, utility=it.utility)

@@ -49,6 +49,13 @@ class ServerMetrics:
                              ("policy", "outcome"), registry=self.registry)
         self.errors = Counter("reranker_errors", "Failed calls by method and gRPC status code",
                               ("method", "code"), registry=self.registry)
+        self.variants = Counter("reranker_experiment_requests", "Rerank calls served by an "
+                                "experiment variant (the policy label is the variant's policy)",
+                                ("experiment", "variant", "status"), registry=self.registry)
+        self.variant_latency = Histogram("reranker_experiment_request_seconds", "Server-side time "
+                                         "per Rerank served by an experiment variant",
+                                         ("experiment", "variant"), buckets=LATENCY_BUCKETS,
+                                         registry=self.registry)
         self._children: dict[tuple[str, str, str], tuple] = {}
         self._known_policies: set[str] = set()
         self._lock = threading.Lock()
@@ -77,6 +84,10 @@ class ServerMetrics:
         for c in result.constraints:
             if c.relaxed:
                 self.relaxations.labels(policy, c.name).inc()
+        e = getattr(result, "experiment", None)
+        if e is not None:  # names come from validated experiment files: bounded label values
+            self.variants.labels(e.experiment, e.variant, result.status).inc()
+            self.variant_latency.labels(e.experiment, e.variant).observe(seconds)
         if result.exact_status:  # "skipped: <reason>" counts as "skipped" (bounded label values)
             self.exact.labels(policy, result.exact_status.split(":", 1)[0]).inc()
 

@@ -75,7 +75,10 @@ class PolicyWatcher:
         self._pending = False  # the last reload left files that were still being written
         self._stop = threading.Event()
         # The folder as the engine loaded it, not as it is now: an edit made since is reloaded.
-        self._signature = engine.store.signature(self.policies_dir)
+        # The experiment folder (if any) is watched with it: its files are checked against the
+        # policies, so both reload together.
+        self.experiments_dir = engine.experiments.folder
+        self._signature = (engine.store.signature(self.policies_dir), self._experiments_signature())
         self._thread = threading.Thread(target=self._run, name="policy-watcher", daemon=True)
 
     @property
@@ -90,6 +93,11 @@ class PolicyWatcher:
     def unloaded(self) -> int:
         return self.engine.store.stats.unloaded
 
+    def _experiments_signature(self) -> tuple:
+        if self.experiments_dir is None or not self.experiments_dir.is_dir():
+            return ()
+        return folder_signature(self.experiments_dir)
+
     def start(self) -> "PolicyWatcher":
         self._thread.start()
         return self
@@ -101,7 +109,7 @@ class PolicyWatcher:
     def check(self) -> bool:
         """Reload if the folder changed since the last check (or files were still being written
         then); True when a reload ran."""
-        signature = folder_signature(self.policies_dir)
+        signature = (folder_signature(self.policies_dir), self._experiments_signature())
         if signature == self._signature and not self._pending:
             return False
         self._signature = signature
