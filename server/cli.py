@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from functools import partial
 from pathlib import Path
@@ -116,6 +117,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default %(default)s)")
     p.add_argument("--tls-ca", metavar="FILE", help="connect over TLS, trusting this PEM CA / server certificate")
     p.set_defaults(func=_cmd_policies)
+
+    p = sub.add_parser("experiment", help="check experiment files, or rebalance one's weights")
+    exp = p.add_subparsers(dest="experiment_command", required=True, metavar="{check,rebalance}")
+    q = exp.add_parser("check", help="validate experiment files against a policy folder")
+    q.add_argument("folder", metavar="DIR", help="the experiment folder")
+    q.add_argument("--policies", default="policies", help="policy folder (default %(default)s)")
+    q.set_defaults(func=_cmd_experiment_check)
+    q = exp.add_parser("rebalance", help="print the experiment with new weights and the bucket "
+                                         "ranges that move only the units that must move")
+    q.add_argument("file", metavar="FILE", help="the experiment file")
+    q.add_argument("weights", nargs="+", metavar="VARIANT=PERCENT", help="every variant's new weight")
+    q.add_argument("--output", "-o", metavar="FILE", help="file to write (default: stdout)")
+    q.set_defaults(func=_cmd_experiment_rebalance)
 
     p = sub.add_parser("schema", help="write the JSON Schema of the policy language")
     p.add_argument("--output", "-o", metavar="FILE", help="file to write (default: stdout)")
@@ -275,6 +289,63 @@ def _cmd_validate(args, out: Console, err: Console) -> int:
                 where = f"{issue.path}: " if issue.path else ""
                 out.print(f"{escape(file)}: {escape(where)}{escape(issue.message)}", style="red")
     return EXIT_OK if all_valid else EXIT_FAIL
+
+
+def _print_invalid(out: Console, exc) -> None:
+    for issue in exc.issues:
+        where = f"{issue.path}: " if issue.path else ""
+        out.print(f"{escape(exc.source)}: {escape(where)}{escape(issue.message)}", style="red")
+
+
+def _cmd_experiment_check(args, out: Console, err: Console) -> int:
+    from engine.experiment_store import ExperimentStore
+    from engine.policy_loader import LoadedPolicy, check_folder
+
+    logging.getLogger("engine.experiment_store").setLevel(logging.CRITICAL)  # printed below instead
+    try:
+        names = [r.name for _, r in check_folder(args.policies) if isinstance(r, LoadedPolicy)]
+        store = ExperimentStore(args.folder)
+        report = store.reload(names)
+    except OSError as exc:
+        err.print(f"error: {escape(str(exc))}", style="red")
+        return EXIT_USAGE
+    for exc in report.errors:
+        _print_invalid(out, exc)
+    for le in store.live.experiments:
+        variants = ", ".join(f"{v.name} {v.weight:g} %" for v in le.experiment.variants)
+        out.print(f"{escape(le.source)}: OK (experiment {escape(le.name)} on "
+                  f"{escape(le.experiment.policy)}: {escape(variants)})", style="green")
+    return EXIT_OK if not report.errors else EXIT_FAIL
+
+
+def _cmd_experiment_rebalance(args, out: Console, err: Console) -> int:
+    import yaml
+
+    from engine.experiments import ExperimentInvalid, experiment_with_weights, load_experiment_file
+
+    try:
+        weights = {}
+        for item in args.weights:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"{item!r}: expected VARIANT=PERCENT")
+            weight = float(value)
+            weights[name] = int(weight) if weight.is_integer() else weight
+        exp = load_experiment_file(args.file).experiment
+        text = yaml.safe_dump(experiment_with_weights(exp, weights), sort_keys=False,
+                              default_flow_style=None)
+    except ExperimentInvalid as exc:
+        _print_invalid(out, exc)
+        return EXIT_FAIL
+    except ValueError as exc:
+        err.print(f"error: {escape(str(exc))}", style="red")
+        return EXIT_USAGE
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        out.print(f"wrote {escape(args.output)}")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------------------- call / policies

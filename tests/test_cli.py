@@ -234,3 +234,29 @@ def test_serve_starts_reports_serving_and_exits_0_on_sigterm():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_experiment_check_names_each_refused_file_and_rebalance_moves_only_what_must_move(capsys, tmp_path):
+    import yaml
+
+    from engine import bucketing
+    from engine.experiments import load_experiment_file
+
+    examples = EXAMPLES_DIR / "experiments"
+    code, out, _ = run(capsys, "experiment", "check", str(examples), "--policies", str(POLICIES_DIR))
+    assert code == 1
+    assert (f"{examples / 'search_fewer_ads.yaml'}: variants[1].policy: no policy named "
+            f"'search_fewer_ads'") in out and "(line 26)" in out
+
+    source = examples / "search_fewer_ads.yaml"
+    target = tmp_path / "rebalanced.yaml"
+    code, out, _ = run(capsys, "experiment", "rebalance", str(source), "control=30",
+                       "fewer_ads=50", "holdout=20", "-o", str(target))
+    assert code == 0, out
+    old = load_experiment_file(source).experiment.variant_ranges()
+    new = load_experiment_file(target).experiment
+    assert [v.weight for v in new.variants] == [30, 50, 20]
+    assert bucketing.moved(old, new.variant_ranges()) == 1000  # 10 % of the buckets: control's
+    assert yaml.safe_load(target.read_text())["name"] == "search_fewer_ads"
+    code, _, err = run(capsys, "experiment", "rebalance", str(source), "control=30")
+    assert code == 2 and "missing: fewer_ads, holdout" in err
