@@ -261,7 +261,10 @@ def test_a_whole_log_replays_through_decide_to_the_same_slates(tmp_path):
             decision = decide(version, req, limits=eng.limits, snapshots=snapshots)
             for namespace, deltas in decision.deltas.items():  # as Engine.rerank does
                 eng.ledger.record(namespace, deltas)
-            assert log.offer(DecisionRecord.of(req, decision))
+            if k % 2:  # both ways of handing a decision over
+                assert log.offer(DecisionRecord.of(req, decision))
+            else:
+                assert log.offer_decision(req, decision)
             served.append(decision)
     assert log.stats.written == 40 and len(log_files(tmp_path)) > 1
     records = from_table(read_log(tmp_path))
@@ -307,7 +310,7 @@ def test_a_failing_sink_is_counted_logged_retried_and_the_log_keeps_accepting(ca
         assert log.flush(timeout_s=10)
     assert sink.attempts > 3 and log.stats.write_errors == 3
     assert sink.rows == log.stats.written == 30 and log.stats.dropped == 0
-    assert [r.request_id for r in from_table(pa.Table.from_batches(sink.batches))] == [
+    assert [r.request_id for r in from_table(pa.concat_tables(sink.batches))] == [
         f"req-{i}-é" for i in range(30)]  # held batches are written in order
     failures = [r for r in caplog.records if r.getMessage() == "decision log sink write failed"]
     assert failures and failures[0].name == "engine.decision_log"
@@ -347,6 +350,25 @@ def test_close_writes_everything_queued_and_later_offers_are_refused(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
     assert log.offer(_record(0)) is False and log.stats.dropped_closed == 1
     assert log.close() is True  # idempotent
+
+
+def test_offer_decision_builds_the_same_record_on_the_writer_thread():
+    eng = engine_with(AMORTIZED)
+    req = RerankRequest("p", _skewed(3), request_id="r-3", user_id="", targets={})
+    decision = decide(eng.version("p"), req, limits=eng.limits)
+    sink = ListSink()
+    t0 = datetime.now(timezone.utc)
+    with DecisionLog(sink) as log:
+        assert log.offer_decision(req, decision, experiment="e", variant="b", bucket=7, seed=11)
+        assert log.offer_decision(req, decision.result, boosts=decision.boosts)  # a bare result
+        assert log.offer_decision(req, None)  # not an answer: dropped on the writer thread
+    assert log.stats.written == 2 and log.stats.dropped_invalid == 1
+    first, second = from_table(pa.concat_tables(sink.batches))
+    expected = DecisionRecord.of(req, decision, ts=first.ts, experiment="e", variant="b", bucket=7, seed=11)
+    assert_same_record(first, expected)
+    assert first.unit_id == "r-3"  # no user id: the request id is the unit
+    assert t0 <= first.ts <= datetime.now(timezone.utc)
+    assert_same_record(second, DecisionRecord.of(req, decision, ts=second.ts))
 
 
 def test_a_malformed_record_is_dropped_alone():

@@ -3,7 +3,8 @@ for replay, off-policy evaluation and `reranker log`.
 
     log = DecisionLog(ParquetSink("logs/decisions"))       # or RedisStreamSink("redis://...")
     if log.should_log(req.request_id, exploration=False):   # on the request path
-        log.offer(DecisionRecord.of(req, decision))          # never blocks, never raises
+        log.offer_decision(req, decision)                    # never blocks, never raises
+        # (or log.offer(DecisionRecord.of(req, decision, experiment=..., seed=...)))
     ...
     log.close(timeout_s=10)                                  # SIGTERM: write what is queued
 

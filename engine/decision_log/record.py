@@ -150,13 +150,18 @@ class DecisionRecord:
             request_id=self.request_id, user_id=self.user_id, deadline_ms=self.deadline_ms)
 
     def approx_bytes(self) -> int:
-        """About what the record holds onto (its request's columns), for the log's memory bound;
-        a few length lookups, no pass over the data."""
-        c = self.candidates
-        n = len(c.item_ids)
-        e = c.embeddings
-        return (n * (24 + 8 * (len(c.scores) + len(c.numeric) + len(c.attributes)))
-                + (e.nbytes if e is not None else 0) + 1024)
+        """About what the record holds onto, for the log's memory bound (see candidates_bytes)."""
+        return candidates_bytes(self.candidates)
+
+
+def candidates_bytes(c: Candidates) -> int:
+    """About the bytes a request's candidate columns hold (ids, 8 bytes per value of every score,
+    numeric and attribute column, the embedding matrix), plus a constant for the rest: a few
+    length lookups, no pass over the data."""
+    n = len(c.item_ids)
+    e = c.embeddings
+    return (n * (24 + 8 * (len(c.scores) + len(c.numeric) + len(c.attributes)))
+            + (e.nbytes if e is not None else 0) + 1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,4 +189,4 @@ class OutcomeRecord:
         return 128 + len(self.request_id) + len(self.item_id)
 
 
-__all__ = ["Boosts", "DecisionRecord", "Diagnostics", "OutcomeRecord"]
+__all__ = ["Boosts", "DecisionRecord", "Diagnostics", "OutcomeRecord", "candidates_bytes"]

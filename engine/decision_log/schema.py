@@ -205,62 +205,64 @@ def to_batch(records: Sequence[DecisionRecord], *, writer: str | None = None,
     `writer` / `dropped` fill `log_writer` / `log_dropped` (the DecisionLog passes its identity
     and how many records it had dropped so far; `summarise` reports them)."""
     rs = list(records)
+    n = len(rs)
     cands = [r.candidates for r in rs]
     diag = [r.diagnostics for r in rs]
-    ids_len, ids = _strings(c.item_ids for c in cands)
-    slate_len, slate_ids = _strings(r.slate_item_ids for r in rs)
     emb = [c.embeddings for c in cands]
-    emb_parts = [np.ascontiguousarray(e, dtype=np.float32).reshape(-1) for e in emb if e is not None]
-    relaxed_len, relaxed = _strings(d.relaxed for d in diag)
-    n = len(rs)
-    columns = {
-        "ts": pa.array([r.ts for r in rs], TS),
-        "request_id": pa.array([r.request_id for r in rs], _STR),
-        "unit_id": pa.array([r.unit_id for r in rs], _STR),
-        "policy": pa.array([r.policy for r in rs], _STR),
-        "policy_digest": pa.array([r.policy_digest for r in rs], _STR),
-        "policy_version": pa.array([r.policy_version for r in rs], _STR),
-        "experiment": pa.array([r.experiment for r in rs], _STR),
-        "variant": pa.array([r.variant for r in rs], _STR),
-        "bucket": pa.array([r.bucket for r in rs], pa.int32()),
-        "holdout": pa.array([bool(r.holdout) for r in rs], pa.bool_()),
-        "seed": pa.array([r.seed for r in rs], pa.uint64()),
-        "request_policy": pa.array([r.request_policy for r in rs], _STR),
-        "candidate_ids": _list(ids_len, ids, pa.list_(_STR)),
-        "scores": _named_values([c.scores for c in cands]),
-        "numeric": _named_values([c.numeric for c in cands]),
-        "attributes": _attributes([c.attributes for c in cands]),
-        "embedding_dim": pa.array([None if e is None else e.shape[1] for e in emb], pa.int32()),
-        "embeddings": _list([0 if e is None else e.size for e in emb],
-                            pa.array(_concat(emb_parts, np.float32)), pa.list_(pa.float32()),
-                            [e is not None for e in emb]),
-        "slate_size": pa.array([r.slate_size for r in rs], pa.int32()),
-        "budget_ms": pa.array([r.budget_ms for r in rs], _F64),
-        "solver": pa.array([r.solver for r in rs], _STR),
-        "objective_weights": _pairs([r.objective_weights for r in rs], WEIGHTS),
-        "explain": pa.array([bool(r.explain) for r in rs], pa.bool_()),
-        "targets": _nested_pairs([r.targets for r in rs], TARGETS),
-        "user_id": pa.array([r.user_id for r in rs], _STR),
-        "deadline_ms": pa.array([r.deadline_ms for r in rs], _F64),
-        "boosts": _nested_pairs([r.boosts for r in rs], BOOSTS),
-        "slate_index": _list([len(r.slate_index) for r in rs],
-                             pa.array(_concat([r.slate_index for r in rs], np.int32)),
-                             pa.list_(pa.int32())),
-        "slate_item_ids": _list(slate_len, slate_ids, pa.list_(_STR)),
-        "joint": pa.array([r.joint for r in rs], _F64),
-        "cascade": _optional_floats([r.cascade for r in rs]),
-        "marginal": _optional_floats([r.marginal for r in rs]),
-        "marginal_samples": pa.array([r.marginal_samples for r in rs], pa.int64()),
-        "diagnostics": pa.StructArray.from_arrays([
+
+    def ids():
+        lengths, values = _strings(c.item_ids for c in cands)
+        return _list(lengths, values, pa.list_(_STR))
+
+    def embeddings():
+        parts = [np.ascontiguousarray(e, dtype=np.float32).reshape(-1) for e in emb if e is not None]
+        return _list([0 if e is None else e.size for e in emb], pa.array(_concat(parts, np.float32)),
+                     pa.list_(pa.float32()), [e is not None for e in emb])
+
+    def slate_ids():
+        return _list(*_strings(r.slate_item_ids for r in rs), pa.list_(_STR))
+
+    def diagnostics():
+        relaxed = _list(*_strings(d.relaxed for d in diag), pa.list_(_STR))
+        return pa.StructArray.from_arrays([
             pa.array([d.solver for d in diag], _STR), pa.array([d.status for d in diag], _STR),
             pa.array([d.objective for d in diag], _F64), pa.array([d.bound for d in diag], _F64),
             pa.array([d.gap for d in diag], _F64), pa.array([d.exact_status for d in diag], _STR),
             pa.array([d.budget_ms for d in diag], _F64), pa.array([d.eligible for d in diag], pa.int32()),
-            _list(relaxed_len, relaxed, pa.list_(_STR))], fields=list(DIAGNOSTICS)),
-        "log_writer": pa.array([writer] * n, _STR),
-        "log_dropped": pa.array([dropped] * n, pa.int64()),
-    }
-    return pa.RecordBatch.from_arrays(list(columns.values()), schema=DECISION_SCHEMA)
+            relaxed], fields=list(DIAGNOSTICS))
+
+    def head():  # the scalar columns up to request_policy
+        return [
+            pa.array([r.ts for r in rs], TS), pa.array([r.request_id for r in rs], _STR),
+            pa.array([r.unit_id for r in rs], _STR), pa.array([r.policy for r in rs], _STR),
+            pa.array([r.policy_digest for r in rs], _STR), pa.array([r.policy_version for r in rs], _STR),
+            pa.array([r.experiment for r in rs], _STR), pa.array([r.variant for r in rs], _STR),
+            pa.array([r.bucket for r in rs], pa.int32()), pa.array([bool(r.holdout) for r in rs], pa.bool_()),
+            pa.array([r.seed for r in rs], pa.uint64()), pa.array([r.request_policy for r in rs], _STR)]
+
+    def request_tail():  # slate_size .. deadline_ms
+        return [
+            pa.array([r.slate_size for r in rs], pa.int32()), pa.array([r.budget_ms for r in rs], _F64),
+            pa.array([r.solver for r in rs], _STR), _pairs([r.objective_weights for r in rs], WEIGHTS),
+            pa.array([bool(r.explain) for r in rs], pa.bool_()), _nested_pairs([r.targets for r in rs], TARGETS),
+            pa.array([r.user_id for r in rs], _STR), pa.array([r.deadline_ms for r in rs], _F64)]
+
+    def decided():  # boosts .. marginal_samples
+        return [
+            _nested_pairs([r.boosts for r in rs], BOOSTS),
+            _list([len(r.slate_index) for r in rs], pa.array(_concat([r.slate_index for r in rs], np.int32)),
+                  pa.list_(pa.int32())),
+            slate_ids(), pa.array([r.joint for r in rs], _F64), _optional_floats([r.cascade for r in rs]),
+            _optional_floats([r.marginal for r in rs]), pa.array([r.marginal_samples for r in rs], pa.int64())]
+
+    steps = [head, lambda: [ids()], lambda: [_named_values([c.scores for c in cands])],
+             lambda: [_named_values([c.numeric for c in cands])],
+             lambda: [_attributes([c.attributes for c in cands])],
+             lambda: [pa.array([None if e is None else e.shape[1] for e in emb], pa.int32()), embeddings()],
+             request_tail, decided, lambda: [diagnostics()],
+             lambda: [pa.array([writer] * n, _STR), pa.array([dropped] * n, pa.int64())]]
+    arrays = [a for step in steps for a in step()]
+    return pa.RecordBatch.from_arrays(arrays, schema=DECISION_SCHEMA)
 
 
 # ------------------------------------------------------------------ reading Arrow columns back

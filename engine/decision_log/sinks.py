@@ -2,7 +2,7 @@
 (several replicas, one place). Every sink has the same three methods (`Sink`); the DecisionLog
 calls them from its writer thread only, so a sink need not be thread-safe.
 
-A sink's `write(batch)` either stores the batch or raises (the log retries the batch). `lost`
+A sink's `write(batch)` (a RecordBatch or a Table of the sink's schema) either stores it or raises (the log retries the batch). `lost`
 counts rows that an earlier `write` had accepted and that were lost later (a Parquet file that
 could not be finished): the log adds them to its dropped count.
 """
@@ -27,11 +27,31 @@ log = logging.getLogger("engine.decision_log")
 MiB = 1 << 20
 DEFAULT_STREAM = "reranker:decisions"
 
+#: Leaf columns of a decision row holding N values each (the candidate columns): written without
+#: dictionary encoding (their values rarely repeat; trying costs most of the write time) and
+#: without statistics. Every other column is dictionary-encoded; statistics are kept for the
+#: top-level scalar columns only (ts, policy, ...: what a reader filters on).
+PLAIN_COLUMNS = ("candidate_ids.list.element", "scores.list.element.values.list.element",
+                 "numeric.list.element.values.list.element", "embeddings.list.element")
+
+
+def leaf_paths(schema: pa.Schema) -> list[str]:
+    """Parquet column paths of a schema's leaves (`a.list.element.b`)."""
+    def walk(prefix: str, t: pa.DataType):
+        if pa.types.is_struct(t):
+            for f in t:
+                yield from walk(f"{prefix}.{f.name}", f.type)
+        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+            yield from walk(f"{prefix}.list.element", t.value_type)
+        else:
+            yield prefix
+    return [p for f in schema for p in walk(f.name, f.type)]
+
 
 class Sink(Protocol):
     lost: int
 
-    def write(self, batch: pa.RecordBatch) -> None: ...
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -59,7 +79,8 @@ class ParquetSink:
 
     def __init__(self, folder: str | os.PathLike, *, max_bytes: int = 64 * MiB,
                  max_seconds: float = 300.0, prefix: str = "decisions",
-                 schema: pa.Schema = DECISION_SCHEMA, compression: str = "zstd") -> None:
+                 schema: pa.Schema = DECISION_SCHEMA, compression: str = "zstd",
+                 plain_columns: tuple[str, ...] = PLAIN_COLUMNS) -> None:
         if not (isinstance(max_bytes, int) and max_bytes >= 1):
             raise ValueError(f"ParquetSink max_bytes: must be an integer >= 1, got {max_bytes!r}")
         if not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
@@ -71,6 +92,8 @@ class ParquetSink:
         self.prefix = prefix
         self.schema = schema
         self.compression = compression
+        self._dictionary = [p for p in leaf_paths(schema) if p not in plain_columns]
+        self._statistics = [f.name for f in schema if not pa.types.is_nested(f.type)]
         self.lost = 0
         self.files_written = 0
         self._seq = 0
@@ -82,13 +105,16 @@ class ParquetSink:
         self._opened = 0.0  # monotonic
 
     # ------------------------------------------------------------ the protocol
-    def write(self, batch: pa.RecordBatch) -> None:
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         if batch.num_rows == 0:
             return
         if self._writer is None:
             self._open()
         try:
-            self._writer.write_batch(batch, row_group_size=batch.num_rows)
+            if isinstance(batch, pa.Table):
+                self._writer.write_table(batch, row_group_size=batch.num_rows)
+            else:
+                self._writer.write_batch(batch, row_group_size=batch.num_rows)
         except BaseException:
             self._abandon()
             raise
@@ -138,7 +164,9 @@ class ParquetSink:
         self._tmp, self._final = tmp, final
         try:
             self._file = pa.OSFile(str(tmp), mode="w")
-            self._writer = pq.ParquetWriter(self._file, self.schema, compression=self.compression)
+            self._writer = pq.ParquetWriter(self._file, self.schema, compression=self.compression,
+                                            use_dictionary=self._dictionary,
+                                            write_statistics=self._statistics)
         except BaseException:
             self._abandon()
             raise
@@ -228,12 +256,16 @@ def _fsync_dir(folder: Path) -> None:
 
 
 # ------------------------------------------------------------------ Redis Streams
-def ipc_bytes(batch: pa.RecordBatch, compression: str | None = "zstd") -> bytes:
-    """A batch as an Arrow IPC stream (schema, with its version metadata, then the batch)."""
+def ipc_bytes(batch: pa.RecordBatch | pa.Table, compression: str | None = "zstd") -> bytes:
+    """A batch (or table) as an Arrow IPC stream: the schema, with its version metadata, then
+    the record batch(es)."""
     sink = pa.BufferOutputStream()
     options = pa.ipc.IpcWriteOptions(compression=compression)
     with pa.ipc.new_stream(sink, batch.schema, options=options) as writer:
-        writer.write_batch(batch)
+        if isinstance(batch, pa.Table):
+            writer.write_table(batch)
+        else:
+            writer.write_batch(batch)
     return sink.getvalue().to_pybytes()
 
 
@@ -257,7 +289,7 @@ class RedisStreamSink:
         self.lost = 0
         self._client = _client(url, timeout_s)
 
-    def write(self, batch: pa.RecordBatch) -> None:
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         if batch.num_rows == 0:
             return
         self._client.xadd(self.stream, {"v": SCHEMA_VERSION, "rows": batch.num_rows,
@@ -308,5 +340,5 @@ def read_stream(url: str, stream: str = DEFAULT_STREAM, **options) -> list:
     return from_table(read_stream_table(url, stream, **options))
 
 
-__all__ = ["DEFAULT_STREAM", "OutcomeSink", "ParquetSink", "RedisStreamSink", "Sink", "ipc_bytes", "read_stream",
+__all__ = ["DEFAULT_STREAM", "OutcomeSink", "PLAIN_COLUMNS", "ParquetSink", "leaf_paths", "RedisStreamSink", "Sink", "ipc_bytes", "read_stream",
            "read_stream_table"]
