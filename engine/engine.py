@@ -7,6 +7,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from engine import exposure, portfolio
 from engine.compile import CompiledPolicy, compile_policy
@@ -21,6 +22,9 @@ from engine.versions import PolicyVersions
 from engine.warmup_request import warmup_request
 from solvers.greedy import warmup as warmup_greedy
 
+if TYPE_CHECKING:  # pyarrow loads only when a decision log is configured
+    from engine.decision_log import DecisionLog
+
 log = logging.getLogger(__name__)
 
 
@@ -34,8 +38,11 @@ class Engine:
 
     def __init__(self, store: PolicyStore, *, limits: Limits | None = None,
                  policies_dir: str | None = None, ledger: Ledger | None = None,
-                 experiments: ExperimentStore | None = None):
+                 experiments: ExperimentStore | None = None,
+                 decision_log: "DecisionLog | None" = None):
         self.store = store
+        #: where served decisions are logged (engine.decision_log); None: not logged
+        self.decision_log = decision_log
         #: the A/B/n experiments splitting policy names (engine.experiment_store); empty: none
         self.experiments = experiments if experiments is not None else ExperimentStore()
         self.limits = limits or Limits()
@@ -103,9 +110,13 @@ class Engine:
                                 extra={"policy": loaded.name, "solver": mode, "explain": explain})
 
     def close(self) -> None:
-        """Release what lives outside the process: the exposure ledger writes what it still
-        holds (each write bounded by its timeout; what cannot be written is logged) and
-        disconnects. Rerank calls after close still answer (the ledger answers locally)."""
+        """Release what lives outside the process: the decision log writes what is queued
+        (bounded; what it cannot write is counted and logged), the exposure ledger writes what it
+        still holds (each write bounded by its timeout; what cannot be written is logged) and
+        disconnects. Rerank calls after close still answer (the ledger answers locally; the
+        closed log drops and counts)."""
+        if self.decision_log is not None:
+            self.decision_log.close()
         self.ledger.close()
 
     def reload(self, settle_s: float = 0.0) -> list[PolicyInvalid]:
@@ -197,6 +208,14 @@ class Engine:
         if record:
             for namespace, deltas in decision.deltas.items():
                 self.ledger.record(namespace, deltas)
+            log_ = self.decision_log
+            if log_ is not None and log_.should_log(req.request_id):
+                if assignment is None:
+                    log_.offer_decision(req, decision)
+                else:
+                    log_.offer_decision(req, decision, experiment=assignment.experiment,
+                                        variant=assignment.variant, bucket=assignment.bucket,
+                                        holdout=assignment.holdout)
         return decision.result
 
 

@@ -288,11 +288,27 @@ def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
         health_servicer.set(name, status)
 
 
+def open_decision_log(target: str, *, sample_rate: float = 1.0, worker: int | None = None):
+    """The decision log of `serve --decision-log TARGET`: a folder of Parquet files (one
+    sub-folder per worker process, so that writers never share a file), or a Redis stream
+    (`redis://host:port/db`, every worker appending to one stream)."""
+    from engine.decision_log import DecisionLog, ParquetSink, RedisStreamSink
+
+    if target.startswith(("redis://", "rediss://", "unix://")):
+        sink = RedisStreamSink(target)
+    else:
+        folder = os.path.join(target, f"worker-{worker}") if worker is not None else target
+        sink = ParquetSink(folder)
+    return DecisionLog(sink, sample_rate=sample_rate)
+
+
 def serve(
     address: str = DEFAULT_ADDRESS,
     policies_dir: str = "policies",
     *,
     experiments_dir: str | None = None,
+    decision_log: str | None = None,
+    log_sample_rate: float = 1.0,
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_concurrent_rpcs: int | None = None,
@@ -365,11 +381,16 @@ def serve(
         state_dir = "" if found is None else str(found)
     engine = Engine.from_directory(policies_dir, ledger_url=ledger_url, settle_s=settle_s,
                                    state_dir=state_dir or None, experiments_dir=experiments_dir)
+    if decision_log:
+        engine.decision_log = open_decision_log(decision_log, sample_rate=log_sample_rate,
+                                                worker=worker)
     health_servicer = health.HealthServicer()
     metrics = metrics_http = None
     if metrics_port is not None:
         metrics = ServerMetrics()
         metrics.watch_ledger(engine)
+        if engine.decision_log is not None:
+            metrics.watch_decision_log(engine.decision_log)
         try:
             metrics_http, bound = metrics.serve_http(metrics_port, metrics_host)
         except OSError as exc:  # serving matters more than its metrics: say so loudly, go on

@@ -57,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gRPC server until SIGTERM / SIGINT")
     p.add_argument("--address", default=DEFAULT_ADDRESS, help="host:port to bind (default %(default)s)")
     p.add_argument("--policies", default="policies", help="policy folder (default %(default)s)")
+    p.add_argument("--decision-log", default=None, metavar="DIR|redis://HOST:PORT/DB",
+                   help="log every served decision (the full request, the policy revision, the "
+                        "experiment variant, the slate and its diagnostics) to Parquet files under "
+                        "DIR (one folder per worker) or to a Redis stream; off the request path, "
+                        "never failing a call (default: off)")
+    p.add_argument("--log-sample-rate", type=float, default=1.0, metavar="RATE",
+                   help="share of requests logged, by request id, in [0, 1] (default %(default)s)")
     p.add_argument("--experiments", default=None, metavar="DIR",
                    help="folder of experiment files splitting policy names into variants, "
                         "checked against the policies and reloaded with them (default: none)")
@@ -130,6 +137,12 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("weights", nargs="+", metavar="VARIANT=PERCENT", help="every variant's new weight")
     q.add_argument("--output", "-o", metavar="FILE", help="file to write (default: stdout)")
     q.set_defaults(func=_cmd_experiment_rebalance)
+
+    p = sub.add_parser("log", help="summarise a decision log (a folder of Parquet files, or "
+                                   "redis://HOST:PORT/DB for the stream)")
+    p.add_argument("source", metavar="DIR|FILE|redis://HOST:PORT/DB")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_log)
 
     p = sub.add_parser("schema", help="write the JSON Schema of the policy language")
     p.add_argument("--output", "-o", metavar="FILE", help="file to write (default: stdout)")
@@ -208,6 +221,9 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
     from server.app import BindError, serve
     from server.supervisor import serve_processes
 
+    if not 0.0 <= args.log_sample_rate <= 1.0:
+        err.print(f"error: --log-sample-rate: must be a number in [0, 1], got {args.log_sample_rate:g}")
+        return EXIT_USAGE
     if args.experiments is not None and not Path(args.experiments).is_dir():
         err.print(f"error: experiment folder not found: {escape(args.experiments)}")
         return EXIT_USAGE
@@ -238,6 +254,8 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
             settle_s=args.settle,
             state_dir=args.state_dir,
             experiments_dir=args.experiments,
+            decision_log=args.decision_log,
+            log_sample_rate=args.log_sample_rate,
             metrics_port=None if args.metrics_port < 0 else args.metrics_port,
             metrics_host=args.metrics_host,
             tls=tls,
@@ -345,6 +363,44 @@ def _cmd_experiment_rebalance(args, out: Console, err: Console) -> int:
         out.print(f"wrote {escape(args.output)}")
     else:
         sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _cmd_log(args, out: Console, err: Console) -> int:
+    from engine.decision_log import read_log, read_stream_table, summarise
+
+    try:
+        if args.source.startswith(("redis://", "rediss://", "unix://")):
+            table = read_stream_table(args.source)
+        else:
+            table = read_log(args.source)
+    except (OSError, ValueError) as exc:
+        err.print(f"error: cannot read the log {escape(args.source)}: {escape(str(exc))}", style="red")
+        return EXIT_FAIL
+    summary = summarise(table)
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+        return EXIT_OK
+    out.print(f"{summary['records']:,} decision record(s) in {escape(args.source)}")
+    if not summary["records"]:
+        return EXIT_OK
+    out.print(f"from {summary['first_ts']} to {summary['last_ts']}; mean slate length "
+              f"{summary['mean_slate_length']:.1f}; with propensities: {summary['with_propensities']:,}")
+    policies = Table("policy", "version", "digest", "records", title="by policy revision")
+    for row in summary["policies"]:
+        policies.add_row(escape(row["policy"]), escape(str(row["policy_version"])),
+                         escape(str(row["policy_digest"])[:12]), f"{row['records']:,}")
+    out.print(policies)
+    if summary["variants"]:
+        variants = Table("experiment", "variant", "records", title="by experiment variant")
+        for row in summary["variants"]:
+            variants.add_row(escape(row["experiment"]), escape(row["variant"]), f"{row['records']:,}")
+        out.print(variants)
+    for key in ("statuses", "solvers", "relaxed"):
+        if summary.get(key):
+            out.print(f"{key}: " + ", ".join(f"{escape(str(k))} {v:,}" for k, v in summary[key].items()))
+    if summary.get("dropped_note"):
+        out.print(escape(summary["dropped_note"]), style="yellow")
     return EXIT_OK
 
 

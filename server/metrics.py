@@ -109,6 +109,10 @@ class ServerMetrics:
         """Expose `engine.ledger.stats` (outages, errors, queued, flushed, ...) if it has them."""
         self.registry.register(_LedgerCollector(engine))
 
+    def watch_decision_log(self, decision_log) -> None:
+        """Expose an engine.decision_log.DecisionLog's counts (written, dropped by reason, ...)."""
+        self.registry.register(_DecisionLogCollector(decision_log))
+
     def watch_admission(self, admission) -> None:
         """Expose a server.admission.Admission's counts (shed calls by reason, heavy-lane calls)."""
         self.registry.register(_AdmissionCollector(admission))
@@ -117,6 +121,29 @@ class ServerMetrics:
         """Serve /metrics on host:port (0 = any free port); returns (http server, bound port)."""
         httpd, _thread = start_http_server(port, addr=host, registry=self.registry)
         return httpd, httpd.server_address[1]
+
+
+class _DecisionLogCollector:
+    def __init__(self, decision_log) -> None:
+        self._log = decision_log
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        s = self._log.stats
+        written = CounterMetricFamily("reranker_decision_log_written", "Decision records the log's sink accepted")
+        written.add_metric([], float(s.written))
+        dropped = CounterMetricFamily("reranker_decision_log_dropped", "Decision records lost, by "
+                                      "reason (queue full, log closed, unconvertible, unwritten "
+                                      "at close, lost by the sink)", labels=["reason"])
+        for reason in ("full", "closed", "invalid", "unwritten", "sink"):
+            dropped.add_metric([reason], float(getattr(s, f"dropped_{reason}")))
+        errors = CounterMetricFamily("reranker_decision_log_write_errors", "Failed decision-log sink calls (retried)")
+        errors.add_metric([], float(s.write_errors))
+        queued = GaugeMetricFamily("reranker_decision_log_queued", "Decision records waiting to be written")
+        queued.add_metric([], float(s.queued))
+        return [written, dropped, errors, queued]
 
 
 class _WatcherCollector:
