@@ -15,7 +15,7 @@ for replay, off-policy evaluation and `reranker log`.
 
 Parts: `record` (DecisionRecord, OutcomeRecord), `schema` (the Arrow schema, version 1, and the
 record <-> batch conversions), `sinks` (Parquet files, Redis Streams), `writer` (DecisionLog:
-queue, writer thread, retries, sampling), `read` (read_log, summarise, outcomes and their join).
+queue, converter and writer threads, retries, sampling), `read` (read_log, summarise, outcomes and their join).
 What is lost, and when, is in DecisionLog's docstring (and ParquetSink's for files).
 """
 

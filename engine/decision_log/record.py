@@ -2,7 +2,7 @@
 
 A record is built on the request path, so building one is cheap: it keeps references to the
 request's arrays (requests are immutable once decoded) and copies only the slate's K indices and
-ids. The Arrow conversion happens later, on the log's writer thread (`engine.decision_log.schema`).
+ids. The Arrow conversion happens later, on the log's converter thread (`engine.decision_log.schema`).
 """
 
 from __future__ import annotations

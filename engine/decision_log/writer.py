@@ -1,8 +1,8 @@
-"""The decision log's writer: a bounded queue that the request path hands records to, and one
-background thread that turns them into Arrow batches and writes them to a sink.
+"""The decision log's writer: a bounded queue that the request path hands records to, and two
+background threads: one turns them into Arrow batches, the other writes those to a sink.
 
 `DecisionLog.offer` never blocks and never raises; everything slow (the Arrow conversion, the
-sink's I/O, retries) happens on the writer thread.
+sink's I/O, retries) happens on those threads.
 """
 
 from __future__ import annotations
@@ -134,15 +134,17 @@ class DecisionLog:
     `offer(record)` puts a record on a bounded queue and returns at once (~1.5 µs);
     `offer_decision(req, decision)` queues the references and builds the record on the writer
     thread (~2 µs on the request path, against ~12 µs for `offer(DecisionRecord.of(...))`). A
-    daemon thread takes batches (`batch_size` records, or fewer after `flush_s`, or about
-    `batch_bytes` of request data), converts them to Arrow (`to_batch`, `convert_chunk` records
-    per Arrow batch) and writes each as one `sink.write`, and calls `sink.flush()` every
-    `flush_s` (a Parquet sink finishes old files then).
+    converter thread takes batches (`batch_size` records, or fewer after `flush_s`, or about
+    `batch_bytes` of request data) and converts them to Arrow (`to_batch`, `convert_chunk`
+    records per Arrow batch); a writer thread writes each taken batch as one `sink.write`, in
+    order, and calls `sink.flush()` every `flush_s` (a Parquet sink finishes old files then).
+    The sink is only ever called from the writer thread.
 
     Cost: for N=1000 candidates with every column kind (benchmarks/bench_decision_log.py), about
-    0.1 ms of conversion (holding the interpreter lock) and 0.5 ms of Parquet encoding (not
-    holding it) per record on the writer thread, about 0.9 of a core at 1,000 records/s, and
-    100 KB of Parquet per record. Sample (`sample_rate`) when that is too much.
+    0.15 ms of conversion (holding the interpreter lock, on the converter thread) and 0.6 ms of
+    Parquet encoding (zstd; mostly not holding it, on the writer thread) per record: about 0.9
+    of a core at 1,000 records/s, and 100 KB of Parquet per record. Sample (`sample_rate`) when
+    that is too much.
 
     What is lost, and when (every lost record is counted in `stats`, by reason):
     - **Queue full**: when `queue_size` records, or `queue_bytes` of request data (about what
@@ -217,15 +219,22 @@ class DecisionLog:
         self._lock = threading.Lock()
         self._queue: deque[tuple[DecisionRecord, int]] = deque()
         self._queued_bytes = 0
-        self._held: deque[pa.Table] = deque()  # converted, waiting for the sink
-        self._held_rows = 0
+        self._held: deque[pa.Table] = deque()  # converted, waiting for the sink (under _held_cv)
+        self._held_cv = threading.Condition()
+        self._held_rows = 0  # records taken from the queue and not written yet (under _lock)
+        self._converter_done = False
+        self._sink_stopped = False
         self._wake = threading.Event()
         self._flush_now = threading.Event()
         self._closed = False
         self._closing = threading.Event()
         self._deadline = float("inf")  # monotonic: when close() gives up
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="decision-log-writer", daemon=True)
+        # two threads: converting (Python, holds the interpreter lock) and writing (mostly in
+        # Arrow's C++, releases it) overlap, so the log's throughput is the slower of the two
+        self._converter = threading.Thread(target=self._run_convert, name="decision-log-convert", daemon=True)
+        self._thread = threading.Thread(target=self._run_sink, name="decision-log-writer", daemon=True)
+        self._converter.start()
         self._thread.start()
 
     # ------------------------------------------------------------ the request path
@@ -240,7 +249,7 @@ class DecisionLog:
 
     def offer_decision(self, req: RerankRequest, decision_or_result, **options) -> bool:
         """`offer(DecisionRecord.of(req, decision_or_result, **options))`, with the record built
-        on the writer thread: the request path only stamps the time and queues the references
+        on the converter thread: the request path only stamps the time and queues the references
         (about 2 µs instead of 12). `req` and the answer must not be changed afterwards (the
         engine never does). A record that cannot be built counts as malformed (dropped)."""
         options.setdefault("ts", None)
@@ -292,11 +301,14 @@ class DecisionLog:
         deadline = time.monotonic() + timeout_s
         self._flush_now.set()
         self._wake.set()
-        while time.monotonic() < deadline:
-            if self.pending() == 0 and not self._flush_now.is_set():
-                return True
-            time.sleep(0.005)
-        return self.pending() == 0
+        try:
+            while time.monotonic() < deadline:
+                if self.pending() == 0:
+                    return True
+                time.sleep(0.005)
+            return self.pending() == 0
+        finally:
+            self._flush_now.clear()
 
     def close(self, timeout_s: float = 10.0) -> bool:
         """Stop accepting records, write what is queued and held (retrying a failing sink until
@@ -308,7 +320,9 @@ class DecisionLog:
                 self._deadline = time.monotonic() + timeout_s
         self._closing.set()
         self._wake.set()
-        self._done.wait(timeout_s + 1.0)
+        with self._held_cv:
+            self._held_cv.notify_all()
+        self._done.wait(timeout_s + 6.0)
         return self._done.is_set() and self.pending() == 0 and self.stats.dropped_unwritten == 0
 
     def __enter__(self) -> "DecisionLog":
@@ -317,7 +331,7 @@ class DecisionLog:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # ------------------------------------------------------------ the writer thread
+    # ------------------------------------------------------------ the writer threads
     def _take(self, partial: bool) -> list[DecisionRecord]:
         """Up to one batch from the queue; a batch short of batch_size only if `partial`."""
         with self._lock:
@@ -400,65 +414,113 @@ class DecisionLog:
             with self._lock:
                 self.stats.dropped_sink = lost
 
-    def _run(self) -> None:
-        backoff = self.retry_initial_s
-        retry_at = 0.0
-        last_partial = last_sink_flush = time.monotonic()
+    def _wait_for_room(self) -> bool:
+        """Block the converter while `max_held_batches` batches wait for the sink; False when it
+        should stop trying (close's deadline passed, or the sink thread has stopped)."""
+        with self._held_cv:
+            while len(self._held) >= self.max_held_batches:
+                if self._sink_stopped or (self._closing.is_set() and time.monotonic() >= self._deadline):
+                    return False
+                self._held_cv.wait(0.05)
+            return True
+
+    def _run_convert(self) -> None:
+        """The converter thread: queue -> Arrow tables -> held (for the sink thread)."""
+        last_partial = time.monotonic()
         try:
             while True:
                 closing = self._closing.is_set()
                 now = time.monotonic()
                 if not closing:
                     wait = self.flush_s - (now - last_partial)
-                    if self._held:
-                        wait = min(wait, retry_at - now)
                     if wait > 0 and not self._flush_now.is_set():
                         self._wake.wait(wait)
                     self._wake.clear()
                     now = time.monotonic()
-                flushing = self._flush_now.is_set()
-                partial = closing or flushing or now - last_partial >= self.flush_s
+                partial = closing or self._flush_now.is_set() or now - last_partial >= self.flush_s
                 if partial:
                     last_partial = now
-                while len(self._held) < self.max_held_batches:
+                while self._wait_for_room():
                     records = self._take(partial)
                     if not records:
                         break
-                    batch = self._convert(records)
-                    if batch is not None:
-                        self._held.append(batch)
-                while self._held and time.monotonic() >= retry_at:
-                    batch = self._held[0]
-                    if not self._sink_call("write", self.sink.write, batch):
+                    table = self._convert(records)
+                    if table is not None:
+                        with self._held_cv:
+                            self._held.append(table)
+                            self._held_cv.notify_all()
+                if self._sink_stopped:
+                    break
+                if closing and (not self._queue or time.monotonic() >= self._deadline):
+                    break
+        except Exception:  # noqa: BLE001 - a bug here must not go unnoticed; offers keep dropping
+            log.exception("decision log converter stopped by an error")
+        finally:
+            with self._held_cv:
+                self._converter_done = True
+                self._held_cv.notify_all()
+
+    def _next_for_sink(self, retry_at: float, last_flush: float) -> pa.Table | None:
+        """The batch to write now, or None when it is time to flush, stop or retry later."""
+        with self._held_cv:
+            while True:
+                now = time.monotonic()
+                if self._held and now >= retry_at:
+                    return self._held[0]
+                if (not self._held and self._converter_done) or now - last_flush >= self.flush_s:
+                    return None
+                if self._closing.is_set() and now >= self._deadline:
+                    return None
+                timeout = self.flush_s - (now - last_flush)
+                if self._held:
+                    timeout = min(timeout, retry_at - now)
+                if self._closing.is_set():
+                    timeout = min(timeout, self._deadline - now)
+                self._held_cv.wait(max(timeout, 0.001))
+
+    def _run_sink(self) -> None:
+        """The sink thread: held tables -> sink.write, in order, retried with backoff; flushes."""
+        backoff = self.retry_initial_s
+        retry_at = 0.0
+        last_flush = time.monotonic()
+        try:
+            while True:
+                table = self._next_for_sink(retry_at, last_flush)
+                if table is not None:
+                    if self._sink_call("write", self.sink.write, table):
+                        with self._held_cv:
+                            self._held.popleft()
+                            self._held_cv.notify_all()
+                        with self._lock:
+                            self._held_rows -= table.num_rows
+                            self.stats.written += table.num_rows
+                        backoff, retry_at = self.retry_initial_s, 0.0
+                    else:
                         retry_at = time.monotonic() + backoff
                         backoff = min(backoff * 2.0, self.retry_max_s)
-                        break
-                    self._held.popleft()
-                    with self._lock:
-                        self._held_rows -= batch.num_rows
-                        self.stats.written += batch.num_rows
-                    backoff, retry_at = self.retry_initial_s, 0.0
-                if flushing and not self._held and not self._queue:
-                    self._flush_now.clear()
-                if time.monotonic() - last_sink_flush >= self.flush_s:
+                if time.monotonic() - last_flush >= self.flush_s:
                     self._sink_call("flush", self.sink.flush)
-                    last_sink_flush = time.monotonic()
-                if closing:
-                    if not self._held and not self._queue:
+                    last_flush = time.monotonic()
+                with self._held_cv:
+                    if not self._held and self._converter_done:
                         break
-                    if time.monotonic() >= self._deadline:
-                        break
-                    if self._held and retry_at > time.monotonic():
-                        time.sleep(max(0.0, min(retry_at, self._deadline) - time.monotonic()))
+                if self._closing.is_set() and time.monotonic() >= self._deadline:
+                    break
         except Exception:  # noqa: BLE001 - a bug here must not go unnoticed; offers keep dropping
             log.exception("decision log writer stopped by an error")
         finally:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        self._sink_call("close", self.sink.close)
+        with self._held_cv:
+            self._sink_stopped = True
+            self._held_cv.notify_all()
         with self._lock:
             self._closed = True
+        self._wake.set()
+        self._converter.join(timeout=5.0)  # it stops at its next check (within one conversion)
+        self._sink_call("close", self.sink.close)
+        with self._lock:
             left = len(self._queue) + self._held_rows
             self._queue.clear()
             self._queued_bytes = 0
@@ -468,7 +530,6 @@ class DecisionLog:
         if left:
             log.error("decision log closed with records unwritten: dropped",
                       extra={"dropped_unwritten": left, "sink": type(self.sink).__name__})
-        self._flush_now.clear()
         self._done.set()
 
 
