@@ -448,6 +448,28 @@ def test_a_file_that_cannot_be_finished_is_counted_lost_and_the_log_goes_on(tmp_
     assert not list(folder.glob("*.tmp"))
 
 
+def test_a_failed_write_loses_the_open_files_rows_and_says_so(tmp_path):
+    log = DecisionLog(ParquetSink(tmp_path), batch_size=2, flush_s=0.01, retry_initial_s=0.01)
+    sink = log.sink
+    for i in range(2):
+        log.offer(_record(i))
+    assert log.flush() and sink.open_rows == 2 and log_files(tmp_path) == []
+    writer = sink._writer
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    writer.write_table = disk_full  # the next write into this file fails
+    for i in range(2, 4):
+        log.offer(_record(i))
+    assert log.close(timeout_s=10)
+    s = log.stats
+    assert s.write_errors == 1 and s.dropped_sink == 2 and s.written == 2 and s.dropped == 2
+    _accounted(log)
+    assert read_log(tmp_path).column("request_id").to_pylist() == ["req-2-é", "req-3-é"]  # retried
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 # ------------------------------------------------------------------ Redis Streams
 def test_redis_stream_sink_round_trip(redis_server):
     records = [_record(i) for i in range(9)]

@@ -58,7 +58,7 @@ class LogStats:
     """Counters of one DecisionLog (records, not batches), for metrics; `queued` is live."""
 
     offered: int = 0  # records handed to offer() (accepted or not)
-    written: int = 0  # records the sink accepted
+    written: int = 0  # records the sink accepted (less those it lost afterwards: dropped_sink)
     dropped_full: int = 0  # refused by offer(): queue full (records or bytes)
     dropped_closed: int = 0  # refused by offer(): the log was closed
     dropped_invalid: int = 0  # could not be converted to Arrow (a malformed record): dropped
@@ -162,8 +162,9 @@ class DecisionLog:
       are dropped (`stats.dropped_closed`).
     - **Malformed record** (cannot be converted): dropped alone, the rest of its batch is
       written (`stats.dropped_invalid`, logged).
-    - **After the sink took them**: rows the sink accepted and lost later (a Parquet file that
-      could not be finished: see ParquetSink) count in `stats.dropped_sink`.
+    - **After the sink took them**: rows the sink accepted and lost later (the open Parquet
+      file, when a later write into it or finishing it fails: see ParquetSink) move from
+      `stats.written` to `stats.dropped_sink`; the batch whose write failed is retried.
     - **Process killed** (SIGKILL, crash): everything queued or held, and what the sink has not
       made durable (a Parquet sink's open file).
 
@@ -410,8 +411,9 @@ class DecisionLog:
 
     def _account_sink_losses(self) -> None:
         lost = getattr(self.sink, "lost", 0)
-        if isinstance(lost, int) and lost != self.stats.dropped_sink:
-            with self._lock:
+        if isinstance(lost, int) and lost > self.stats.dropped_sink:
+            with self._lock:  # written, then lost: no longer counted as written
+                self.stats.written -= lost - self.stats.dropped_sink
                 self.stats.dropped_sink = lost
 
     def _wait_for_room(self) -> bool:
