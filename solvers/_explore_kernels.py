@@ -17,7 +17,9 @@ the same slates with the same probabilities. Semantics (shared with the twin):
   diversity count; ties at the m-th gain go to the lower index). Two draws a, b in [0, 1) are
   taken at every free position; the pick is M[floor(b |M|)] if a < epsilon, else best. The
   probability of item i is (1 - eps) [i = best] + eps [i in M] / |M|, and exactly 1 when |M| = 1.
-* SOFTMAX (temperature T > 0): the support S = the feasible candidates with
+* SOFTMAX (temperature T > 0, top_m optional): the support S = the feasible candidates (only the
+  first top_m of the (gain desc, index asc) ranking when top_m < N: a truncated Plackett-Luce that
+  stops its scan like EPSILON does) with
   (g_max - g_i) / T <= SOFTMAX_CUT (= 50: a weight below exp(-50) ~ 2e-22 of the best one is
   below float64 rounding of the sum for any N < 10^6, and cutting it lets the scan stop early),
   in scan order (utility desc, index asc). w_i = exp((g_i - g_max) / T), Z = sum of w over S in
@@ -92,12 +94,12 @@ def uniform01(state):
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def _scan_explore(p, bonus, la_c0, j, n_order, order, used, reserved, capped_until, pw, u, ex,
-                  scheme, m, cut, cand, gbuf, n_c, best_g):
+                  scheme, m, keep_top, cut, cand, gbuf, n_c, best_g):
     """Examine order[j:n_order] at free position p (the greedy's step per candidate). EPSILON:
-    keep the best m feasible by (gain desc, index asc) in cand/gbuf[:n_c], sorted; SOFTMAX:
-    append every feasible candidate (scan order) with its gain. Stops when the next candidate's
-    bound (pw[p] u + bonus) cannot reach the m-th gain (EPSILON, once m are kept) or best_g - cut
-    (SOFTMAX). Returns (n_c, best_g, j, stopped)."""
+    and SOFTMAX with top_m < N (keep_top): keep the best m feasible by (gain desc, index asc) in
+    cand/gbuf[:n_c], sorted; SOFTMAX over all: append every feasible candidate (scan order) with
+    its gain. Stops when the next candidate's bound (pw[p] u + bonus) cannot reach the m-th gain
+    (keep_top, once m are kept) or best_g - cut (SOFTMAX). Returns (n_c, best_g, j, stopped)."""
     (L, pw_, u_, slate, codes, rules, penalty, active, cnt, off, pinned_prefix, need_buf, la_need,
      capped_until_, cal, toff, emb, mode, beta, win, ds) = ex
     while j < n_order:
@@ -106,10 +108,9 @@ def _scan_explore(p, bonus, la_c0, j, n_order, order, used, reserved, capped_unt
             j += 1
             continue
         ub = pw[p] * u[i] + bonus
-        if scheme == EXPLORE_EPSILON:
-            if n_c == m and _gk._beyond_reach(ub, cand[m - 1], gbuf[m - 1]):
-                return n_c, best_g, j, True
-        elif n_c > 0 and _gk._beyond_reach(ub + cut, cand[0], best_g):
+        if keep_top and n_c == m and _gk._beyond_reach(ub, cand[m - 1], gbuf[m - 1]):
+            return n_c, best_g, j, True
+        if scheme == EXPLORE_SOFTMAX and n_c > 0 and _gk._beyond_reach(ub + cut, cand[0], best_g):
             return n_c, best_g, j, True
         j += 1
         if _gk._blocked(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix, need_buf,
@@ -120,7 +121,7 @@ def _scan_explore(p, bonus, la_c0, j, n_order, order, used, reserved, capped_unt
         if mode != 0:
             div = _gk._div_refresh(i, p, slate, emb, mode, beta, win, ds)
         g = _gk._gain(i, p, L, pw, u, div, slate, codes, rules, penalty, cnt, off, cal, toff)
-        if scheme == EXPLORE_EPSILON:
+        if keep_top:
             # insertion into the sorted top m (gain desc, index asc)
             k = n_c if n_c < m else m - 1
             if n_c == m and not (g > gbuf[k] or (g == gbuf[k] and i < cand[k])):
@@ -277,8 +278,7 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
     stretch = 2 * L + 32
     head = 0
     m = top_m if top_m < N else N
-    if scheme != EXPLORE_EPSILON:
-        m = N
+    keep_top = scheme == EXPLORE_EPSILON or m < N
     cand = np.empty(max(m, 1), dtype=np.int64)
     gbuf = np.empty(max(m, 1), dtype=np.float64)
     wbuf = np.empty(max(m, 1), dtype=np.float64)
@@ -344,7 +344,7 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
             while True:
                 n_c, best_g, j, stopped = _scan_explore(
                     p, bonus, la_c0, j, n_order, order, used, reserved, capped_until, pw, u, ex,
-                    scheme, m, cut, cand, gbuf, n_c, best_g)
+                    scheme, m, keep_top, cut, cand, gbuf, n_c, best_g)
                 if stopped or n_order == N:
                     break
                 n_order, cut_u = _gk._extend_order(u, order, n_order, cut_u, stretch)
@@ -385,6 +385,18 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
                 prob = epsilon / n_c
         else:
             a = uniform01(state)
+            if keep_top:  # the top m, in the draw's order: utility desc, index asc
+                for k in range(1, n_c):
+                    ci = cand[k]
+                    cg = gbuf[k]
+                    q = k
+                    while q > 0 and (u[cand[q - 1]] < u[ci]
+                                     or (u[cand[q - 1]] == u[ci] and cand[q - 1] > ci)):
+                        cand[q] = cand[q - 1]
+                        gbuf[q] = gbuf[q - 1]
+                        q -= 1
+                    cand[q] = ci
+                    gbuf[q] = cg
             n_s = 0
             z = 0.0
             for k in range(n_c):

@@ -8,7 +8,8 @@ two schemes (definitions in solvers._explore_kernels' module docstring):
   uniform draw among the top_m feasible candidates by the position's gain (ties to the lower
   index). Slot probability (1 - eps) [i = best] + eps [i in M] / |M|.
 * EXPLORE_SOFTMAX (Plackett-Luce): exp((g_i - g_max) / T) / sum_j exp((g_j - g_max) / T) over
-  the feasible candidates within SOFTMAX_CUT * T of the best gain.
+  the feasible candidates within SOFTMAX_CUT * T of the best gain (with top_m: only over the
+  top_m feasible candidates by gain).
 
 Each answer carries the probability of each draw given the positions before it (`slot_prob`),
 their product (`joint`, `log_joint`) and running products (`cascade`). `marginals` gives, for a
@@ -37,6 +38,7 @@ EXPLORE_SOFTMAX = _x.EXPLORE_SOFTMAX
 SOFTMAX_CUT = _x.SOFTMAX_CUT
 SCHEME_NAMES = {EXPLORE_EPSILON: "epsilon", EXPLORE_SOFTMAX: "softmax"}
 _U64 = 1 << 64
+_ALL = 1 << 62  # top_m None: every feasible candidate
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,23 +97,27 @@ class Marginals:
 
 
 def _check(scheme, epsilon, top_m, temperature, seed) -> tuple[int, float, int, float, int]:
+    """Validated (scheme, epsilon, top_m, temperature, seed); top_m None -> 2**62 (all)."""
     if scheme not in SCHEME_NAMES:
         raise ValueError(f"scheme: must be {EXPLORE_EPSILON} (EXPLORE_EPSILON) or "
                          f"{EXPLORE_SOFTMAX} (EXPLORE_SOFTMAX), got {scheme!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < _U64:
         raise ValueError(f"seed: must be an integer in [0, 2**64), got {seed!r}")
+    if top_m is None:
+        top_m = _ALL
+    elif isinstance(top_m, bool) or not isinstance(top_m, (int, np.integer)) or top_m < 1:
+        raise ValueError(f"top_m: must be an integer >= 1 or None (all), got {top_m!r}")
+    top_m = min(int(top_m), _ALL)
     if scheme == EXPLORE_EPSILON:
         if not (isinstance(epsilon, (int, float, np.floating, np.integer))
                 and not isinstance(epsilon, bool) and 0.0 <= float(epsilon) <= 1.0):
             raise ValueError(f"epsilon: must be a number in [0, 1], got {epsilon!r}")
-        if isinstance(top_m, bool) or not isinstance(top_m, (int, np.integer)) or top_m < 1:
-            raise ValueError(f"top_m: must be an integer >= 1, got {top_m!r}")
-        return scheme, float(epsilon), int(top_m), 1.0, int(seed)
+        return scheme, float(epsilon), top_m, 1.0, int(seed)
     if (temperature is None or isinstance(temperature, bool)
             or not isinstance(temperature, (int, float, np.floating, np.integer))
             or not (math.isfinite(float(temperature)) and float(temperature) > 0.0)):
         raise ValueError(f"temperature: must be a finite number > 0, got {temperature!r}")
-    return scheme, 0.0, 1, float(temperature), int(seed)
+    return scheme, 0.0, top_m, float(temperature), int(seed)
 
 
 def _problem_args(problem: SlateProblem):
@@ -128,8 +134,8 @@ def _bad_utility(problem: SlateProblem, code: int):
     return ValueError(f"utility[{j}]: must be finite, got {problem.utility[j]}")
 
 
-def sample_slate(problem: SlateProblem, *, scheme: int, epsilon: float = 0.0, top_m: int = 1,
-                 temperature: float | None = None, seed: int) -> ExploreResult:
+def sample_slate(problem: SlateProblem, *, scheme: int, epsilon: float = 0.0,
+                 top_m: int | None = None, temperature: float | None = None, seed: int) -> ExploreResult:
     """Draw a slate that keeps every hard rule the greedy keeps, with its propensities.
 
     Parameters
@@ -141,9 +147,11 @@ def sample_slate(problem: SlateProblem, *, scheme: int, epsilon: float = 0.0, to
     epsilon : float
         EXPLORE_EPSILON: probability in [0, 1] of a uniform draw among the top_m instead of the
         greedy's pick (0 gives the greedy's slate).
-    top_m : int
-        EXPLORE_EPSILON: size >= 1 of the set the uniform draw is made in: the top_m feasible
-        candidates by the position's gain, ties to the lower index.
+    top_m : int or None
+        Size >= 1 of the candidate set: the top_m feasible candidates by the position's gain,
+        ties to the lower index (None: every feasible candidate). EXPLORE_EPSILON draws uniformly
+        in it; EXPLORE_SOFTMAX restricts its support to it (a truncated Plackett-Luce, whose scan
+        stops early: much faster when many candidates are feasible).
     temperature : float
         EXPLORE_SOFTMAX: finite T > 0 of exp((g_i - g_max) / T).
     seed : int
@@ -186,7 +194,7 @@ def sample_slate(problem: SlateProblem, *, scheme: int, epsilon: float = 0.0, to
 
 
 def marginals(problem: SlateProblem, slate: np.ndarray, *, scheme: int, epsilon: float = 0.0,
-              top_m: int = 1, temperature: float | None = None, samples: int,
+              top_m: int | None = None, temperature: float | None = None, samples: int,
               seed: int) -> Marginals:
     """P(slate[p] is at position p) under `sample_slate` with these settings, for each p.
 

@@ -46,10 +46,11 @@ class SplitMix64:
 class Explorer:
     """The sampling process of one problem, position by position (state copied to branch)."""
 
-    def __init__(self, problem: SlateProblem, scheme: int, epsilon: float = 0.0, top_m: int = 1,
-                 temperature: float = 1.0):
+    def __init__(self, problem: SlateProblem, scheme: int, epsilon: float = 0.0,
+                 top_m: int | None = None, temperature: float = 1.0):
         self.problem = problem
-        self.scheme, self.eps, self.m, self.T = scheme, float(epsilon), int(top_m), float(temperature)
+        self.scheme, self.eps, self.T = scheme, float(epsilon), float(temperature)
+        self.m = len(problem.utility) if top_m is None else int(top_m)  # None: all
         t = problem.constraints
         self.u = [float(x) for x in problem.utility]
         self.pw = [float(x) for x in problem.position_weight]
@@ -215,7 +216,9 @@ class Explorer:
             law = [(M[0], (1.0 - self.eps) + self.eps / len(M))]
             law += [(i, self.eps / len(M)) for i in M[1:]]
             return [(i, q) for i, q in law if q > 0], False
-        g_max = max(gains.values())
+        if self.m < len(feasible):  # only the top m by (gain desc, index asc)
+            feasible = sorted(feasible, key=lambda i: (-gains[i], i))[:self.m]
+        g_max = max(gains[i] for i in feasible)
         support = [i for i in sorted(feasible, key=lambda i: (-self.u[i], i))
                    if (g_max - gains[i]) / self.T <= SOFTMAX_CUT]
         w = [math.exp((gains[i] - g_max) / self.T) for i in support]
@@ -291,7 +294,7 @@ def _law_with_internals(ex: Explorer, p):
     return law, pinned
 
 
-def sample(problem: SlateProblem, scheme: int, *, epsilon=0.0, top_m=1, temperature=1.0,
+def sample(problem: SlateProblem, scheme: int, *, epsilon=0.0, top_m=None, temperature=1.0,
            seed: int) -> dict:
     """One draw: slate, slot_prob, support, relaxed, reason, relax_pos (as the kernel)."""
     ex = Explorer(problem, scheme, epsilon, top_m, temperature)
@@ -314,7 +317,7 @@ def sample(problem: SlateProblem, scheme: int, *, epsilon=0.0, top_m=1, temperat
                 reason=reason, relax_pos=relax_pos)
 
 
-def exact_law(problem: SlateProblem, scheme: int, *, epsilon=0.0, top_m=1,
+def exact_law(problem: SlateProblem, scheme: int, *, epsilon=0.0, top_m=None,
               temperature=1.0) -> dict[tuple[int, ...], float]:
     """Every slate the sampling can give, with its exact probability (recursion over positions,
     branching on every item of positive probability)."""

@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = [dict(scheme=EXPLORE_EPSILON, epsilon=0.3, top_m=3),
             dict(scheme=EXPLORE_EPSILON, epsilon=1.0, top_m=100),
             dict(scheme=EXPLORE_SOFTMAX, temperature=0.5),
-            dict(scheme=EXPLORE_SOFTMAX, temperature=0.01)]
+            dict(scheme=EXPLORE_SOFTMAX, temperature=0.01),
+            dict(scheme=EXPLORE_SOFTMAX, temperature=0.5, top_m=3),
+            dict(scheme=EXPLORE_EPSILON, epsilon=0.5)]
 
 
 def _check_against_twin(problem, seed, kw):
@@ -68,7 +70,7 @@ def test_kernel_matches_twin_with_diversity_and_soft_extras(seed):
     # small N: the twin's DPP residuals are linear solves per candidate and position
     n = int(np.random.default_rng(seed).integers(0, 11))
     problem = random_problem(seed, n=n, div_mode=1 + seed % 2, extras=seed % 3)
-    for k, kw in enumerate(SETTINGS[:1] + SETTINGS[2:3]):
+    for k, kw in enumerate(SETTINGS[:1] + SETTINGS[2:3] + SETTINGS[4:5]):
         _check_valid(problem, _check_against_twin(problem, seed + k, kw))
 
 
@@ -132,8 +134,9 @@ def _judge(zs, what):
 
 
 @pytest.mark.parametrize("kw", [dict(scheme=EXPLORE_EPSILON, epsilon=0.4, top_m=4),
-                                dict(scheme=EXPLORE_SOFTMAX, temperature=0.7)],
-                         ids=["epsilon", "softmax"])
+                                dict(scheme=EXPLORE_SOFTMAX, temperature=0.7),
+                                dict(scheme=EXPLORE_SOFTMAX, temperature=0.7, top_m=3)],
+                         ids=["epsilon", "softmax", "softmax-top3"])
 def test_propensities_agree_with_20000_draws_and_exact_enumeration(kw):
     problem = _tiny_problem()
     K, S = problem.length, 20_000
@@ -232,7 +235,7 @@ def test_same_seed_same_slate_also_in_another_process():
     (dict(scheme=EXPLORE_EPSILON, epsilon=-0.1, top_m=2), "epsilon: must be a number in [0, 1], got -0.1"),
     (dict(scheme=EXPLORE_EPSILON, epsilon=1.5, top_m=2), "epsilon: must be a number in [0, 1], got 1.5"),
     (dict(scheme=EXPLORE_EPSILON, epsilon=float("nan"), top_m=2), "epsilon: must be a number in [0, 1], got nan"),
-    (dict(scheme=EXPLORE_EPSILON, epsilon=0.1, top_m=0), "top_m: must be an integer >= 1, got 0"),
+    (dict(scheme=EXPLORE_EPSILON, epsilon=0.1, top_m=0), "top_m: must be an integer >= 1 or None (all), got 0"),
     (dict(scheme=EXPLORE_SOFTMAX, temperature=0.0), "temperature: must be a finite number > 0, got 0.0"),
     (dict(scheme=EXPLORE_SOFTMAX, temperature=-1.0), "temperature: must be a finite number > 0, got -1.0"),
     (dict(scheme=EXPLORE_SOFTMAX, temperature=float("inf")), "temperature: must be a finite number > 0, got inf"),
