@@ -57,7 +57,12 @@ def _rules_error(issues: Sequence[Issue]) -> PydanticCustomError:
     return PydanticCustomError(RULE_ERROR_TYPE, "{message}", {"message": text, "issues": tuple(issues)})
 
 
-class _Model(BaseModel):
+class RuleModel(BaseModel):
+    """A frozen model of a YAML language (unknown keys refused) whose rules across fields,
+    `_rule_issues()` -> `(relative path, message)` pairs, are reported by
+    `engine.yaml_model.parse_yaml_model` each at the field it names (as a RULE_ERROR_TYPE error
+    carrying the pairs). The policy's models and the experiment's derive from it."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
     def _rule_issues(self) -> list[Issue]:
@@ -70,6 +75,9 @@ class _Model(BaseModel):
         if issues:
             raise _rules_error(issues)
         return self
+
+
+_Model = RuleModel
 
 
 def _discount_kind(v: Any) -> str:

@@ -18,12 +18,11 @@ from inspect import isclass
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticCustomError
 
 from engine.errors import FieldIssue, PolicyInvalid
-from engine.policy import NAME_PATTERN, NAME_RULE, RULE_ERROR_TYPE
+from engine.policy import NAME_PATTERN, NAME_RULE, RULE_ERROR_TYPE, RuleModel  # noqa: F401 - RuleModel re-exported
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -406,29 +405,9 @@ def _join_rel(base: str, rel: str) -> str:
     return f"{base}.{rel}"
 
 
-# --- models whose rules span several fields ------------------------------------------------------
+# --- models whose rules span several fields: RuleModel (engine.policy, re-exported here) ---------
 
 Issue = tuple[str, str]  # (path relative to the model, '' = the model itself; message)
-
-
-class RuleModel(BaseModel):
-    """A frozen model of a YAML language (unknown keys refused) whose rules across fields,
-    `_rule_issues()` -> `(relative path, message)` pairs, are reported by `parse_yaml_model`
-    each at the field it names (as a RULE_ERROR_TYPE error carrying the pairs)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
-
-    def _rule_issues(self) -> list[Issue]:
-        """Violations of rules spanning several fields of this model (none by default)."""
-        return []
-
-    @model_validator(mode="after")
-    def _check_rules(self):
-        issues = self._rule_issues()
-        if issues:
-            text = "; ".join(f"{path}: {msg}" if path else msg for path, msg in issues)
-            raise PydanticCustomError(RULE_ERROR_TYPE, "{message}", {"message": text, "issues": tuple(issues)})
-        return self
 
 
 # --- the whole path ------------------------------------------------------------------------------
