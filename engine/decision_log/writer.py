@@ -141,10 +141,10 @@ class DecisionLog:
     The sink is only ever called from the writer thread.
 
     Cost: for N=1000 candidates with every column kind (benchmarks/bench_decision_log.py), about
-    0.15 ms of conversion (holding the interpreter lock, on the converter thread) and 0.6 ms of
-    Parquet encoding (zstd; mostly not holding it, on the writer thread) per record: about 0.9
-    of a core at 1,000 records/s, and 100 KB of Parquet per record. Sample (`sample_rate`) when
-    that is too much.
+    0.15 ms of conversion (holding the interpreter lock, on the converter thread) and 0.4 ms of
+    Parquet encoding (snappy; mostly not holding it, on the writer thread) per record: most of
+    a core at 1,000 records/s, and about 120 KB of Parquet per record. Sample (`sample_rate`)
+    when that is too much.
 
     What is lost, and when (every lost record is counted in `stats`, by reason):
     - **Queue full**: when `queue_size` records, or `queue_bytes` of request data (about what
