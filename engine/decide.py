@@ -23,6 +23,7 @@ runs: its incumbent depends on the time it had.)
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -38,14 +39,20 @@ from engine.compile import (
 from engine.policy_loader import LoadedPolicy
 from engine.report import conflict_text, constraint_reports, gap, slate_items
 from engine.experiments import Assignment
-from engine.types import ConflictReport, ExperimentReport, ExposureLPReport, RerankRequest, RerankResult
+from engine.types import (
+    ConflictReport, ExperimentReport, ExposureLPReport, Propensities, RerankRequest, RerankResult,
+)
 from engine.validate import Limits, validate_candidates, validate_request_scalars
+from solvers.codes import EXPLORE_EPSILON, EXPLORE_NAMES
 from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
+from solvers.explore import marginals, sample_slate
 from solvers.greedy import solve_greedy
 from solvers.problem import SolveResult
 
 #: Kept back from the caller's deadline for the trip back (encode, network).
 DEADLINE_MARGIN_MS = 1.0
+#: The epsilon scheme's `top_m` when the policy gives none.
+EPSILON_TOP_M = 10
 
 #: group -> (cumulative exposure, cumulative merit), as `engine.ledger.Ledger.snapshot` returns.
 Snapshot = Mapping[str, tuple[float, float]]
@@ -173,7 +180,11 @@ def decide(version: PolicyVersion, req: RerankRequest, *, limits: Limits,
         lp_out = exposure.apply(lp_rule, problem, attr.codes[compiled.index], attr.dictionary,
                                 f"{loaded.policy.name}/{loaded.policy.version}/{req.user_id}/{req.request_id}",
                                 deadline)
-    if lp_out is not None and lp_out.problem is not None:
+    propensities = None
+    exploring = loaded.policy.exploration
+    if exploring is not None and (lp_out is None or lp_out.problem is None):
+        outcome, propensities = _explore(exploring, problem, exploration_seed(req, version.digest))
+    elif lp_out is not None and lp_out.problem is not None:
         # the sampled fair ranking, within the hard rules: greedy on the steered utilities,
         # reported against the policy's own objective
         outcome = portfolio.solve(lp_out.problem, mode="greedy", deadline=deadline)
@@ -214,10 +225,41 @@ def decide(version: PolicyVersion, req: RerankRequest, *, limits: Limits,
                                   conflict_text(cp, compiled, sorted(core)))
                    for core in outcome.conflicts],
         eligible=problem.n, request_id=req.request_id,
+        propensities=propensities,
         experiment=None if assignment is None else ExperimentReport(
             assignment.experiment, assignment.variant, assignment.bucket, assignment.holdout,
             assignment.layer, assignment.layer_bucket, assignment.unit),
     ), deltas, boosts)
+
+
+def exploration_seed(req: RerankRequest, digest: str) -> int:
+    """The seed of an exploration draw: the first 8 bytes (big-endian) of
+    sha256(request id, 0x1F, policy digest), so a replay of the request with the same policy
+    revision draws the same slate. A request without an id is keyed by its item ids instead."""
+    key = req.request_id or "\x00" + "\x1e".join(req.candidates.item_ids)
+    raw = f"{key}\x1f{digest}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha256(raw).digest()[:8], "big")
+
+
+def _explore(ex, problem, seed: int):
+    """The portfolio's Outcome for an exploration policy: a drawn slate that keeps every hard rule
+    (solvers.explore), scored against the policy's objective, and its propensities."""
+    scheme = EXPLORE_NAMES.index(ex.scheme)
+    top_m = ex.top_m if ex.top_m is not None else (EPSILON_TOP_M if scheme == EXPLORE_EPSILON else None)
+    options = dict(scheme=scheme, epsilon=ex.epsilon or 0.0, top_m=top_m, temperature=ex.temperature)
+    drawn = sample_slate(problem, seed=seed, **options)
+    result = SolveResult(drawn.slate, drawn.relaxed, drawn.relax_reason, drawn.relax_position,
+                         f"explore_{ex.scheme}", drawn.status)
+    ev = evaluate(problem, drawn.slate)
+    outcome = portfolio.Outcome(result, ev.objective, objective_upper_bound_unconstrained(problem),
+                                drawn.status, evaluation=ev)
+    marginal = stderr = None
+    samples = 0
+    if ex.marginal_samples and problem.length:
+        m = marginals(problem, drawn.slate, samples=ex.marginal_samples, seed=seed, **options)
+        marginal, stderr, samples = tuple(m.prob.tolist()), tuple(m.stderr.tolist()), m.samples
+    return outcome, Propensities(seed, ex.scheme, float(drawn.joint), tuple(drawn.cascade.tolist()),
+                                 marginal, samples, stderr)
 
 
 def slate_exposure(rule, compiled: Compiled, req: RerankRequest, slate) -> dict[str, tuple[float, float]]:

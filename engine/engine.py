@@ -20,12 +20,19 @@ from engine.types import PolicyInfo, RerankRequest, RerankResult
 from engine.validate import Limits, validate_request_scalars, work_units
 from engine.versions import PolicyVersions
 from engine.warmup_request import warmup_request
+from solvers.explore import warmup as warmup_explore
 from solvers.greedy import warmup as warmup_greedy
 
 if TYPE_CHECKING:  # pyarrow loads only when a decision log is configured
     from engine.decision_log import DecisionLog
 
 log = logging.getLogger(__name__)
+
+
+def _warmup_greedy_kernels() -> None:
+    """The greedy kernels and their stochastic twins (exploration)."""
+    warmup_greedy()
+    warmup_explore()
 
 
 class Engine:
@@ -82,7 +89,7 @@ class Engine:
         t0 = time.perf_counter()
         policies = self.store.list()
         steps: list[tuple[str, Callable[[], None]]] = [
-            ("greedy kernels", warmup_greedy), ("exact solvers", portfolio.warmup)]
+            ("greedy kernels", _warmup_greedy_kernels), ("exact solvers", portfolio.warmup)]
         for loaded in policies:
             steps.append((f"policy {loaded.name}", lambda loaded=loaded: self.warmup_policy(loaded)))
         for i, (name, step) in enumerate(steps, start=1):
@@ -209,13 +216,16 @@ class Engine:
             for namespace, deltas in decision.deltas.items():
                 self.ledger.record(namespace, deltas)
             log_ = self.decision_log
-            if log_ is not None and log_.should_log(req.request_id):
-                if assignment is None:
-                    log_.offer_decision(req, decision)
-                else:
-                    log_.offer_decision(req, decision, experiment=assignment.experiment,
-                                        variant=assignment.variant, bucket=assignment.bucket,
-                                        holdout=assignment.holdout)
+            p = decision.result.propensities
+            if log_ is not None and log_.should_log(req.request_id, exploration=p is not None):
+                options = {}
+                if assignment is not None:
+                    options.update(experiment=assignment.experiment, variant=assignment.variant,
+                                   bucket=assignment.bucket, holdout=assignment.holdout)
+                if p is not None:
+                    options.update(seed=p.seed, joint=p.joint, cascade=p.cascade,
+                                   marginal=p.marginal, marginal_samples=p.marginal_samples)
+                log_.offer_decision(req, decision, **options)
         return decision.result
 
 

@@ -356,6 +356,42 @@ class Exposure(_Model):
     lp: ExposureLP | None = None
 
 
+class Exploration(_Model):
+    """A stochastic slate that keeps every hard rule: at each free position the item is drawn
+    among the candidates the greedy could place there, instead of taking the best. Seeded by
+    (request id, policy digest), so a replayed request gets the same slate; every answer carries
+    its propensities (README, "Exploration").
+
+    epsilon: with probability `epsilon` the item is drawn uniformly among the `top_m` feasible
+    candidates with the best gains at that position, else the greedy's pick;
+    softmax: drawn with probability proportional to exp(gain / temperature) among the feasible
+    candidates (the `top_m` best only, when given: a truncated Plackett-Luce, much faster)."""
+
+    scheme: Literal["epsilon", "softmax"]
+    epsilon: Float | None = Field(default=None, ge=0, le=1,
+                                  description="epsilon scheme: probability of a random slot, in [0, 1].")
+    temperature: Float | None = Field(default=None, gt=0, le=1e6,
+                                      description="softmax scheme: > 0; small = close to the greedy.")
+    top_m: Int | None = Field(default=None, ge=1, le=10_000,
+                              description="Draw among the m best feasible candidates of each position "
+                                          "(default: epsilon 10, softmax all).")
+    marginal_samples: Int = Field(default=0, ge=0, le=100_000,
+                                  description="Monte Carlo draws for the item-at-position marginals "
+                                              "of each answer (0: not computed; each costs about one "
+                                              "slate draw).")
+
+    def _rule_issues(self) -> list[Issue]:
+        if self.scheme == "epsilon" and self.epsilon is None:
+            return [("epsilon", "required by scheme: epsilon (a probability in [0, 1])")]
+        if self.scheme == "softmax" and self.temperature is None:
+            return [("temperature", "required by scheme: softmax (a number > 0)")]
+        if self.scheme == "epsilon" and self.temperature is not None:
+            return [("temperature", "only the softmax scheme has a temperature")]
+        if self.scheme == "softmax" and self.epsilon is not None:
+            return [("epsilon", "only the epsilon scheme has an epsilon")]
+        return []
+
+
 class SolverSettings(_Model):
     mode: Literal["auto", "greedy", "exact"] = "auto"
     budget_ms: Float = Field(default=10.0, gt=0, le=60_000)
@@ -373,6 +409,7 @@ class Policy(_Model):
     constraints: list[Constraint] = Field(default_factory=list)
     diversity: Diversity | None = None
     exposure: Exposure | None = None
+    exploration: Exploration | None = None
     solver: SolverSettings = Field(default_factory=SolverSettings)
 
     @field_validator("version", mode="before")

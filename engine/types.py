@@ -233,6 +233,20 @@ class RerankResult:
     exposure_lp: ExposureLPReport | None = None
     policy_digest: str = ""  # sha256 of the policy file's bytes that served the answer
     experiment: "ExperimentReport | None" = None  # the experiment variant that served, if any
+    propensities: "Propensities | None" = None  # exploration policies: how likely the slate was
+
+
+@dataclass(frozen=True, slots=True)
+class Propensities:
+    """How likely a stochastic (exploration) slate was, for off-policy estimators."""
+
+    seed: int  # what drew it: engine.decide.exploration_seed(request id, policy digest)
+    scheme: str  # "epsilon" | "softmax"
+    joint: float  # P(this whole slate)
+    cascade: tuple[float, ...]  # cascade[p] = P(positions 0..p as drawn)
+    marginal: tuple[float, ...] | None = None  # P(item of position p at position p); None: not computed
+    marginal_samples: int = 0  # Monte Carlo draws behind `marginal` (0: exact, or not computed)
+    marginal_stderr: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -473,6 +473,11 @@ def encode_result(result: RerankResult) -> pb.RerankResponse:
         request_id=result.request_id,
         eligible=int(result.eligible),
     )
+    if result.propensities is not None:
+        pr = result.propensities
+        resp.propensities.CopyFrom(pb.Propensities(
+            seed=pr.seed, scheme=pr.scheme, joint=pr.joint, cascade=pr.cascade,
+            marginal=pr.marginal or (), marginal_samples=pr.marginal_samples))
     if result.experiment is not None:
         e = result.experiment
         resp.experiment.CopyFrom(pb.ExperimentAssignment(

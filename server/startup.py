@@ -15,7 +15,8 @@ import time
 log = logging.getLogger("server.app")
 
 #: The modules whose import compiles Numba kernels, in the order they are imported.
-KERNEL_MODULES = ("solvers._greedy_kernels", "solvers._evaluate_kernels", "server._wire_kernels")
+KERNEL_MODULES = ("solvers._greedy_kernels", "solvers._evaluate_kernels", "solvers._explore_kernels",
+                  "server._wire_kernels")
 
 
 def import_kernels(tag: str = "", worker: int | None = None) -> float:

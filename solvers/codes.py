@@ -32,6 +32,14 @@ DIV_NAMES = ("none", "mmr", "dpp")
 # budget and the problem allow; exact asked for (still greedy first, as the warm start).
 SOLVER_MODES = ("greedy", "auto", "exact")
 
+# Exploration schemes (solvers.explore.sample_slate), in the order of EXPLORE_NAMES; the policy's
+# `exploration.scheme` is one of EXPLORE_NAMES[1:].
+EXPLORE_NONE = 0
+EXPLORE_EPSILON = 1
+EXPLORE_SOFTMAX = 2
+EXPLORE_NAMES = ("none", "epsilon", "softmax")
+SOFTMAX_CUT = 50.0  # softmax support: candidates within SOFTMAX_CUT * T of the best gain
+
 # Special ConstraintTable.value codes.
 ALL_VALUES = -1  # the rule applies to every value of the attribute separately
 NO_MATCH = -2  # the rule's value does not occur among the candidates: nothing matches

@@ -16,8 +16,7 @@ their product (`joint`, `log_joint`) and running products (`cascade`). `marginal
 slate, the probability that each of its items is at its position: exactly 1 / 0 when the sampling
 is deterministic, else by Monte Carlo over seeded draws, with its standard error.
 
-The scheme codes live here for now (EXPLORE_EPSILON = 1, EXPLORE_SOFTMAX = 2; solvers.codes is
-their eventual home).
+The scheme codes are in solvers.codes (EXPLORE_EPSILON = 1, EXPLORE_SOFTMAX = 2), re-exported here.
 """
 
 from __future__ import annotations
@@ -29,14 +28,11 @@ import numpy as np
 
 from solvers import _explore_kernels as _x
 from solvers import _greedy_kernels as _k
-from solvers.codes import DIV_NONE, PIN
+from solvers.codes import DIV_NONE, EXPLORE_EPSILON, EXPLORE_NAMES, EXPLORE_SOFTMAX, PIN, SOFTMAX_CUT  # noqa: F401
 from solvers.greedy import check_extensions, kernel_embeddings
 from solvers.problem import SlateProblem
 
-EXPLORE_EPSILON = _x.EXPLORE_EPSILON
-EXPLORE_SOFTMAX = _x.EXPLORE_SOFTMAX
-SOFTMAX_CUT = _x.SOFTMAX_CUT
-SCHEME_NAMES = {EXPLORE_EPSILON: "epsilon", EXPLORE_SOFTMAX: "softmax"}
+SCHEME_NAMES = {EXPLORE_EPSILON: EXPLORE_NAMES[EXPLORE_EPSILON], EXPLORE_SOFTMAX: EXPLORE_NAMES[EXPLORE_SOFTMAX]}
 _U64 = 1 << 64
 _ALL = 1 << 62  # top_m None: every feasible candidate
 

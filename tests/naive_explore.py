@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 
-from solvers._explore_kernels import EXPLORE_EPSILON, SOFTMAX_CUT
+from solvers.codes import EXPLORE_EPSILON, SOFTMAX_CUT
 from solvers.codes import (
     ALL_VALUES, CALIBRATION, COVERAGE, MAX_COUNT, MIN_COUNT, PIN, RELAX_CONFLICT, RELAX_SHORTAGE,
     WINDOW,

@@ -136,7 +136,7 @@ BAD = {
     ),
     "unknown top-level key": (
         HEAD + "constraint: []\n",
-        ["unknown key 'constraint' (allowed: constraints, description, diversity, exposure, filters, name, "
+        ["unknown key 'constraint' (allowed: constraints, description, diversity, exploration, exposure, filters, name, "
          "objective, slate_size, solver, version); did you mean 'constraints'? (line 6)"],
     ),
     "unknown constraint type": (
