@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from engine import exposure, portfolio
 from engine.compile import CompiledPolicy, compile_policy
 from engine.decide import PolicyVersion, decide
-from engine.errors import FieldIssue, PolicyInvalid, PolicyNotFound
+from engine.errors import FieldIssue, PolicyInvalid, PolicyNotFound, Unavailable
 from engine.experiment_store import ExperimentStore
 from engine.ledger import InProcessLedger, Ledger, ledger_from_url
 from engine.policy_loader import LoadedPolicy, PolicyStore, parse_policy_text
@@ -50,6 +50,8 @@ class Engine:
         self.store = store
         #: where served decisions are logged (engine.decision_log); None: not logged
         self.decision_log = decision_log
+        #: where ReportOutcomes goes (engine.decision_log.outcome_log); None: refused
+        self.outcome_log = None
         #: the A/B/n experiments splitting policy names (engine.experiment_store); empty: none
         self.experiments = experiments if experiments is not None else ExperimentStore()
         self.limits = limits or Limits()
@@ -116,14 +118,24 @@ class Engine:
                     log.warning("warm-up request failed", exc_info=True,
                                 extra={"policy": loaded.name, "solver": mode, "explain": explain})
 
+    def report_outcomes(self, outcomes) -> tuple[int, int]:
+        """Queue OutcomeRecords (engine.decision_log) for the outcome log: (accepted, dropped).
+        Raises Unavailable when the engine keeps no outcome log."""
+        if self.outcome_log is None:
+            raise Unavailable("no outcome log: start the server with --decision-log DIR to keep "
+                              "outcomes beside the decisions")
+        accepted = sum(bool(self.outcome_log.offer(o)) for o in outcomes)
+        return accepted, len(outcomes) - accepted
+
     def close(self) -> None:
         """Release what lives outside the process: the decision log writes what is queued
         (bounded; what it cannot write is counted and logged), the exposure ledger writes what it
         still holds (each write bounded by its timeout; what cannot be written is logged) and
         disconnects. Rerank calls after close still answer (the ledger answers locally; the
         closed log drops and counts)."""
-        if self.decision_log is not None:
-            self.decision_log.close()
+        for log_ in (self.decision_log, self.outcome_log):
+            if log_ is not None:
+                log_.close()
         self.ledger.close()
 
     def reload(self, settle_s: float = 0.0) -> list[PolicyInvalid]:

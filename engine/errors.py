@@ -36,6 +36,10 @@ class InvalidRequest(RerankError):
         return self.issues[0].path
 
 
+class Unavailable(RerankError):
+    """The service cannot do what was asked as configured (e.g. no outcome log)."""
+
+
 class PolicyNotFound(RerankError):
     def __init__(self, name: str, known: list[str] | None = None):
         self.name = name

@@ -384,6 +384,11 @@ def serve(
     if decision_log:
         engine.decision_log = open_decision_log(decision_log, sample_rate=log_sample_rate,
                                                 worker=worker)
+        if not decision_log.startswith(("redis://", "rediss://", "unix://")):
+            from engine.decision_log import outcome_log
+
+            engine.outcome_log = outcome_log(os.path.join(
+                decision_log, "outcomes", f"worker-{worker}" if worker is not None else ""))
     health_servicer = health.HealthServicer()
     metrics = metrics_http = None
     if metrics_port is not None:

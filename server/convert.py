@@ -553,3 +553,31 @@ def encode_policy_info(info: PolicyInfo) -> pb.PolicyInfo:
 
 def encode_issues(issues: list[FieldIssue]) -> list[pb.PolicyIssue]:
     return [pb.PolicyIssue(path=i.path, message=i.message) for i in issues]
+
+
+# --------------------------------------------------------------------------------------- outcomes
+
+#: Most outcomes in one ReportOutcomes call.
+MAX_OUTCOMES = 10_000
+
+
+def decode_outcomes(request: pb.ReportOutcomesRequest) -> list:
+    """`reranker.v1.ReportOutcomesRequest` -> engine.decision_log.OutcomeRecord list; every bad
+    entry is named (InvalidRequest, `outcomes[i].field: ...`)."""
+    from engine.decision_log import OutcomeRecord
+
+    n = len(request.outcomes)
+    if n > MAX_OUTCOMES:
+        raise InvalidRequest("outcomes", f"at most {MAX_OUTCOMES:,} per call, got {n:,}")
+    issues, records = [], []
+    for i, o in enumerate(request.outcomes):
+        if not o.request_id:
+            issues.append(FieldIssue(f"outcomes[{i}].request_id", "must name the answer's request id, got ''"))
+        if o.position < 1:
+            issues.append(FieldIssue(f"outcomes[{i}].position", f"must be a 1-based position >= 1, got {o.position}"))
+        if not issues:
+            records.append(OutcomeRecord(o.request_id, int(o.position), o.item_id, int(o.clicks),
+                                         int(o.add_to_carts), int(o.purchases)))
+    if issues:
+        raise InvalidRequest(issues[:20])
+    return records

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import grpc
 
-from engine.errors import InvalidRequest, PolicyInvalid, PolicyNotFound, RerankError
+from engine.errors import InvalidRequest, PolicyInvalid, PolicyNotFound, RerankError, Unavailable
 from server._gen.reranker.v1 import reranker_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (PolicyInvalid, grpc.StatusCode.INVALID_ARGUMENT),
     (DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Unavailable, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
 INTERNAL_MESSAGE = "internal error; the server logged the details"

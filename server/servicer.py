@@ -201,6 +201,18 @@ class RerankerServicer(pb_grpc.RerankerServicer):
             return pb.ListPoliciesResponse(policies=[convert.encode_policy_info(i) for i in infos])
         abort(context, status, self._pid_metadata)
 
+    def ReportOutcomes(
+        self, request: pb.ReportOutcomesRequest, context: grpc.ServicerContext
+    ) -> pb.ReportOutcomesResponse:
+        try:
+            records = convert.decode_outcomes(request)
+            accepted, dropped = self._engine.report_outcomes(records)
+        except Exception as exc:  # noqa: BLE001
+            status = to_status(exc)
+        else:
+            return pb.ReportOutcomesResponse(accepted=accepted, dropped=dropped)
+        abort(context, status, self._pid_metadata)
+
     def ValidatePolicy(
         self, request: pb.ValidatePolicyRequest, context: grpc.ServicerContext
     ) -> pb.ValidatePolicyResponse:

@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 
 from engine.decide import decide
-from engine.decision_log import from_table, read_log, summarise
+from engine.decision_log import from_table, join_outcomes, read_log, read_outcomes, summarise
 from engine.engine import Engine
+from server._gen.reranker.v1 import reranker_pb2 as pb
 from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from tests.conftest import POLICIES_DIR
 from tests.serve_process import log_waiter
@@ -41,6 +43,16 @@ def test_a_served_log_is_flushed_on_sigterm_and_replays_to_the_same_slates(tmp_p
                 req.user_id = f"user-{i % 5}"
                 resp = stub.Rerank(req, timeout=30)
                 served[req.request_id] = (name, [it.item_id for it in resp.items], resp.policy_digest)
+            outcomes = pb.ReportOutcomesRequest(outcomes=[
+                pb.Outcome(request_id="req-3", position=2, item_id=served["req-3"][1][1], clicks=1),
+                pb.Outcome(request_id="req-3", position=2, clicks=1, purchases=1),
+                pb.Outcome(request_id="req-5", position=1, add_to_carts=1)])
+            assert stub.ReportOutcomes(outcomes, timeout=10) == pb.ReportOutcomesResponse(accepted=3)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ReportOutcomes(pb.ReportOutcomesRequest(outcomes=[pb.Outcome(request_id="x")]),
+                                    timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert info.value.details() == "outcomes[0].position: must be a 1-based position >= 1, got 0"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
@@ -48,6 +60,10 @@ def test_a_served_log_is_flushed_on_sigterm_and_replays_to_the_same_slates(tmp_p
     records = from_table(table)
     assert sorted(r.request_id for r in records) == sorted(served)  # every answer, nothing twice
     assert summarise(table)["records"] == len(served)
+    joined = join_outcomes(table, read_outcomes(log_dir / "outcomes")).to_pylist()
+    by_key = {(r["request_id"], r["position"]): r for r in joined}
+    assert (by_key[("req-3", 2)]["clicks"], by_key[("req-3", 2)]["purchases"]) == (2, 1)
+    assert by_key[("req-5", 1)]["add_to_carts"] == 1 and by_key[("req-5", 2)]["clicks"] == 0
     engine = Engine.from_directory(str(POLICIES_DIR))
     for rec in records:
         name, items, digest = served[rec.request_id]
@@ -74,3 +90,11 @@ def test_reranker_log_summarises_a_log_folder(tmp_path, capsys):
     assert "7 decision record(s)" in out and "mean slate length 4.0" in out
     assert main(["log", str(tmp_path / "log"), "--json"]) == 0
     assert '"records": 7' in capsys.readouterr().out
+
+
+def test_report_outcomes_without_an_outcome_log_is_a_failed_precondition():
+    from engine.errors import Unavailable
+    from testing.engines import engine_with, policy
+
+    with pytest.raises(Unavailable, match="no outcome log: start the server with --decision-log DIR"):
+        engine_with(policy()).report_outcomes([])
