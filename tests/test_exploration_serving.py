@@ -88,3 +88,22 @@ def test_bad_exploration_settings_are_refused_naming_the_field_and_line(block, m
     with pytest.raises(PolicyInvalid) as info:
         parse_policy_text(text)
     assert [str(i) for i in info.value.issues] == [message] or message in str(info.value)
+
+
+def test_the_example_exploration_policy_serves_with_propensities_and_marginals(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from engine.engine import Engine
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "policies" / "home_feed_explore.yaml"
+    shutil.copy(example, tmp_path / example.name)
+    eng = Engine.from_directory(str(tmp_path))
+    c = candidates(300, seed=2)
+    r = eng.rerank(RerankRequest("home_feed_explore", c, request_id="example-1"))
+    check_answer(eng.store.get("home_feed_explore").policy, c, r)
+    p = r.propensities
+    assert p.scheme == "epsilon" and len(p.cascade) == len(r.items) == 20
+    assert p.marginal_samples == 200 and len(p.marginal) == 20 and all(0 <= q <= 1 for q in p.marginal)
+    # Monte Carlo: an item drawn with a small probability may not recur in 200 re-draws (0 here)
+    assert sum(q > 0 for q in p.marginal) >= 15
