@@ -30,12 +30,11 @@ import tempfile
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
-from benchmarks.common import markdown_table, print_table, save
+from benchmarks.common import run_part
 from engine.decision_log import DecisionLog, DecisionRecord, ParquetSink, log_files, read_log
 from engine.types import RerankRequest
 from testing.engines import candidates, engine_with
@@ -208,13 +207,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def _run_part(name: str, quick: bool) -> list[dict]:
-    fn, columns = PARTS[name]
-    console.rule(f"decision log: {name}")
-    rows = fn(quick)
-    print_table(f"decision log: {name}", rows, columns)
-    console.print(save(f"decision_log_{name}", rows, {"quick": quick, "n": N, "k": K}))
-    console.print(markdown_table(rows, columns), soft_wrap=True)
-    return rows
+    return run_part("decision_log", name, PARTS, quick, {"n": N, "k": K})
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ from rich.console import Console
 
 from benchmarks.bench_grpc import POLICY, make_request
 from benchmarks.bench_load import RERANKER, ROOT, _free_port, _wait_serving, stop
-from benchmarks.common import markdown_table, print_table, save, time_calls
+from benchmarks.common import run_part, time_calls
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from server.servicer import WORKER_PID_METADATA_KEY
@@ -344,13 +344,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def _run_part(name: str, quick: bool) -> list[dict]:
-    fn, columns = PARTS[name]
-    console.rule(f"ops: {name}")
-    rows = fn(quick)
-    print_table(f"ops: {name}", rows, columns)
-    console.print(save(f"ops_{name}", rows, {"quick": quick}))
-    console.print(markdown_table(rows, columns), soft_wrap=True)
-    return rows
+    return run_part("ops", name, PARTS, quick)
 
 
 def main() -> None:

@@ -51,6 +51,21 @@ def print_table(title: str, rows: list[dict], columns: list[tuple[str, str]]) ->
     Console().print(table)
 
 
+def run_part(prefix: str, name: str, parts: dict, quick: bool, meta: dict | None = None) -> list[dict]:
+    """Run one part of a multi-part benchmark (`parts[name] = (function(quick) -> rows, columns)`):
+    a rule, the table, results saved as `<prefix>_<name>.json`, the markdown table."""
+    from rich.console import Console
+
+    console = Console()
+    fn, columns = parts[name]
+    console.rule(f"{prefix.replace('_', ' ')}: {name}")
+    rows = fn(quick)
+    print_table(f"{prefix.replace('_', ' ')}: {name}", rows, columns)
+    console.print(save(f"{prefix}_{name}", rows, {"quick": quick, **(meta or {})}))
+    console.print(markdown_table(rows, columns), soft_wrap=True)
+    return rows
+
+
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     head = "| " + " | ".join(h for _, h in columns) + " |"
     sep = "|" + "|".join("---:" for _ in columns) + "|"

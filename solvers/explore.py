@@ -254,19 +254,10 @@ def warmup() -> None:
     method. Takes no arguments and returns None."""
     from dataclasses import replace
 
-    from solvers.codes import DIV_DPP, DIV_MMR, MAX_COUNT, MIN_COUNT, WINDOW
-    from solvers.problem import ConstraintTable
+    from solvers.codes import DIV_DPP, DIV_MMR
+    from solvers.greedy import warmup_problem
 
-    table = ConstraintTable.from_rows([
-        dict(kind=MAX_COUNT, attr=0, bound=2), dict(kind=MIN_COUNT, attr=0, value=1, bound=1,
-                                                     hard=False, penalty=1.0),
-        dict(kind=WINDOW, attr=0, bound=1, size=2), dict(kind=PIN, item=3, position=2),
-    ], length=3)
-    problem = SlateProblem(
-        utility=np.array([3.0, 2.0, 1.0, 0.5]), position_weight=np.array([1.0, 0.6, 0.5]),
-        codes=np.array([[0, 1, 0, 1]], dtype=np.int64), n_values=np.array([2], dtype=np.int64),
-        constraints=table, active=np.ones(4, dtype=np.bool_), pre_reason=np.zeros(4, dtype=np.int64),
-    )
+    problem = warmup_problem()
     emb = np.array([[1, 0], [0.6, 0.8], [0, 1], [0, 0]], dtype=np.float32)
     for p in (problem, replace(problem, embeddings=emb, div_mode=DIV_MMR, div_weight=0.5),
               replace(problem, embeddings=emb, div_mode=DIV_DPP, div_weight=0.5, div_window=1)):

@@ -178,6 +178,24 @@ def solve_greedy_with_bound(problem: SlateProblem, *,
     return SolveResult(slate, relaxed, reason, relax_pos, "greedy", status), float(info[0])
 
 
+def warmup_problem() -> SlateProblem:
+    """The tiny problem the kernels' warm-ups run: 4 candidates, a slate of 3, a hard cap, a soft
+    minimum, a hard window and a hard pin (every code path of the rule loop)."""
+    from solvers.codes import MAX_COUNT, MIN_COUNT, WINDOW
+    from solvers.problem import ConstraintTable
+
+    table = ConstraintTable.from_rows([
+        dict(kind=MAX_COUNT, attr=0, bound=2), dict(kind=MIN_COUNT, attr=0, value=1, bound=1,
+                                                     hard=False, penalty=1.0),
+        dict(kind=WINDOW, attr=0, bound=1, size=2), dict(kind=PIN, item=3, position=2),
+    ], length=3)
+    return SlateProblem(
+        utility=np.array([3.0, 2.0, 1.0, 0.5]), position_weight=np.array([1.0, 0.6, 0.5]),
+        codes=np.array([[0, 1, 0, 1]], dtype=np.int64), n_values=np.array([2], dtype=np.int64),
+        constraints=table, active=np.ones(4, dtype=np.bool_), pre_reason=np.zeros(4, dtype=np.int64),
+    )
+
+
 def warmup() -> None:
     """Compile (or load from the Numba cache) every kernel, then run each on a tiny problem.
 
@@ -190,20 +208,10 @@ def warmup() -> None:
     from dataclasses import replace
 
     from solvers.evaluate import evaluate
-    from solvers.codes import MAX_COUNT, MIN_COUNT, WINDOW
+    from solvers.codes import MAX_COUNT
     from solvers.problem import ConstraintTable
 
-    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
-    table = ConstraintTable.from_rows([
-        dict(kind=MAX_COUNT, attr=0, bound=2), dict(kind=MIN_COUNT, attr=0, value=1, bound=1,
-                                                     hard=False, penalty=1.0),
-        dict(kind=WINDOW, attr=0, bound=1, size=2), dict(kind=PIN, item=3, position=2),
-    ], length=3)
-    problem = SlateProblem(
-        utility=np.array([3.0, 2.0, 1.0, 0.5]), position_weight=np.array([1.0, 0.6, 0.5]),
-        codes=np.array([[0, 1, 0, 1]], dtype=np.int64), n_values=i64(2), constraints=table,
-        active=np.ones(4, dtype=np.bool_), pre_reason=np.zeros(4, dtype=np.int64),
-    )
+    problem = warmup_problem()
     evaluate(problem, solve_greedy(problem).slate)
 
     # diversity (every mode, with and without a window) with coverage and calibration rows
