@@ -478,8 +478,17 @@ def _print_response(out: Console, resp) -> None:
 
     explain = any(item.contributions for item in resp.items)
     columns = sorted({k for item in resp.items for k in item.contributions})
-    slate = Table(title=f"slate: policy {escape(resp.policy)} v{escape(resp.policy_version)}, "
+    digest = f" (digest {resp.policy_digest[:12]})" if resp.policy_digest else ""
+    slate = Table(title=f"slate: policy {escape(resp.policy)} v{escape(resp.policy_version)}{digest}, "
                         f"{len(resp.items)} of {resp.eligible} eligible")
+    if resp.HasField("experiment"):
+        e = resp.experiment
+        out.print(f"experiment {escape(e.experiment)}: variant {escape(e.variant)}"
+                  f"{' (holdout)' if e.holdout else ''}, bucket {e.bucket} of 10000 ({escape(e.unit)})")
+    if resp.HasField("propensities"):
+        p = resp.propensities
+        out.print(f"exploration {escape(p.scheme)}: seed {p.seed}, P(slate) = {p.joint:.3g}"
+                  + (f", marginals from {p.marginal_samples} draws" if p.marginal else ""))
     slate.add_column("position", justify="right")
     slate.add_column("item_id", no_wrap=True)
     slate.add_column("index", justify="right")
