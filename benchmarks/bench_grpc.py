@@ -128,6 +128,53 @@ def _measure(encoding: str, rerank, echo, echo_servicer: "_Echo", calls: int, wa
     }
 
 
+LOG_COLUMNS = [("mode", "decision log"), ("calls", "calls"), ("server_median_us", "server total µs (median)"),
+               ("server_p99_us", "server total µs p99"), ("rtt_median_us", "round trip µs (median)"),
+               ("rtt_p99_us", "round trip µs p99"), ("over_off", "server median / log off"),
+               ("written", "records written"), ("dropped", "records dropped")]
+
+
+def measure_decision_log(engine, rerank, calls: int, warmup: int, block: int = 100) -> list[dict]:
+    """Server time with the decision log off and on (Parquet in a temporary folder), in
+    alternating blocks of `block` calls over the same channel; the log is switched by setting
+    `engine.decision_log`, which the engine reads on every call."""
+    from engine.decision_log import DecisionLog, ParquetSink
+
+    req = make_request("dictionary")
+    with tempfile.TemporaryDirectory(prefix="bench-grpc-log-") as folder:
+        log = DecisionLog(ParquetSink(folder))
+        samples = {"off": ([], []), "on": ([], [])}
+        for mode in ("off", "on") * 2:  # warm both paths
+            engine.decision_log = log if mode == "on" else None
+            for _ in range(warmup // 4):
+                rerank(req, timeout=10)
+        perf = time.perf_counter_ns
+        while len(samples["on"][0]) < calls:
+            for mode in ("off", "on"):
+                engine.decision_log = log if mode == "on" else None
+                server, rtt = samples[mode]
+                for _ in range(block):
+                    t0 = perf()
+                    resp = rerank(req, timeout=10)
+                    rtt.append((perf() - t0) / 1e3)
+                    server.append(resp.diagnostics.elapsed_us["total"])
+        engine.decision_log = None
+        log.close(30)
+        stats = log.stats
+    rows = []
+    for mode in ("off", "on"):
+        server, rtt = (np.asarray(v) for v in samples[mode])
+        rows.append({"mode": mode, "calls": len(server),
+                     "server_median_us": float(np.median(server)),
+                     "server_p99_us": float(np.percentile(server, 99)),
+                     "rtt_median_us": float(np.median(rtt)), "rtt_p99_us": float(np.percentile(rtt, 99)),
+                     "written": stats.written if mode == "on" else None,
+                     "dropped": stats.dropped if mode == "on" else None})
+    for row in rows:
+        row["over_off"] = row["server_median_us"] / rows[0]["server_median_us"]
+    return rows
+
+
 class _Echo:
     """Answers every request with a canned response: gRPC + protobuf cost, no work."""
 
@@ -152,8 +199,9 @@ def _echo_server(echo: _Echo) -> tuple[grpc.Server, int]:
     return server, server.add_insecure_port("127.0.0.1:0")
 
 
-def run(quick: bool = False, calls: int | None = None) -> dict:
-    """Measure; returns {"rows": [one dict per string encoding], "meta": {...}}."""
+def run(quick: bool = False, calls: int | None = None, decision_log: bool = False) -> dict:
+    """Measure; returns {"rows": [one dict per string encoding], "meta": {...}} (and
+    "log_rows": the decision log off / on, with `decision_log`)."""
     from engine.engine import Engine
 
     calls = calls or (200 if quick else 2000)
@@ -175,13 +223,14 @@ def run(quick: bool = False, calls: int | None = None) -> dict:
             echo_call = ch_echo.unary_unary(ECHO_METHOD, request_serializer=pb.RerankRequest.SerializeToString,
                                             response_deserializer=pb.RerankResponse.FromString)
             rows = [_measure(enc, rerank, echo_call, echo_servicer, calls, warmup) for enc in encodings]
+            log_rows = measure_decision_log(engine, rerank, calls, warmup) if decision_log else None
     finally:
         real.stop(None)
         echo.stop(None)
     meta = {"quick": quick, "calls": calls, "warmup": warmup, "n": N, "k": K,
             "policy": "bench_feed (max_count + min_count within_top + window, greedy)",
             "client": "sync stub, one call at a time, same process as both servers"}
-    return {"rows": rows, "meta": meta}
+    return {"rows": rows, "meta": meta, "log_rows": log_rows}
 
 
 def print_result(result: dict) -> None:
@@ -198,7 +247,9 @@ def print_result(result: dict) -> None:
     Console().print(table)
 
 
-def _fmt(v: float) -> str:
+def _fmt(v: float | str) -> str:
+    if isinstance(v, str):
+        return v
     if isinstance(v, int):
         return f"{v:,}"
     return f"{v:.2f}" if abs(v) < 10 else f"{v:,.0f}"
@@ -208,8 +259,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="gRPC Rerank round trip vs an echo of the same size")
     parser.add_argument("--quick", action="store_true", help="200 calls, dictionary encoding only")
     parser.add_argument("--calls", type=int, default=None, help="calls per server and encoding")
+    parser.add_argument("--decision-log", action="store_true",
+                        help="also server time with the decision log off / on (alternating blocks)")
     args = parser.parse_args()
-    result = run(quick=args.quick, calls=args.calls)
+    result = run(quick=args.quick, calls=args.calls, decision_log=args.decision_log)
+    if result["log_rows"]:
+        from benchmarks.common import print_table
+
+        print_table("server time, decision log off / on", result["log_rows"], LOG_COLUMNS)
+        Console().out(markdown_table(result["log_rows"], LOG_COLUMNS))
+        Console().out(f"saved {save('grpc_decision_log', result['log_rows'], result['meta'])}")
     path = save("grpc", result["rows"], result["meta"])
     print_result(result)
     Console().out(markdown_table(result["rows"], [("encoding", "string columns"), *COLUMNS]))
