@@ -144,6 +144,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_log)
 
+    p = sub.add_parser("outcomes", help="add outcomes from a CSV file to a decision log's outcomes "
+                                        "(columns request_id, position, item_id, clicks, "
+                                        "add_to_carts, purchases)")
+    p.add_argument("file", metavar="FILE.csv")
+    p.add_argument("--log", required=True, metavar="DIR",
+                   help="the decision log folder (serve --decision-log DIR); written to DIR/outcomes")
+    p.set_defaults(func=_cmd_outcomes)
+
     p = sub.add_parser("schema", help="write the JSON Schema of the policy language")
     p.add_argument("--output", "-o", metavar="FILE", help="file to write (default: stdout)")
     p.set_defaults(func=_cmd_schema)
@@ -364,6 +372,47 @@ def _cmd_experiment_rebalance(args, out: Console, err: Console) -> int:
     else:
         sys.stdout.write(text)
     return EXIT_OK
+
+
+def _cmd_outcomes(args, out: Console, err: Console) -> int:
+    import csv
+
+    from engine.decision_log import OutcomeRecord, outcome_log
+
+    counts = ("clicks", "add_to_carts", "purchases")
+    records, problems = [], []
+    try:
+        with open(args.file, newline="", encoding="utf-8") as f:
+            rows = csv.DictReader(f)
+            missing = {"request_id", "position"} - set(rows.fieldnames or ())
+            if missing:
+                err.print(f"error: {escape(args.file)}: missing column(s) {', '.join(sorted(missing))}")
+                return EXIT_FAIL
+            for line, row in enumerate(rows, start=2):
+                try:
+                    position = int(row["position"])
+                    values = [int(row.get(c) or 0) for c in counts]
+                    if not row["request_id"] or position < 1 or min(values) < 0:
+                        raise ValueError
+                except (TypeError, ValueError):
+                    problems.append(f"{args.file}, line {line}: request_id must be set, position an "
+                                    f"integer >= 1 and {', '.join(counts)} integers >= 0, got {dict(row)}")
+                    continue
+                records.append(OutcomeRecord(row["request_id"], position, row.get("item_id") or "", *values))
+    except OSError as exc:
+        err.print(f"error: cannot read {escape(args.file)}: {escape(str(exc))}")
+        return EXIT_FAIL
+    for problem in problems[:20]:
+        out.print(escape(problem), style="red")
+    if problems:
+        out.print(f"{len(problems)} bad line(s); nothing written", style="red")
+        return EXIT_FAIL
+    log = outcome_log(Path(args.log) / "outcomes" / "imported")
+    accepted = sum(bool(log.offer(r)) for r in records)
+    written = log.close(60)
+    out.print(f"wrote {accepted:,} outcome(s) to {escape(str(Path(args.log) / 'outcomes'))}"
+              + ("" if written else " (some could not be written: see the log)"))
+    return EXIT_OK if written and accepted == len(records) else EXIT_FAIL
 
 
 def _cmd_log(args, out: Console, err: Console) -> int:

@@ -98,3 +98,22 @@ def test_report_outcomes_without_an_outcome_log_is_a_failed_precondition():
 
     with pytest.raises(Unavailable, match="no outcome log: start the server with --decision-log DIR"):
         engine_with(policy()).report_outcomes([])
+
+
+def test_reranker_outcomes_imports_a_csv_beside_the_decisions(tmp_path, capsys):
+    from server.cli import main
+
+    good = tmp_path / "outcomes.csv"
+    good.write_text("request_id,position,item_id,clicks,add_to_carts,purchases\n"
+                    "r1,1,sku-1,1,0,0\nr1,1,,1,1,0\nr2,3,sku-9,0,0,1\n")
+    assert main(["outcomes", str(good), "--log", str(tmp_path / "log")]) == 0
+    assert "wrote 3 outcome(s)" in capsys.readouterr().out
+    table = read_outcomes(tmp_path / "log" / "outcomes").to_pylist()
+    assert sorted((r["request_id"], r["position"], r["clicks"], r["add_to_carts"], r["purchases"])
+                  for r in table) == [("r1", 1, 1, 0, 0), ("r1", 1, 1, 1, 0), ("r2", 3, 0, 0, 1)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("request_id,position,clicks\nr1,0,1\n")
+    assert main(["outcomes", str(bad), "--log", str(tmp_path / "log2")]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad}, line 2: request_id must be set, position an integer >= 1" in out
+    assert "nothing written" in out
