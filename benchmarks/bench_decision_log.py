@@ -25,7 +25,6 @@ Parts (one process; the writer thread shares the machine's cores with the caller
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import threading
 import time
@@ -34,7 +33,7 @@ from dataclasses import replace
 import numpy as np
 from rich.console import Console
 
-from benchmarks.common import run_part
+from benchmarks.common import parts_main, run_part
 from engine.decision_log import DecisionLog, DecisionRecord, ParquetSink, log_files, read_log
 from engine.types import RerankRequest
 from testing.engines import candidates, engine_with
@@ -211,12 +210,7 @@ def _run_part(name: str, quick: bool) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer calls, 10 s sustained (smoke run)")
-    parser.add_argument("--only", nargs="*", choices=list(PARTS))
-    args = parser.parse_args()
-    for name in args.only or PARTS:
-        _run_part(name, args.quick)
+    parts_main(__doc__, _run_part, PARTS, "fewer calls, 10 s sustained (smoke run)")
 
 
 if __name__ == "__main__":

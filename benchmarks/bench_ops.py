@@ -23,7 +23,6 @@ Results: benchmarks/results/ops_<part>.json; tables printed as markdown for RESU
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -40,7 +39,7 @@ from rich.console import Console
 
 from benchmarks.bench_grpc import POLICY, make_request
 from benchmarks.bench_load import RERANKER, ROOT, _free_port, _wait_serving, stop
-from benchmarks.common import run_part, time_calls
+from benchmarks.common import parts_main, run_part, time_calls
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from server.servicer import WORKER_PID_METADATA_KEY
@@ -348,12 +347,7 @@ def _run_part(name: str, quick: bool) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", nargs="*", choices=list(PARTS))
-    args = parser.parse_args()
-    for name in args.only or PARTS:
-        _run_part(name, args.quick)
+    parts_main(__doc__, _run_part, PARTS)
 
 
 if __name__ == "__main__":

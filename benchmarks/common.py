@@ -66,6 +66,19 @@ def run_part(prefix: str, name: str, parts: dict, quick: bool, meta: dict | None
     return rows
 
 
+def parts_main(doc: str | None, run_one, parts: dict, quick_help: str = "smoke run") -> None:
+    """The command line of a multi-part benchmark: `[--quick] [--only PART ...]`, each part run by
+    `run_one(name, quick)` (usually `run_part` with the benchmark's prefix)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--only", nargs="*", choices=list(parts))
+    args = parser.parse_args()
+    for name in args.only or parts:
+        run_one(name, args.quick)
+
+
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     head = "| " + " | ".join(h for _, h in columns) + " |"
     sep = "|" + "|".join("---:" for _ in columns) + "|"

@@ -45,7 +45,6 @@ from engine.types import (
 from engine.validate import Limits, validate_candidates, validate_request_scalars
 from solvers.codes import EXPLORE_EPSILON, EXPLORE_NAMES
 from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
-from solvers.explore import marginals, sample_slate
 from solvers.greedy import solve_greedy
 from solvers.problem import SolveResult
 
@@ -123,7 +122,8 @@ def exposure_boosts(version: PolicyVersion, snapshots: Mapping[str, Snapshot], s
 
 def decide(version: PolicyVersion, req: RerankRequest, *, limits: Limits,
            snapshots: Mapping[str, Snapshot] | None = None, boosts: Boosts | None = None,
-           t_start_ns: int | None = None, assignment: Assignment | None = None) -> Decision:
+           t_start_ns: int | None = None, assignment: Assignment | None = None,
+           scalars_checked: bool = False) -> Decision:
     """Answer one request with one policy version; no I/O, no state.
 
     Parameters
@@ -144,6 +144,9 @@ def decide(version: PolicyVersion, req: RerankRequest, *, limits: Limits,
         `time.perf_counter_ns()` when the call began (the budget counts from it); default now.
     assignment : engine.experiments.Assignment, optional
         The experiment variant the caller chose `version` for; reported in the result.
+    scalars_checked : bool, default False
+        The caller has run `validate_request_scalars(req, limits)` already (the Engine does,
+        before its policy look-up); the candidates are validated here either way.
 
     Returns
     -------
@@ -151,7 +154,8 @@ def decide(version: PolicyVersion, req: RerankRequest, *, limits: Limits,
         The result, the exposure deltas to record, and the boosts used.
     """
     t_start = time.perf_counter_ns() if t_start_ns is None else t_start_ns
-    validate_request_scalars(req, limits)
+    if not scalars_checked:
+        validate_request_scalars(req, limits)
     validate_candidates(req.candidates, limits)
     loaded, cp = version.loaded, version.compiled
     amortized = _amortized(loaded)
@@ -244,6 +248,10 @@ def exploration_seed(req: RerankRequest, digest: str) -> int:
 def _explore(ex, problem, seed: int):
     """The portfolio's Outcome for an exploration policy: a drawn slate that keeps every hard rule
     (solvers.explore), scored against the policy's objective, and its propensities."""
+    # imported here: the exploration kernels compile when imported (explicit signatures), and
+    # only a server with an exploration policy needs them (its warm-up request gets here)
+    from solvers.explore import marginals, sample_slate
+
     scheme = EXPLORE_NAMES.index(ex.scheme)
     top_m = ex.top_m if ex.top_m is not None else (EPSILON_TOP_M if scheme == EXPLORE_EPSILON else None)
     options = dict(scheme=scheme, epsilon=ex.epsilon or 0.0, top_m=top_m, temperature=ex.temperature)

@@ -20,19 +20,12 @@ from engine.types import PolicyInfo, RerankRequest, RerankResult
 from engine.validate import Limits, validate_request_scalars, work_units
 from engine.versions import PolicyVersions
 from engine.warmup_request import warmup_request
-from solvers.explore import warmup as warmup_explore
 from solvers.greedy import warmup as warmup_greedy
 
 if TYPE_CHECKING:  # pyarrow loads only when a decision log is configured
     from engine.decision_log import DecisionLog
 
 log = logging.getLogger(__name__)
-
-
-def _warmup_greedy_kernels() -> None:
-    """The greedy kernels and their stochastic twins (exploration)."""
-    warmup_greedy()
-    warmup_explore()
 
 
 class Engine:
@@ -91,7 +84,7 @@ class Engine:
         t0 = time.perf_counter()
         policies = self.store.list()
         steps: list[tuple[str, Callable[[], None]]] = [
-            ("greedy kernels", _warmup_greedy_kernels), ("exact solvers", portfolio.warmup)]
+            ("greedy kernels", warmup_greedy), ("exact solvers", portfolio.warmup)]
         for loaded in policies:
             steps.append((f"policy {loaded.name}", lambda loaded=loaded: self.warmup_policy(loaded)))
         for i, (name, step) in enumerate(steps, start=1):
@@ -223,7 +216,7 @@ class Engine:
         version = PolicyVersion(loaded, cp if cp is not None else self._compiled_policy(loaded))
         snapshots = {ns: self.ledger.snapshot(ns) for ns in version.ledger_namespaces()}
         decision = decide(version, req, limits=self.limits, snapshots=snapshots, t_start_ns=t_start,
-                          assignment=assignment)
+                          assignment=assignment, scalars_checked=True)
         if record:
             for namespace, deltas in decision.deltas.items():
                 self.ledger.record(namespace, deltas)

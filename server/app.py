@@ -289,17 +289,17 @@ def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
 
 
 def open_decision_log(target: str, *, sample_rate: float = 1.0, worker: int | None = None):
-    """The decision log of `serve --decision-log TARGET`: a folder of Parquet files (one
-    sub-folder per worker process, so that writers never share a file), or a Redis stream
-    (`redis://host:port/db`, every worker appending to one stream)."""
-    from engine.decision_log import DecisionLog, ParquetSink, RedisStreamSink
+    """The (decision log, outcome log) of `serve --decision-log TARGET`: a folder of Parquet files
+    (one sub-folder per worker process, so that writers never share a file; outcomes under
+    TARGET/outcomes), or a Redis stream (`redis://host:port/db`, every worker appending to one
+    stream; no outcome log: ReportOutcomes is refused)."""
+    from engine.decision_log import DecisionLog, ParquetSink, RedisStreamSink, is_stream_url, outcome_log
 
-    if target.startswith(("redis://", "rediss://", "unix://")):
-        sink = RedisStreamSink(target)
-    else:
-        folder = os.path.join(target, f"worker-{worker}") if worker is not None else target
-        sink = ParquetSink(folder)
-    return DecisionLog(sink, sample_rate=sample_rate)
+    if is_stream_url(target):
+        return DecisionLog(RedisStreamSink(target), sample_rate=sample_rate), None
+    per_worker = f"worker-{worker}" if worker is not None else ""
+    return (DecisionLog(ParquetSink(os.path.join(target, per_worker)), sample_rate=sample_rate),
+            outcome_log(os.path.join(target, "outcomes", per_worker)))
 
 
 def serve(
@@ -382,13 +382,8 @@ def serve(
     engine = Engine.from_directory(policies_dir, ledger_url=ledger_url, settle_s=settle_s,
                                    state_dir=state_dir or None, experiments_dir=experiments_dir)
     if decision_log:
-        engine.decision_log = open_decision_log(decision_log, sample_rate=log_sample_rate,
-                                                worker=worker)
-        if not decision_log.startswith(("redis://", "rediss://", "unix://")):
-            from engine.decision_log import outcome_log
-
-            engine.outcome_log = outcome_log(os.path.join(
-                decision_log, "outcomes", f"worker-{worker}" if worker is not None else ""))
+        engine.decision_log, engine.outcome_log = open_decision_log(
+            decision_log, sample_rate=log_sample_rate, worker=worker)
     health_servicer = health.HealthServicer()
     metrics = metrics_http = None
     if metrics_port is not None:

@@ -416,13 +416,10 @@ def _cmd_outcomes(args, out: Console, err: Console) -> int:
 
 
 def _cmd_log(args, out: Console, err: Console) -> int:
-    from engine.decision_log import read_log, read_stream_table, summarise
+    from engine.decision_log import read_log, summarise
 
     try:
-        if args.source.startswith(("redis://", "rediss://", "unix://")):
-            table = read_stream_table(args.source)
-        else:
-            table = read_log(args.source)
+        table = read_log(args.source)  # a folder, a file or a Redis stream
     except (OSError, ValueError) as exc:
         err.print(f"error: cannot read the log {escape(args.source)}: {escape(str(exc))}", style="red")
         return EXIT_FAIL

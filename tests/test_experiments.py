@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
@@ -85,7 +86,6 @@ def test_committed_schema_is_up_to_date(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
 def test_the_schema_validates_the_examples(path: Path) -> None:
-    jsonschema = pytest.importorskip("jsonschema")  # not a dependency of the project (yet)
     jsonschema.validate(yaml.safe_load(path.read_text(encoding="utf-8")), experiment_json_schema())
 
 

@@ -19,7 +19,9 @@ queue, converter and writer threads, retries, sampling), `read` (read_log, summa
 What is lost, and when, is in DecisionLog's docstring (and ParquetSink's for files).
 """
 
-from engine.decision_log.read import join_outcomes, log_files, read_log, read_outcomes, summarise
+from engine.decision_log.read import (
+    is_stream_url, join_outcomes, log_files, read_log, read_outcomes, summarise,
+)
 from engine.decision_log.record import Boosts, DecisionRecord, Diagnostics, OutcomeRecord
 from engine.decision_log.schema import (
     DECISION_SCHEMA, OUTCOME_SCHEMA, SCHEMA_VERSION, VERSION_KEY, from_table, outcomes_from_table,
@@ -31,7 +33,7 @@ from engine.decision_log.sinks import (
 from engine.decision_log.writer import DecisionLog, LogStats, outcome_log, sampled, sampling_hash
 
 __all__ = [
-    "Boosts", "DECISION_SCHEMA", "DEFAULT_STREAM", "DecisionLog", "DecisionRecord", "Diagnostics",
+    "Boosts", "is_stream_url", "DECISION_SCHEMA", "DEFAULT_STREAM", "DecisionLog", "DecisionRecord", "Diagnostics",
     "LogStats", "OUTCOME_SCHEMA", "OutcomeRecord", "OutcomeSink", "ParquetSink", "RedisStreamSink",
     "SCHEMA_VERSION", "Sink", "VERSION_KEY", "from_table", "join_outcomes", "log_files",
     "outcome_log", "outcomes_from_table", "outcomes_to_batch", "read_log", "read_outcomes",

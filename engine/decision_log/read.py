@@ -19,6 +19,12 @@ from engine.decision_log.sinks import DEFAULT_STREAM, read_stream_table
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
+def is_stream_url(target: str | os.PathLike) -> bool:
+    """Whether a log target names a Redis stream (`redis://`, `rediss://`, `unix://`) rather than
+    a folder or file."""
+    return isinstance(target, str) and target.startswith(_REDIS_SCHEMES)
+
+
 def log_files(folder: str | os.PathLike, prefix: str = "decisions") -> list[Path]:
     """The finished files of a log folder (`<prefix>-*.parquet`, subfolders included), in name
     order, which is start-time order; `.tmp` files (being written) are never listed."""
@@ -45,7 +51,7 @@ def read_log(source: str | os.PathLike, *, columns: list[str] | None = None,
     """A decision log as one table of DECISION_SCHEMA: a Parquet file, a folder of them (finished
     files only: see `log_files`) or a Redis URL (`redis://host:port/db`, the entries of `stream`).
     `columns`: read only these (the candidate columns are most of a log's bytes)."""
-    if isinstance(source, str) and source.startswith(_REDIS_SCHEMES):
+    if is_stream_url(source):
         table = read_stream_table(source, stream)
         return table.select(columns) if columns else table
     return _read(source, DECISION_SCHEMA, VERSION_KEY, "decisions", columns)
