@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("engine", "solvers", "server", "testing")
+PACKAGES = ("engine", "solvers", "server", "testing", "offline")
 OURS = PACKAGES + ("tests", "benchmarks")
 
 # Layers: a module of the key package must not import from any of the listed packages.
 FORBIDDEN = {
-    "solvers": ("engine", "server", "tests"),
-    "engine": ("server", "tests"),
+    "solvers": ("engine", "server", "tests", "offline"),
+    "engine": ("server", "tests", "offline"),
+    "offline": ("server", "tests"),
     "testing": ("tests",),
     "server": ("tests",),
 }
