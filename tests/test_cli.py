@@ -244,6 +244,14 @@ def test_experiment_check_names_each_refused_file_and_rebalance_moves_only_what_
 
     examples = EXAMPLES_DIR / "experiments"
     code, out, _ = run(capsys, "experiment", "check", str(examples), "--policies", str(POLICIES_DIR))
+    assert code == 0, out  # the example experiments' variant policies ship in policies/
+    assert "experiment search_fewer_ads on search: control 40 %, fewer_ads 45 %, holdout 15 %" in out
+    without = tmp_path / "policies"
+    without.mkdir()
+    for f in POLICIES_DIR.glob("*.yaml"):
+        if f.name != "search_fewer_ads.yaml":
+            (without / f.name).write_text(f.read_text())
+    code, out, _ = run(capsys, "experiment", "check", str(examples), "--policies", str(without))
     assert code == 1
     assert (f"{examples / 'search_fewer_ads.yaml'}: variants[1].policy: no policy named "
             f"'search_fewer_ads'") in out and "(line 26)" in out

@@ -71,7 +71,8 @@ def test_example_details() -> None:
 def test_examples_folder_loads_without_errors() -> None:
     store = PolicyStore.from_directory(POLICIES)
     assert store.errors == []
-    assert [lp.name for lp in store.list()] == ["discovery", "home_feed", "marketplace", "search"]
+    assert [lp.name for lp in store.list()] == ["discovery", "home_feed", "home_feed_diverse",
+                                                 "marketplace", "search", "search_fewer_ads"]
 
 
 def test_committed_schema_is_up_to_date(tmp_path: Path) -> None:
