@@ -10,7 +10,7 @@ ADDR   ?= 127.0.0.1:50051
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench bench-load redis schema clean
+.PHONY: setup run test bench bench-load redis data schema clean
 
 setup: $(STAMP) $(GEN)
 
@@ -33,7 +33,7 @@ $(GEN): $(PROTO) $(STAMP)
 run: setup
 	$(VENV)/bin/reranker serve --address $(ADDR) --policies policies $(SERVE_ARGS)
 
-test: setup redis
+test: setup redis data
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The Redis ledger tests start their own redis-server processes (testing/redis_server.py); this
@@ -47,6 +47,11 @@ redis:
 	    echo "*** redis-server not found: install it (e.g. 'sudo apt-get install redis-server'" \
 	         "or 'brew install redis'); the Redis ledger tests will be skipped until then ***" >&2; \
 	  fi; }
+
+# The Open Bandit Dataset sample (in the obp 0.5.7 sdist on PyPI; CC BY 4.0): pip download, sha256
+# check, unpack into data/obd (never committed). Silent when data/obd already verifies.
+data: setup
+	@$(PY) -m offline.obd fetch --dest data/obd --quiet
 
 bench: setup
 	$(PY) -m benchmarks.run
