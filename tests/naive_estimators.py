@@ -1,0 +1,163 @@
+"""Slow, obviously-correct twin of offline.estimators and offline._estimator_kernels (loops).
+
+Every estimator is written from its formula in offline.estimators' module docstring, round by
+round and position by position, reading only the present positions. The bootstrap repeats the
+stated scheme literally: the same numpy draws of the chunk totals and splitmix64 states, a
+pure-Python splitmix64 and Lemire draw, the list of rounds each resample takes, and the
+estimator recomputed from scratch on the resampled rounds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+MASK64 = (1 << 64) - 1
+
+
+def _present(log, i: int) -> list[int]:
+    return [k for k in range(log.k) if log.mask[i, k]]
+
+
+def _slate_reward(log, i: int) -> float:
+    return sum(log.position_weight[k] * log.reward[i, k] for k in _present(log, i))
+
+
+def _ratio(num, den, i, k) -> float:
+    return num[i, k] / den[i, k]
+
+
+def _div(a: float, b: float) -> float:
+    return 0.0 if b == 0 else a / b
+
+
+def value(log, estimator: str, rows: list[int] | None = None) -> float:
+    """The estimate computed over the given rounds (all of them by default, repeats allowed)."""
+    rows = list(range(log.n)) if rows is None else rows
+    n = len(rows)
+    w = log.position_weight
+    if estimator in ("ips", "snips"):
+        num = den = 0.0
+        for i in rows:
+            weight = log.target_joint[i] / log.behavior_joint[i]
+            num += weight * _slate_reward(log, i)
+            den += weight
+        return num / n if estimator == "ips" else _div(num, den)
+    if estimator in ("iips", "sniips", "rips", "snrips"):
+        if estimator in ("iips", "sniips"):
+            tp, bp = log.target_marginal, log.behavior_marginal
+        else:
+            tp, bp = log.target_cascade, log.behavior_cascade
+        total = 0.0
+        for k in range(log.k):
+            num = den = 0.0
+            for i in rows:
+                if log.mask[i, k]:
+                    rho = _ratio(tp, bp, i, k)
+                    num += rho * log.reward[i, k]
+                    den += rho
+                else:
+                    den += 1.0  # an absent position: reward 0, ratio 1
+            total += w[k] * (num / n if estimator in ("iips", "rips") else _div(num, den))
+        return total
+    if estimator == "pi":
+        total = 0.0
+        for i in rows:
+            present = _present(log, i)
+            if log.pi_weight is not None:
+                weight = log.pi_weight[i]
+            else:
+                weight = sum(_ratio(log.target_marginal, log.behavior_marginal, i, k)
+                             for k in present) - len(present) + 1
+            total += weight * _slate_reward(log, i)
+        return total / n
+    if estimator == "dm":
+        return sum(w[k] * log.q_target[i, k] for i in rows for k in _present(log, i)) / n
+    if estimator == "dr":
+        total = 0.0
+        for i in rows:
+            prev = 1.0
+            for k in _present(log, i):
+                c = _ratio(log.target_cascade, log.behavior_cascade, i, k)
+                total += w[k] * (c * (log.reward[i, k] - log.q_logged[i, k])
+                                 + prev * log.q_target[i, k])
+                prev = c
+        return total / n
+    raise ValueError(estimator)
+
+
+def ess(log, estimator: str) -> float:
+    def one(ws):
+        s, sq = sum(ws), sum(x * x for x in ws)
+        return s * s / sq if sq > 0 else 0.0
+
+    if estimator == "dm":
+        return float(log.n)
+    if estimator in ("ips", "snips"):
+        return one([log.target_joint[i] / log.behavior_joint[i] for i in range(log.n)])
+    if estimator == "pi":
+        ws = []
+        for i in range(log.n):
+            present = _present(log, i)
+            ws.append(log.pi_weight[i] if log.pi_weight is not None else
+                      sum(log.target_marginal[i, k] / log.behavior_marginal[i, k]
+                          for k in present) - len(present) + 1)
+        return one(ws)
+    tp, bp = ((log.target_marginal, log.behavior_marginal) if estimator in ("iips", "sniips")
+              else (log.target_cascade, log.behavior_cascade))
+    per_k = [one([tp[i, k] / bp[i, k] for i in range(log.n) if log.mask[i, k]])
+             for k in range(log.k) if log.mask[:, k].any()]
+    return min(per_k) if per_k else 0.0
+
+
+class SplitMix64:
+    def __init__(self, state: int):
+        self.state = int(state) & MASK64
+
+    def next(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        return z ^ (z >> 31)
+
+    def below(self, s: int) -> int:
+        """Uniform in [0, s): Lemire's multiply-shift on 32 bits with rejection."""
+        threshold = ((1 << 32) - s) % s
+        while True:
+            prod = (self.next() >> 32) * s
+            if (prod & 0xFFFFFFFF) >= threshold:
+                return prod >> 32
+
+
+def draws(n: int, n_bootstrap: int, seed: int, chunk: int) -> list[list[int]]:
+    """The rounds each resample takes, in draw order (chunk by chunk)."""
+    rng = np.random.default_rng(seed)
+    n_chunks = -(-n // chunk)
+    sizes = [chunk] * (n_chunks - 1) + [n - chunk * (n_chunks - 1)]
+    totals = rng.multinomial(n, np.array(sizes, dtype=float) / n, size=n_bootstrap)
+    states = rng.integers(0, np.iinfo(np.uint64).max, size=n_bootstrap, dtype=np.uint64,
+                          endpoint=True)
+    gens = [SplitMix64(int(s)) for s in states]
+    rows: list[list[int]] = [[] for _ in range(n_bootstrap)]
+    for j in range(n_chunks):
+        for b in range(n_bootstrap):
+            for _ in range(int(totals[b, j])):
+                rows[b].append(j * chunk + gens[b].below(sizes[j]))
+    return rows
+
+
+def bootstrap(log, estimator: str, n_bootstrap: int, seed: int, chunk: int) -> list[float]:
+    """The estimate recomputed on each resample."""
+    return [value(log, estimator, rows) for rows in draws(log.n, n_bootstrap, seed, chunk)]
+
+
+def interval(boot: list[float], alpha: float) -> tuple[float, float]:
+    lo, hi = np.quantile(np.array(boot), [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def std(boot: list[float]) -> float:
+    mean = sum(boot) / len(boot)
+    return math.sqrt(sum((x - mean) ** 2 for x in boot) / (len(boot) - 1))
