@@ -88,21 +88,35 @@ def bootstrap_sums(stats, chunk, totals, state, out):
                         out[b, c] += stats[i, c]
 
 
-_COUNTS_SIG = nb.void(nb.int64, nb.int64[:, ::1], nb.uint64[::1], nb.float64[:, ::1])
+_WIDE_SIG = nb.void(nb.float64[:, ::1], nb.int64, nb.int64[:, ::1], nb.uint64[::1],
+                    nb.float64[::1], nb.float64[:, ::1])
 
 
-@nb.njit(_COUNTS_SIG, cache=True, nogil=True, _nrt=False)
-def chunk_counts(j, totals, state, counts):
-    """counts[b, i] = how many times resample b draws round j*chunk + i of chunk j (chunk size =
-    counts.shape[1]): the same draws, in the same order, as bootstrap_sums makes for chunk j, so
-    that sum_j counts_j @ stats_j equals bootstrap_sums' output up to floating-point order."""
-    n_boot, size = counts.shape
-    s = nb.uint64(size)
+@nb.njit(_WIDE_SIG, cache=True, nogil=True, _nrt=False, fastmath=True)
+def bootstrap_sums_wide(stats_t, chunk, totals, state, counts, out):
+    """bootstrap_sums for several columns, with stats given transposed (stats_t float64[m, n]):
+    the same draws, in the same order, counted per round of the chunk (counts: scratch of at
+    least `chunk` entries), then one dot product per column. Equal to bootstrap_sums up to the
+    order of the floating-point additions."""
+    m, n = stats_t.shape
+    n_boot, n_chunks = totals.shape
     for b in range(n_boot):
-        for i in range(size):
-            counts[b, i] = 0.0
-        for _ in range(totals[b, j]):
-            counts[b, below(state, b, s)] += 1.0
+        for c in range(m):
+            out[b, c] = 0.0
+    for j in range(n_chunks):
+        lo = j * chunk
+        size = min(chunk, n - lo)
+        s = nb.uint64(size)
+        for b in range(n_boot):
+            for i in range(size):
+                counts[i] = 0.0
+            for _ in range(totals[b, j]):
+                counts[below(state, b, s)] += 1.0
+            for c in range(m):
+                acc = 0.0
+                for i in range(size):
+                    acc += counts[i] * stats_t[c, lo + i]
+                out[b, c] += acc
 
 
 def warmup() -> None:
@@ -113,5 +127,5 @@ def warmup() -> None:
                    np.array([1, 2], dtype=np.uint64), out)
     bootstrap_sums(stats[:, :1].copy(), 2, np.array([[2, 1], [1, 2]], dtype=np.int64),
                    np.array([1, 2], dtype=np.uint64), out[:, :1].copy())
-    chunk_counts(0, np.array([[2, 1], [1, 2]], dtype=np.int64), np.array([1, 2], dtype=np.uint64),
-                 out)
+    bootstrap_sums_wide(np.ascontiguousarray(stats.T), 2, np.array([[2, 1], [1, 2]], dtype=np.int64),
+                        np.array([1, 2], dtype=np.uint64), np.empty(2), out)

@@ -190,7 +190,7 @@ def _check_values(field: str, arr: np.ndarray, present: np.ndarray, low: float |
     finite = np.isfinite(arr) | ~present
     if not finite.all():
         where = _first_bad(~finite)
-        _fail(field, where, f"must be finite, got {arr[tuple(np.argwhere(~finite)[0])]}")
+        _fail(field, where, f"must be finite, got {float(arr[tuple(np.argwhere(~finite)[0])])!r}")
     if low is not None:
         bad = present & ((arr <= low) if low_open else (arr < low))
         if high is not None:
@@ -199,7 +199,7 @@ def _check_values(field: str, arr: np.ndarray, present: np.ndarray, low: float |
             pos = tuple(np.argwhere(bad)[0])
             interval = f"{'(' if low_open else '['}{low:g}, {high:g}]" if high is not None \
                 else f">= {low:g}"
-            _fail(field, _first_bad(bad), f"must be in {interval}, got {arr[pos]!r}")
+            _fail(field, _first_bad(bad), f"must be in {interval}, got {float(arr[pos])!r}")
 
 
 def _validate(log: SlateLog) -> None:
@@ -248,7 +248,7 @@ def _validate(log: SlateLog) -> None:
         if rises.any():
             i, j = (int(v) for v in np.argwhere(rises)[0])
             _fail(field, f"[{i}, {j + 1}]", "a prefix cannot be more likely than the prefix one "
-                  f"shorter, got {arr[i, j + 1]!r} after {arr[i, j]!r}")
+                  f"shorter, got {float(arr[i, j + 1])!r} after {float(arr[i, j])!r}")
     if (log.behavior_cascade is None) != (log.target_cascade is None):
         missing = "behavior_cascade" if log.behavior_cascade is None else "target_cascade"
         _fail(missing, "", "is needed with the other policy's cascade probabilities")
@@ -425,22 +425,18 @@ def bootstrap_draws(n: int, n_bootstrap: int, seed: int, chunk: int = CHUNK
 def bootstrap_sums(stats: np.ndarray, n_bootstrap: int, seed: int, chunk: int = CHUNK
                    ) -> np.ndarray:
     """float64[B, m]: for each of B resamples of the n rows of stats (float64[n, m]) drawn with
-    replacement, the sum of the resampled rows. One column runs the direct kernel; several run
-    a count matrix per chunk (same draws) times the chunk's rows (a BLAS product)."""
+    replacement, the sum of the resampled rows. One column runs the direct kernel (a sum per
+    draw); several run the wide one (the same draws counted per round of a chunk, then one dot
+    product per column), single-threaded: no BLAS, whose threads only contend on a busy box."""
     stats = np.ascontiguousarray(stats, dtype=np.float64)
     n, m = stats.shape
     totals, states = bootstrap_draws(n, n_bootstrap, seed, chunk)
     out = np.zeros((n_bootstrap, m))
     if m == 1:
         _kernels.bootstrap_sums(stats, chunk, totals, states, out)
-        return out
-    counts = np.empty((n_bootstrap, chunk))
-    for j in range(totals.shape[1]):
-        lo = j * chunk
-        size = min(chunk, n - lo)
-        c = counts if size == chunk else np.empty((n_bootstrap, size))
-        _kernels.chunk_counts(j, totals, states, c)
-        out += c @ stats[lo:lo + size]
+    else:
+        _kernels.bootstrap_sums_wide(np.ascontiguousarray(stats.T), chunk, totals, states,
+                                     np.empty(chunk), out)
     return out
 
 
