@@ -48,7 +48,7 @@ columns in request order: order matters for bit-exact replays).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 
 import numpy as np
@@ -104,38 +104,82 @@ _INT32_MAX = 2**31 - 1
 
 
 # ------------------------------------------------------------------ building Arrow columns
-def _offsets(lengths: Sequence[int] | np.ndarray) -> pa.Array:
+#: What the log's converter passes to `to_batch` as `pause`: called between pieces of work of
+#: at most a few tens of µs (one record's ids, one record's part of a column), so that a
+#: converter thread can let request threads have the interpreter lock (writer._Pacer).
+Pause = Callable[[], None]
+
+
+def _no_pause() -> None:
+    pass
+
+
+def _offsets(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
     out = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=out[1:])
     if out[-1] > _INT32_MAX:
         raise ValueError(f"decision log batch too large: {out[-1]} list values in one column "
                          f"(at most {_INT32_MAX}); write fewer records per batch")
-    return pa.array(out.astype(np.int32))
+    return out.astype(np.int32)
 
 
 def _list(lengths, values: pa.Array, type_: pa.DataType, valid: Sequence[bool] | None = None) -> pa.Array:
     mask = None if valid is None or all(valid) else pa.array([not v for v in valid], pa.bool_())
-    return pa.ListArray.from_arrays(_offsets(lengths), values, type=type_, mask=mask)
+    return pa.ListArray.from_arrays(pa.array(_offsets(lengths)), values, type=type_, mask=mask)
 
 
-def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
-    if not parts:
-        return np.empty(0, dtype=dtype)
-    return np.concatenate(parts).astype(dtype, copy=False)
+def _concat(parts: Sequence[np.ndarray], dtype, pause: Pause = _no_pause) -> np.ndarray:
+    """The parts (any shape: flattened, row-major) end to end in one new `dtype` array, copied
+    one part at a time with `pause()` after each. (One np.concatenate of many parts would hold
+    the interpreter lock for the whole copy, bar releases too short for a waiting thread.)"""
+    sizes = [p.size for p in parts]
+    out = np.empty(sum(sizes), dtype=dtype)
+    at = 0
+    for p, size in zip(parts, sizes):
+        out[at:at + size] = p.reshape(-1)
+        at += size
+        pause()
+    return out
 
 
-def _named_values(maps: list[dict[str, np.ndarray]]) -> pa.Array:
+def _utf8(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Strings as (their UTF-8 bytes end to end: uint8, each one's length in bytes: int64), from
+    one join and one encode in C and a few numpy passes: no Python step per string. (A value
+    that holds NUL, the separator, takes the slow way: one encode per value.)"""
+    n = len(values)
+    if n == 0:
+        return np.empty(0, np.uint8), np.empty(0, np.int64)
+    joined = "\x00".join(values)  # TypeError for a value that is not a string
+    raw = np.frombuffer(joined.encode("utf-8"), np.uint8)
+    cuts = np.flatnonzero(raw == 0)
+    if cuts.size != n - 1:
+        encoded = [v.encode("utf-8") for v in values]
+        return (np.frombuffer(b"".join(encoded), np.uint8),
+                np.fromiter(map(len, encoded), np.int64, n))
+    bounds = np.empty(n + 1, np.int64)
+    bounds[0], bounds[1:n], bounds[n] = -1, cuts, raw.size
+    return (raw[raw != 0] if n > 1 else raw), np.diff(bounds) - 1
+
+
+def _string_values(encoded: Sequence[tuple[np.ndarray, np.ndarray]], pause: Pause) -> pa.Array:
+    """A string array from `_utf8` results (concatenated in order)."""
+    data = _concat([d for d, _ in encoded], np.uint8, pause)
+    lengths = _concat([n for _, n in encoded], np.int64)
+    return pa.StringArray.from_buffers(len(lengths), pa.py_buffer(_offsets(lengths)), pa.py_buffer(data))
+
+
+def _named_values(maps: list[dict[str, np.ndarray]], pause: Pause) -> pa.Array:
     names: list[str] = []
     parts: list[np.ndarray] = []
     for m in maps:
         names.extend(m)
         parts.extend(m.values())
-    values = _list([len(p) for p in parts], pa.array(_concat(parts, np.float64)), pa.list_(_F64))
+    values = _list([len(p) for p in parts], pa.array(_concat(parts, np.float64, pause)), pa.list_(_F64))
     inner = pa.StructArray.from_arrays([pa.array(names, _STR), values], fields=list(NAMED_VALUES.value_type))
     return _list([len(m) for m in maps], inner, NAMED_VALUES)
 
 
-def _attributes(maps: list[dict[str, Attribute]]) -> pa.Array:
+def _attributes(maps: list[dict[str, Attribute]], pause: Pause) -> pa.Array:
     names: list[str] = []
     words: list[str] = []
     n_words: list[int] = []
@@ -146,12 +190,13 @@ def _attributes(maps: list[dict[str, Attribute]]) -> pa.Array:
             words.extend(a.dictionary)
             n_words.append(len(a.dictionary))
             codes.append(a.codes)
-    flat = _concat(codes, np.int64)
-    if flat.size and (flat.min() < -_INT32_MAX or flat.max() > _INT32_MAX):
-        raise ValueError("attribute codes out of the int32 range")
+    for c in codes:
+        if c.size and (c.min() < -_INT32_MAX or c.max() > _INT32_MAX):
+            raise ValueError("attribute codes out of the int32 range")
+        pause()
     inner = pa.StructArray.from_arrays(
         [pa.array(names, _STR), _list(n_words, pa.array(words, _STR), pa.list_(_STR)),
-         _list([len(c) for c in codes], pa.array(flat.astype(np.int32)), pa.list_(pa.int32()))],
+         _list([c.size for c in codes], pa.array(_concat(codes, np.int32, pause)), pa.list_(pa.int32()))],
         fields=list(ATTRIBUTES.value_type))
     return _list([len(m) for m in maps], inner, ATTRIBUTES)
 
@@ -188,80 +233,104 @@ def _optional_floats(arrays: list[np.ndarray | None]) -> pa.Array:
                  pa.list_(_F64), [a is not None for a in arrays])
 
 
-def _strings(lists: Iterable[Sequence[str]]) -> tuple[list[int], pa.Array]:
+def _short_strings(lists: Iterable[Sequence[str]]) -> pa.Array:
+    """A list<string> column of short lists (slate ids, relaxed rule names): one pa.array."""
     lengths: list[int] = []
-    chunks: list[pa.Array] = []
-    for ids in lists:
-        lengths.append(len(ids))
-        chunks.append(pa.array(ids if isinstance(ids, list | tuple) else list(ids), _STR))
-    values = pa.concat_arrays(chunks) if chunks else pa.array([], _STR)
-    return lengths, values
+    flat: list[str] = []
+    for values in lists:
+        lengths.append(len(values))
+        flat.extend(values)
+    return _list(lengths, pa.array(flat, _STR), pa.list_(_STR))
 
 
 def to_batch(records: Sequence[DecisionRecord], *, writer: str | None = None,
-             dropped: int | None = None) -> pa.RecordBatch:
+             dropped: int | None = None, pause: Pause | None = None) -> pa.RecordBatch:
     """Records as one Arrow batch of `DECISION_SCHEMA` (its metadata carries the schema version).
 
+    Columnar: the candidate columns of all records are copied into one array per column (no
+    Python step per candidate: the ids of a record are joined, encoded and split in C and
+    numpy, see `_utf8`); Python loops run per record and column only.
+
     `writer` / `dropped` fill `log_writer` / `log_dropped` (the DecisionLog passes its identity
-    and how many records it had dropped so far; `summarise` reports them)."""
+    and how many records it had dropped so far; `summarise` reports them). `pause` is called
+    between pieces of work (one record's ids, one record's part of a candidate column, a
+    column): the DecisionLog's converter waits there so as not to hold the interpreter lock
+    for long (see `Pause`)."""
+    pause = pause or _no_pause
     rs = list(records)
     n = len(rs)
     cands = [r.candidates for r in rs]
     diag = [r.diagnostics for r in rs]
     emb = [c.embeddings for c in cands]
+    encoded_ids = []
+    for c in cands:
+        encoded_ids.append(_utf8(c.item_ids))
+        pause()
 
     def ids():
-        lengths, values = _strings(c.item_ids for c in cands)
-        return _list(lengths, values, pa.list_(_STR))
+        return _list([len(lengths) for _, lengths in encoded_ids], _string_values(encoded_ids, pause),
+                     pa.list_(_STR))
 
     def embeddings():
-        parts = [np.ascontiguousarray(e, dtype=np.float32).reshape(-1) for e in emb if e is not None]
-        return _list([0 if e is None else e.size for e in emb], pa.array(_concat(parts, np.float32)),
+        parts = [e for e in emb if e is not None]
+        return _list([0 if e is None else e.size for e in emb], pa.array(_concat(parts, np.float32, pause)),
                      pa.list_(pa.float32()), [e is not None for e in emb])
 
-    def slate_ids():
-        return _list(*_strings(r.slate_item_ids for r in rs), pa.list_(_STR))
-
     def diagnostics():
-        relaxed = _list(*_strings(d.relaxed for d in diag), pa.list_(_STR))
-        return pa.StructArray.from_arrays([
+        yield pa.StructArray.from_arrays([
             pa.array([d.solver for d in diag], _STR), pa.array([d.status for d in diag], _STR),
             pa.array([d.objective for d in diag], _F64), pa.array([d.bound for d in diag], _F64),
             pa.array([d.gap for d in diag], _F64), pa.array([d.exact_status for d in diag], _STR),
             pa.array([d.budget_ms for d in diag], _F64), pa.array([d.eligible for d in diag], pa.int32()),
-            relaxed], fields=list(DIAGNOSTICS))
+            _short_strings(d.relaxed for d in diag)], fields=list(DIAGNOSTICS))
 
-    def head():  # the scalar columns up to request_policy
-        return [
-            pa.array([r.ts for r in rs], TS), pa.array([r.request_id for r in rs], _STR),
-            pa.array([r.unit_id for r in rs], _STR), pa.array([r.policy for r in rs], _STR),
-            pa.array([r.policy_digest for r in rs], _STR), pa.array([r.policy_version for r in rs], _STR),
-            pa.array([r.experiment for r in rs], _STR), pa.array([r.variant for r in rs], _STR),
-            pa.array([r.bucket for r in rs], pa.int32()), pa.array([bool(r.holdout) for r in rs], pa.bool_()),
-            pa.array([r.seed for r in rs], pa.uint64()), pa.array([r.request_policy for r in rs], _STR)]
+    def head():  # the scalar columns up to request_policy, one at a time (a pause after each)
+        yield pa.array([r.ts for r in rs], TS)
+        for name in ("request_id", "unit_id", "policy", "policy_digest", "policy_version",
+                     "experiment", "variant"):
+            yield pa.array([getattr(r, name) for r in rs], _STR)
+        yield pa.array([r.bucket for r in rs], pa.int32())
+        yield pa.array([bool(r.holdout) for r in rs], pa.bool_())
+        yield pa.array([r.seed for r in rs], pa.uint64())
+        yield pa.array([r.request_policy for r in rs], _STR)
+
+    def candidate_columns():
+        yield ids()
+        yield _named_values([c.scores for c in cands], pause)
+        yield _named_values([c.numeric for c in cands], pause)
+        yield _attributes([c.attributes for c in cands], pause)
+        yield pa.array([None if e is None else e.shape[1] for e in emb], pa.int32())
+        yield embeddings()
 
     def request_tail():  # slate_size .. deadline_ms
-        return [
-            pa.array([r.slate_size for r in rs], pa.int32()), pa.array([r.budget_ms for r in rs], _F64),
-            pa.array([r.solver for r in rs], _STR), _pairs([r.objective_weights for r in rs], WEIGHTS),
-            pa.array([bool(r.explain) for r in rs], pa.bool_()), _nested_pairs([r.targets for r in rs], TARGETS),
-            pa.array([r.user_id for r in rs], _STR), pa.array([r.deadline_ms for r in rs], _F64)]
+        yield pa.array([r.slate_size for r in rs], pa.int32())
+        yield pa.array([r.budget_ms for r in rs], _F64)
+        yield pa.array([r.solver for r in rs], _STR)
+        yield _pairs([r.objective_weights for r in rs], WEIGHTS)
+        yield pa.array([bool(r.explain) for r in rs], pa.bool_())
+        yield _nested_pairs([r.targets for r in rs], TARGETS)
+        yield pa.array([r.user_id for r in rs], _STR)
+        yield pa.array([r.deadline_ms for r in rs], _F64)
 
     def decided():  # boosts .. marginal_samples
-        return [
-            _nested_pairs([r.boosts for r in rs], BOOSTS),
-            _list([len(r.slate_index) for r in rs], pa.array(_concat([r.slate_index for r in rs], np.int32)),
-                  pa.list_(pa.int32())),
-            slate_ids(), pa.array([r.joint for r in rs], _F64), _optional_floats([r.cascade for r in rs]),
-            _optional_floats([r.marginal for r in rs]), pa.array([r.marginal_samples for r in rs], pa.int64())]
+        yield _nested_pairs([r.boosts for r in rs], BOOSTS)
+        yield _list([len(r.slate_index) for r in rs], pa.array(_concat([r.slate_index for r in rs], np.int32)),
+                    pa.list_(pa.int32()))
+        yield _short_strings(r.slate_item_ids for r in rs)
+        yield pa.array([r.joint for r in rs], _F64)
+        yield _optional_floats([r.cascade for r in rs])
+        yield _optional_floats([r.marginal for r in rs])
+        yield pa.array([r.marginal_samples for r in rs], pa.int64())
 
-    steps = [head, lambda: [ids()], lambda: [_named_values([c.scores for c in cands])],
-             lambda: [_named_values([c.numeric for c in cands])],
-             lambda: [_attributes([c.attributes for c in cands])],
-             lambda: [pa.array([None if e is None else e.shape[1] for e in emb], pa.int32()), embeddings()],
-             request_tail, decided, lambda: [diagnostics()],
-             lambda: [pa.array([writer] * n, _STR), pa.array([dropped] * n, pa.int64())]]
-    arrays = [a for step in steps for a in step()]
+    def writer_columns():
+        yield pa.array([writer] * n, _STR)
+        yield pa.array([dropped] * n, pa.int64())
+
+    arrays = []
+    for step in (head, candidate_columns, request_tail, decided, diagnostics, writer_columns):
+        for array in step():
+            arrays.append(array)
+            pause()
     return pa.RecordBatch.from_arrays(arrays, schema=DECISION_SCHEMA)
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -110,6 +111,45 @@ class _Every:
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+class _Pacer:
+    """The converter's `pause`: once `slice_s` of work has gone by since the last wait, sleep
+    `sleep_s`, so that a request thread waiting for the interpreter lock takes it then.
+
+    CPython hands the lock from a thread that runs Python to one that waits for it only when
+    the holder blocks, or after the switch interval (5 ms by default). A converter that never
+    blocks thus delays every request thread that gives the lock up and takes it back (numba
+    kernels, gRPC I/O) by up to 5 ms; one that sleeps every `slice_s` delays it by about
+    `slice_s` at most. The cost is converter wall time, not CPU (about one sleep per record)."""
+
+    __slots__ = ("slice_ns", "sleep_s", "_since")
+
+    def __init__(self, slice_s: float | None, sleep_s: float) -> None:
+        self.slice_ns = None if slice_s is None else int(slice_s * 1e9)
+        self.sleep_s = sleep_s
+        self._since = time.perf_counter_ns()
+
+    def __call__(self) -> None:
+        if self.slice_ns is not None and time.perf_counter_ns() - self._since >= self.slice_ns:
+            time.sleep(self.sleep_s)
+            self._since = time.perf_counter_ns()
+
+    def restart(self) -> None:
+        """Count the slice from now (the converter was idle, waiting for records)."""
+        self._since = time.perf_counter_ns()
+
+
+def _lower_priority(nice: int) -> None:
+    """Add `nice` to the calling thread's nice value (Linux: each thread has its own; elsewhere
+    setpriority would change the whole process, so nothing is done)."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as e:  # not permitted (a sandbox): the writer runs at normal priority
+        log.debug("decision log writer priority unchanged", extra={"error": str(e)})
+
+
 class _Deferred:
     """What offer_decision queues: references, and the time; the record is built later."""
 
@@ -141,10 +181,16 @@ class DecisionLog:
     The sink is only ever called from the writer thread.
 
     Cost: for N=1000 candidates with every column kind (benchmarks/bench_decision_log.py), about
-    0.15 ms of conversion (holding the interpreter lock, on the converter thread) and 0.4 ms of
-    Parquet encoding (snappy; mostly not holding it, on the writer thread) per record: most of
-    a core at 1,000 records/s, and about 120 KB of Parquet per record. Sample (`sample_rate`)
-    when that is too much.
+    0.1 ms of conversion (columnar: no Python step per candidate; holding the interpreter lock,
+    on the converter thread) and 0.3-0.4 ms of Parquet encoding (not holding it, on the writer
+    thread) per record, about 0.5 core at 1,000 records/s, and about 120 KB of Parquet per
+    record. Sample (`sample_rate`) when that is too much. So that the log does not slow the
+    requests down:
+    - the converter pauses (sleeps `convert_sleep_s`) after every `convert_slice_s` of work, so
+      it never holds the interpreter lock for longer than that while a request thread waits
+      for it (see _Pacer; None: no pauses);
+    - the writer thread lowers its CPU priority by `writer_nice` (Linux), so that on a busy
+      machine the request threads get the cores first; it holds the lock only between writes.
 
     What is lost, and when (every lost record is counted in `stats`, by reason):
     - **Queue full**: when `queue_size` records, or `queue_bytes` of request data (about what
@@ -182,6 +228,8 @@ class DecisionLog:
                  queue_bytes: int = 1024 * MiB, batch_bytes: int = 64 * MiB,
                  max_held_batches: int = 16, retry_initial_s: float = 0.1, retry_max_s: float = 10.0,
                  log_interval_s: float = 10.0, convert_chunk: int = 64,
+                 convert_slice_s: float | None = 50e-6, convert_sleep_s: float = 20e-6,
+                 writer_nice: int = 10,
                  convert: Callable[[list], pa.RecordBatch] | None = None) -> None:
         for name, value, lo in (("queue_size", queue_size, 1), ("batch_size", batch_size, 1),
                                 ("queue_bytes", queue_bytes, 1), ("batch_bytes", batch_bytes, 1),
@@ -192,8 +240,13 @@ class DecisionLog:
         for name, value in (("sample_rate", sample_rate), ("exploration_sample_rate", exploration_sample_rate)):
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
                 raise ValueError(f"DecisionLog {name}: must be a number in [0, 1], got {value!r}")
+        if not (isinstance(writer_nice, int) and 0 <= writer_nice <= 19):
+            raise ValueError(f"DecisionLog writer_nice: must be an integer in [0, 19], got {writer_nice!r}")
+        if convert_slice_s is not None and not (isinstance(convert_slice_s, (int, float)) and convert_slice_s > 0):
+            raise ValueError(f"DecisionLog convert_slice_s: must be a number > 0 or None, got {convert_slice_s!r}")
         for name, value in (("flush_s", flush_s), ("retry_initial_s", retry_initial_s),
-                            ("retry_max_s", retry_max_s), ("log_interval_s", log_interval_s)):
+                            ("retry_max_s", retry_max_s), ("log_interval_s", log_interval_s),
+                            ("convert_sleep_s", convert_sleep_s)):
             if not (isinstance(value, (int, float)) and value > 0):
                 raise ValueError(f"DecisionLog {name}: must be a number > 0, got {value!r}")
         self.sink = sink
@@ -210,6 +263,11 @@ class DecisionLog:
         #: records converted per Arrow batch (a write takes several: one row group); 64 costs
         #: about 60 % of the conversion time per record that 256 does
         self.convert_chunk = convert_chunk
+        #: the converter's pauses (see _Pacer) and the writer thread's lowered priority
+        self.convert_slice_s = None if convert_slice_s is None else float(convert_slice_s)
+        self.convert_sleep_s = float(convert_sleep_s)
+        self.writer_nice = writer_nice
+        self._pause = _Pacer(self.convert_slice_s, self.convert_sleep_s)
         #: records -> Arrow batch (None: `to_batch` with this log's writer id and dropped count;
         #: `outcome_log` passes `outcomes_to_batch`)
         self.convert = convert
@@ -352,7 +410,7 @@ class DecisionLog:
     def _batch(self, records: list) -> pa.RecordBatch:
         if self.convert is not None:
             return self.convert(records)
-        return to_batch(records, writer=self.writer_id, dropped=self.stats.dropped)
+        return to_batch(records, writer=self.writer_id, dropped=self.stats.dropped, pause=self._pause)
 
     def _chunk(self, records: list) -> tuple[list, pa.RecordBatch | None]:
         """One chunk converted, and the records kept: a chunk that fails is converted record by
@@ -373,6 +431,7 @@ class DecisionLog:
     def _convert(self, items: list) -> pa.Table | None:
         """Items taken from the queue -> one table (batches of `convert_chunk` records)."""
         records = []
+        self._pause.restart()
         for item in items:
             if type(item) is _Deferred:
                 try:
@@ -381,6 +440,7 @@ class DecisionLog:
                     self._say("invalid", logging.ERROR, "decision log: record cannot be built, dropped",
                               error=f"{type(e).__name__}: {e}")
                     continue
+                self._pause()
             records.append(item)
         kept = 0
         batches = []
@@ -485,6 +545,7 @@ class DecisionLog:
         backoff = self.retry_initial_s
         retry_at = 0.0
         last_flush = time.monotonic()
+        _lower_priority(self.writer_nice)
         try:
             while True:
                 table = self._next_for_sink(retry_at, last_flush)
