@@ -58,8 +58,12 @@ position by position), and take the percentile interval: the alpha/2 and 1 - alp
 (numpy's linear interpolation) of the B values. It is exact for that scheme: the counts of each
 resample are drawn as a multinomial over chunks of rounds, then uniform draws inside each chunk
 (offline/_estimator_kernels.py explains why that is the same law), which keeps the work O(n B)
-but cache-local. A seed gives the same resamples to every estimator of the same log (common
-random numbers), so differences between estimators are not bootstrap noise.
+but cache-local. For ips, iips, rips and pi (SPARSE: their per-round term is 0 when the round
+has no reward) only the rewarded rounds are drawn one by one: how many of the n draws hit them
+is Binomial(n, n_rewarded / n), and the rest add 0, so with clicks on 1 % of rounds the work is
+~1 % (the same law, exactly). A seed gives the same resamples to every estimator of a group
+(SPARSE, and the others), and to both groups when every round has a reward: common random
+numbers, so differences between those estimators are not bootstrap noise.
 
 Effective sample size (ESS): (sum v)^2 / sum v^2 over the weights v the estimator uses - W for
 ips/snips, the pseudo-inverse weight for pi; for the per-position weights (rho for iips/sniips,
@@ -92,6 +96,9 @@ REQUIRES: dict[str, tuple[str, ...]] = {
     "dm": ("q_target",),
     "dr": ("behavior_cascade", "target_cascade", "q_logged", "q_target"),
 }
+# Estimators whose per-round term is 0 when every present reward is 0 (the bootstrap skips those
+# rounds: clicks are rare, so this is most of a log).
+SPARSE: tuple[str, ...] = ("ips", "iips", "rips", "pi")
 ESS_MIN = 100.0
 ESS_SHARE = 0.01
 CHUNK = 1024  # rounds per bootstrap chunk (the rows one resample reads stay in cache)
@@ -407,37 +414,67 @@ def _safe_div(num, den):
 
 # --------------------------------------------------------------------------- bootstrap
 
-def bootstrap_draws(n: int, n_bootstrap: int, seed: int, chunk: int = CHUNK
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """The randomness of B = n_bootstrap resamples of n rounds: the number of draws falling in
-    each chunk of rounds, int64[B, ceil(n / chunk)] ~ Multinomial(n, chunk sizes / n) row by row,
-    and one splitmix64 state per resample, uint64[B]; both from numpy's PCG64 seeded with seed."""
+def bootstrap_draws(n: int, n_bootstrap: int, seed: int, chunk: int = CHUNK,
+                    n_live: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The randomness of B = n_bootstrap resamples of n rounds, from numpy's PCG64 seeded with
+    seed: the number of draws falling in each chunk of rounds, int64[B, J], and one splitmix64
+    state per resample, uint64[B].
+
+    n_live = None (or n): J = ceil(n / chunk), row b ~ Multinomial(n, chunk sizes / n).
+    n_live < n: only n_live "live" rounds are drawn individually (the
+    others contribute nothing): hits_b ~ Binomial(n, n_live / n) draws land on live rounds, and
+    row b ~ Multinomial(hits_b, live chunk sizes / n_live), J = ceil(n_live / chunk). That is
+    the law of the live rounds' counts under n uniform draws from all n rounds."""
     rng = np.random.default_rng(seed)
-    n_chunks = -(-n // chunk)
+    live = n if n_live is None else n_live
+    n_chunks = max(1, -(-live // chunk))
     sizes = np.full(n_chunks, chunk, dtype=np.float64)
-    sizes[-1] = n - chunk * (n_chunks - 1)
-    totals = np.ascontiguousarray(rng.multinomial(n, sizes / n, size=n_bootstrap), dtype=np.int64)
+    sizes[-1] = live - chunk * (n_chunks - 1)
+    if live == n:
+        totals = rng.multinomial(n, sizes / n, size=n_bootstrap)
+    elif live == 0:
+        totals = np.zeros((n_bootstrap, 1), dtype=np.int64)
+    else:
+        hits = rng.binomial(n, live / n, size=n_bootstrap)
+        totals = rng.multinomial(hits, sizes / live)
     states = rng.integers(0, np.iinfo(np.uint64).max, size=n_bootstrap, dtype=np.uint64,
                           endpoint=True)
-    return totals, states
+    return np.ascontiguousarray(totals, dtype=np.int64), states
 
 
-def bootstrap_sums(stats: np.ndarray, n_bootstrap: int, seed: int, chunk: int = CHUNK
-                   ) -> np.ndarray:
+def bootstrap_sums(stats: np.ndarray, n_bootstrap: int, seed: int, chunk: int = CHUNK,
+                   live: np.ndarray | None = None) -> np.ndarray:
     """float64[B, m]: for each of B resamples of the n rows of stats (float64[n, m]) drawn with
-    replacement, the sum of the resampled rows. One column runs the direct kernel (a sum per
-    draw); several run the wide one (the same draws counted per round of a chunk, then one dot
-    product per column), single-threaded: no BLAS, whose threads only contend on a busy box."""
+    replacement, the sum of the resampled rows.
+
+    live (bool[n], optional): the rows that may be non-zero; the others must be all-zero rows,
+    and are not drawn one by one (bootstrap_draws: only how many draws hit live rows matters).
+    The result has the same law either way; the draws differ unless every row is live. One
+    column runs the direct kernel (a sum per draw); several run the wide one (the same draws
+    counted per round of a chunk, then one dot product per column), single-threaded: no BLAS,
+    whose threads only contend on a busy box."""
     stats = np.ascontiguousarray(stats, dtype=np.float64)
     n, m = stats.shape
-    totals, states = bootstrap_draws(n, n_bootstrap, seed, chunk)
+    if live is not None and not live.all():
+        stats = np.ascontiguousarray(stats[live])
+        totals, states = bootstrap_draws(n, n_bootstrap, seed, chunk, n_live=stats.shape[0])
+    else:
+        totals, states = bootstrap_draws(n, n_bootstrap, seed, chunk)
     out = np.zeros((n_bootstrap, m))
+    if stats.shape[0] == 0:
+        return out
     if m == 1:
         _kernels.bootstrap_sums(stats, chunk, totals, states, out)
     else:
         _kernels.bootstrap_sums_wide(np.ascontiguousarray(stats.T), chunk, totals, states,
                                      np.empty(chunk), out)
     return out
+
+
+def rewarded(log: SlateLog) -> np.ndarray:
+    """bool[n]: rounds with a non-zero reward at some present position. The per-round terms of
+    the SPARSE estimators are 0 elsewhere, so their bootstrap draws only these one by one."""
+    return (_clean(log, "reward", 0.0) != 0).any(axis=1)
 
 
 def _check_options(n_bootstrap, alpha, seed) -> None:
@@ -487,18 +524,24 @@ def estimate_all(log: SlateLog, estimators=None, *, n_bootstrap: int = 1000, alp
     _check_options(n_bootstrap, alpha, seed)
     if not names:
         return {}
-    parts = [_stats(log, e) for e in names]
-    widths = [s.shape[1] for s, _ in parts]
-    offsets = np.cumsum([0] + widths)
-    stats = np.hstack([s for s, _ in parts]) if len(parts) > 1 else parts[0][0]
-    totals = stats.sum(axis=0)
-    sums = bootstrap_sums(stats, n_bootstrap, seed) if n_bootstrap else None
     out = {}
-    for e, (_, fin), lo, hi in zip(names, parts, offsets[:-1], offsets[1:]):
-        value = fin(totals[lo:hi])
-        boot = None if sums is None else fin(sums[:, lo:hi])
-        out[e] = _finish(log, e, value, boot, alpha)
-    return out
+    live = rewarded(log) if any(e in SPARSE for e in names) else None
+    for group in ([e for e in names if e in SPARSE], [e for e in names if e not in SPARSE]):
+        if not group:
+            continue
+        parts = [_stats(log, e) for e in group]
+        offsets = np.cumsum([0] + [s.shape[1] for s, _ in parts])
+        stats = np.hstack([s for s, _ in parts]) if len(parts) > 1 else parts[0][0]
+        totals = stats.sum(axis=0)
+        sums = None
+        if n_bootstrap:
+            sums = bootstrap_sums(stats, n_bootstrap, seed, live=live if group[0] in SPARSE
+                                  else None)
+        for e, (_, fin), lo, hi in zip(group, parts, offsets[:-1], offsets[1:]):
+            value = fin(totals[lo:hi])
+            boot = None if sums is None else fin(sums[:, lo:hi])
+            out[e] = _finish(log, e, value, boot, alpha)
+    return {e: out[e] for e in names}
 
 
 # --------------------------------------------------------------------------- pseudo-inverse

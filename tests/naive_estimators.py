@@ -131,26 +131,52 @@ class SplitMix64:
                 return prod >> 32
 
 
-def draws(n: int, n_bootstrap: int, seed: int, chunk: int) -> list[list[int]]:
-    """The rounds each resample takes, in draw order (chunk by chunk)."""
+def draws(n: int, n_bootstrap: int, seed: int, chunk: int,
+          live: list[int] | None = None) -> list[list[int]]:
+    """The rounds each resample takes: the drawn rounds in draw order (chunk by chunk). With
+    `live` (the rounds that can contribute; the others must contribute nothing), only draws on
+    live rounds are made one by one, and the resample is completed with n - hits copies of a
+    round that is not live."""
     rng = np.random.default_rng(seed)
-    n_chunks = -(-n // chunk)
-    sizes = [chunk] * (n_chunks - 1) + [n - chunk * (n_chunks - 1)]
-    totals = rng.multinomial(n, np.array(sizes, dtype=float) / n, size=n_bootstrap)
+    rounds = list(range(n)) if live is None else list(live)
+    n_live = len(rounds)
+    n_chunks = max(1, -(-n_live // chunk))
+    sizes = [chunk] * (n_chunks - 1) + [n_live - chunk * (n_chunks - 1)]
+    pvals = np.array(sizes, dtype=float) / max(n_live, 1)
+    if n_live == n:
+        hits = [n] * n_bootstrap
+        totals = rng.multinomial(n, pvals, size=n_bootstrap)
+    elif n_live == 0:
+        hits = [0] * n_bootstrap
+        totals = np.zeros((n_bootstrap, 1), dtype=int)
+    else:
+        hits = rng.binomial(n, n_live / n, size=n_bootstrap)
+        totals = rng.multinomial(hits, pvals)
     states = rng.integers(0, np.iinfo(np.uint64).max, size=n_bootstrap, dtype=np.uint64,
                           endpoint=True)
     gens = [SplitMix64(int(s)) for s in states]
+    dead = next((i for i in range(n) if i not in set(rounds)), None)
     rows: list[list[int]] = [[] for _ in range(n_bootstrap)]
     for j in range(n_chunks):
         for b in range(n_bootstrap):
             for _ in range(int(totals[b, j])):
-                rows[b].append(j * chunk + gens[b].below(sizes[j]))
+                rows[b].append(rounds[j * chunk + gens[b].below(sizes[j])])
+    for b in range(n_bootstrap):
+        rows[b].extend([dead] * (n - int(hits[b])))
     return rows
 
 
+SPARSE = ("ips", "iips", "rips", "pi")  # their per-round term is 0 when no reward is
+
+
+def rewarded(log) -> list[int]:
+    return [i for i in range(log.n) if any(log.reward[i, k] != 0 for k in _present(log, i))]
+
+
 def bootstrap(log, estimator: str, n_bootstrap: int, seed: int, chunk: int) -> list[float]:
-    """The estimate recomputed on each resample."""
-    return [value(log, estimator, rows) for rows in draws(log.n, n_bootstrap, seed, chunk)]
+    """The estimate recomputed on each resample (SPARSE estimators: draws on rewarded rounds)."""
+    live = rewarded(log) if estimator in SPARSE else None
+    return [value(log, estimator, rows) for rows in draws(log.n, n_bootstrap, seed, chunk, live)]
 
 
 def interval(boot: list[float], alpha: float) -> tuple[float, float]:

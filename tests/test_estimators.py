@@ -435,11 +435,13 @@ def test_twin_agrees_on_random_logs(case):
 @settings(max_examples=40, deadline=None)
 def test_twin_agrees_on_the_bootstrap_across_chunks(case, chunk):
     """Small chunks, so the resamples span several: the kernel's draws are the twin's, for one
-    column (direct kernel) and several (count matrix)."""
+    column (direct kernel) and several (wide kernel), drawing rewarded rounds only (iips) or
+    every round (sniips, dr)."""
     log, seed = case
-    for name in ("iips", "sniips"):
+    for name in ("iips", "sniips", "dr"):
         stats, finish = E._stats(log, name)
-        got = finish(E.bootstrap_sums(stats, 5, seed, chunk=chunk))
+        live = E.rewarded(log) if name in E.SPARSE else None
+        got = finish(E.bootstrap_sums(stats, 5, seed, chunk=chunk, live=live))
         want = naive.bootstrap(log, name, 5, seed, chunk)
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
 
@@ -461,6 +463,23 @@ def test_bootstrap_counts_have_the_multinomial_law():
     assert np.cov(c0, c9)[0, 1] == pytest.approx(-0.1, abs=0.02)
     # P(a round is never drawn) = (1 - 1/n)^n
     assert np.mean(c0 == 0) == pytest.approx(0.9**10, abs=0.01)
+
+
+def test_bootstrap_drawing_live_rounds_only_has_the_same_law():
+    """Rounds 5..9 are all-zero rows, so only rounds 0..4 are drawn one by one: the count of
+    round 0 still has mean 1 and variance 0.9, and the draws on live rounds are
+    Binomial(10, 1/2) (mean 5, variance 2.5), as with 10 uniform draws from all 10 rounds."""
+    n, b = 10, 40_000
+    stats = np.zeros((n, 2))
+    stats[0, 0] = 1.0
+    stats[:5, 1] = 1.0
+    live = stats.any(axis=1)
+    sums = E.bootstrap_sums(stats, b, seed=5, chunk=2, live=live)
+    assert sums[:, 0].mean() == pytest.approx(1.0, abs=0.02)
+    assert sums[:, 0].var() == pytest.approx(0.9, abs=0.03)
+    assert sums[:, 1].mean() == pytest.approx(5.0, abs=0.03)
+    assert sums[:, 1].var() == pytest.approx(2.5, abs=0.08)
+    assert (E.bootstrap_sums(np.zeros((4, 1)), 3, 0, live=np.zeros(4, bool)) == 0).all()
 
 
 def test_bootstrap_is_seeded_and_shared_across_estimators(worlds):
