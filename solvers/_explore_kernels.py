@@ -40,12 +40,14 @@ tiny slack, `_beyond_reach`). Diversity is folded lazily per candidate as in the
 non-heap path: every examined candidate is brought up to date; the stored values do not depend on
 when the fold happens).
 
-Reused from solvers._greedy_kernels (module attribute access, so no private name is imported):
-PROBLEM_TYPES, TABLE_TYPES, _ranks, _count, _extend_order, _lookahead_worst, _blocked,
-_capped_until, _gain, _div_refresh, _div_placed, _load, _calibration_deltas, _blockers_max_rank,
-_relax_rank, _beyond_reach. Not reused: greedy_slate's body (set-up, pins, relaxation loop) is
-repeated here in shortened form (no lazy heap, no look-ahead match lists), because it is one
-function that picks the argmax inline.
+Shared with solvers._greedy_kernels (module attribute access, so no private name is imported):
+the set-up (`_count_state`, `_diversity_state`, `_slate_state` with the hard pins reserved,
+`_min_count_state`), the per-position steps around the choice (`_shortages`, `_pin_gives_way`,
+`_bonus_bound`, `_lookahead_worst`, `_relax_cheapest`, `_placed`, `_finish`) and the per-candidate
+step (`_blocked`, `_capped_until`, `_div_refresh`, `_gain`, `_beyond_reach`): greedy_slate is built
+from the same pieces, so the rules around the choice are written once. As in the greedy, when the
+min_count look-ahead admits only the items matching a rule with a need left, only those items
+(`_fill_matches`) are examined (`_scan_matches`; the kept set does not depend on the order).
 """
 
 import numba as nb
@@ -54,9 +56,7 @@ import numpy as np
 from solvers import _greedy_kernels as _gk
 from solvers._greedy_kernels import PROBLEM_TYPES, TABLE_TYPES
 from solvers.codes import (
-    CALIBRATION, COVERAGE, DIV_DPP, DIV_MMR, MAX_COUNT, MIN_COUNT, PIN, RELAX_CONFLICT,
-    RELAX_SHORTAGE, RULE_ATTR, RULE_BOUND, RULE_HARD, RULE_ITEM, RULE_KIND, RULE_POSITION,
-    RULE_PRIORITY, RULE_TOP, RULE_VALUE, EXPLORE_EPSILON, EXPLORE_SOFTMAX, SOFTMAX_CUT,
+    EXPLORE_EPSILON, EXPLORE_SOFTMAX, RULE_ATTR, RULE_PRIORITY, RULE_VALUE, SOFTMAX_CUT,
 )
 
 #: scheme codes (to move into solvers.codes)
@@ -89,6 +89,82 @@ def uniform01(state):
     return np.float64(splitmix64(state) >> _S11) * _TWO_M53
 
 
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _keep(i, p, la_c0, ex, m, keep_top, cand, gbuf, n_c, best_g):
+    """The greedy's step for candidate i at free position p; a feasible one is kept: into the
+    sorted top m (gain desc, index asc) with keep_top, else appended. Returns (n_c, best_g)."""
+    (L, pw, u, slate, codes, rules, penalty, active, cnt, off, pinned_prefix, need_buf, la_need,
+     capped_until, cal, toff, emb, mode, beta, win, ds) = ex
+    if _gk._blocked(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix, need_buf,
+                    la_c0, la_need):
+        capped_until[i] = _gk._capped_until(i, p, codes, rules, active, cnt, off)
+        return n_c, best_g
+    div = 0.0
+    if mode != 0:
+        div = _gk._div_refresh(i, p, slate, emb, mode, beta, win, ds)
+    g = _gk._gain(i, p, L, pw, u, div, slate, codes, rules, penalty, cnt, off, cal, toff)
+    if keep_top:
+        k = n_c if n_c < m else m - 1
+        if n_c == m and not (g > gbuf[k] or (g == gbuf[k] and i < cand[k])):
+            return n_c, best_g
+        while k > 0 and (g > gbuf[k - 1] or (g == gbuf[k - 1] and i < cand[k - 1])):
+            cand[k] = cand[k - 1]
+            gbuf[k] = gbuf[k - 1]
+            k -= 1
+        cand[k] = i
+        gbuf[k] = g
+        if n_c < m:
+            n_c += 1
+        return n_c, gbuf[0]
+    cand[n_c] = i
+    gbuf[n_c] = g
+    if n_c == 0 or g > best_g:
+        best_g = g
+    return n_c + 1, best_g
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _by_utility(u, cand, gbuf, n_c):
+    """Sort cand/gbuf[:n_c] into the scan order (utility desc, index asc): insertion sort."""
+    for k in range(1, n_c):
+        ci = cand[k]
+        cg = gbuf[k]
+        q = k
+        while q > 0 and (u[cand[q - 1]] < u[ci] or (u[cand[q - 1]] == u[ci] and cand[q - 1] > ci)):
+            cand[q] = cand[q - 1]
+            gbuf[q] = gbuf[q - 1]
+            q -= 1
+        cand[q] = ci
+        gbuf[q] = cg
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _softmax_draw(a, cand, gbuf, wbuf, n_c, best_g, temperature):
+    """SOFTMAX's draw from cand/gbuf[:n_c] (scan order; best_g their best gain) with the uniform
+    a: the support (within SOFTMAX_CUT of the best, compacted into cand/wbuf), its weights and
+    normaliser, and the first item whose running weight exceeds a Z. Returns (pick, prob,
+    support size)."""
+    n_s = 0
+    z = 0.0
+    for k in range(n_c):
+        x = (gbuf[k] - best_g) / temperature  # = -((best_g - g) / T) exactly
+        if -x <= SOFTMAX_CUT:
+            w = np.exp(x)
+            cand[n_s] = cand[k]
+            wbuf[n_s] = w
+            z += w
+            n_s += 1
+    target_w = a * z
+    run = 0.0
+    k = 0
+    while k < n_s - 1:
+        run += wbuf[k]
+        if run > target_w:
+            break
+        k += 1
+    return cand[k], wbuf[k] / z, n_s
+
+
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def _scan_explore(p, bonus, la_c0, j, n_order, order, used, reserved, capped_until, pw, u, ex,
                   scheme, m, keep_top, cut, cand, gbuf, n_c, best_g):
@@ -97,8 +173,6 @@ def _scan_explore(p, bonus, la_c0, j, n_order, order, used, reserved, capped_unt
     cand/gbuf[:n_c], sorted; SOFTMAX over all: append every feasible candidate (scan order) with
     its gain. Stops when the next candidate's bound (pw[p] u + bonus) cannot reach the m-th gain
     (keep_top, once m are kept) or best_g - cut (SOFTMAX). Returns (n_c, best_g, j, stopped)."""
-    (L, pw_, u_, slate, codes, rules, penalty, active, cnt, off, pinned_prefix, need_buf, la_need,
-     capped_until_, cal, toff, emb, mode, beta, win, ds) = ex
     while j < n_order:
         i = order[j]
         if used[i] or reserved[i] or capped_until[i] > p:
@@ -110,35 +184,39 @@ def _scan_explore(p, bonus, la_c0, j, n_order, order, used, reserved, capped_unt
         if scheme == EXPLORE_SOFTMAX and n_c > 0 and _gk._beyond_reach(ub + cut, cand[0], best_g):
             return n_c, best_g, j, True
         j += 1
-        if _gk._blocked(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix, need_buf,
-                        la_c0, la_need):
-            capped_until[i] = _gk._capped_until(i, p, codes, rules, active, cnt, off)
-            continue
-        div = 0.0
-        if mode != 0:
-            div = _gk._div_refresh(i, p, slate, emb, mode, beta, win, ds)
-        g = _gk._gain(i, p, L, pw, u, div, slate, codes, rules, penalty, cnt, off, cal, toff)
-        if keep_top:
-            # insertion into the sorted top m (gain desc, index asc)
-            k = n_c if n_c < m else m - 1
-            if n_c == m and not (g > gbuf[k] or (g == gbuf[k] and i < cand[k])):
-                continue
-            while k > 0 and (g > gbuf[k - 1] or (g == gbuf[k - 1] and i < cand[k - 1])):
-                cand[k] = cand[k - 1]
-                gbuf[k] = gbuf[k - 1]
-                k -= 1
-            cand[k] = i
-            gbuf[k] = g
-            if n_c < m:
-                n_c += 1
-            best_g = gbuf[0]
-        else:
-            cand[n_c] = i
-            gbuf[n_c] = g
-            n_c += 1
-            if n_c == 1 or g > best_g:
-                best_g = g
+        n_c, best_g = _keep(i, p, la_c0, ex, m, keep_top, cand, gbuf, n_c, best_g)
     return n_c, best_g, j, False
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _scan_matches(p, bonus, la_c0, c, j, end, matches, used, reserved, capped_until, pw, u, ex,
+                  scheme, m, keep_top, cut, cand, gbuf, n_c, best_g, la_need):
+    """The look-ahead admits only items matching a rule with a need left: examine rule c's
+    matches[j:end] (an item matching an earlier such rule was examined with it), keeping them as
+    `_scan_explore` does; out of reach items are skipped (not in scan order: nothing ends the
+    scan). Returns (n_c, best_g)."""
+    codes = ex[4]
+    rules = ex[5]
+    while j < end:
+        i = matches[j]
+        j += 1
+        if used[i] or reserved[i] or capped_until[i] > p:
+            continue
+        dup = False
+        for c2 in range(c):
+            v2 = rules[RULE_VALUE, c2]
+            if la_need[c2] > 0 and v2 >= 0 and codes[rules[RULE_ATTR, c2], i] == v2:
+                dup = True
+                break
+        if dup:
+            continue
+        ub = pw[p] * u[i] + bonus
+        if keep_top and n_c == m and _gk._beyond_reach(ub, cand[m - 1], gbuf[m - 1]):
+            continue
+        if scheme == EXPLORE_SOFTMAX and n_c > 0 and _gk._beyond_reach(ub + cut, cand[0], best_g):
+            continue
+        n_c, best_g = _keep(i, p, la_c0, ex, m, keep_top, cand, gbuf, n_c, best_g)
+    return n_c, best_g
 
 
 _SIG = nb.int64(
@@ -157,29 +235,24 @@ _SIG = nb.int64(
     nb.int64[::1],  # slate (out)
     nb.float64[::1],  # slot_prob (out)
     nb.int64[::1],  # support (out): items with probability > 0 at each position (pins: 1)
+    nb.float64[::1],  # cascade (out): running products of slot_prob
     nb.int64[::1],  # reason (in: pre-solve reasons; out: RELAX_* of the relaxed rules, else 0)
     nb.int64[::1],  # relax_pos (out)
     nb.boolean[::1],  # relaxed (out)
+    nb.float64[::1],  # info (out): [log joint = sum over positions of log slot_prob, in order]
 )
 
 
 @nb.njit(_SIG, cache=True, nogil=True)
 def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div_mode, beta,
                   div_window, active, scheme, epsilon, top_m, temperature, state, slate,
-                  slot_prob, support, reason, relax_pos, relaxed):
+                  slot_prob, support, cascade, reason, relax_pos, relaxed, info):
     """Draw `slate` (module docstring); return the number of relaxed hard rules, or -1 - j when
     utility[j] is not finite (nothing else is then written)."""
     N = u.shape[0]
     L = pw.shape[0]
     C = rules.shape[1]
-    kind = rules[RULE_KIND]
-    attr = rules[RULE_ATTR]
     value = rules[RULE_VALUE]
-    bound = rules[RULE_BOUND]
-    top = rules[RULE_TOP]
-    hard = rules[RULE_HARD]
-    item = rules[RULE_ITEM]
-    position = rules[RULE_POSITION]
     for i in range(N):
         if not np.isfinite(u[i]):
             return -1 - i
@@ -187,87 +260,19 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
     for c in range(C):
         relax_pos[c] = -1
 
-    # --- count storage, as greedy_slate lays it out
-    off = np.zeros(C + 1, dtype=np.int64)
-    n_cal = 0
-    n_cov = 0
-    for c in range(C):
-        width = 0
-        if kind[c] == MAX_COUNT or kind[c] == COVERAGE:
-            width = n_values[attr[c]]
-            if kind[c] == COVERAGE:
-                n_cov += 1
-        elif kind[c] == MIN_COUNT:
-            width = 1
-        elif kind[c] == CALIBRATION:
-            width = n_values[attr[c]] + 1
-            n_cal += 1
-        off[c + 1] = off[c] + width
-    cnt = np.zeros(off[C] + 1, dtype=np.int64)
-    need_buf = np.zeros(C, dtype=np.int64)
-    la_need = np.zeros(C, dtype=np.int64)
-    cal = np.zeros(target.shape[0], dtype=np.float64)
-
-    # --- diversity state (greedy_slate's, without the lazy heap)
-    mode = div_mode if beta > 0.0 else 0
-    win = div_window if div_window < L - 1 else 0
-    d = emb.shape[1]
-    no_f = np.zeros(0)
-    no_f2 = np.zeros((0, 0))
-    no_i = np.zeros(0, dtype=np.int64)
-    flat_dpp = mode == DIV_DPP and win == 0
-    wd = win if (mode == DIV_DPP and win > 0) else 0
-    n2, P, xi, xbuf, dcnt, dval = no_f, no_f2, no_f2, no_f, no_i, no_f
-    if mode != 0:
-        n2 = np.full(N, -1.0)
-        P = np.zeros((L, d))
-        xi = np.zeros((1, d))
-        xbuf = np.zeros(L)
-        dcnt = np.zeros(N, dtype=np.int64)
-        dval = np.zeros(N)
-    mx = np.zeros(N) if (mode == DIV_MMR and win == 0) else no_f
-    d2 = np.ones(N) if flat_dpp else no_f
-    M = np.empty((N, L)) if (mode == DIV_DPP or (mode != 0 and win > 0)) else no_f2
-    dsel = np.zeros(L) if flat_dpp else no_f
-    Wc = np.zeros((wd, wd)) if wd > 0 else no_f2
-    Wd = np.zeros(wd) if wd > 0 else no_f
-    ebuf = np.zeros(wd) if wd > 0 else no_f
-    span_rank = np.zeros(2, dtype=np.int64)
-    ds = (n2, P, dcnt, dval, mx, d2, M, dsel, Wc, Wd, ebuf, span_rank, xi, xbuf)
-
-    used = np.zeros(N, dtype=np.bool_)
-    reserved = np.zeros(N, dtype=np.bool_)
-    capped_until = np.zeros(N, dtype=np.int64)
-    pin_rule = np.full(L, -1, dtype=np.int64)
-    for p in range(L):
-        slate[p] = -1
-        slot_prob[p] = 1.0
-        support[p] = 1
-
-    for c in range(C):
-        if kind[c] == PIN and hard[c] != 0 and active[c]:
-            q = position[c]
-            slate[q] = item[c]
-            pin_rule[q] = c
-            reserved[item[c]] = True
-            _gk._count(item[c], q, codes, rules, cnt, off, 1)
-    pinned_prefix = np.zeros(L + 1, dtype=np.int64)
-    for p in range(L):
-        pinned_prefix[p + 1] = pinned_prefix[p] + (1 if pin_rule[p] >= 0 else 0)
+    # --- the greedy's set-up (solvers._greedy_kernels): counts, diversity, pins, min_count rules
+    off, cnt, need_buf, la_need, cal, n_cov, n_cal = _gk._count_state(rules, n_values,
+                                                                      target.shape[0])
+    mode, win, ds = _gk._diversity_state(N, L, emb, div_mode, beta, div_window)
+    used, reserved, capped_until, pin_rule, pinned_prefix = _gk._slate_state(
+        N, codes, rules, active, cnt, off, slate)
     ex = (L, pw, u, slate, codes, rules, penalty, active, cnt, off, pinned_prefix, need_buf,
           la_need, capped_until, cal, toff, emb, mode, beta, win, ds)
-
-    avail = np.zeros(C, dtype=np.int64)
-    max_bonus = 0.0
-    for c in range(C):
-        if kind[c] == MIN_COUNT:
-            if value[c] >= 0:
-                a = attr[c]
-                for i in range(N):
-                    if codes[a, i] == value[c] and not reserved[i]:
-                        avail[c] += 1
-            if hard[c] == 0:
-                max_bonus += penalty[c]
+    avail, moff, matches, matches_known, max_bonus = _gk._min_count_state(N, codes, rules,
+                                                                          penalty, reserved)
+    for p in range(L):
+        slot_prob[p] = 1.0
+        support[p] = 1
 
     order = np.empty(N, dtype=np.int64)
     n_order = 0
@@ -280,65 +285,53 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
     gbuf = np.empty(max(m, 1), dtype=np.float64)
     wbuf = np.empty(max(m, 1), dtype=np.float64)
     cut = SOFTMAX_CUT * temperature if scheme == EXPLORE_SOFTMAX else 0.0
+    run_prob = 1.0
+    log_joint = 0.0
+    filled = 0  # positions filled (all L unless no candidate is left)
 
     for p in range(L):
-        for c in range(C):
-            if kind[c] == MIN_COUNT and hard[c] != 0 and active[c] and p < top[c]:
-                if bound[c] - cnt[off[c]] > avail[c]:
-                    active[c] = False
-                    reason[c] = RELAX_SHORTAGE
-                    relax_pos[c] = p
-
-        c_pin = pin_rule[p]
-        if c_pin >= 0:
+        _gk._shortages(p, rules, active, cnt, off, avail, reason, relax_pos)
+        if pin_rule[p] >= 0:
             i = slate[p]
-            while True:
-                worst = _gk._blockers_max_rank(i, p, L, slate, codes, rules, active, cnt, off,
-                                               pinned_prefix, rank, need_buf, True)
-                if worst < 0:
-                    break
-                if worst > rank[c_pin]:
-                    active[c_pin] = False
-                    reason[c_pin] = RELAX_CONFLICT
-                    relax_pos[c_pin] = p
-                    _gk._count(i, p, codes, rules, cnt, off, -1)
-                    reserved[i] = False
-                    for c in range(C):
-                        if kind[c] == MIN_COUNT and value[c] >= 0 and codes[attr[c], i] == value[c]:
-                            avail[c] += 1
-                    slate[p] = -1
-                    pin_rule[p] = -1
-                    for r in range(p, L):
-                        pinned_prefix[r + 1] = pinned_prefix[r] + (1 if pin_rule[r] >= 0 else 0)
-                    head = 0
-                    capped_until[:] = 0
-                    break
-                _gk._relax_rank(worst, p, rank, active, reason, relax_pos, capped_until)
-            if pin_rule[p] >= 0:
+            if not _gk._pin_gives_way(p, L, slate, codes, rules, active, cnt, off, pinned_prefix,
+                                      rank, need_buf, reason, relax_pos, capped_until, reserved,
+                                      avail, pin_rule):
                 used[i] = True
                 if mode != 0:
                     _gk._div_refresh(i, p, slate, emb, mode, beta, win, ds)
                     _gk._div_placed(i, p, slate, emb, mode, win, ds)
+                cascade[p] = run_prob
+                filled += 1
                 continue
+            head = 0  # the freed item may sit before `head` in the scan order
 
         bonus = max_bonus
         if n_cov + n_cal > 0:
-            for c in range(C):
-                if p < top[c]:
-                    if kind[c] == COVERAGE:
-                        bonus += penalty[c]
-                    elif kind[c] == CALIBRATION:
-                        bonus += penalty[c] * _gk._calibration_deltas(
-                            c, n_values[attr[c]], cnt, off, target, toff, cal)
+            bonus = _gk._bonus_bound(p, max_bonus, rules, penalty, n_values, cnt, off, target,
+                                     toff, cal)
 
         n_c = 0
+        best_g = -np.inf
         while True:
             n_c = 0
             best_g = -np.inf
             la_c0 = _gk._lookahead_worst(p, codes, rules, active, cnt, off, pinned_prefix,
                                          need_buf, la_need)
+            if la_c0 >= 0 and pw[p] >= 0.0:
+                # the greedy's short cut: only the matches of rules with a need left can be
+                # feasible (`_blocked`); the kept set does not depend on the order examined
+                for c in range(C):
+                    if la_need[c] <= 0 or value[c] < 0:
+                        continue
+                    _gk._fill_matches(c, codes, rules, moff, matches, matches_known)
+                    n_c, best_g = _scan_matches(p, bonus, la_c0, c, moff[c], moff[c + 1],
+                                                matches, used, reserved, capped_until, pw, u, ex,
+                                                scheme, m, keep_top, cut, cand, gbuf, n_c,
+                                                best_g, la_need)
+                if n_c > 0 and not keep_top:  # appended in match order: into the scan order
+                    _by_utility(u, cand, gbuf, n_c)
             j = head
-            while True:
+            while n_c == 0:  # (nothing feasible among the matches: see every candidate)
                 n_c, best_g, j, stopped = _scan_explore(
                     p, bonus, la_c0, j, n_order, order, used, reserved, capped_until, pw, u, ex,
                     scheme, m, keep_top, cut, cand, gbuf, n_c, best_g)
@@ -348,18 +341,10 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
                 stretch *= 2
             if n_c > 0:
                 break
-            r_star = -1
-            for jj in range(n_order):
-                i = order[jj]
-                if used[i] or reserved[i]:
-                    continue
-                w = _gk._blockers_max_rank(i, p, L, slate, codes, rules, active, cnt, off,
-                                           pinned_prefix, rank, need_buf, False)
-                if r_star < 0 or w < r_star:
-                    r_star = w
-            if r_star < 0:
-                break
-            _gk._relax_rank(r_star, p, rank, active, reason, relax_pos, capped_until)
+            if not _gk._relax_cheapest(p, L, n_order, order, used, reserved, slate, codes, rules,
+                                       active, cnt, off, pinned_prefix, rank, need_buf, reason,
+                                       relax_pos, capped_until):
+                break  # no candidate left at all (cannot happen when L <= N)
 
         if n_c == 0:
             break
@@ -383,63 +368,27 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
         else:
             a = uniform01(state)
             if keep_top:  # the top m, in the draw's order: utility desc, index asc
-                for k in range(1, n_c):
-                    ci = cand[k]
-                    cg = gbuf[k]
-                    q = k
-                    while q > 0 and (u[cand[q - 1]] < u[ci]
-                                     or (u[cand[q - 1]] == u[ci] and cand[q - 1] > ci)):
-                        cand[q] = cand[q - 1]
-                        gbuf[q] = gbuf[q - 1]
-                        q -= 1
-                    cand[q] = ci
-                    gbuf[q] = cg
-            n_s = 0
-            z = 0.0
-            for k in range(n_c):
-                if (best_g - gbuf[k]) / temperature <= SOFTMAX_CUT:
-                    w = np.exp((gbuf[k] - best_g) / temperature)
-                    cand[n_s] = cand[k]
-                    wbuf[n_s] = w
-                    z += w
-                    n_s += 1
-            target_w = a * z
-            run = 0.0
-            k = 0
-            while k < n_s - 1:
-                run += wbuf[k]
-                if run > target_w:
-                    break
-                k += 1
-            pick = cand[k]
-            prob = wbuf[k] / z
+                _by_utility(u, cand, gbuf, n_c)
+            pick, prob, n_s = _softmax_draw(a, cand, gbuf, wbuf, n_c, best_g, temperature)
             support[p] = n_s
         slot_prob[p] = prob
+        run_prob *= prob
+        cascade[p] = run_prob
+        log_joint += np.log(prob)
+        filled += 1
         slate[p] = pick
         used[pick] = True
         if mode != 0:
             _gk._div_refresh(pick, p, slate, emb, mode, beta, win, ds)
             _gk._div_placed(pick, p, slate, emb, mode, win, ds)
-        _gk._count(pick, p, codes, rules, cnt, off, 1)
-        for c in range(C):
-            if kind[c] == MIN_COUNT and value[c] >= 0 and codes[attr[c], pick] == value[c]:
-                avail[c] -= 1
+        _gk._placed(pick, p, codes, rules, cnt, off, avail)
         while head < n_order and (used[order[head]] or reserved[order[head]]):
             head += 1
 
-    for c in range(C):
-        if kind[c] == MIN_COUNT and hard[c] != 0 and active[c] and cnt[off[c]] < bound[c]:
-            active[c] = False
-            reason[c] = RELAX_SHORTAGE
-            relax_pos[c] = L
-    n_relaxed = 0
-    for c in range(C):
-        relaxed[c] = hard[c] != 0 and not active[c]
-        if relaxed[c]:
-            n_relaxed += 1
-        else:
-            reason[c] = 0
-    return n_relaxed
+    for p in range(filled, L):
+        cascade[p] = run_prob
+    info[0] = log_joint
+    return _gk._finish(L, rules, active, cnt, off, reason, relax_pos, relaxed)
 
 
 _COUNTS_SIG = nb.int64(
@@ -468,6 +417,8 @@ def explore_counts(u, pw, codes, n_values, rules, penalty, target, toff, emb, di
     slate = np.empty(L, dtype=np.int64)
     slot_prob = np.empty(L)
     support = np.empty(L, dtype=np.int64)
+    cascade = np.empty(L)
+    info = np.empty(1)
     reason = np.zeros(C, dtype=np.int64)
     relax_pos = np.empty(C, dtype=np.int64)
     relaxed = np.empty(C, dtype=np.bool_)
@@ -479,7 +430,7 @@ def explore_counts(u, pw, codes, n_values, rules, penalty, target, toff, emb, di
         reason[:] = 0
         r = explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div_mode,
                           beta, div_window, act, scheme, epsilon, top_m, temperature, state,
-                          slate, slot_prob, support, reason, relax_pos, relaxed)
+                          slate, slot_prob, support, cascade, reason, relax_pos, relaxed, info)
         if r < 0:
             return r
         for p in range(L):

@@ -851,6 +851,262 @@ def _relax_rank(r, p, rank, active, reason, relax_pos, capped_until):
         capped_until[i] = 0
 
 
+# --- set-up and per-position steps (shared with solvers._explore_kernels) ------------------------
+# greedy_slate and the exploration kernel fill a slate the same way but for the choice at a free
+# position: both are built from these steps, so the rules around the choice are written once.
+# The set-up ones allocate (called once per slate); the per-position ones are `_nrt=False` (no
+# reference counting at their call, as for the scan helpers).
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _count_state(rules, n_values, n_target):
+    """The count storage: one slot per value for max_count and coverage, one slot for min_count,
+    one per value plus the total for calibration. Returns (off [C + 1], cnt (zeros), need_buf,
+    la_need [C] (zeros), cal [n_target] (zeros), n_cov, n_cal): rule c counts in
+    cnt[off[c]:off[c + 1]]; la_need holds the look-ahead needs of an item matching no rule, cal
+    the per-value KL decreases at the current position."""
+    C = rules.shape[1]
+    off = np.zeros(C + 1, dtype=np.int64)
+    n_cal = 0
+    n_cov = 0
+    for c in range(C):
+        k = rules[RULE_KIND, c]
+        width = 0
+        if k == MAX_COUNT or k == COVERAGE:
+            width = n_values[rules[RULE_ATTR, c]]
+            if k == COVERAGE:
+                n_cov += 1
+        elif k == MIN_COUNT:
+            width = 1
+        elif k == CALIBRATION:
+            width = n_values[rules[RULE_ATTR, c]] + 1
+            n_cal += 1
+        off[c + 1] = off[c] + width
+    cnt = np.zeros(off[C] + 1, dtype=np.int64)
+    return (off, cnt, np.zeros(C, dtype=np.int64), np.zeros(C, dtype=np.int64),
+            np.zeros(n_target, dtype=np.float64), n_cov, n_cal)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _diversity_state(N, L, emb, div_mode, beta, div_window):
+    """(mode, win, ds): the diversity mode in force (0 when beta is 0), the window (0 when it
+    reaches back to position 0: no window) and the per-candidate state `ds` of `_div_refresh`
+    (the module docstring). What the mode does not use is one shared empty array (an allocation
+    costs ~40 ns; most calls have no diversity)."""
+    mode = div_mode if beta > 0.0 else 0
+    win = div_window if div_window < L - 1 else 0
+    d = emb.shape[1]
+    no_f = np.zeros(0)
+    no_f2 = np.zeros((0, 0))
+    no_i = np.zeros(0, dtype=np.int64)
+    flat_dpp = mode == DIV_DPP and win == 0
+    wd = win if (mode == DIV_DPP and win > 0) else 0
+    n2, P, xi, xbuf, dcnt, dval = no_f, no_f2, no_f2, no_f, no_i, no_f
+    if mode != 0:
+        n2 = np.full(N, -1.0)  # squared norms (-1: not computed yet)
+        P = np.zeros((L, d))  # rows of the placed items, in float64
+        xi = np.zeros((1, d))  # the candidate's row in float64
+        xbuf = np.zeros(L)  # a candidate's cosines to the positions it folds in
+        dcnt = np.zeros(N, dtype=np.int64)
+        dval = np.zeros(N)
+    mx = np.zeros(N) if (mode == DIV_MMR and win == 0) else no_f
+    d2 = np.ones(N) if flat_dpp else no_f
+    M = np.empty((N, L)) if (mode == DIV_DPP or (mode != 0 and win > 0)) else no_f2
+    dsel = np.zeros(L) if flat_dpp else no_f
+    Wc = np.zeros((wd, wd)) if wd > 0 else no_f2
+    Wd = np.zeros(wd) if wd > 0 else no_f
+    ebuf = np.zeros(wd) if wd > 0 else no_f
+    span_rank = np.zeros(2, dtype=np.int64)
+    return mode, win, (n2, P, dcnt, dval, mx, d2, M, dsel, Wc, Wd, ebuf, span_rank, xi, xbuf)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _slate_state(N, codes, rules, active, cnt, off, slate):
+    """Clear `slate` to -1 and reserve the active hard pins (compile guarantees distinct items
+    and positions < L): their items are placed, reserved and pre-counted. Returns (used,
+    reserved, capped_until (zeros: i is blocked by a full cap while p < capped_until[i]),
+    pin_rule (the pin rule of each position, -1), pinned_prefix [L + 1])."""
+    L = slate.shape[0]
+    used = np.zeros(N, dtype=np.bool_)
+    reserved = np.zeros(N, dtype=np.bool_)
+    capped_until = np.zeros(N, dtype=np.int64)
+    pin_rule = np.full(L, -1, dtype=np.int64)
+    for p in range(L):
+        slate[p] = -1
+    for c in range(rules.shape[1]):
+        if rules[RULE_KIND, c] == PIN and rules[RULE_HARD, c] != 0 and active[c]:
+            q = rules[RULE_POSITION, c]
+            i = rules[RULE_ITEM, c]
+            slate[q] = i
+            pin_rule[q] = c
+            reserved[i] = True
+            _count(i, q, codes, rules, cnt, off, 1)
+    pinned_prefix = np.zeros(L + 1, dtype=np.int64)
+    for p in range(L):
+        pinned_prefix[p + 1] = pinned_prefix[p] + (1 if pin_rule[p] >= 0 else 0)
+    return used, reserved, capped_until, pin_rule, pinned_prefix
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _min_count_state(N, codes, rules, penalty, reserved):
+    """Per min_count rule: avail [C], the matching candidates still available (reserved pins
+    excluded); every matching candidate of each hard one (reserved or not), in index order, in
+    matches[moff[c]:moff[c + 1]], filled by `_fill_matches` the first time the look-ahead leaves
+    only them (matches_known [C]). Returns (avail, moff, matches, matches_known, max_bonus), the
+    last being the sum of the soft min_count rewards (part of every position's bonus bound)."""
+    C = rules.shape[1]
+    avail = np.zeros(C, dtype=np.int64)
+    moff = np.zeros(C + 1, dtype=np.int64)
+    max_bonus = 0.0
+    for c in range(C):
+        n_match = 0
+        if rules[RULE_KIND, c] == MIN_COUNT:
+            v = rules[RULE_VALUE, c]
+            if v >= 0:
+                a = rules[RULE_ATTR, c]
+                for i in range(N):
+                    if codes[a, i] == v:
+                        n_match += 1
+                        if not reserved[i]:
+                            avail[c] += 1
+            if rules[RULE_HARD, c] == 0:
+                max_bonus += penalty[c]
+                n_match = 0
+        moff[c + 1] = moff[c] + n_match
+    return (avail, moff, np.empty(moff[C], dtype=np.int64), np.zeros(C, dtype=np.bool_),
+            max_bonus)
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _fill_matches(c, codes, rules, moff, matches, matches_known):
+    """Fill rule c's matches (`_min_count_state`) if not done yet."""
+    if matches_known[c]:
+        return
+    matches_known[c] = True
+    a = rules[RULE_ATTR, c]
+    v = rules[RULE_VALUE, c]
+    k = moff[c]
+    for i in range(codes.shape[1]):
+        if codes[a, i] == v:
+            matches[k] = i
+            k += 1
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _shortages(p, rules, active, cnt, off, avail, reason, relax_pos):
+    """Relax, as shortages at p, the active hard min_count rules whose prefix holds p and that
+    need more items than the candidates left can give."""
+    for c in range(rules.shape[1]):
+        if (rules[RULE_KIND, c] == MIN_COUNT and rules[RULE_HARD, c] != 0 and active[c]
+                and p < rules[RULE_TOP, c]):
+            if rules[RULE_BOUND, c] - cnt[off[c]] > avail[c]:
+                active[c] = False
+                reason[c] = RELAX_SHORTAGE
+                relax_pos[c] = p
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _pin_gives_way(p, L, slate, codes, rules, active, cnt, off, pinned_prefix, rank, need_buf,
+                   reason, relax_pos, capped_until, reserved, avail, pin_rule):
+    """Pinned position p: relax, lowest rank first, the rules that its item breaks while they
+    rank below the pin. Returns True when a rule outranking it forbids it: the pin then gives way
+    (relaxed as a conflict; its item is unreserved, uncounted and available again, the position
+    free, the capped marks forgotten), and the position is to be filled like a free one."""
+    c_pin = pin_rule[p]
+    i = slate[p]
+    while True:
+        worst = _blockers_max_rank(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix,
+                                   rank, need_buf, True)
+        if worst < 0:
+            return False
+        if worst > rank[c_pin]:
+            active[c_pin] = False
+            reason[c_pin] = RELAX_CONFLICT
+            relax_pos[c_pin] = p
+            _count(i, p, codes, rules, cnt, off, -1)
+            reserved[i] = False
+            for c in range(rules.shape[1]):
+                v = rules[RULE_VALUE, c]
+                if rules[RULE_KIND, c] == MIN_COUNT and v >= 0 and codes[rules[RULE_ATTR, c], i] == v:
+                    avail[c] += 1
+            slate[p] = -1
+            pin_rule[p] = -1
+            for r in range(p, L):
+                pinned_prefix[r + 1] = pinned_prefix[r] + (1 if pin_rule[r] >= 0 else 0)
+            for j in range(capped_until.shape[0]):
+                capped_until[j] = 0  # counts went down
+            return True
+        _relax_rank(worst, p, rank, active, reason, relax_pos, capped_until)
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _bonus_bound(p, max_bonus, rules, penalty, n_values, cnt, off, target, toff, cal):
+    """Bound on the soft bonuses at p: max_bonus (the min_count rewards) plus the coverage rewards
+    and, per calibration row, the largest KL decrease (the per-value decreases are tabled into
+    cal). Only needed when there are coverage or calibration rows (else it is max_bonus)."""
+    bonus = max_bonus
+    for c in range(rules.shape[1]):
+        if p < rules[RULE_TOP, c]:
+            k = rules[RULE_KIND, c]
+            if k == COVERAGE:
+                bonus += penalty[c]
+            elif k == CALIBRATION:
+                bonus += penalty[c] * _calibration_deltas(
+                    c, n_values[rules[RULE_ATTR, c]], cnt, off, target, toff, cal)
+    return bonus
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _relax_cheapest(p, L, n_order, order, used, reserved, slate, codes, rules, active, cnt, off,
+                    pinned_prefix, rank, need_buf, reason, relax_pos, capped_until):
+    """No candidate is feasible at p: relax the rule whose relaxation frees a candidate most
+    cheaply (r* = min over the candidates of order[:n_order], which must hold them all, of the
+    highest rank among their blockers). Returns False when no candidate is left at all."""
+    r_star = -1
+    for jj in range(n_order):
+        i = order[jj]
+        if used[i] or reserved[i]:
+            continue
+        w = _blockers_max_rank(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix,
+                               rank, need_buf, False)
+        if r_star < 0 or w < r_star:
+            r_star = w
+    if r_star < 0:
+        return False
+    _relax_rank(r_star, p, rank, active, reason, relax_pos, capped_until)
+    return True
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _placed(i, p, codes, rules, cnt, off, avail):
+    """i was placed at free position p: count it and take it from the min_count rules' available
+    items."""
+    _count(i, p, codes, rules, cnt, off, 1)
+    for c in range(rules.shape[1]):
+        v = rules[RULE_VALUE, c]
+        if rules[RULE_KIND, c] == MIN_COUNT and v >= 0 and codes[rules[RULE_ATTR, c], i] == v:
+            avail[c] -= 1
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _finish(L, rules, active, cnt, off, reason, relax_pos, relaxed):
+    """A hard minimum the slate could not reach (e.g. fewer positions than it needs) is a
+    shortage at L; mark the relaxed hard rules (reason 0 for the others). Returns their number."""
+    n_relaxed = 0
+    for c in range(rules.shape[1]):
+        hard = rules[RULE_HARD, c] != 0
+        if (rules[RULE_KIND, c] == MIN_COUNT and hard and active[c]
+                and cnt[off[c]] < rules[RULE_BOUND, c]):
+            active[c] = False
+            reason[c] = RELAX_SHORTAGE
+            relax_pos[c] = L
+        relaxed[c] = hard and not active[c]
+        if relaxed[c]:
+            n_relaxed += 1
+        else:
+            reason[c] = 0
+    return n_relaxed
+
+
 _SIG = nb.int64(
     *PROBLEM_TYPES,  # utility, position_weight, codes, n_values
     *TABLE_TYPES,  # rules, penalty, target, target_offset
@@ -891,15 +1147,7 @@ def greedy_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div_
     N = u.shape[0]
     L = pw.shape[0]
     C = rules.shape[1]
-    # column views for the set-up and the per-position steps (the helpers take `rules`)
-    kind = rules[RULE_KIND]
-    attr = rules[RULE_ATTR]
     value = rules[RULE_VALUE]
-    bound = rules[RULE_BOUND]
-    top = rules[RULE_TOP]
-    hard = rules[RULE_HARD]  # 1 / 0
-    item = rules[RULE_ITEM]
-    position = rules[RULE_POSITION]
     for i in range(N):
         if not np.isfinite(u[i]):
             return -1 - i
@@ -907,58 +1155,18 @@ def greedy_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div_
     for c in range(C):
         relax_pos[c] = -1
 
-    # --- count storage: one slot per value for max_count and coverage, one slot for min_count,
-    # one per value plus the total for calibration
-    off = np.zeros(C + 1, dtype=np.int64)
-    n_cal = 0
-    n_cov = 0
-    for c in range(C):
-        width = 0
-        if kind[c] == MAX_COUNT or kind[c] == COVERAGE:
-            width = n_values[attr[c]]
-            if kind[c] == COVERAGE:
-                n_cov += 1
-        elif kind[c] == MIN_COUNT:
-            width = 1
-        elif kind[c] == CALIBRATION:
-            width = n_values[attr[c]] + 1
-            n_cal += 1
-        off[c + 1] = off[c] + width
-    cnt = np.zeros(off[C] + 1, dtype=np.int64)
-    need_buf = np.zeros(C, dtype=np.int64)
-    la_need = np.zeros(C, dtype=np.int64)  # look-ahead needs of an item matching no rule
-    cal = np.zeros(target.shape[0], dtype=np.float64)  # per-value KL decrease at this position
-
-    # --- diversity state (see the module docstring). What the mode does not use is one of the
-    # shared empty arrays (an allocation costs ~40 ns; most calls have no diversity)
-    mode = div_mode if beta > 0.0 else 0
-    win = div_window if div_window < L - 1 else 0  # a window reaching back to 0 is no window
+    # --- set-up (shared with the exploration kernel): counts, diversity, pins, min_count rules
+    off, cnt, need_buf, la_need, cal, n_cov, n_cal = _count_state(rules, n_values, target.shape[0])
+    mode, win, ds = _diversity_state(N, L, emb, div_mode, beta, div_window)
     d = emb.shape[1]
+    n2, dval = ds[0], ds[3]
+    span_rank = ds[11]
+    xi = ds[12]
     no_f = np.zeros(0)
-    no_f2 = np.zeros((0, 0))
     no_i = np.zeros(0, dtype=np.int64)
-    flat_dpp = mode == DIV_DPP and win == 0
-    wd = win if (mode == DIV_DPP and win > 0) else 0
-    n2, P, xi, xbuf, dcnt, dval = no_f, no_f2, no_f2, no_f, no_i, no_f
-    if mode != 0:
-        n2 = np.full(N, -1.0)  # squared norms (-1: not computed yet)
-        P = np.zeros((L, d))  # rows of the placed items, in float64
-        xi = np.zeros((1, d))  # the candidate's row in float64
-        xbuf = np.zeros(L)  # a candidate's cosines to the positions it folds in
-        dcnt = np.zeros(N, dtype=np.int64)
-        dval = np.zeros(N)
-    mx = np.zeros(N) if (mode == DIV_MMR and win == 0) else no_f
-    d2 = np.ones(N) if flat_dpp else no_f
-    M = np.empty((N, L)) if (mode == DIV_DPP or (mode != 0 and win > 0)) else no_f2
-    dsel = np.zeros(L) if flat_dpp else no_f
-    Wc = np.zeros((wd, wd)) if wd > 0 else no_f2
-    Wd = np.zeros(wd) if wd > 0 else no_f
-    ebuf = np.zeros(wd) if wd > 0 else no_f
-    span_rank = np.zeros(2, dtype=np.int64)
     floor_div = beta * np.log(DPP_EPS)
     zero_rows = no_i  # known once the span is full (DPP without window)
     zero_known = False
-    ds = (n2, P, dcnt, dval, mx, d2, M, dsel, Wc, Wd, ebuf, span_rank, xi, xbuf)  # _div_refresh
     lazy = mode != 0 and win == 0  # stale div values are upper bounds
     hkey = np.empty(N) if lazy else no_f  # max-heap of examined candidates by u + stale div
     hidx = np.empty(N, dtype=np.int64) if lazy else no_i
@@ -967,50 +1175,13 @@ def greedy_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div_
     defer = np.empty(N, dtype=np.int64) if lazy else no_i  # examined during the current scan
     sp = 0  # order[:sp] are seen, used or reserved
 
-    used = np.zeros(N, dtype=np.bool_)
-    reserved = np.zeros(N, dtype=np.bool_)
-    capped_until = np.zeros(N, dtype=np.int64)  # i is blocked by a full cap while p < this
-    pin_rule = np.full(L, -1, dtype=np.int64)
-    for p in range(L):
-        slate[p] = -1
-
-    # --- reserve active hard pins (compile guarantees distinct items and positions < L)
-    for c in range(C):
-        if kind[c] == PIN and hard[c] != 0 and active[c]:
-            q = position[c]
-            slate[q] = item[c]
-            pin_rule[q] = c
-            reserved[item[c]] = True
-            _count(item[c], q, codes, rules, cnt, off, 1)
-    pinned_prefix = np.zeros(L + 1, dtype=np.int64)
-    for p in range(L):
-        pinned_prefix[p + 1] = pinned_prefix[p] + (1 if pin_rule[p] >= 0 else 0)
+    used, reserved, capped_until, pin_rule, pinned_prefix = _slate_state(N, codes, rules, active,
+                                                                         cnt, off, slate)
     # the scan context `_examine` reads: arrays changed in place only, and constants
     ex = (L, pw, u, slate, codes, rules, penalty, active, cnt, off, pinned_prefix, need_buf,
           la_need, capped_until, cal, toff, emb, mode, beta, win, ds)
-
-    # --- matching candidates still available to each min_count rule (reserved pins excluded)
-    avail = np.zeros(C, dtype=np.int64)
-    # every matching candidate of each hard min_count rule (reserved or not), in index order:
-    # matches[moff[c]:moff[c + 1]], filled the first time the look-ahead leaves only them
-    moff = np.zeros(C + 1, dtype=np.int64)
-    max_bonus = 0.0
-    for c in range(C):
-        n_match = 0
-        if kind[c] == MIN_COUNT:
-            if value[c] >= 0:
-                a = attr[c]
-                for i in range(N):
-                    if codes[a, i] == value[c]:
-                        n_match += 1
-                        if not reserved[i]:
-                            avail[c] += 1
-            if hard[c] == 0:
-                max_bonus += penalty[c]
-                n_match = 0
-        moff[c + 1] = moff[c] + n_match
-    matches = np.empty(moff[C], dtype=np.int64)
-    matches_known = np.zeros(C, dtype=np.bool_)
+    avail, moff, matches, matches_known, max_bonus = _min_count_state(N, codes, rules, penalty,
+                                                                      reserved)
 
     # --- lazy scan order: sorted stretches of the best remaining items, extended on demand
     order = np.empty(N, dtype=np.int64)
@@ -1020,64 +1191,28 @@ def greedy_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div_
     head = 0  # order[:head] are all used or reserved
 
     for p in range(L):
-        # shortages: a hard min rule needing more than the candidates left can give
-        for c in range(C):
-            if kind[c] == MIN_COUNT and hard[c] != 0 and active[c] and p < top[c]:
-                if bound[c] - cnt[off[c]] > avail[c]:
-                    active[c] = False
-                    reason[c] = RELAX_SHORTAGE
-                    relax_pos[c] = p
-
-        c_pin = pin_rule[p]
-        if c_pin >= 0:
+        _shortages(p, rules, active, cnt, off, avail, reason, relax_pos)
+        if pin_rule[p] >= 0:
             i = slate[p]
-            while True:
-                worst = _blockers_max_rank(i, p, L, slate, codes, rules, active, cnt, off,
-                                           pinned_prefix, rank, need_buf, True)
-                if worst < 0:
-                    break
-                if worst > rank[c_pin]:
-                    # a more important rule forbids the pin: the pin gives way
-                    active[c_pin] = False
-                    reason[c_pin] = RELAX_CONFLICT
-                    relax_pos[c_pin] = p
-                    _count(i, p, codes, rules, cnt, off, -1)
-                    reserved[i] = False
-                    for c in range(C):
-                        if kind[c] == MIN_COUNT and value[c] >= 0 and codes[attr[c], i] == value[c]:
-                            avail[c] += 1
-                    slate[p] = -1
-                    pin_rule[p] = -1
-                    for r in range(p, L):
-                        pinned_prefix[r + 1] = pinned_prefix[r] + (1 if pin_rule[r] >= 0 else 0)
-                    # the freed item may sit before `head` in the scan order; counts went down
-                    head = 0
-                    capped_until[:] = 0
-                    if lazy:
-                        seen[i] = True
-                        _heap_push(hkey, hidx, hsize, u[i] + dval[i], i)
-                        hsize += 1
-                    break
-                # relax the lowest-ranked rule that forbids the pin, then look again
-                _relax_rank(worst, p, rank, active, reason, relax_pos, capped_until)
-            if pin_rule[p] >= 0:
+            if not _pin_gives_way(p, L, slate, codes, rules, active, cnt, off, pinned_prefix,
+                                  rank, need_buf, reason, relax_pos, capped_until, reserved,
+                                  avail, pin_rule):
                 used[i] = True
                 if mode != 0:
                     _div_refresh(i, p, slate, emb, mode, beta, win, ds)
                     _div_placed(i, p, slate, emb, mode, win, ds)
                 continue
+            # the freed item may sit before `head` in the scan order
+            head = 0
+            if lazy:
+                seen[i] = True
+                _heap_push(hkey, hidx, hsize, u[i] + dval[i], i)
+                hsize += 1
 
-        # bound on the soft bonuses at p: min_count rewards, coverage rewards, and per calibration
-        # row the largest KL decrease (the per-value decreases are tabled once per position)
         bonus = max_bonus
         if n_cov + n_cal > 0:
-            for c in range(C):
-                if p < top[c]:
-                    if kind[c] == COVERAGE:
-                        bonus += penalty[c]
-                    elif kind[c] == CALIBRATION:
-                        bonus += penalty[c] * _calibration_deltas(c, n_values[attr[c]], cnt, off,
-                                                                  target, toff, cal)
+            bonus = _bonus_bound(p, max_bonus, rules, penalty, n_values, cnt, off, target, toff,
+                                 cal)
 
         # once the span is full (DPP without window) every div is the floor, but for zero rows
         # (div 0): a candidate's gain is then at most pw * max(u + floor, u0) + bonus, u0 = the
@@ -1132,13 +1267,7 @@ def greedy_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div_
                 for c in range(C):
                     if la_need[c] <= 0 or value[c] < 0:
                         continue
-                    if not matches_known[c]:
-                        matches_known[c] = True
-                        k = moff[c]
-                        for i in range(N):
-                            if codes[attr[c], i] == value[c]:
-                                matches[k] = i
-                                k += 1
+                    _fill_matches(c, codes, rules, moff, matches, matches_known)
                     best, best_g, _, _ = _scan_list(p, bonus, la_c0, best, best_g, moff[c],
                                                     moff[c + 1], matches, False, used, reserved,
                                                     capped_until, pw, u, ex)
@@ -1154,19 +1283,10 @@ def greedy_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div_
                 stretch *= 2
             if best >= 0:
                 break
-            # nothing feasible: relax the rule whose relaxation frees a candidate most cheaply
-            r_star = -1
-            for jj in range(n_order):
-                i = order[jj]
-                if used[i] or reserved[i]:
-                    continue
-                w = _blockers_max_rank(i, p, L, slate, codes, rules, active, cnt, off,
-                                       pinned_prefix, rank, need_buf, False)
-                if r_star < 0 or w < r_star:
-                    r_star = w
-            if r_star < 0:
+            if not _relax_cheapest(p, L, n_order, order, used, reserved, slate, codes, rules,
+                                   active, cnt, off, pinned_prefix, rank, need_buf, reason,
+                                   relax_pos, capped_until):
                 break  # no candidate left at all (cannot happen when L <= N)
-            _relax_rank(r_star, p, rank, active, reason, relax_pos, capped_until)
 
         if best < 0:
             break
@@ -1174,26 +1294,11 @@ def greedy_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div_
         used[best] = True
         if mode != 0:
             _div_placed(best, p, slate, emb, mode, win, ds)
-        _count(best, p, codes, rules, cnt, off, 1)
-        for c in range(C):
-            if kind[c] == MIN_COUNT and value[c] >= 0 and codes[attr[c], best] == value[c]:
-                avail[c] -= 1
+        _placed(best, p, codes, rules, cnt, off, avail)
         while head < n_order and (used[order[head]] or reserved[order[head]]):
             head += 1
 
-    # a minimum the slate could not reach (e.g. fewer positions than it needs) is a shortage
-    for c in range(C):
-        if kind[c] == MIN_COUNT and hard[c] != 0 and active[c] and cnt[off[c]] < bound[c]:
-            active[c] = False
-            reason[c] = RELAX_SHORTAGE
-            relax_pos[c] = L
-    n_relaxed = 0
-    for c in range(C):
-        relaxed[c] = hard[c] != 0 and not active[c]
-        if relaxed[c]:
-            n_relaxed += 1
-        else:
-            reason[c] = 0
+    n_relaxed = _finish(L, rules, active, cnt, off, reason, relax_pos, relaxed)
 
     # the sort bound, from the scan order (the L best utilities, best first)
     while n_order < min(L, N):

@@ -166,26 +166,24 @@ def sample_slate(problem: SlateProblem, *, scheme: int, epsilon: float = 0.0,
         for a non-finite utility, or as solvers.greedy.check_extensions.
     """
     scheme, epsilon, top_m, temperature, seed = _check(scheme, epsilon, top_m, temperature, seed)
-    args = _problem_args(problem)
-    t = problem.constraints
+    n_rules = problem.constraints.n
     L = problem.length
-    act = problem.active.astype(np.bool_)
-    state = np.array([seed], dtype=np.uint64)
     slate = np.empty(L, dtype=np.int64)
-    slot_prob = np.empty(L, dtype=np.float64)
     support = np.empty(L, dtype=np.int64)
+    slot_prob = np.empty(L, dtype=np.float64)
+    cascade = np.empty(L, dtype=np.float64)
+    relax_pos = np.empty(n_rules, dtype=np.int64)
+    relaxed = np.empty(n_rules, dtype=np.bool_)
+    info = np.empty(1, dtype=np.float64)
     reason = problem.pre_reason.astype(np.int64)
-    relax_pos = np.empty(t.n, dtype=np.int64)
-    relaxed = np.empty(t.n, dtype=np.bool_)
-    n_relaxed = _x.explore_slate(*args, act, scheme, epsilon, top_m, temperature, state, slate,
-                                 slot_prob, support, reason, relax_pos, relaxed)
+    n_relaxed = _x.explore_slate(*_problem_args(problem), problem.active.astype(np.bool_), scheme,
+                                 epsilon, top_m, temperature, np.array([seed], dtype=np.uint64),
+                                 slate, slot_prob, support, cascade, reason, relax_pos, relaxed,
+                                 info)
     if n_relaxed < 0:
         raise _bad_utility(problem, n_relaxed)
-    cascade = np.cumprod(slot_prob)
-    with np.errstate(divide="ignore"):
-        log_joint = float(np.log(slot_prob).sum())
-    return ExploreResult(slate, slot_prob, support, float(cascade[-1]) if L else 1.0, log_joint,
-                         cascade, relaxed, reason, relax_pos,
+    return ExploreResult(slate, slot_prob, support, float(cascade[-1]) if L else 1.0,
+                         float(info[0]), cascade, relaxed, reason, relax_pos,
                          "relaxed" if n_relaxed else "feasible", scheme, seed)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from solvers import _explore_kernels
-from solvers.codes import ALL_VALUES, MAX_COUNT, WINDOW
+from solvers.codes import ALL_VALUES, MAX_COUNT, MIN_COUNT, PIN, WINDOW
 from solvers.evaluate import evaluate
 from solvers.explore import (
     EXPLORE_EPSILON, EXPLORE_SOFTMAX, marginals, sample_slate,
@@ -92,6 +92,36 @@ def test_no_exploration_is_the_greedy(seed):
         r = sample_slate(problem, scheme=EXPLORE_SOFTMAX, temperature=1e-9, seed=seed)
         assert r.slate.tolist() == g.slate.tolist()
         assert r.relaxed.tolist() == g.relaxed.tolist()
+
+
+def _lookahead_problem(seed):
+    """N = 40, K = 8: two hard prefix minimums on different attributes whose matches overlap (an
+    item can serve both), a category cap, a seller window, sometimes a pin and a soft minimum:
+    the look-ahead soon admits only the matches of the rules with a need left."""
+    rng = np.random.default_rng(seed)
+    n, k = 40, 8
+    u = np.round(rng.gamma(2.0, 1.0, size=n), 2 if seed % 2 else 6)  # ties when rounded
+    codes = np.stack([rng.integers(0, 5, n), (rng.random(n) < 0.15).astype(np.int64),
+                      (rng.random(n) < 0.2).astype(np.int64), rng.integers(0, 6, n)])
+    pw = 1.0 / np.log2(np.arange(2, k + 2))
+    rows = [dict(kind=MAX_COUNT, attr=0, value=ALL_VALUES, bound=2, top=k),
+            dict(kind=MIN_COUNT, attr=1, value=1, bound=2, top=5),
+            dict(kind=MIN_COUNT, attr=2, value=1, bound=3, top=7, priority=1),
+            dict(kind=WINDOW, attr=3, value=ALL_VALUES, bound=1, size=2)]
+    if seed % 3 == 0:
+        rows.append(dict(kind=PIN, item=int(np.argmin(u)), position=2))
+    if seed % 4 == 1:
+        rows.append(dict(kind=MIN_COUNT, attr=0, value=3, bound=2, top=6, hard=False, penalty=0.4))
+    return make_problem(u, pw, codes, [5, 2, 2, 6], rows)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_kernel_matches_twin_where_the_lookahead_binds(seed):
+    # the look-ahead's short cut (only the matches of rules with a need left are examined, an
+    # item matching two such rules once), for every scheme, against the twin's full scan
+    problem = _lookahead_problem(seed)
+    for k, kw in enumerate(SETTINGS + [dict(scheme=EXPLORE_SOFTMAX, temperature=2.0)]):
+        _check_valid(problem, _check_against_twin(problem, 11 * seed + k, kw))
 
 
 def test_splitmix64_vectors():
