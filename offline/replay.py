@@ -1,0 +1,577 @@
+"""Replay: re-run every logged request under each policy through the pure request path.
+
+    report = replay("logs/decisions", [load_version("A.yaml"), load_version("B.yaml")])
+
+Each logged record's request (the candidates as received) is answered by `engine.decide.decide`
+under every policy, with nothing written to any live ledger: a policy with amortized exposure
+rules gets a ledger of its own (`engine.ledger.InProcessLedger`), fed in log order, as if it had
+served the log's traffic alone. The log's own slates are summarised alongside ("logged").
+
+Per policy (`PolicyReplay`):
+- direct metrics from the logged scores: for every score column s, `expected_s`, the mean over
+  records of sum_k w_k s(item at position k), with examination weights w (`position_weights`,
+  default log2: w_k = 1 / log2(k + 2), k = 0..K-1);
+- exposure: the share of the position-weighted exposure that each value of each attribute gets,
+  exposure per item, the catalogue coverage (the share of the distinct candidate items that
+  were shown at least once) and the exposure Gini over the distinct candidate items;
+- per rule: the share of records where it was relaxed (hard rules) or violated (soft rules);
+- the share of slates that differ from the logged one, and the mean rank displacement: over the
+  logged slate's items, |position in the replayed slate - logged position|, an item the replay
+  left out counting as displaced to position K + 1;
+- the solve time distribution (decide's elapsed_us["solve"], and the whole of decide).
+- for off-policy estimates (offline.estimators): what the policy would have put where the log put
+  each item (`target_match`, bool[n, K]) and the scores of its own items (`target_scores`).
+
+Determinism: every number but the timings is the same whichever way the replay runs (in
+process, `workers` processes, Ray). The log is cut into the same chunks (Parquet row groups, or
+`chunk_rows` records of a stream) in every mode; per-record values are kept in log order and
+summed once at the end; exposure is kept as integer counts per position and weighted at the end.
+A policy with amortized rules is replayed by one task, over the whole log in order (its ledger
+is sequential); the others are replayed chunk by chunk in parallel.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.decide import Decision, PolicyVersion, decide
+from engine.decision_log import DECISION_SCHEMA, from_table, is_stream_url, log_files, read_log
+from engine.decision_log.record import DecisionRecord
+from engine.errors import RerankError
+from engine.ledger import InProcessLedger
+from engine.validate import Limits
+from offline.policies import LogFields, missing
+
+#: examination weights of the direct metrics, by name: K -> float64[K]
+POSITION_WEIGHTS: dict[str, Callable[[int], np.ndarray]] = {
+    "log2": lambda k: 1.0 / np.log2(np.arange(k) + 2.0),
+    "reciprocal": lambda k: 1.0 / (np.arange(k) + 1.0),
+    "none": lambda k: np.ones(k),
+}
+#: records per chunk of a Redis stream log (a Parquet log is chunked by its row groups)
+CHUNK_ROWS = 1024
+#: the label of the log's own slates in a report
+LOGGED = "logged"
+#: the most distinct error messages a policy's replay keeps (the rest are counted)
+MAX_ERROR_KINDS = 20
+
+
+class ReplayError(ValueError):
+    """The replay cannot start: a policy needs what the log lacks, or the log cannot be read."""
+
+
+# ------------------------------------------------------------------ chunks of a log
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of a log, in log order: a Parquet file's row group, or rows of an Arrow table."""
+
+    index: int
+    file: str | None = None
+    row_group: int = -1
+    table: pa.Table | None = None  # stream logs: the rows themselves
+
+    def read(self) -> pa.Table:
+        if self.table is not None:
+            return self.table
+        return pq.ParquetFile(self.file).read_row_group(self.row_group)
+
+    def rows(self) -> int:
+        if self.table is not None:
+            return self.table.num_rows
+        return pq.ParquetFile(self.file).metadata.row_group(self.row_group).num_rows
+
+
+def _check_file(path: str) -> None:
+    """A log file must have every column of the decision log, with its type: else ReplayError
+    naming the file and the column."""
+    schema = pq.read_schema(path)
+    for f in DECISION_SCHEMA:
+        if f.name not in schema.names:
+            raise ReplayError(f"{path}: column '{f.name}' is missing (a decision log has: "
+                              f"{', '.join(DECISION_SCHEMA.names)})")
+        got = schema.field(f.name).type
+        if got != f.type:
+            raise ReplayError(f"{path}: column '{f.name}': expected type {f.type}, got {got}")
+
+
+def _files(source: str | os.PathLike) -> list[str]:
+    path = os.fspath(source)
+    if os.path.isfile(path):
+        files = [path]
+    elif os.path.isdir(path):
+        files = [str(f) for f in log_files(path)]
+    else:
+        raise ReplayError(f"no such log file or folder: {path}")
+    for f in files:
+        _check_file(f)
+    return files
+
+
+def log_sources(source: str | os.PathLike, columns: list[str]) -> Iterable[tuple[str, pa.Table]]:
+    """(name, table of `columns`) per file of a log (one entry, the URL, for a stream)."""
+    if is_stream_url(source):
+        yield os.fspath(source), read_log(source, columns=columns)
+        return
+    for f in _files(source):
+        yield f, pq.read_table(f, columns=columns)
+
+
+def log_chunks(source: str | os.PathLike, chunk_rows: int = CHUNK_ROWS) -> list[Chunk]:
+    """The chunks of a log (a Parquet file, a folder of them, or a Redis stream URL), in order."""
+    if is_stream_url(source):
+        table = read_log(source)
+        return [Chunk(i, table=table.slice(start, chunk_rows))
+                for i, start in enumerate(range(0, table.num_rows, chunk_rows))]
+    files = _files(source)
+    read_log(source, columns=["request_id"])  # checks every file's schema version
+    chunks = []
+    for f in files:
+        for g in range(pq.ParquetFile(f).num_row_groups):
+            chunks.append(Chunk(len(chunks), file=f, row_group=g))
+    return chunks
+
+
+def log_fields(source: str | os.PathLike) -> LogFields:
+    """The candidate columns a log's records carry (their union over the records)."""
+    table = read_log(source, columns=["scores", "attributes", "numeric", "embedding_dim"])
+
+    def keys(name: str) -> frozenset[str]:
+        col = table.column(name)
+        if col.num_chunks == 0:
+            return frozenset()
+        flat = pa.concat_arrays([c.flatten().field("name") for c in col.chunks])
+        return frozenset(x for x in flat.unique().to_pylist() if x is not None)
+
+    dims = table.column("embedding_dim").drop_null()
+    return LogFields(keys("scores"), keys("attributes"), keys("numeric"), len(dims) > 0)
+
+
+# ------------------------------------------------------------------ per-policy accumulation
+@dataclass
+class PolicyPart:
+    """What replaying some chunks under one policy gave, mergeable in chunk order."""
+
+    label: str
+    chunks: list[int] = field(default_factory=list)
+    n: int = 0
+    K: int = 0  # the longest slate seen
+    # per record, log order
+    request_ids: list[str] = field(default_factory=list)
+    slate_len: list[int] = field(default_factory=list)
+    score_sums: dict[str, list[np.ndarray]] = field(default_factory=dict)  # score -> per-record float64[K]
+    differs: list[bool] = field(default_factory=list)
+    displacement: list[float] = field(default_factory=list)
+    solve_us: list[float] = field(default_factory=list)
+    total_us: list[float] = field(default_factory=list)
+    target_match: list[np.ndarray] = field(default_factory=list)  # bool[len logged]
+    target_scores: list[np.ndarray] = field(default_factory=list)  # reward score of own items at k
+    # counts
+    exposure: dict[str, Counter] = field(default_factory=dict)  # attr -> Counter((value, position))
+    item_exposure: Counter = field(default_factory=Counter)  # (item id, position) -> slates
+    candidates: set[str] = field(default_factory=set)
+    relaxed: Counter = field(default_factory=Counter)  # rule -> records where a hard rule was relaxed
+    violated: Counter = field(default_factory=Counter)  # rule -> records where a soft rule was violated
+    errors: Counter = field(default_factory=Counter)  # message -> records
+    failed: int = 0
+
+    def merge(self, other: "PolicyPart") -> None:
+        """Append `other`, whose chunks come after this part's."""
+        self.chunks += other.chunks
+        self.n += other.n
+        self.K = max(self.K, other.K)
+        for name in ("request_ids", "slate_len", "differs", "displacement", "solve_us", "total_us",
+                     "target_match", "target_scores"):
+            getattr(self, name).extend(getattr(other, name))
+        for s, values in other.score_sums.items():
+            self.score_sums.setdefault(s, []).extend(values)
+        for attr, counts in other.exposure.items():
+            mine = self.exposure.get(attr)
+            if mine is None:
+                self.exposure[attr] = counts
+            else:
+                mine.update(counts)
+        self.item_exposure.update(other.item_exposure)
+        self.candidates |= other.candidates
+        self.relaxed.update(other.relaxed)
+        self.violated.update(other.violated)
+        self.errors.update(other.errors)
+        self.failed += other.failed
+
+
+def _add_slate(part: PolicyPart, rec: DecisionRecord, slate: np.ndarray, reward: str) -> None:
+    """The slate-level quantities of one record's slate (`slate`: candidate indices in order)."""
+    cands = rec.candidates
+    k = len(slate)
+    part.K = max(part.K, k)
+    part.slate_len.append(k)
+    positions = range(k)
+    for s, col in cands.scores.items():
+        part.score_sums.setdefault(s, []).append(col[slate])
+    for name, attr in cands.attributes.items():
+        counts = part.exposure.get(name)
+        if counts is None:
+            counts = part.exposure[name] = Counter()
+        dictionary = attr.dictionary
+        counts.update(zip([dictionary[c] for c in attr.codes[slate].tolist()], positions))
+    ids = cands.item_ids
+    part.item_exposure.update(zip([ids[i] for i in slate.tolist()], positions))
+    score = cands.scores.get(reward)
+    part.target_scores.append(score[slate] if score is not None else np.zeros(k))
+
+
+def _candidates_of(table: pa.Table) -> set[str]:
+    col = table.column("candidate_ids")
+    if col.num_chunks == 0:
+        return set()
+    return set(pa.concat_arrays([c.flatten() for c in col.chunks]).unique().to_pylist())
+
+
+def replay_chunk(chunk_table: pa.Table, chunk_index: int, versions: Sequence[tuple[str, PolicyVersion]],
+                 ledgers: dict[str, InProcessLedger] | None, limits: Limits, *, reward: str = "p_click",
+                 include_logged: bool = True) -> dict[str, PolicyPart]:
+    """Replay one chunk under each (label, version); `ledgers`: label -> the ledger of a policy
+    with amortized rules (fed in order; None: a fresh ledger per chunk is never right, so the
+    caller passes the policy's ledger across chunks). Returns label -> PolicyPart."""
+    records = from_table(chunk_table)
+    candidates = _candidates_of(chunk_table)
+    parts = {label: PolicyPart(label, [chunk_index], candidates=set(candidates)) for label, _ in versions}
+    if include_logged:
+        logged = parts[LOGGED] = PolicyPart(LOGGED, [chunk_index], candidates=set(candidates))
+        for rec in records:
+            slate = np.asarray(rec.slate_index, dtype=np.int64)
+            logged.n += 1
+            logged.request_ids.append(rec.request_id)
+            _add_slate(logged, rec, slate, reward)
+            logged.differs.append(False)
+            logged.displacement.append(0.0)
+            logged.target_match.append(np.ones(len(slate), dtype=np.bool_))
+            for name in rec.diagnostics.relaxed:
+                logged.relaxed[name] += 1
+    for label, version in versions:
+        part = parts[label]
+        ledger = (ledgers or {}).get(label)
+        namespaces = version.ledger_namespaces()
+        for rec in records:
+            part.n += 1
+            part.request_ids.append(rec.request_id)
+            logged_slate = np.asarray(rec.slate_index, dtype=np.int64)
+            try:
+                if namespaces:
+                    if ledger is None:
+                        raise RuntimeError(f"policy {label!r} has amortized rules: its replay needs its ledger")
+                    snapshots = {ns: ledger.snapshot(ns) for ns in namespaces}
+                    decision = decide(version, rec.request(), limits=limits, snapshots=snapshots)
+                    for ns, deltas in decision.deltas.items():
+                        ledger.record(ns, deltas)
+                else:
+                    decision = decide(version, rec.request(), limits=limits)
+            except RerankError as e:
+                part.failed += 1
+                key = str(e)
+                if key in part.errors or len(part.errors) < MAX_ERROR_KINDS:
+                    part.errors[key] += 1
+                else:
+                    part.errors["(other errors)"] += 1
+                _add_failed(part, len(logged_slate))
+                continue
+            _add_decision(part, rec, decision, logged_slate, reward)
+    return parts
+
+
+def _add_failed(part: PolicyPart, k: int) -> None:
+    part.slate_len.append(0)
+    part.differs.append(True)
+    part.displacement.append(float("nan"))
+    part.solve_us.append(float("nan"))
+    part.total_us.append(float("nan"))
+    part.target_match.append(np.zeros(k, dtype=np.bool_))
+    part.target_scores.append(np.zeros(0))
+
+
+def _add_decision(part: PolicyPart, rec: DecisionRecord, decision: Decision, logged: np.ndarray,
+                  reward: str) -> None:
+    result = decision.result
+    slate = np.fromiter((it.index for it in result.items), np.int64, len(result.items))
+    _add_slate(part, rec, slate, reward)
+    k_log, k_new = len(logged), len(slate)
+    same = k_log == k_new and bool(np.array_equal(slate, logged))
+    part.differs.append(not same)
+    match = np.zeros(k_log, dtype=np.bool_)
+    m = min(k_log, k_new)
+    match[:m] = slate[:m] == logged[:m]
+    part.target_match.append(match)
+    if same:
+        part.displacement.append(0.0)
+    else:
+        where = {int(i): p for p, i in enumerate(slate.tolist())}
+        absent = max(k_log, k_new)
+        part.displacement.append(float(np.mean([abs(where.get(int(i), absent) - p)
+                                                for p, i in enumerate(logged.tolist())])) if k_log else 0.0)
+    part.solve_us.append(result.elapsed_us.get("solve", float("nan")))
+    part.total_us.append(result.elapsed_us.get("engine_total", float("nan")))
+    for c in result.constraints:
+        if c.relaxed:
+            part.relaxed[c.name] += 1
+        elif not c.satisfied and not c.hard:
+            part.violated[c.name] += 1
+
+
+# ------------------------------------------------------------------ the report of one policy
+def gini(x: np.ndarray) -> float:
+    """The Gini coefficient of non-negative values (0: equal, -> 1: concentrated); 0 for none."""
+    x = np.sort(np.asarray(x, dtype=np.float64))
+    n, total = len(x), float(x.sum())
+    if n == 0 or total <= 0.0:
+        return 0.0
+    return float((2.0 * np.arange(1, n + 1) - n - 1.0) @ x / (n * total))
+
+
+@dataclass
+class PolicyReplay:
+    """One policy's replay over a whole log (see the module docstring)."""
+
+    label: str
+    policy: str  # name
+    digest: str
+    n: int
+    failed: int
+    errors: dict[str, int]
+    metrics: dict[str, float]  # expected_<score>, differs_share, mean_displacement, coverage, exposure_gini
+    exposure_share: dict[str, dict[str, float]]  # attribute -> value -> share of exposure
+    relaxation_rate: dict[str, float]  # rule -> share of records where a hard rule was relaxed
+    violation_rate: dict[str, float]  # rule -> share of records where a soft rule was violated
+    solve_us: dict[str, float]  # p50 / p90 / p99 / max of decide's solve stage
+    total_us: dict[str, float]  # the same, of the whole of decide
+    # per record, log order (for offline.estimators)
+    request_ids: list[str] = field(repr=False, default_factory=list)
+    target_match: list[np.ndarray] = field(repr=False, default_factory=list)
+    target_scores: list[np.ndarray] = field(repr=False, default_factory=list)
+    item_exposure: dict[str, float] = field(repr=False, default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("label", "policy", "digest", "n", "failed", "errors",
+                                             "metrics", "exposure_share", "relaxation_rate",
+                                             "violation_rate", "solve_us", "total_us")}
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return {}
+    p50, p90, p99 = np.percentile(x, [50, 90, 99])
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(x.max())}
+
+
+def _weighted(counts: Counter, w: np.ndarray) -> dict[str, float]:
+    """key -> sum over positions p of w[p] x count((key, p)); exact integer counts, weighted once
+    in position order, so the result does not depend on how the counts were merged."""
+    by_key: dict[str, list[int]] = {}
+    K = len(w)
+    for (key, p), c in counts.items():
+        row = by_key.get(key)
+        if row is None:
+            row = by_key[key] = [0] * K
+        row[p] += c
+    if not by_key:
+        return {}
+    keys = list(by_key)
+    m = np.array([by_key[k] for k in keys], dtype=np.float64)
+    return dict(zip(keys, (m @ w).tolist()))
+
+
+def finish(part: PolicyPart, policy: str, digest: str, position_weights: str = "log2") -> PolicyReplay:
+    """The report of a policy from its merged part."""
+    K = max(part.K, 1)
+    w = POSITION_WEIGHTS[position_weights](K)
+    n = max(part.n, 1)
+    metrics: dict[str, float] = {}
+    for s, values in sorted(part.score_sums.items()):
+        per_record = np.array([float(v @ w[:len(v)]) for v in values])
+        metrics[f"expected_{s}"] = float(per_record.sum()) / n
+    metrics["differs_share"] = float(np.sum(part.differs)) / n
+    disp = np.asarray(part.displacement, dtype=np.float64)
+    metrics["mean_displacement"] = float(np.nanmean(disp)) if np.isfinite(disp).any() else float("nan")
+    item_exposure = _weighted(part.item_exposure, w)
+    universe = part.candidates | set(item_exposure)
+    metrics["coverage"] = len(item_exposure) / len(universe) if universe else 0.0
+    shown = np.fromiter(item_exposure.values(), np.float64, len(item_exposure))
+    # Gini over every candidate item, the never-shown ones at 0 (order does not matter: sorted)
+    metrics["exposure_gini"] = gini(np.concatenate([shown, np.zeros(len(universe) - len(shown))]))
+    shares = {}
+    for attr, counts in sorted(part.exposure.items()):
+        e = _weighted(counts, w)
+        total = sum(sorted(e.values()))
+        shares[attr] = {v: (x / total if total else 0.0) for v, x in sorted(e.items(), key=lambda kv: (-kv[1], kv[0]))}
+    return PolicyReplay(
+        label=part.label, policy=policy, digest=digest, n=part.n, failed=part.failed,
+        errors=dict(part.errors), metrics=metrics, exposure_share=shares,
+        relaxation_rate={r: c / n for r, c in sorted(part.relaxed.items())},
+        violation_rate={r: c / n for r, c in sorted(part.violated.items())},
+        solve_us=_percentiles(part.solve_us), total_us=_percentiles(part.total_us),
+        request_ids=part.request_ids, target_match=part.target_match,
+        target_scores=part.target_scores, item_exposure=item_exposure)
+
+
+# ------------------------------------------------------------------ the driver
+@dataclass
+class ReplayReport:
+    source: str
+    records: int
+    policies: list[PolicyReplay]  # the log's own slates first ("logged"), then each policy
+    mode: str  # "in process" | "N workers" | "ray"
+    seconds: float = 0.0
+
+    def by_label(self) -> dict[str, PolicyReplay]:
+        return {p.label: p for p in self.policies}
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "records": self.records, "mode": self.mode,
+                "seconds": self.seconds, "policies": [p.to_json() for p in self.policies]}
+
+
+def labels_of(versions: Sequence[PolicyVersion]) -> list[str]:
+    """A distinct label per version: its name, with ` #2`... when two share one."""
+    seen: Counter = Counter()
+    out = []
+    for v in versions:
+        seen[v.name] += 1
+        out.append(v.name if seen[v.name] == 1 else f"{v.name} #{seen[v.name]}")
+    if LOGGED in out:
+        raise ReplayError(f"a policy may not be called {LOGGED!r} in a replay (the log's own slates are)")
+    return out
+
+
+def check_policies(source, versions: Sequence[PolicyVersion]) -> None:
+    """Raise ReplayError naming every column a policy needs that the log does not carry."""
+    fields = log_fields(source)
+    problems = [m for v in versions for m in missing(v, fields)]
+    if problems:
+        raise ReplayError("cannot replay this log:\n  " + "\n  ".join(problems))
+
+
+def run_chunks(chunks: Iterable[Chunk], versions: Sequence[tuple[str, PolicyVersion]], limits: Limits,
+               *, reward: str, include_logged: bool,
+               progress: Callable[[int], None] | None = None) -> dict[str, PolicyPart]:
+    """Replay chunks in order in this process (amortized policies keep one ledger across them)."""
+    ledgers = {label: InProcessLedger() for label, v in versions if v.ledger_namespaces()}
+    merged: dict[str, PolicyPart] = {}
+    for chunk in chunks:
+        table = chunk.read()
+        parts = replay_chunk(table, chunk.index, versions, ledgers, limits, reward=reward,
+                             include_logged=include_logged)
+        for label, part in parts.items():
+            if label in merged:
+                merged[label].merge(part)
+            else:
+                merged[label] = part
+        if progress is not None:
+            progress(table.num_rows)
+    return merged
+
+
+@dataclass
+class ChunkTask:
+    """Replays one chunk under the chunked policies (picklable: local processes and Ray run it).
+    `pairs_blob`: the pickled (label, PolicyVersion) pairs, unpickled once per process."""
+
+    pairs_blob: bytes
+    limits: Limits
+    reward: str
+
+    def __call__(self, chunk: Chunk) -> tuple[int, int, dict[str, PolicyPart]]:
+        table = chunk.read()
+        parts = replay_chunk(table, chunk.index, _pairs(self.pairs_blob), None, self.limits,
+                             reward=self.reward, include_logged=True)
+        return chunk.index, table.num_rows, parts
+
+
+@dataclass
+class SequentialTask:
+    """Replays the whole log, in order, under policies with amortized rules (one ledger each)."""
+
+    chunks: list[Chunk]
+    pairs_blob: bytes
+    limits: Limits
+    reward: str
+
+    def __call__(self) -> dict[str, PolicyPart]:
+        return run_chunks(self.chunks, _pairs(self.pairs_blob), self.limits, reward=self.reward,
+                          include_logged=False)
+
+
+_PAIRS: dict[bytes, list] = {}
+
+
+def _pairs(blob: bytes) -> list:
+    pairs = _PAIRS.get(blob)
+    if pairs is None:
+        _PAIRS.clear()
+        pairs = _PAIRS[blob] = pickle.loads(blob)
+    return pairs
+
+
+def merge_in_order(chunk_parts: dict[int, dict[str, PolicyPart]],
+                   whole: Iterable[dict[str, PolicyPart]] = ()) -> dict[str, PolicyPart]:
+    """Merge chunk results in log order, then add the whole-log results of sequential tasks."""
+    merged: dict[str, PolicyPart] = {}
+    for index in sorted(chunk_parts):
+        for label, part in chunk_parts[index].items():
+            if label in merged:
+                merged[label].merge(part)
+            else:
+                merged[label] = part
+    for parts in whole:
+        merged.update(parts)
+    return merged
+
+
+def replay(source: str | os.PathLike, versions: Sequence[PolicyVersion], *, limits: Limits | None = None,
+           workers: int = 0, use_ray: bool = False, ray_address: str | None = None,
+           reward: str = "p_click", position_weights: str = "log2", chunk_rows: int = CHUNK_ROWS,
+           progress: bool = False) -> ReplayReport:
+    """Replay a log under each policy (see the module docstring). `workers` > 1: that many local
+    processes; `use_ray`: on Ray (a local one started when `ray_address` is None)."""
+    from offline import runner
+
+    if position_weights not in POSITION_WEIGHTS:
+        raise ReplayError(f"position_weights: expected one of {', '.join(POSITION_WEIGHTS)}, "
+                          f"got {position_weights!r}")
+    limits = limits or Limits()
+    labels = labels_of(versions)
+    check_policies(source, versions)
+    chunks = log_chunks(source, chunk_rows)
+    total = sum(c.rows() for c in chunks)
+    pairs = list(zip(labels, versions))
+    sequential = [p for p in pairs if p[1].ledger_namespaces()]
+    chunked = [p for p in pairs if not p[1].ledger_namespaces()]
+    t0 = time.perf_counter()
+    with runner.progress_bar(total, progress, "replay") as advance:
+        if use_ray or (workers and workers > 1):
+            task = ChunkTask(pickle.dumps(chunked), limits, reward)
+            seq = [SequentialTask(chunks, pickle.dumps([p]), limits, reward) for p in sequential]
+            if use_ray:
+                chunk_parts, whole = runner.run_ray(task, chunks, seq, address=ray_address, advance=advance)
+                mode = "ray"
+            else:
+                chunk_parts, whole = runner.run_processes(task, chunks, seq, workers=workers, advance=advance)
+                mode = f"{workers} workers"
+            merged = merge_in_order(chunk_parts, whole)
+        else:
+            merged = run_chunks(chunks, pairs, limits, reward=reward, include_logged=True, progress=advance)
+            mode = "in process"
+    seconds = time.perf_counter() - t0
+    logged = merged.get(LOGGED) or PolicyPart(LOGGED)
+    out = [finish(logged, LOGGED, "", position_weights)]
+    for label, v in pairs:
+        out.append(finish(merged.get(label) or PolicyPart(label), v.name, v.digest, position_weights))
+    return ReplayReport(os.fspath(source), logged.n, out, mode, seconds)
