@@ -63,7 +63,7 @@ def _labels(y, n: int) -> np.ndarray:
     bad = ~((y == 0) | (y == 1))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"y: labels must be 0 or 1, got {y[i]!r} at row {i}")
+        raise ValueError(f"y: labels must be 0 or 1, got {y[i].item()!r} at row {i}")
     return y.astype(np.float64)
 
 
