@@ -24,13 +24,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.decision_log import join_outcomes, read_log, read_outcomes
-from offline.estimators import Estimate, SlateLog, estimate_all
+from offline.estimators import ESTIMATORS, Estimate, SlateLog, estimate_all
 from offline.replay import LOGGED, PolicyReplay, ReplayReport
 
 #: the log columns the estimates read
 COLUMNS = ["request_id", "ts", "unit_id", "policy", "policy_digest", "experiment", "variant", "bucket",
            "slate_index", "slate_item_ids", "joint", "cascade", "marginal"]
 OUTCOMES = ("clicks", "add_to_carts", "purchases")
+#: the estimators that read the item-position marginals
+MARGINAL_ESTIMATORS = ("iips", "sniips", "pi")
 
 
 @dataclass
@@ -45,6 +47,7 @@ class LoggedOutcomes:
     behavior_joint: np.ndarray  # float64[n]
     logged_scores: np.ndarray  # float64[n, K]: the reward model's score of the logged items
     stochastic: int  # records with propensities
+    marginal_missing: int  # stochastic records logged without item-position marginals
     unmatched_outcomes: int  # outcome rows whose request id is not in the log
     outcome_rows: int
 
@@ -102,12 +105,14 @@ def logged_outcomes(source, outcomes_source, logged: PolicyReplay, *, outcome: s
     bc = grid(np.where(np.isnan(casc.astype(np.float64)), 1.0, casc), 1.0)
     joint = decisions.column("joint").to_numpy(zero_copy_only=False).astype(np.float64)
     stochastic = int(np.count_nonzero(~np.isnan(joint)))
+    no_marginal = decisions.column("marginal").is_null().to_numpy(zero_copy_only=False)
+    marginal_missing = int(np.count_nonzero(no_marginal & ~np.isnan(joint)))
     bj = np.where(np.isnan(joint), 1.0, joint)
     scores = np.zeros((n, K))
     for i, s in enumerate(logged.target_scores):
         scores[i, :len(s)] = s
     return LoggedOutcomes(decisions.column("request_id").to_pylist(), reward, mask, bm, bc, bj, scores,
-                          stochastic, unmatched, outcomes.num_rows)
+                          stochastic, marginal_missing, unmatched, outcomes.num_rows)
 
 
 def _target_grids(p: PolicyReplay, n: int, K: int) -> tuple[np.ndarray, np.ndarray]:
@@ -179,6 +184,11 @@ def off_policy(report: ReplayReport, outcomes_source, *, outcome: str = "clicks"
         notes.append(f"{lo.unmatched_outcomes} of {lo.outcome_rows} outcome rows match no logged request "
                      f"(ignored)")
     names = list(estimators) if estimators else None  # None: every estimator the inputs allow
+    if lo.marginal_missing:
+        notes.append(f"{lo.marginal_missing} stochastic records were logged without item-position "
+                     f"marginals (the policy's exploration.marginal_samples is 0): the estimators that "
+                     f"need them ({', '.join(MARGINAL_ESTIMATORS)}) are left out")
+        names = [e for e in (names or ESTIMATORS) if e not in MARGINAL_ESTIMATORS]
     out: dict[str, dict[str, Estimate]] = {}
     for p in report.policies:
         out[p.label] = estimate_all(slate_log(lo, p), names, n_bootstrap=n_bootstrap, seed=seed)

@@ -9,6 +9,8 @@
     reranker call     [--address ...] [--tls-ca FILE] FILE.json   send a Rerank request, print
                                                   slate + diagnostics
     reranker policies [--address ...] [--tls-ca FILE]   list the policies a running server has loaded
+    reranker replay   --log DIR --policy A.yaml [--policy B.yaml ...] [--workers N | --ray [ADDR]]
+                      [--report DIR] [--json]     re-run a decision log under policies (offline)
     reranker schema   [--output FILE]             JSON Schema of the policy language
 
 Output goes through rich (tables); logs (serve) are JSON lines on stderr.
@@ -151,6 +153,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log", required=True, metavar="DIR",
                    help="the decision log folder (serve --decision-log DIR); written to DIR/outcomes")
     p.set_defaults(func=_cmd_outcomes)
+
+    p = sub.add_parser("replay", help="re-run a decision log under policies: direct metrics, exposure, "
+                                      "rule costs, off-policy estimates")
+    p.add_argument("--log", required=True, metavar="DIR|FILE|redis://HOST:PORT/DB", help="the decision log")
+    p.add_argument("--policy", action="append", required=True, metavar="FILE.yaml", dest="policies",
+                   help="a policy file to replay (repeat for several)")
+    p.add_argument("--outcomes", metavar="DIR|FILE",
+                   help="outcomes for off-policy estimates (default: LOG/outcomes when it exists)")
+    p.add_argument("--outcome", default="clicks", choices=["clicks", "add_to_carts", "purchases"],
+                   help="the reward of the off-policy estimates (default clicks)")
+    p.add_argument("--reward-score", default="p_click", metavar="SCORE",
+                   help="the score column the estimates' reward model scales (default p_click)")
+    p.add_argument("--position-weights", default="log2", choices=["log2", "reciprocal", "none"],
+                   help="examination weights of the direct metrics (default log2)")
+    p.add_argument("--workers", type=int, default=0, metavar="N", help="run on N local processes")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray (a local Ray when no ADDRESS is given)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="bootstrap resamples (default 1000)")
+    p.add_argument("--report", metavar="DIR", help="write report.json, report.md and report.html there")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("schema", help="write the JSON Schema of the policy language")
     p.add_argument("--output", "-o", metavar="FILE", help="file to write (default: stdout)")
@@ -447,6 +471,48 @@ def _cmd_log(args, out: Console, err: Console) -> int:
             out.print(f"{key}: " + ", ".join(f"{escape(str(k))} {v:,}" for k, v in summary[key].items()))
     if summary.get("dropped_note"):
         out.print(escape(summary["dropped_note"]), style="yellow")
+    return EXIT_OK
+
+
+def _cmd_replay(args, out: Console, err: Console) -> int:
+    import os
+
+    from engine.errors import PolicyInvalid
+    from offline.evaluate import off_policy
+    from offline.policies import load_version
+    from offline.replay import ReplayError, replay
+    from offline.report import print_report, to_json, write_report
+    from offline.runner import RayUnavailable
+
+    try:
+        versions = [load_version(f) for f in args.policies]
+    except PolicyInvalid as exc:
+        err.print(f"error: {escape(str(exc))}", style="red")
+        return EXIT_FAIL
+    except OSError as exc:
+        err.print(f"error: cannot read a policy file: {escape(str(exc))}", style="red")
+        return EXIT_USAGE
+    try:
+        report = replay(args.log, versions, workers=args.workers, use_ray=args.ray is not None,
+                        ray_address=args.ray or None, reward=args.reward_score,
+                        position_weights=args.position_weights,
+                        progress=not args.no_progress and not args.json)
+        outcomes = args.outcomes or (os.path.join(args.log, "outcomes")
+                                     if os.path.isdir(os.path.join(args.log, "outcomes")) else None)
+        ope = (off_policy(report, outcomes, outcome=args.outcome, n_bootstrap=args.bootstrap)
+               if outcomes else None)
+    except (ReplayError, RayUnavailable, ValueError, OSError) as exc:
+        err.print(f"error: {escape(str(exc))}", style="red")
+        return EXIT_FAIL
+    if args.json:
+        sys.stdout.write(json.dumps(to_json(report, ope), indent=2, default=str) + "\n")
+    else:
+        print_report(report, ope, out)
+        if ope is None:
+            out.print("no outcomes (LOG/outcomes or --outcomes): direct metrics only")
+    if args.report:
+        paths = write_report(report, ope, args.report)
+        (err if args.json else out).print("wrote " + ", ".join(str(p) for p in paths.values()))
     return EXIT_OK
 
 

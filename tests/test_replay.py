@@ -163,3 +163,29 @@ def test_gini_by_hand():
     assert gini(np.array([1.0, 1.0, 1.0])) == 0.0
     assert gini(np.array([0.0, 0.0, 3.0])) == pytest.approx(2.0 / 3.0)  # (n - 1) / n: all on one
     assert gini(np.array([])) == 0.0
+
+
+def test_reranker_replay_prints_tables_and_writes_the_report(explored_log, tmp_path, capsys):
+    import json
+
+    from server.cli import main
+
+    target = tmp_path / "target.yaml"
+    target.write_text(TARGET)
+    out_dir = tmp_path / "report"
+    code = main(["replay", "--log", str(explored_log), "--policy", str(target), "--no-progress",
+                 "--bootstrap", "200", "--report", str(out_dir)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "replayed 600 records" in out and "direct metrics" in out and "off-policy estimates" in out
+    # epsilon logged without marginals: the marginal estimators are left out, and the note says so
+    assert "iips, sniips, pi) are left out" in out
+    data = json.loads((out_dir / "report.json").read_text())
+    assert [p["label"] for p in data["policies"]] == ["logged", "target"]
+    assert set(data["off_policy"]["estimates"]["target"]) == {"ips", "snips", "rips", "snrips", "dm", "dr"}
+    assert "<img" in (out_dir / "report.html").read_text() and (out_dir / "estimates.png").stat().st_size > 0
+    assert "| metric | logged | target |" in (out_dir / "report.md").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TARGET.replace("max: 1", "max: -1"))
+    assert main(["replay", "--log", str(explored_log), "--policy", str(bad), "--no-progress"]) == 1
+    assert "bad.yaml" in capsys.readouterr().err
