@@ -108,20 +108,22 @@ def logged_outcomes(source, outcomes_source, logged: PolicyReplay, *, outcome: s
     no_marginal = decisions.column("marginal").is_null().to_numpy(zero_copy_only=False)
     marginal_missing = int(np.count_nonzero(no_marginal & ~np.isnan(joint)))
     bj = np.where(np.isnan(joint), 1.0, joint)
-    scores = np.zeros((n, K))
-    for i, s in enumerate(logged.target_scores):
-        scores[i, :len(s)] = s
+    scores = _fit(logged.target_scores, n, K)
     return LoggedOutcomes(decisions.column("request_id").to_pylist(), reward, mask, bm, bc, bj, scores,
                           stochastic, marginal_missing, unmatched, outcomes.num_rows)
 
 
+def _fit(m: np.ndarray | None, n: int, K: int) -> np.ndarray:
+    """[n, k] -> [n, K] float64 (cut or padded with zeros)."""
+    out = np.zeros((n, K))
+    if m is not None and m.size:
+        k = min(K, m.shape[1])
+        out[:, :k] = m[:, :k]
+    return out
+
+
 def _target_grids(p: PolicyReplay, n: int, K: int) -> tuple[np.ndarray, np.ndarray]:
-    match = np.zeros((n, K), dtype=np.float64)
-    own = np.zeros((n, K), dtype=np.float64)
-    for i, (m, s) in enumerate(zip(p.target_match, p.target_scores)):
-        match[i, :len(m)] = m
-        own[i, :min(len(s), K)] = s[:K]
-    return match, own
+    return _fit(p.target_match, n, K), _fit(p.target_scores, n, K)
 
 
 def slate_log(lo: LoggedOutcomes, p: PolicyReplay) -> SlateLog:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.decide import Decision, PolicyVersion, decide
@@ -167,32 +168,65 @@ class PolicyPart:
     # per record, log order
     request_ids: list[str] = field(default_factory=list)
     slate_len: list[int] = field(default_factory=list)
-    score_sums: dict[str, list[np.ndarray]] = field(default_factory=dict)  # score -> per-record float64[K]
+    # score -> (record, its slate's scores) while accumulating; float64[n, K] once sealed (0 where absent)
+    score_sums: dict = field(default_factory=dict)
     differs: list[bool] = field(default_factory=list)
     displacement: list[float] = field(default_factory=list)
     solve_us: list[float] = field(default_factory=list)
     total_us: list[float] = field(default_factory=list)
-    target_match: list[np.ndarray] = field(default_factory=list)  # bool[len logged]
-    target_scores: list[np.ndarray] = field(default_factory=list)  # reward score of own items at k
+    target_match: list = field(default_factory=list)  # per record: bool[len logged]
+    target_scores: list = field(default_factory=list)  # per record: the reward score of its own items
+    blocks: list = field(default_factory=list)  # sealed: (match, scores, score sums) per chunk
+    sealed: bool = False
     # counts
     exposure: dict[str, Counter] = field(default_factory=dict)  # attr -> Counter((value, position))
     item_exposure: Counter = field(default_factory=Counter)  # (item id, position) -> slates
-    candidates: set[str] = field(default_factory=set)
+    candidates: list[pa.Array] = field(default_factory=list)  # distinct candidate ids, per chunk
     relaxed: Counter = field(default_factory=Counter)  # rule -> records where a hard rule was relaxed
     violated: Counter = field(default_factory=Counter)  # rule -> records where a soft rule was violated
     errors: Counter = field(default_factory=Counter)  # message -> records
     failed: int = 0
 
+    def seal(self) -> None:
+        """Turn the per-record lists into one block of [n, K] arrays (cheap to send between
+        processes; merged parts keep a list of blocks, concatenated once by `combine`)."""
+        if self.sealed:
+            return
+        K = self.K
+        sums = {}
+        for s, rows in self.score_sums.items():
+            m = np.zeros((len(self.slate_len), K))
+            for i, arr in rows:
+                m[i, :len(arr)] = arr
+            sums[s] = m
+        self.blocks = [(_stack(self.target_match, K, np.bool_), _stack(self.target_scores, K, np.float64), sums)]
+        self.target_match, self.target_scores, self.score_sums = [], [], {}
+        self.sealed = True
+
+    def combine(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """(target_match bool[n, K], target_scores float64[n, K], score -> float64[n, K]) over
+        every block, in order."""
+        self.seal()
+        K = self.K
+        if not self.blocks:
+            return np.zeros((0, K), np.bool_), np.zeros((0, K)), {}
+        match = np.concatenate([_pad(b[0], K) for b in self.blocks])
+        scores = np.concatenate([_pad(b[1], K) for b in self.blocks])
+        names = sorted({s for b in self.blocks for s in b[2]})
+        sums = {s: np.concatenate([_pad(b[2][s], K) if s in b[2] else np.zeros((len(b[0]), K))
+                                   for b in self.blocks]) for s in names}
+        return match, scores, sums
+
     def merge(self, other: "PolicyPart") -> None:
         """Append `other`, whose chunks come after this part's."""
+        self.seal()
+        other.seal()
         self.chunks += other.chunks
         self.n += other.n
         self.K = max(self.K, other.K)
-        for name in ("request_ids", "slate_len", "differs", "displacement", "solve_us", "total_us",
-                     "target_match", "target_scores"):
+        for name in ("request_ids", "slate_len", "differs", "displacement", "solve_us", "total_us"):
             getattr(self, name).extend(getattr(other, name))
-        for s, values in other.score_sums.items():
-            self.score_sums.setdefault(s, []).extend(values)
+        self.blocks += other.blocks  # concatenated once, by combine()
         for attr, counts in other.exposure.items():
             mine = self.exposure.get(attr)
             if mine is None:
@@ -200,11 +234,27 @@ class PolicyPart:
             else:
                 mine.update(counts)
         self.item_exposure.update(other.item_exposure)
-        self.candidates |= other.candidates
+        self.candidates += other.candidates
         self.relaxed.update(other.relaxed)
         self.violated.update(other.violated)
         self.errors.update(other.errors)
         self.failed += other.failed
+
+
+def _pad(m: np.ndarray, K: int) -> np.ndarray:
+    """A [n, k] array widened to [n, K] with zeros (False)."""
+    if m.shape[1] == K:
+        return m
+    out = np.zeros((m.shape[0], K), dtype=m.dtype)
+    out[:, :m.shape[1]] = m
+    return out
+
+
+def _stack(rows: list[np.ndarray], K: int, dtype) -> np.ndarray:
+    out = np.zeros((len(rows), K), dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r[:K]
+    return out
 
 
 def _add_slate(part: PolicyPart, rec: DecisionRecord, slate: np.ndarray, reward: str) -> None:
@@ -214,8 +264,9 @@ def _add_slate(part: PolicyPart, rec: DecisionRecord, slate: np.ndarray, reward:
     part.K = max(part.K, k)
     part.slate_len.append(k)
     positions = range(k)
+    row = len(part.slate_len) - 1
     for s, col in cands.scores.items():
-        part.score_sums.setdefault(s, []).append(col[slate])
+        part.score_sums.setdefault(s, []).append((row, col[slate]))
     for name, attr in cands.attributes.items():
         counts = part.exposure.get(name)
         if counts is None:
@@ -228,11 +279,12 @@ def _add_slate(part: PolicyPart, rec: DecisionRecord, slate: np.ndarray, reward:
     part.target_scores.append(score[slate] if score is not None else np.zeros(k))
 
 
-def _candidates_of(table: pa.Table) -> set[str]:
+def _candidates_of(table: pa.Table) -> list[pa.Array]:
+    """The distinct candidate ids of a chunk (an Arrow array: no Python strings)."""
     col = table.column("candidate_ids")
     if col.num_chunks == 0:
-        return set()
-    return set(pa.concat_arrays([c.flatten() for c in col.chunks]).unique().to_pylist())
+        return []
+    return [pa.concat_arrays([c.flatten() for c in col.chunks]).unique()]
 
 
 def replay_chunk(chunk_table: pa.Table, chunk_index: int, versions: Sequence[tuple[str, PolicyVersion]],
@@ -243,9 +295,9 @@ def replay_chunk(chunk_table: pa.Table, chunk_index: int, versions: Sequence[tup
     caller passes the policy's ledger across chunks). Returns label -> PolicyPart."""
     records = from_table(chunk_table)
     candidates = _candidates_of(chunk_table)
-    parts = {label: PolicyPart(label, [chunk_index], candidates=set(candidates)) for label, _ in versions}
+    parts = {label: PolicyPart(label, [chunk_index], candidates=list(candidates)) for label, _ in versions}
     if include_logged:
-        logged = parts[LOGGED] = PolicyPart(LOGGED, [chunk_index], candidates=set(candidates))
+        logged = parts[LOGGED] = PolicyPart(LOGGED, [chunk_index], candidates=list(candidates))
         for rec in records:
             slate = np.asarray(rec.slate_index, dtype=np.int64)
             logged.n += 1
@@ -284,6 +336,8 @@ def replay_chunk(chunk_table: pa.Table, chunk_index: int, versions: Sequence[tup
                 _add_failed(part, len(logged_slate))
                 continue
             _add_decision(part, rec, decision, logged_slate, reward)
+    for part in parts.values():
+        part.seal()
     return parts
 
 
@@ -353,8 +407,8 @@ class PolicyReplay:
     total_us: dict[str, float]  # the same, of the whole of decide
     # per record, log order (for offline.estimators)
     request_ids: list[str] = field(repr=False, default_factory=list)
-    target_match: list[np.ndarray] = field(repr=False, default_factory=list)
-    target_scores: list[np.ndarray] = field(repr=False, default_factory=list)
+    target_match: np.ndarray | None = field(repr=False, default=None)  # bool[n, K]
+    target_scores: np.ndarray | None = field(repr=False, default=None)  # float64[n, K]
     item_exposure: dict[str, float] = field(repr=False, default_factory=dict)
 
     def to_json(self) -> dict:
@@ -374,19 +428,16 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 def _weighted(counts: Counter, w: np.ndarray) -> dict[str, float]:
     """key -> sum over positions p of w[p] x count((key, p)); exact integer counts, weighted once
-    in position order, so the result does not depend on how the counts were merged."""
-    by_key: dict[str, list[int]] = {}
-    K = len(w)
-    for (key, p), c in counts.items():
-        row = by_key.get(key)
-        if row is None:
-            row = by_key[key] = [0] * K
-        row[p] += c
-    if not by_key:
+    at the end, so the result does not depend on how the counts were merged."""
+    if not counts:
         return {}
-    keys = list(by_key)
-    m = np.array([by_key[k] for k in keys], dtype=np.float64)
-    return dict(zip(keys, (m @ w).tolist()))
+    pairs, c = zip(*counts.items())
+    keys, pos = zip(*pairs)
+    codes = pa.array(keys, pa.string()).dictionary_encode()
+    index = codes.indices.to_numpy()
+    m = np.zeros((len(codes.dictionary), len(w)), dtype=np.int64)
+    np.add.at(m, (index, np.asarray(pos, dtype=np.int64)), np.asarray(c, dtype=np.int64))
+    return dict(zip(codes.dictionary.to_pylist(), (m.astype(np.float64) @ w).tolist()))
 
 
 def finish(part: PolicyPart, policy: str, digest: str, position_weights: str = "log2") -> PolicyReplay:
@@ -395,18 +446,21 @@ def finish(part: PolicyPart, policy: str, digest: str, position_weights: str = "
     w = POSITION_WEIGHTS[position_weights](K)
     n = max(part.n, 1)
     metrics: dict[str, float] = {}
-    for s, values in sorted(part.score_sums.items()):
-        per_record = np.array([float(v @ w[:len(v)]) for v in values])
-        metrics[f"expected_{s}"] = float(per_record.sum()) / n
+    target_match, target_scores, score_sums = part.combine()
+    for s, m in sorted(score_sums.items()):
+        metrics[f"expected_{s}"] = float((m @ w[:m.shape[1]]).sum()) / n
     metrics["differs_share"] = float(np.sum(part.differs)) / n
     disp = np.asarray(part.displacement, dtype=np.float64)
     metrics["mean_displacement"] = float(np.nanmean(disp)) if np.isfinite(disp).any() else float("nan")
     item_exposure = _weighted(part.item_exposure, w)
-    universe = part.candidates | set(item_exposure)
-    metrics["coverage"] = len(item_exposure) / len(universe) if universe else 0.0
+    shown_ids = pa.array(list(item_exposure), pa.string())
+    ids = pa.concat_arrays(part.candidates).unique() if part.candidates else pa.array([], pa.string())
+    never = int(pc.sum(pc.invert(pc.is_in(ids, shown_ids))).as_py() or 0) if len(ids) else 0
+    universe = len(item_exposure) + never
+    metrics["coverage"] = len(item_exposure) / universe if universe else 0.0
     shown = np.fromiter(item_exposure.values(), np.float64, len(item_exposure))
     # Gini over every candidate item, the never-shown ones at 0 (order does not matter: sorted)
-    metrics["exposure_gini"] = gini(np.concatenate([shown, np.zeros(len(universe) - len(shown))]))
+    metrics["exposure_gini"] = gini(np.concatenate([shown, np.zeros(never)]))
     shares = {}
     for attr, counts in sorted(part.exposure.items()):
         e = _weighted(counts, w)
@@ -418,8 +472,8 @@ def finish(part: PolicyPart, policy: str, digest: str, position_weights: str = "
         relaxation_rate={r: c / n for r, c in sorted(part.relaxed.items())},
         violation_rate={r: c / n for r, c in sorted(part.violated.items())},
         solve_us=_percentiles(part.solve_us), total_us=_percentiles(part.total_us),
-        request_ids=part.request_ids, target_match=part.target_match,
-        target_scores=part.target_scores, item_exposure=item_exposure)
+        request_ids=part.request_ids, target_match=target_match,
+        target_scores=target_scores, item_exposure=item_exposure)
 
 
 # ------------------------------------------------------------------ the driver
