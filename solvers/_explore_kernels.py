@@ -56,7 +56,8 @@ import numpy as np
 from solvers import _greedy_kernels as _gk
 from solvers._greedy_kernels import PROBLEM_TYPES, TABLE_TYPES
 from solvers.codes import (
-    EXPLORE_EPSILON, EXPLORE_SOFTMAX, RULE_ATTR, RULE_PRIORITY, RULE_VALUE, SOFTMAX_CUT,
+    ALL_VALUES, EXPLORE_EPSILON, EXPLORE_SOFTMAX, RULE_ATTR, RULE_BOUND, RULE_HARD, RULE_KIND,
+    RULE_PRIORITY, RULE_SIZE, RULE_VALUE, SOFTMAX_CUT, WINDOW,
 )
 
 #: scheme codes (to move into solvers.codes)
@@ -90,13 +91,47 @@ def uniform01(state):
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _keep(i, p, la_c0, ex, m, keep_top, cand, gbuf, n_c, best_g):
+def _blocked_memo(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix, need_buf, la_c0,
+                  la_need, wmemo, woff):
+    """`_gk._blocked`, with each hard window rule's verdict worked out once per (value, position)
+    instead of once per candidate: wmemo[woff[c] + code] = 2 (p + 1) + blocked. The verdict reads
+    the slate at positions other than p only, which does not change while p is being filled."""
+    if la_c0 >= 0 and _gk._lookahead_excludes(i, codes, rules, la_need):
+        return True
+    for c in range(rules.shape[1]):
+        if rules[RULE_HARD, c] == 0 or not active[c]:
+            continue
+        if rules[RULE_KIND, c] == WINDOW:
+            a = rules[RULE_ATTR, c]
+            code = codes[a, i]
+            v = rules[RULE_VALUE, c]
+            if v != ALL_VALUES and v != code:
+                continue
+            k = woff[c] + code
+            key = wmemo[k]
+            if (key >> 1) != p + 1:
+                hits = _gk._window_hits(slate, codes, a, code, p, rules[RULE_SIZE, c], L,
+                                        rules[RULE_BOUND, c])
+                key = 2 * (p + 1) + (1 if hits > 0 else 0)
+                wmemo[k] = key
+            if key & 1:
+                return True
+        elif _gk._cap_or_window_forbids(c, i, p, L, slate, codes, rules, cnt, off, False):
+            return True
+    if la_c0 >= 0:
+        return _gk._min_lookahead_blocker(i, p, codes, rules, active, cnt, off, pinned_prefix,
+                                          need_buf, False) >= 0
+    return False
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _keep(i, p, la_c0, ex, wmemo, woff, m, keep_top, cand, gbuf, n_c, best_g):
     """The greedy's step for candidate i at free position p; a feasible one is kept: into the
     sorted top m (gain desc, index asc) with keep_top, else appended. Returns (n_c, best_g)."""
     (L, pw, u, slate, codes, rules, penalty, active, cnt, off, pinned_prefix, need_buf, la_need,
      capped_until, cal, toff, emb, mode, beta, win, ds) = ex
-    if _gk._blocked(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix, need_buf,
-                    la_c0, la_need):
+    if _blocked_memo(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix, need_buf,
+                     la_c0, la_need, wmemo, woff):
         capped_until[i] = _gk._capped_until(i, p, codes, rules, active, cnt, off)
         return n_c, best_g
     div = 0.0
@@ -167,7 +202,7 @@ def _softmax_draw(a, cand, gbuf, wbuf, n_c, best_g, temperature):
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def _scan_explore(p, bonus, la_c0, j, n_order, order, used, reserved, capped_until, pw, u, ex,
-                  scheme, m, keep_top, cut, cand, gbuf, n_c, best_g):
+                  wmemo, woff, scheme, m, keep_top, cut, cand, gbuf, n_c, best_g):
     """Examine order[j:n_order] at free position p (the greedy's step per candidate). EPSILON:
     and SOFTMAX with top_m < N (keep_top): keep the best m feasible by (gain desc, index asc) in
     cand/gbuf[:n_c], sorted; SOFTMAX over all: append every feasible candidate (scan order) with
@@ -184,13 +219,13 @@ def _scan_explore(p, bonus, la_c0, j, n_order, order, used, reserved, capped_unt
         if scheme == EXPLORE_SOFTMAX and n_c > 0 and _gk._beyond_reach(ub + cut, cand[0], best_g):
             return n_c, best_g, j, True
         j += 1
-        n_c, best_g = _keep(i, p, la_c0, ex, m, keep_top, cand, gbuf, n_c, best_g)
+        n_c, best_g = _keep(i, p, la_c0, ex, wmemo, woff, m, keep_top, cand, gbuf, n_c, best_g)
     return n_c, best_g, j, False
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def _scan_matches(p, bonus, la_c0, c, j, end, matches, used, reserved, capped_until, pw, u, ex,
-                  scheme, m, keep_top, cut, cand, gbuf, n_c, best_g, la_need):
+                  wmemo, woff, scheme, m, keep_top, cut, cand, gbuf, n_c, best_g, la_need):
     """The look-ahead admits only items matching a rule with a need left: examine rule c's
     matches[j:end] (an item matching an earlier such rule was examined with it), keeping them as
     `_scan_explore` does; out of reach items are skipped (not in scan order: nothing ends the
@@ -215,7 +250,7 @@ def _scan_matches(p, bonus, la_c0, c, j, end, matches, used, reserved, capped_un
             continue
         if scheme == EXPLORE_SOFTMAX and n_c > 0 and _gk._beyond_reach(ub + cut, cand[0], best_g):
             continue
-        n_c, best_g = _keep(i, p, la_c0, ex, m, keep_top, cand, gbuf, n_c, best_g)
+        n_c, best_g = _keep(i, p, la_c0, ex, wmemo, woff, m, keep_top, cand, gbuf, n_c, best_g)
     return n_c, best_g
 
 
@@ -273,6 +308,13 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
     for p in range(L):
         slot_prob[p] = 1.0
         support[p] = 1
+    woff = np.full(C, -1, dtype=np.int64)  # each window rule's verdicts (`_blocked_memo`)
+    n_memo = 0
+    for c in range(C):
+        if rules[RULE_KIND, c] == WINDOW:
+            woff[c] = n_memo
+            n_memo += n_values[rules[RULE_ATTR, c]]
+    wmemo = np.zeros(n_memo, dtype=np.int64)
 
     order = np.empty(N, dtype=np.int64)
     n_order = 0
@@ -326,15 +368,15 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
                     _gk._fill_matches(c, codes, rules, moff, matches, matches_known)
                     n_c, best_g = _scan_matches(p, bonus, la_c0, c, moff[c], moff[c + 1],
                                                 matches, used, reserved, capped_until, pw, u, ex,
-                                                scheme, m, keep_top, cut, cand, gbuf, n_c,
-                                                best_g, la_need)
+                                                wmemo, woff, scheme, m, keep_top, cut, cand, gbuf,
+                                                n_c, best_g, la_need)
                 if n_c > 0 and not keep_top:  # appended in match order: into the scan order
                     _by_utility(u, cand, gbuf, n_c)
             j = head
             while n_c == 0:  # (nothing feasible among the matches: see every candidate)
                 n_c, best_g, j, stopped = _scan_explore(
                     p, bonus, la_c0, j, n_order, order, used, reserved, capped_until, pw, u, ex,
-                    scheme, m, keep_top, cut, cand, gbuf, n_c, best_g)
+                    wmemo, woff, scheme, m, keep_top, cut, cand, gbuf, n_c, best_g)
                 if stopped or n_order == N:
                     break
                 n_order, cut_u = _gk._extend_order(u, order, n_order, cut_u, stretch)

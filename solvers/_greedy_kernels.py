@@ -366,6 +366,17 @@ def _blockers_max_rank(i, p, L, slate, codes, rules, active, cnt, off, pinned_pr
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _lookahead_excludes(i, codes, rules, la_need):
+    """While the look-ahead blocks an item matching no rule (`_lookahead_worst` >= 0): whether i
+    matches no rule with a need left (la_need), so that it is blocked too."""
+    for c in range(rules.shape[1]):
+        v = rules[RULE_VALUE, c]
+        if la_need[c] > 0 and v >= 0 and codes[rules[RULE_ATTR, c], i] == v:
+            return False
+    return True
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _blocked(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix, need_buf, la_c0,
              la_need):
     """Whether an active hard rule forbids placing i (not a reserved pin) at p: the test
@@ -375,17 +386,9 @@ def _blocked(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix, need
     Needs only shrink when i matches a rule, and the look-ahead total grows with the needs, so:
     la_c0 < 0 (an item matching nothing passes) means no item is blocked by the look-ahead; and
     an item matching no rule with a need left has exactly the worst-case needs: it is blocked."""
-    C = rules.shape[1]
-    if la_c0 >= 0:
-        helps = False
-        for c in range(C):
-            v = rules[RULE_VALUE, c]
-            if la_need[c] > 0 and v >= 0 and codes[rules[RULE_ATTR, c], i] == v:
-                helps = True
-                break
-        if not helps:
-            return True
-    for c in range(C):
+    if la_c0 >= 0 and _lookahead_excludes(i, codes, rules, la_need):
+        return True
+    for c in range(rules.shape[1]):
         if rules[RULE_HARD, c] != 0 and active[c] and _cap_or_window_forbids(
                 c, i, p, L, slate, codes, rules, cnt, off, False):
             return True
