@@ -14,9 +14,10 @@ Protocol (the paper's "in-sample" case):
    (the rows of an impression cannot be regrouped: offline.obd's docstring). Behaviour marginal =
    the logged propensity (1/n_items); target marginal = BTS's P(logged item at logged position).
 3. Reward model (dm, dr): offline.reward_model's logistic click model (user features, item
-   features, position, user-item affinity; L2 `l2`) with `folds`-fold cross-fitting over the
-   random log (rows in time order, contiguous folds): each row's q comes from a model that did
-   not see it. q_target = sum_a BTS(a | position) q(x, a, position).
+   features, position, user-item affinity) with `folds`-fold cross-fitting over the random log
+   (rows in time order, contiguous folds): each row's q comes from a model that did not see it.
+   Its L2 penalty is chosen from L2_GRID by that cross-fitted log loss (the truth is never
+   looked at). q_target = sum_a BTS(a | position) q(x, a, position).
 4. Estimates: offline.estimators dm, ips (IPW), snips (SNIPW), dr, each with its bootstrap 95 % CI
    and ESS; truth V_on = mean click of bts/<campaign> (with its own 95 % CI).
 5. Relative estimation error |V_hat - V_on| / V_on, with two bootstrap intervals (reward model
@@ -47,6 +48,7 @@ from offline.reward_model import log_loss
 ESTIMATORS = ("dm", "ips", "snips", "dr")
 LABELS = {"dm": "DM", "ips": "IPW", "snips": "SNIPW", "dr": "DR"}
 DEFAULT_OUTPUT = Path("benchmarks/results/obd.json")
+L2_GRID = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 
 # Relative estimation errors of OPE estimators for Bernoulli TS estimated from the Random logs.
 PUBLISHED = {
@@ -129,15 +131,33 @@ def _interval(x: np.ndarray, alpha: float = 0.05) -> list[float]:
     return [float(np.quantile(x, alpha / 2)), float(np.quantile(x, 1 - alpha / 2))]
 
 
+def choose_l2(data: obd.ObdData, folds: int, grid=L2_GRID) -> tuple[float, np.ndarray, list, dict]:
+    """The grid's L2 penalty with the smallest cross-fitted log loss on `data`: (l2, its
+    predictions, its fold facts, the log loss of every grid value)."""
+    best = None
+    losses = {}
+    for l2 in grid:
+        q, facts = cross_fit_rewards(data, folds, float(l2))
+        loss = log_loss(q[np.arange(data.n), data.item, data.position - 1], data.click)
+        losses[str(l2)] = loss
+        if best is None or loss < best[0]:
+            best = (loss, float(l2), q, facts)
+    return best[1], best[2], best[3], losses
+
+
 def run_campaign(campaign: str, root: Path, *, n_sim: int, n_bootstrap: int, seed: int,
-                 folds: int, l2: float) -> dict:
-    """The experiment for one campaign (see the module docstring); a JSON-ready dict."""
+                 folds: int, l2: float | None) -> dict:
+    """The experiment for one campaign (see the module docstring); a JSON-ready dict.
+    l2=None: chosen by choose_l2."""
     t0 = time.perf_counter()
     random_log = obd.load(campaign, "random", root)
     bts_log = obd.load(campaign, "bts", root)
     alpha, beta = obd.bts_prior(campaign, root)
     dist = obd.bts_action_dist(alpha, beta, n_sim=n_sim, seed=seed)
-    q, fold_facts = cross_fit_rewards(random_log, folds, l2)
+    if l2 is None:
+        l2, q, fold_facts, l2_losses = choose_l2(random_log, folds)
+    else:
+        (q, fold_facts), l2_losses = cross_fit_rewards(random_log, folds, l2), {}
     log = slate_log(random_log, dist, q)
     est = estimate_all(log, list(ESTIMATORS), n_bootstrap=n_bootstrap, seed=seed)
     truth = bts_log.ctr()
@@ -169,7 +189,8 @@ def run_campaign(campaign: str, root: Path, *, n_sim: int, n_bootstrap: int, see
             "max_weight": float((dist[random_log.item, random_log.position - 1]
                                  / random_log.propensity).max()),
         },
-        "reward_model": {"folds": folds, "l2": l2, "fits": fold_facts,
+        "reward_model": {"folds": folds, "l2": l2, "l2_cross_fit_log_loss": l2_losses,
+                         "fits": fold_facts,
                          "cross_fit_log_loss": log_loss(logged_q, random_log.click),
                          "base_rate_log_loss": log_loss(np.full(random_log.n, random_log.ctr()),
                                                         random_log.click)},
@@ -193,7 +214,7 @@ def run_campaign(campaign: str, root: Path, *, n_sim: int, n_bootstrap: int, see
 
 
 def run(root: Path = obd.DEFAULT_ROOT, campaigns=obd.CAMPAIGNS, *, n_sim: int = 1_000_000,
-        n_bootstrap: int = 1000, seed: int = 0, folds: int = 3, l2: float = 10.0) -> dict:
+        n_bootstrap: int = 1000, seed: int = 0, folds: int = 3, l2: float | None = None) -> dict:
     """The whole experiment: one run_campaign per campaign plus settings and PUBLISHED."""
     obd.verify(root)
     results = [run_campaign(c, Path(root), n_sim=n_sim, n_bootstrap=n_bootstrap, seed=seed,
@@ -202,7 +223,8 @@ def run(root: Path = obd.DEFAULT_ROOT, campaigns=obd.CAMPAIGNS, *, n_sim: int = 
         "benchmark": "obd", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"python": platform.python_version(), "machine": platform.machine()},
         "settings": {"n_sim": n_sim, "n_bootstrap": n_bootstrap, "seed": seed, "folds": folds,
-                     "l2": l2, "data": f"OBD sample from obp {obd.OBP_VERSION} "
+                     "l2": l2 if l2 is not None else f"chosen from {list(L2_GRID)} by cross-fitted log loss",
+                     "data": f"OBD sample from obp {obd.OBP_VERSION} "
                                        f"(sha256 {obd.OBP_SDIST_SHA256})",
                      "protocol": "in-sample, K=1 per row with position as context (module docstring)"},
         "campaigns": results,
@@ -253,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--folds", type=int, default=3, help="cross-fitting folds of the reward model")
-    ap.add_argument("--l2", type=float, default=10.0, help="reward model's L2 penalty")
+    ap.add_argument("--l2", type=float, default=None,
+                    help="reward model's L2 penalty (default: chosen by cross-fitted log loss)")
     ap.add_argument("--quick", action="store_true", help="--n-sim 100000 --n-bootstrap 200")
     ap.add_argument("--output", default=str(DEFAULT_OUTPUT), help="JSON results ('-': none)")
     args = ap.parse_args(argv)

@@ -325,7 +325,7 @@ def test_click_model_factored_prediction_equals_the_design_matrix():
 def test_experiment_runs_end_to_end_on_the_sample(root, tmp_path, capsys):
     from offline import obd_experiment as ex
 
-    r = ex.run_campaign("men", root, n_sim=50_000, n_bootstrap=60, seed=0, folds=3, l2=10.0)
+    r = ex.run_campaign("men", root, n_sim=50_000, n_bootstrap=60, seed=0, folds=3, l2=None)
     bts = obd.load("men", "bts", root)
     assert r["truth_on_policy_ctr"] == bts.ctr() and r["bts_clicks"] == int(bts.click.sum())
     # IPW by hand from the same Monte Carlo table: the estimators' K = 1 case is standard IPW
@@ -344,10 +344,12 @@ def test_experiment_runs_end_to_end_on_the_sample(root, tmp_path, capsys):
         lo, hi = v["relative_error_ci95_truth_fixed"]
         assert 0 <= lo <= hi
     assert est["dm"]["ess"] == pytest.approx(10_000)  # DM uses no weights
-    assert r["reward_model"]["cross_fit_log_loss"] > 0
+    rm = r["reward_model"]  # the penalty with the smallest cross-fitted log loss was chosen
+    assert rm["cross_fit_log_loss"] == min(rm["l2_cross_fit_log_loss"].values())
+    assert rm["l2_cross_fit_log_loss"][str(rm["l2"])] == rm["cross_fit_log_loss"]
     out = tmp_path / "obd.json"
     assert ex.main(["--root", str(root), "--campaigns", "women", "--n-sim", "20000",
-                    "--n-bootstrap", "30", "--output", str(out)]) == 0
+                    "--n-bootstrap", "30", "--l2", "100", "--output", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert [c["campaign"] for c in saved["campaigns"]] == ["women"]
     assert saved["published"]["full_data_saito"]["values"]["women"]["dm"][0] == 0.22614
