@@ -75,6 +75,8 @@ def start_ray(address: str | None) -> None:
     it is None. Raises RayUnavailable with the reason."""
     import ray
 
+    if address and address != "auto":
+        _check_reachable(address)
     if ray.is_initialized():
         return
     try:
@@ -85,6 +87,28 @@ def start_ray(address: str | None) -> None:
     except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
         where = f"at {address}" if address else "locally"
         raise RayUnavailable(f"cannot start or reach Ray {where}: {type(e).__name__}: {e}") from None
+
+
+#: seconds to wait for a TCP connection to a Ray address before calling it unreachable (Ray's
+#: own client retries for minutes)
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_reachable(address: str) -> None:
+    """Raise RayUnavailable unless something accepts TCP connections at `address`
+    ("host:port", or "ray://host:port" for Ray Client)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise RayUnavailable(f"--ray: expected HOST:PORT (or ray://HOST:PORT, or auto), got {address!r}")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise RayUnavailable(f"cannot reach Ray at {address}: {e.strerror or e} "
+                             f"(is a Ray head running there? `ray start --head` starts one)") from None
 
 
 class _ChunkActor:

@@ -189,3 +189,17 @@ def test_reranker_replay_prints_tables_and_writes_the_report(explored_log, tmp_p
     bad.write_text(TARGET.replace("max: 1", "max: -1"))
     assert main(["replay", "--log", str(explored_log), "--policy", str(bad), "--no-progress"]) == 1
     assert "bad.yaml" in capsys.readouterr().err
+
+
+def test_an_unreachable_ray_is_a_clear_error(explored_log):
+    import socket
+
+    from offline.runner import RayUnavailable
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(RayUnavailable, match=rf"cannot reach Ray at 127.0.0.1:{port}: .*ray start --head"):
+        replay(explored_log, [version_from_text(TARGET)], use_ray=True, ray_address=f"127.0.0.1:{port}")
+    with pytest.raises(RayUnavailable, match="expected HOST:PORT"):
+        replay(explored_log, [version_from_text(TARGET)], use_ray=True, ray_address="nowhere")
