@@ -125,11 +125,14 @@ def _blocked_memo(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix,
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _keep(i, p, la_c0, ex, wmemo, woff, m, keep_top, cand, gbuf, n_c, best_g):
+def _keep(i, p, la_c0, ex, xk, m, keep_top, cand, gbuf, n_c, best_g):
     """The greedy's step for candidate i at free position p; a feasible one is kept: into the
-    sorted top m (gain desc, index asc) with keep_top, else appended. Returns (n_c, best_g)."""
+    sorted top m (gain desc, index asc) with keep_top, else appended. Returns (n_c, best_g).
+    xk = (wmemo, woff, n_soft): the window verdicts (`_blocked_memo`) and the number of soft
+    rules (none: the gain is pw[p] (u_i + div), as `_gain` would find it)."""
     (L, pw, u, slate, codes, rules, penalty, active, cnt, off, pinned_prefix, need_buf, la_need,
      capped_until, cal, toff, emb, mode, beta, win, ds) = ex
+    wmemo, woff, n_soft = xk
     if _blocked_memo(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix, need_buf,
                      la_c0, la_need, wmemo, woff):
         capped_until[i] = _gk._capped_until(i, p, codes, rules, active, cnt, off)
@@ -137,7 +140,10 @@ def _keep(i, p, la_c0, ex, wmemo, woff, m, keep_top, cand, gbuf, n_c, best_g):
     div = 0.0
     if mode != 0:
         div = _gk._div_refresh(i, p, slate, emb, mode, beta, win, ds)
-    g = _gk._gain(i, p, L, pw, u, div, slate, codes, rules, penalty, cnt, off, cal, toff)
+    if n_soft == 0:
+        g = pw[p] * (u[i] + div)
+    else:
+        g = _gk._gain(i, p, L, pw, u, div, slate, codes, rules, penalty, cnt, off, cal, toff)
     if keep_top:
         k = n_c if n_c < m else m - 1
         if n_c == m and not (g > gbuf[k] or (g == gbuf[k] and i < cand[k])):
@@ -173,18 +179,52 @@ def _by_utility(u, cand, gbuf, n_c):
         gbuf[q] = cg
 
 
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 in two parts (fdlibm's): t * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+
+
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def _softmax_draw(a, cand, gbuf, wbuf, n_c, best_g, temperature):
+def exp_nonpos(x, n, bits, scale):
+    """x[k] = exp(x[k]) for k < n, x[k] <= 0 (below -700 as at -700): 2^t e^r, t = round(x /
+    ln 2), r = x - t ln 2 in [-0.35, 0.35], e^r by its Taylor polynomial of degree 13 (truncation
+    below 2^-60), 2^t built in the exponent bits (bits: int64 scratch, scale: a float64 view of
+    it). No call and no branch in the loops, so they vectorise (libm's exp is a call per item,
+    ~3x slower here); within a few units in the last place of exp."""
+    for k in range(n):
+        xk = max(x[k], -700.0)
+        t = np.floor(xk * _LOG2E + 0.5)
+        r = (xk - t * _LN2_HI) - t * _LN2_LO
+        q = 1.0 + r * (1.0 + r * (0.5 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * (
+            _C7 + r * (_C8 + r * (_C9 + r * (_C10 + r * (_C11 + r * (_C12 + r * _C13))))))))))))
+        x[k] = q
+        bits[k] = (np.int64(t) + 1023) << 52
+    for k in range(n):
+        x[k] *= scale[k]
+
+
+_C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = (
+    1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0, 1.0 / 5040.0, 1.0 / 40320.0, 1.0 / 362880.0,
+    1.0 / 3628800.0, 1.0 / 39916800.0, 1.0 / 479001600.0, 1.0 / 6227020800.0)
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _softmax_draw(a, cand, gbuf, wbuf, bits, scale, n_c, best_g, temperature):
     """SOFTMAX's draw from cand/gbuf[:n_c] (scan order; best_g their best gain) with the uniform
-    a: the support (within SOFTMAX_CUT of the best, compacted into cand/wbuf), its weights and
-    normaliser, and the first item whose running weight exceeds a Z. Returns (pick, prob,
-    support size)."""
+    a: x = (g - best_g) / T (gbuf is overwritten with it), the support (-x <= SOFTMAX_CUT,
+    compacted into cand/wbuf) with weights exp(x) (`exp_nonpos`) and normaliser Z summed in scan
+    order, and the first item whose running weight exceeds a Z. Returns (pick, prob, support
+    size)."""
+    for k in range(n_c):
+        x = (gbuf[k] - best_g) / temperature  # = -((best_g - g) / T) exactly
+        gbuf[k] = x
+        wbuf[k] = x
+    exp_nonpos(wbuf, n_c, bits, scale)
     n_s = 0
     z = 0.0
     for k in range(n_c):
-        x = (gbuf[k] - best_g) / temperature  # = -((best_g - g) / T) exactly
-        if -x <= SOFTMAX_CUT:
-            w = np.exp(x)
+        if -gbuf[k] <= SOFTMAX_CUT:
+            w = wbuf[k]
             cand[n_s] = cand[k]
             wbuf[n_s] = w
             z += w
@@ -202,7 +242,7 @@ def _softmax_draw(a, cand, gbuf, wbuf, n_c, best_g, temperature):
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def _scan_explore(p, bonus, la_c0, j, n_order, order, used, reserved, capped_until, pw, u, ex,
-                  wmemo, woff, scheme, m, keep_top, cut, cand, gbuf, n_c, best_g):
+                  xk, scheme, m, keep_top, cut, cand, gbuf, n_c, best_g):
     """Examine order[j:n_order] at free position p (the greedy's step per candidate). EPSILON:
     and SOFTMAX with top_m < N (keep_top): keep the best m feasible by (gain desc, index asc) in
     cand/gbuf[:n_c], sorted; SOFTMAX over all: append every feasible candidate (scan order) with
@@ -219,13 +259,13 @@ def _scan_explore(p, bonus, la_c0, j, n_order, order, used, reserved, capped_unt
         if scheme == EXPLORE_SOFTMAX and n_c > 0 and _gk._beyond_reach(ub + cut, cand[0], best_g):
             return n_c, best_g, j, True
         j += 1
-        n_c, best_g = _keep(i, p, la_c0, ex, wmemo, woff, m, keep_top, cand, gbuf, n_c, best_g)
+        n_c, best_g = _keep(i, p, la_c0, ex, xk, m, keep_top, cand, gbuf, n_c, best_g)
     return n_c, best_g, j, False
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
 def _scan_matches(p, bonus, la_c0, c, j, end, matches, used, reserved, capped_until, pw, u, ex,
-                  wmemo, woff, scheme, m, keep_top, cut, cand, gbuf, n_c, best_g, la_need):
+                  xk, scheme, m, keep_top, cut, cand, gbuf, n_c, best_g, la_need):
     """The look-ahead admits only items matching a rule with a need left: examine rule c's
     matches[j:end] (an item matching an earlier such rule was examined with it), keeping them as
     `_scan_explore` does; out of reach items are skipped (not in scan order: nothing ends the
@@ -250,7 +290,7 @@ def _scan_matches(p, bonus, la_c0, c, j, end, matches, used, reserved, capped_un
             continue
         if scheme == EXPLORE_SOFTMAX and n_c > 0 and _gk._beyond_reach(ub + cut, cand[0], best_g):
             continue
-        n_c, best_g = _keep(i, p, la_c0, ex, wmemo, woff, m, keep_top, cand, gbuf, n_c, best_g)
+        n_c, best_g = _keep(i, p, la_c0, ex, xk, m, keep_top, cand, gbuf, n_c, best_g)
     return n_c, best_g
 
 
@@ -315,6 +355,11 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
             woff[c] = n_memo
             n_memo += n_values[rules[RULE_ATTR, c]]
     wmemo = np.zeros(n_memo, dtype=np.int64)
+    n_soft = 0
+    for c in range(C):
+        if rules[RULE_HARD, c] == 0:
+            n_soft += 1
+    xk = (wmemo, woff, n_soft)
 
     order = np.empty(N, dtype=np.int64)
     n_order = 0
@@ -323,9 +368,13 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
     head = 0
     m = top_m if top_m < N else N
     keep_top = scheme == EXPLORE_EPSILON or m < N
+    if not keep_top:
+        stretch = N  # every position sees every feasible candidate: sort them all at once
     cand = np.empty(max(m, 1), dtype=np.int64)
     gbuf = np.empty(max(m, 1), dtype=np.float64)
     wbuf = np.empty(max(m, 1), dtype=np.float64)
+    bits = np.empty(max(m, 1), dtype=np.int64)  # exp_nonpos's scratch
+    scale = bits.view(np.float64)
     cut = SOFTMAX_CUT * temperature if scheme == EXPLORE_SOFTMAX else 0.0
     run_prob = 1.0
     log_joint = 0.0
@@ -368,7 +417,7 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
                     _gk._fill_matches(c, codes, rules, moff, matches, matches_known)
                     n_c, best_g = _scan_matches(p, bonus, la_c0, c, moff[c], moff[c + 1],
                                                 matches, used, reserved, capped_until, pw, u, ex,
-                                                wmemo, woff, scheme, m, keep_top, cut, cand, gbuf,
+                                                xk, scheme, m, keep_top, cut, cand, gbuf,
                                                 n_c, best_g, la_need)
                 if n_c > 0 and not keep_top:  # appended in match order: into the scan order
                     _by_utility(u, cand, gbuf, n_c)
@@ -376,7 +425,7 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
             while n_c == 0:  # (nothing feasible among the matches: see every candidate)
                 n_c, best_g, j, stopped = _scan_explore(
                     p, bonus, la_c0, j, n_order, order, used, reserved, capped_until, pw, u, ex,
-                    wmemo, woff, scheme, m, keep_top, cut, cand, gbuf, n_c, best_g)
+                    xk, scheme, m, keep_top, cut, cand, gbuf, n_c, best_g)
                 if stopped or n_order == N:
                     break
                 n_order, cut_u = _gk._extend_order(u, order, n_order, cut_u, stretch)
@@ -411,7 +460,8 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
             a = uniform01(state)
             if keep_top:  # the top m, in the draw's order: utility desc, index asc
                 _by_utility(u, cand, gbuf, n_c)
-            pick, prob, n_s = _softmax_draw(a, cand, gbuf, wbuf, n_c, best_g, temperature)
+            pick, prob, n_s = _softmax_draw(a, cand, gbuf, wbuf, bits, scale, n_c, best_g,
+                                            temperature)
             support[p] = n_s
         slot_prob[p] = prob
         run_prob *= prob
