@@ -125,25 +125,33 @@ def _blocked_memo(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix,
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _keep(i, p, la_c0, ex, xk, m, keep_top, cand, gbuf, n_c, best_g):
-    """The greedy's step for candidate i at free position p; a feasible one is kept: into the
-    sorted top m (gain desc, index asc) with keep_top, else appended. Returns (n_c, best_g).
-    xk = (wmemo, woff, n_soft): the window verdicts (`_blocked_memo`) and the number of soft
-    rules (none: the gain is pw[p] (u_i + div), as `_gain` would find it)."""
+def _feasible_gain(i, p, la_c0, ex, xk):
+    """The greedy's step for candidate i at free position p: (False, 0) when an active hard rule
+    blocks it (its capped_until mark is then set), else (True, gain(i, p)). xk = (wmemo, woff,
+    n_soft): the window verdicts (`_blocked_memo`) and the number of soft rules (none: the gain
+    is pw[p] (u_i + div), as `_gain` would find it)."""
     (L, pw, u, slate, codes, rules, penalty, active, cnt, off, pinned_prefix, need_buf, la_need,
      capped_until, cal, toff, emb, mode, beta, win, ds) = ex
     wmemo, woff, n_soft = xk
     if _blocked_memo(i, p, L, slate, codes, rules, active, cnt, off, pinned_prefix, need_buf,
                      la_c0, la_need, wmemo, woff):
         capped_until[i] = _gk._capped_until(i, p, codes, rules, active, cnt, off)
-        return n_c, best_g
+        return False, 0.0
     div = 0.0
     if mode != 0:
         div = _gk._div_refresh(i, p, slate, emb, mode, beta, win, ds)
     if n_soft == 0:
-        g = pw[p] * (u[i] + div)
-    else:
-        g = _gk._gain(i, p, L, pw, u, div, slate, codes, rules, penalty, cnt, off, cal, toff)
+        return True, pw[p] * (u[i] + div)
+    return True, _gk._gain(i, p, L, pw, u, div, slate, codes, rules, penalty, cnt, off, cal, toff)
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _keep(i, p, la_c0, ex, xk, m, keep_top, cand, gbuf, n_c, best_g):
+    """Candidate i, if feasible at p (`_feasible_gain`), is kept: into the sorted top m (gain
+    desc, index asc) with keep_top, else appended. Returns (n_c, best_g)."""
+    ok, g = _feasible_gain(i, p, la_c0, ex, xk)
+    if not ok:
+        return n_c, best_g
     if keep_top:
         k = n_c if n_c < m else m - 1
         if n_c == m and not (g > gbuf[k] or (g == gbuf[k] and i < cand[k])):
@@ -260,6 +268,31 @@ def _scan_explore(p, bonus, la_c0, j, n_order, order, used, reserved, capped_unt
             return n_c, best_g, j, True
         j += 1
         n_c, best_g = _keep(i, p, la_c0, ex, xk, m, keep_top, cand, gbuf, n_c, best_g)
+    return n_c, best_g, j, False
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def _scan_all(p, bonus, la_c0, j, n_order, order, used, reserved, capped_until, pw, u, ex, xk,
+              cut, cand, gbuf, n_c, best_g):
+    """`_scan_explore` for SOFTMAX over every feasible candidate (no top m): append each feasible
+    candidate of order[j:n_order] with its gain; stop where the bound pw[p] u + bonus is below
+    best_g - cut. Returns (n_c, best_g, j, stopped)."""
+    pwp = pw[p]
+    while j < n_order:
+        i = order[j]
+        if used[i] or reserved[i] or capped_until[i] > p:
+            j += 1
+            continue
+        if n_c > 0 and _gk._beyond_reach(pwp * u[i] + bonus + cut, cand[0], best_g):
+            return n_c, best_g, j, True
+        j += 1
+        ok, g = _feasible_gain(i, p, la_c0, ex, xk)
+        if ok:
+            cand[n_c] = i
+            gbuf[n_c] = g
+            n_c += 1
+            if n_c == 1 or g > best_g:
+                best_g = g
     return n_c, best_g, j, False
 
 
@@ -423,9 +456,14 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
                     _by_utility(u, cand, gbuf, n_c)
             j = head
             while n_c == 0:  # (nothing feasible among the matches: see every candidate)
-                n_c, best_g, j, stopped = _scan_explore(
-                    p, bonus, la_c0, j, n_order, order, used, reserved, capped_until, pw, u, ex,
-                    xk, scheme, m, keep_top, cut, cand, gbuf, n_c, best_g)
+                if keep_top:
+                    n_c, best_g, j, stopped = _scan_explore(
+                        p, bonus, la_c0, j, n_order, order, used, reserved, capped_until, pw, u,
+                        ex, xk, scheme, m, keep_top, cut, cand, gbuf, n_c, best_g)
+                else:
+                    n_c, best_g, j, stopped = _scan_all(
+                        p, bonus, la_c0, j, n_order, order, used, reserved, capped_until, pw, u,
+                        ex, xk, cut, cand, gbuf, n_c, best_g)
                 if stopped or n_order == N:
                     break
                 n_order, cut_u = _gk._extend_order(u, order, n_order, cut_u, stretch)
