@@ -193,6 +193,34 @@ class FailingSink(ListSink):
         super().write(batch)
 
 
+class GatedSink:
+    """Wraps a sink; every write waits for `gate` (`entered` is set when one starts)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.lost = 0
+
+    def write(self, batch):
+        self.entered.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        self.inner.write(batch)
+
+    def flush(self):
+        self.inner.flush()
+
+    def close(self):
+        self.inner.close()
+
+
+def _wait_until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.002)
+
+
 def _accounted(log: DecisionLog) -> None:
     s = log.stats
     assert s.offered == s.written + s.dropped + s.queued, s.as_dict()
@@ -579,10 +607,16 @@ def test_outcomes_are_logged_read_and_joined_by_request_id_and_position(tmp_path
 
 # ------------------------------------------------------------------ summary
 def test_summarise_counts_revisions_variants_statuses_and_notes_drops(tmp_path):
-    sink = ParquetSink(tmp_path)
-    log = DecisionLog(sink, queue_size=3, batch_size=100, flush_s=60.0)
-    for i in range(8):  # 3 accepted, 5 dropped (nothing is taken before close)
+    sink = GatedSink(ParquetSink(tmp_path))
+    log = DecisionLog(sink, queue_size=1, batch_size=1, max_held_batches=2, flush_s=60.0)
+    log.offer(_record(0))
+    assert sink.entered.wait(10)  # record 0 is being written (held until the gate opens)
+    log.offer(_record(1))
+    _wait_until(lambda: not log._queue)  # taken: the converter holds it, then waits for room
+    for i in range(2, 8):  # 2 queued (queue_size 1), 3..7 dropped
         log.offer(_record(i))
+    assert log.stats.dropped_full == 5
+    sink.gate.set()
     assert log.close()
     with DecisionLog(ParquetSink(tmp_path)) as log2:
         for i in range(3, 7):

@@ -7,7 +7,7 @@ ids. The Arrow conversion happens later, on the log's converter thread (`engine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -152,6 +152,14 @@ class DecisionRecord:
     def approx_bytes(self) -> int:
         """About what the record holds onto, for the log's memory bound (see candidates_bytes)."""
         return candidates_bytes(self.candidates)
+
+    def without_candidates(self) -> "DecisionRecord":
+        """This record with no candidates (what a staged log record keeps of it, having copied
+        the candidate columns: see engine.decision_log.schema.Staged)."""
+        return replace(self, candidates=_NO_CANDIDATES)
+
+
+_NO_CANDIDATES = Candidates(item_ids=())
 
 
 def candidates_bytes(c: Candidates) -> int:

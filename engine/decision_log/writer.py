@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 
 from engine.decision_log.record import DecisionRecord, candidates_bytes
-from engine.decision_log.schema import outcomes_to_batch, to_batch
+from engine.decision_log.schema import Staged, assemble, outcomes_to_batch
 from engine.decision_log.sinks import MiB, OutcomeSink, Sink
 from engine.types import RerankRequest
 
@@ -109,6 +109,7 @@ class _Every:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_IDLE_WAIT_S = 0.05  # the converter's longest wait for records while none come
 
 
 class _Pacer:
@@ -172,23 +173,29 @@ class DecisionLog:
     """Decision records to a sink, off the request path.
 
     `offer(record)` puts a record on a bounded queue and returns at once (~1.5 µs);
-    `offer_decision(req, decision)` queues the references and builds the record on the writer
-    thread (~2 µs on the request path, against ~12 µs for `offer(DecisionRecord.of(...))`). A
-    converter thread takes batches (`batch_size` records, or fewer after `flush_s`, or about
-    `batch_bytes` of request data) and converts them to Arrow (`to_batch`, `convert_chunk`
-    records per Arrow batch); a writer thread writes each taken batch as one `sink.write`, in
-    order, and calls `sink.flush()` every `flush_s` (a Parquet sink finishes old files then).
-    The sink is only ever called from the writer thread.
+    `offer_decision(req, decision)` queues the references and builds the record on the
+    converter thread (~2 µs on the request path idle, 7 µs measured inside the gRPC server,
+    against ~12 µs for `offer(DecisionRecord.of(...))`). A converter thread stages queued
+    records (`schema.Staged`) and assembles them into Arrow batches (`batch_size` records, or
+    fewer after `flush_s`, or about `batch_bytes`; `convert_chunk` records per Arrow batch); a
+    writer thread writes each assembled table as one `sink.write`, in order, and calls
+    `sink.flush()` every `flush_s` (a Parquet sink finishes old files then). The sink is only
+    ever called from the writer thread.
 
-    Cost: for N=1000 candidates with every column kind (benchmarks/bench_decision_log.py), about
-    0.1 ms of conversion (columnar: no Python step per candidate; holding the interpreter lock,
-    on the converter thread) and 0.3-0.4 ms of Parquet encoding (not holding it, on the writer
-    thread) per record, about 0.5 core at 1,000 records/s, and about 120 KB of Parquet per
-    record. Sample (`sample_rate`) when that is too much. So that the log does not slow the
-    requests down:
+    Cost: for N=1000 candidates with every column kind, per record: about 0.1-0.25 ms of
+    staging and assembly (columnar: no Python step per candidate, but holding the interpreter
+    lock, on the converter thread; the upper figure for gRPC requests, whose ids are read out
+    of the protobuf message) and 0.3-0.4 ms of Parquet encoding (not holding it, on the writer
+    thread); about 120 KB of Parquet. Sample (`sample_rate`) when that is too much. So that
+    the log slows the requests down as little as it can:
+    - the converter stages every `stage_every_s` (2 ms) the records queued since: copies the
+      candidate columns out of the request so that its arrays are freed (see schema.Staged;
+      keeping 256 requests alive until their batch is written cost 10-16 % of bench_grpc's
+      server time, the request threads' memory going cold); the offer does not wake it
+      (waking a thread from the request path cost ~10 µs per call on this VM);
     - the converter pauses (sleeps `convert_sleep_s`) after every `convert_slice_s` of work, so
-      it never holds the interpreter lock for longer than that while a request thread waits
-      for it (see _Pacer; None: no pauses);
+      that a request thread waiting for the interpreter lock gets it within about that (see
+      _Pacer; None: no pauses; shorter slices mean more hand-overs, which cost too);
     - the writer thread lowers its CPU priority by `writer_nice` (Linux), so that on a busy
       machine the request threads get the cores first; it holds the lock only between writes.
 
@@ -228,8 +235,8 @@ class DecisionLog:
                  queue_bytes: int = 1024 * MiB, batch_bytes: int = 64 * MiB,
                  max_held_batches: int = 16, retry_initial_s: float = 0.1, retry_max_s: float = 10.0,
                  log_interval_s: float = 10.0, convert_chunk: int = 64,
-                 convert_slice_s: float | None = 50e-6, convert_sleep_s: float = 20e-6,
-                 writer_nice: int = 10,
+                 convert_slice_s: float | None = 200e-6, convert_sleep_s: float = 20e-6,
+                 stage_every_s: float = 0.002, writer_nice: int = 10,
                  convert: Callable[[list], pa.RecordBatch] | None = None) -> None:
         for name, value, lo in (("queue_size", queue_size, 1), ("batch_size", batch_size, 1),
                                 ("queue_bytes", queue_bytes, 1), ("batch_bytes", batch_bytes, 1),
@@ -246,7 +253,7 @@ class DecisionLog:
             raise ValueError(f"DecisionLog convert_slice_s: must be a number > 0 or None, got {convert_slice_s!r}")
         for name, value in (("flush_s", flush_s), ("retry_initial_s", retry_initial_s),
                             ("retry_max_s", retry_max_s), ("log_interval_s", log_interval_s),
-                            ("convert_sleep_s", convert_sleep_s)):
+                            ("convert_sleep_s", convert_sleep_s), ("stage_every_s", stage_every_s)):
             if not (isinstance(value, (int, float)) and value > 0):
                 raise ValueError(f"DecisionLog {name}: must be a number > 0, got {value!r}")
         self.sink = sink
@@ -267,6 +274,8 @@ class DecisionLog:
         self.convert_slice_s = None if convert_slice_s is None else float(convert_slice_s)
         self.convert_sleep_s = float(convert_sleep_s)
         self.writer_nice = writer_nice
+        #: how often the converter looks for new records to stage while traffic flows
+        self.stage_every_s = float(stage_every_s)
         self._pause = _Pacer(self.convert_slice_s, self.convert_sleep_s)
         #: records -> Arrow batch (None: `to_batch` with this log's writer id and dropped count;
         #: `outcome_log` passes `outcomes_to_batch`)
@@ -391,68 +400,73 @@ class DecisionLog:
         self.close()
 
     # ------------------------------------------------------------ the writer threads
-    def _take(self, partial: bool) -> list[DecisionRecord]:
-        """Up to one batch from the queue; a batch short of batch_size only if `partial`."""
+    def _take(self, limit: int) -> list:
+        """Up to `limit` items from the queue (and about `batch_bytes` of request data at most),
+        counted as waiting (`_held_rows`) until written or dropped."""
         with self._lock:
             q = self._queue
-            if not q or (len(q) < self.batch_size and not partial and self._queued_bytes < self.batch_bytes):
-                return []
-            out: list[DecisionRecord] = []
+            out: list = []
             size = 0
-            while q and len(out) < self.batch_size and size < self.batch_bytes:
-                record, n = q.popleft()
-                out.append(record)
+            while q and len(out) < limit and size < self.batch_bytes:
+                item, n = q.popleft()
+                out.append(item)
                 size += n
             self._queued_bytes -= size
-            self._held_rows += len(out)  # counted as waiting until written or dropped
+            self._held_rows += len(out)
             return out
 
-    def _batch(self, records: list) -> pa.RecordBatch:
+    def _stage(self, item):
+        """A queued item made ready for a batch: a decision as a `Staged` record (the request's
+        arrays copied, so it can be freed), an outcome as it is; None if it is malformed
+        (dropped, counted, logged)."""
         if self.convert is not None:
-            return self.convert(records)
-        return to_batch(records, writer=self.writer_id, dropped=self.stats.dropped, pause=self._pause)
+            return item
+        try:
+            return Staged(item.record() if type(item) is _Deferred else item, self._pause)
+        except Exception as e:  # noqa: BLE001 - a malformed record: this one only
+            with self._lock:
+                self.stats.dropped_invalid += 1
+                self._held_rows -= 1
+            request_id = getattr(getattr(item, "req", item), "request_id", "?")
+            self._say("invalid", logging.ERROR, "decision log: record cannot be converted, dropped",
+                      request_id=request_id, error=f"{type(e).__name__}: {e}")
+            return None
 
-    def _chunk(self, records: list) -> tuple[list, pa.RecordBatch | None]:
-        """One chunk converted, and the records kept: a chunk that fails is converted record by
+    def _batch(self, staged: list) -> pa.RecordBatch:
+        if self.convert is not None:
+            return self.convert(staged)
+        return assemble(staged, writer=self.writer_id, dropped=self.stats.dropped, pause=self._pause)
+
+    def _chunk(self, staged: list) -> tuple[list, pa.RecordBatch | None]:
+        """One chunk assembled, and the records kept: a chunk that fails is assembled record by
         record and the malformed ones dropped (logged)."""
         try:
-            return records, self._batch(records)
+            return staged, self._batch(staged)
         except Exception:  # noqa: BLE001 - find the bad record(s); keep the others
             good = []
-            for r in records:
+            for r in staged:
                 try:
                     self._batch([r])
                     good.append(r)
                 except Exception as e:  # noqa: BLE001
+                    rec = getattr(r, "rec", r)
                     self._say("invalid", logging.ERROR, "decision log: record cannot be converted, dropped",
-                              request_id=getattr(r, "request_id", "?"), error=f"{type(e).__name__}: {e}")
+                              request_id=getattr(rec, "request_id", "?"), error=f"{type(e).__name__}: {e}")
             return good, (self._batch(good) if good else None)
 
-    def _convert(self, items: list) -> pa.Table | None:
-        """Items taken from the queue -> one table (batches of `convert_chunk` records)."""
-        records = []
-        self._pause.restart()
-        for item in items:
-            if type(item) is _Deferred:
-                try:
-                    item = item.record()
-                except Exception as e:  # noqa: BLE001 - a malformed answer: this record only
-                    self._say("invalid", logging.ERROR, "decision log: record cannot be built, dropped",
-                              error=f"{type(e).__name__}: {e}")
-                    continue
-                self._pause()
-            records.append(item)
+    def _assemble(self, staged: list) -> pa.Table | None:
+        """Staged records -> one table (batches of `convert_chunk` records)."""
         kept = 0
         batches = []
-        for i in range(0, len(records), self.convert_chunk):
-            good, batch = self._chunk(records[i:i + self.convert_chunk])
+        for i in range(0, len(staged), self.convert_chunk):
+            good, batch = self._chunk(staged[i:i + self.convert_chunk])
             kept += len(good)
             if batch is not None:
                 batches.append(batch)
-        if kept < len(items):
+        if kept < len(staged):
             with self._lock:
-                self.stats.dropped_invalid += len(items) - kept
-                self._held_rows -= len(items) - kept
+                self.stats.dropped_invalid += len(staged) - kept
+                self._held_rows -= len(staged) - kept
         return pa.Table.from_batches(batches) if batches else None
 
     def _sink_call(self, what: str, call, *args) -> bool:
@@ -487,34 +501,49 @@ class DecisionLog:
             return True
 
     def _run_convert(self) -> None:
-        """The converter thread: queue -> Arrow tables -> held (for the sink thread)."""
-        last_partial = time.monotonic()
+        """The converter thread: stages the records queued, every `stage_every_s` while they
+        come, so that the requests' arrays are freed within a few milliseconds (the offer does
+        not wake it: it would take the interpreter lock while the request is still answering);
+        assembles `batch_size` staged records (or fewer after `flush_s`, or about `batch_bytes`)
+        into a table and hands it to the sink thread (held). With no traffic it looks less
+        often (doubling up to 50 ms)."""
+        staged: list = []
+        staged_bytes = 0
+        oldest = 0.0  # monotonic: when the first of `staged` was taken
+        idle_wait = self.stage_every_s
         try:
             while True:
                 closing = self._closing.is_set()
+                self._wake.clear()  # before looking at the queue: an offer after this wakes us
+                if not self._wait_for_room():
+                    break
+                took = self._take(self.batch_size - len(staged))
+                if took and not staged:
+                    oldest = time.monotonic()
+                self._pause.restart()
+                for item in took:
+                    s = self._stage(item)
+                    if s is not None:
+                        staged.append(s)
+                        staged_bytes += getattr(s, "nbytes", 0)
+                took, item = len(took), None  # no reference to a request kept while waiting
                 now = time.monotonic()
-                if not closing:
-                    wait = self.flush_s - (now - last_partial)
-                    if wait > 0 and not self._flush_now.is_set():
-                        self._wake.wait(wait)
-                    self._wake.clear()
-                    now = time.monotonic()
-                partial = closing or self._flush_now.is_set() or now - last_partial >= self.flush_s
-                if partial:
-                    last_partial = now
-                while self._wait_for_room():
-                    records = self._take(partial)
-                    if not records:
-                        break
-                    table = self._convert(records)
+                due = closing or self._flush_now.is_set() or now - oldest >= self.flush_s
+                if staged and (len(staged) >= self.batch_size or staged_bytes >= self.batch_bytes or due):
+                    table = self._assemble(staged)
+                    staged, staged_bytes = [], 0
                     if table is not None:
                         with self._held_cv:
                             self._held.append(table)
                             self._held_cv.notify_all()
+                    continue
                 if self._sink_stopped:
                     break
                 if closing and (not self._queue or time.monotonic() >= self._deadline):
                     break
+                idle_wait = self.stage_every_s if took else min(idle_wait * 2.0, self.flush_s, _IDLE_WAIT_S)
+                wait = min(idle_wait, self.flush_s - (now - oldest)) if staged else idle_wait
+                self._wake.wait(max(wait, 0.0005))
         except Exception:  # noqa: BLE001 - a bug here must not go unnoticed; offers keep dropping
             log.exception("decision log converter stopped by an error")
         finally:
