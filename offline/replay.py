@@ -32,6 +32,7 @@ is sequential); the others are replayed chunk by chunk in parallel.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import time
@@ -142,24 +143,40 @@ def log_chunks(source: str | os.PathLike, chunk_rows: int = CHUNK_ROWS) -> list[
 
 
 def log_fields(source: str | os.PathLike) -> LogFields:
-    """The candidate columns a log's records carry (their union over the records)."""
-    table = read_log(source, columns=["scores", "attributes", "numeric", "embedding_dim"])
+    """The candidate columns a log's records carry (their union over the records). From Parquet
+    files only the names are read (nested column paths), not the values."""
+    scores, attributes, numeric = set(), set(), set()
+    embeddings = False
 
-    def keys(name: str) -> frozenset[str]:
-        col = table.column(name)
-        if col.num_chunks == 0:
-            return frozenset()
-        flat = pa.concat_arrays([c.flatten().field("name") for c in col.chunks])
-        return frozenset(x for x in flat.unique().to_pylist() if x is not None)
+    def add(into: set, col) -> None:
+        for chunk in (col.chunks if isinstance(col, pa.ChunkedArray) else [col]):
+            into.update(x for x in chunk.flatten().field("name").unique().to_pylist() if x is not None)
 
-    dims = table.column("embedding_dim").drop_null()
-    return LogFields(keys("scores"), keys("attributes"), keys("numeric"), len(dims) > 0)
+    if is_stream_url(source):
+        table = read_log(source, columns=["scores", "attributes", "numeric", "embedding_dim"])
+        tables = [table]
+    else:
+        tables = [pq.ParquetFile(f).read(columns=["scores.list.element.name", "attributes.list.element.name",
+                                                  "numeric.list.element.name", "embedding_dim"])
+                  for f in _files(source)]
+    for t in tables:
+        add(scores, t.column("scores"))
+        add(attributes, t.column("attributes"))
+        add(numeric, t.column("numeric"))
+        embeddings = embeddings or t.column("embedding_dim").null_count < len(t)
+    return LogFields(frozenset(scores), frozenset(attributes), frozenset(numeric), embeddings)
 
 
 # ------------------------------------------------------------------ per-policy accumulation
 @dataclass
 class PolicyPart:
-    """What replaying some chunks under one policy gave, mergeable in chunk order."""
+    """What replaying some chunks under one policy gave, mergeable in chunk order.
+
+    While a chunk is replayed, each record adds its slate (candidate indices) and a few scalars;
+    `seal(table)` then reads the slates' scores, attribute values and item ids straight from the
+    chunk's Arrow columns (no Python step per item) into one block: [n, K] score matrices and
+    integer exposure counts per (value, position). Merged parts keep a list of blocks, combined
+    once at the end."""
 
     label: str
     chunks: list[int] = field(default_factory=list)
@@ -167,55 +184,45 @@ class PolicyPart:
     K: int = 0  # the longest slate seen
     # per record, log order
     request_ids: list[str] = field(default_factory=list)
+    slates: list = field(default_factory=list)  # int64[k] candidate indices (empty: failed); cleared by seal
     slate_len: list[int] = field(default_factory=list)
-    # score -> (record, its slate's scores) while accumulating; float64[n, K] once sealed (0 where absent)
-    score_sums: dict = field(default_factory=dict)
     differs: list[bool] = field(default_factory=list)
     displacement: list[float] = field(default_factory=list)
     solve_us: list[float] = field(default_factory=list)
     total_us: list[float] = field(default_factory=list)
-    target_match: list = field(default_factory=list)  # per record: bool[len logged]
-    target_scores: list = field(default_factory=list)  # per record: the reward score of its own items
-    blocks: list = field(default_factory=list)  # sealed: (match, scores, score sums) per chunk
+    target_match: list = field(default_factory=list)  # per record: bool[len logged]; cleared by seal
+    blocks: list = field(default_factory=list)  # sealed: one Block per chunk
     sealed: bool = False
-    # counts
-    exposure: dict[str, Counter] = field(default_factory=dict)  # attr -> Counter((value, position))
-    item_exposure: Counter = field(default_factory=Counter)  # (item id, position) -> slates
     candidates: list[pa.Array] = field(default_factory=list)  # distinct candidate ids, per chunk
     relaxed: Counter = field(default_factory=Counter)  # rule -> records where a hard rule was relaxed
     violated: Counter = field(default_factory=Counter)  # rule -> records where a soft rule was violated
     errors: Counter = field(default_factory=Counter)  # message -> records
     failed: int = 0
 
-    def seal(self) -> None:
-        """Turn the per-record lists into one block of [n, K] arrays (cheap to send between
-        processes; merged parts keep a list of blocks, concatenated once by `combine`)."""
+    def seal(self, table: pa.Table | None = None) -> None:
+        """Turn this chunk's per-record slates into a Block, reading `table` (the chunk)."""
         if self.sealed:
             return
         K = self.K
-        sums = {}
-        for s, rows in self.score_sums.items():
-            m = np.zeros((len(self.slate_len), K))
-            for i, arr in rows:
-                m[i, :len(arr)] = arr
-            sums[s] = m
-        self.blocks = [(_stack(self.target_match, K, np.bool_), _stack(self.target_scores, K, np.float64), sums)]
-        self.target_match, self.target_scores, self.score_sums = [], [], {}
+        if table is not None and self.slates:
+            self.blocks = [_block(table, self.slates, _stack(self.target_match, K, np.bool_), K)]
+        self.slates, self.target_match = [], []
         self.sealed = True
 
-    def combine(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """(target_match bool[n, K], target_scores float64[n, K], score -> float64[n, K]) over
-        every block, in order."""
+    def combine(self) -> "Block":
+        """Every block in order, as one."""
         self.seal()
         K = self.K
         if not self.blocks:
-            return np.zeros((0, K), np.bool_), np.zeros((0, K)), {}
-        match = np.concatenate([_pad(b[0], K) for b in self.blocks])
-        scores = np.concatenate([_pad(b[1], K) for b in self.blocks])
-        names = sorted({s for b in self.blocks for s in b[2]})
-        sums = {s: np.concatenate([_pad(b[2][s], K) if s in b[2] else np.zeros((len(b[0]), K))
-                                   for b in self.blocks]) for s in names}
-        return match, scores, sums
+            return Block(np.zeros((0, K), np.bool_), {}, {}, (pa.array([], pa.string()), np.zeros((0, K), np.int64)))
+        match = np.concatenate([_pad(b.match, K) for b in self.blocks])
+        names = sorted({s for b in self.blocks for s in b.scores})
+        scores = {s: np.concatenate([_pad(b.scores[s], K) if s in b.scores else np.zeros((len(b.match), K))
+                                     for b in self.blocks]) for s in names}
+        attrs = sorted({a for b in self.blocks for a in b.exposure})
+        exposure = {a: _sum_counts([b.exposure[a] for b in self.blocks if a in b.exposure], K) for a in attrs}
+        items = _sum_counts([b.items for b in self.blocks], K)
+        return Block(match, scores, exposure, items)
 
     def merge(self, other: "PolicyPart") -> None:
         """Append `other`, whose chunks come after this part's."""
@@ -226,19 +233,25 @@ class PolicyPart:
         self.K = max(self.K, other.K)
         for name in ("request_ids", "slate_len", "differs", "displacement", "solve_us", "total_us"):
             getattr(self, name).extend(getattr(other, name))
-        self.blocks += other.blocks  # concatenated once, by combine()
-        for attr, counts in other.exposure.items():
-            mine = self.exposure.get(attr)
-            if mine is None:
-                self.exposure[attr] = counts
-            else:
-                mine.update(counts)
-        self.item_exposure.update(other.item_exposure)
+        self.blocks += other.blocks
         self.candidates += other.candidates
         self.relaxed.update(other.relaxed)
         self.violated.update(other.violated)
         self.errors.update(other.errors)
         self.failed += other.failed
+
+
+Counts = tuple  # (keys: pa.StringArray, counts: int64[len(keys), K]) - slates per (key, position)
+
+
+@dataclass
+class Block:
+    """The slates of some records, read from their log columns."""
+
+    match: np.ndarray  # bool[n, K]: the policy's item at k is the logged one
+    scores: dict[str, np.ndarray]  # score -> float64[n, K]: the scores of the slate's items (0: absent)
+    exposure: dict[str, Counts]  # attribute -> counts per (value, position)
+    items: Counts  # counts per (item id, position)
 
 
 def _pad(m: np.ndarray, K: int) -> np.ndarray:
@@ -257,26 +270,88 @@ def _stack(rows: list[np.ndarray], K: int, dtype) -> np.ndarray:
     return out
 
 
-def _add_slate(part: PolicyPart, rec: DecisionRecord, slate: np.ndarray, reward: str) -> None:
-    """The slate-level quantities of one record's slate (`slate`: candidate indices in order)."""
-    cands = rec.candidates
-    k = len(slate)
-    part.K = max(part.K, k)
-    part.slate_len.append(k)
-    positions = range(k)
-    row = len(part.slate_len) - 1
-    for s, col in cands.scores.items():
-        part.score_sums.setdefault(s, []).append((row, col[slate]))
-    for name, attr in cands.attributes.items():
-        counts = part.exposure.get(name)
-        if counts is None:
-            counts = part.exposure[name] = Counter()
-        dictionary = attr.dictionary
-        counts.update(zip([dictionary[c] for c in attr.codes[slate].tolist()], positions))
-    ids = cands.item_ids
-    part.item_exposure.update(zip([ids[i] for i in slate.tolist()], positions))
-    score = cands.scores.get(reward)
-    part.target_scores.append(score[slate] if score is not None else np.zeros(k))
+def _counts(keys: pa.Array, pos: np.ndarray, K: int) -> Counts:
+    """Slates per (key, position) of parallel arrays of keys and positions."""
+    encoded = keys.dictionary_encode()
+    index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    D = len(encoded.dictionary)
+    c = np.bincount(index * K + pos, minlength=D * K).reshape(D, K) if D else np.zeros((0, K), np.int64)
+    return encoded.dictionary, c.astype(np.int64)
+
+
+def _sum_counts(parts: list[Counts], K: int) -> Counts:
+    """The counts of several blocks added up by key (exact integers: order does not matter)."""
+    if not parts:
+        return pa.array([], pa.string()), np.zeros((0, K), np.int64)
+    keys = pa.concat_arrays([k.cast(pa.string()) for k, _ in parts])
+    counts = np.concatenate([_pad(c, K) for _, c in parts])
+    encoded = keys.dictionary_encode()
+    index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    out = np.zeros((len(encoded.dictionary), K), np.int64)
+    np.add.at(out, index, counts)
+    return encoded.dictionary, out
+
+
+def _list_parts(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """(offsets int64[n + 1] into values, values) of a list column."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return arr.offsets.to_numpy().astype(np.int64), arr.values
+
+
+def _named(col: pa.ChunkedArray, n: int) -> tuple[dict[str, np.ndarray], pa.StructArray, np.ndarray]:
+    """For a list<struct<name, ...>> column: name -> int64[n] index of that struct per record
+    (-1: absent), the structs, and their offsets."""
+    offsets, structs = _list_parts(col)
+    names = structs.field("name").to_numpy(zero_copy_only=False)
+    counts = np.diff(offsets)
+    parent = np.repeat(np.arange(n, dtype=np.int64), counts)
+    first = offsets[0]
+    out = {}
+    for name in np.unique(names[first:offsets[-1]]):
+        where = np.full(n, -1, np.int64)
+        sel = np.flatnonzero(names[first:offsets[-1]] == name) + first
+        where[parent[sel - first]] = sel
+        out[str(name)] = where
+    return out, structs, offsets
+
+
+def _block(table: pa.Table, slates: list[np.ndarray], match: np.ndarray, K: int) -> Block:
+    n = len(slates)
+    lens = np.fromiter((len(x) for x in slates), np.int64, n)
+    rows = np.repeat(np.arange(n, dtype=np.int64), lens)
+    pos = (np.arange(len(rows), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)) if len(rows) else rows
+    local = np.concatenate(slates).astype(np.int64) if len(rows) else rows
+    # item ids
+    id_off, ids = _list_parts(table.column("candidate_ids"))
+    items = _counts(ids.take(pa.array(id_off[rows] + local)), pos, K)
+    # scores
+    scores = {}
+    where, structs, _ = _named(table.column("scores"), n)
+    v_off, v_vals = _list_parts(structs.field("values"))
+    values = v_vals.to_numpy(zero_copy_only=False)
+    for name, idx in where.items():
+        s_idx = idx[rows]
+        ok = s_idx >= 0
+        m = np.zeros((n, K))
+        m[rows[ok], pos[ok]] = values[v_off[s_idx[ok]] + local[ok]]
+        scores[name] = m
+    # attribute values
+    exposure = {}
+    where, structs, _ = _named(table.column("attributes"), n)
+    c_off, c_vals = _list_parts(structs.field("codes"))
+    d_off, d_vals = _list_parts(structs.field("dictionary"))
+    codes_all = c_vals.to_numpy(zero_copy_only=False).astype(np.int64)
+    for name, idx in where.items():
+        a_idx = idx[rows]
+        ok = a_idx >= 0
+        code = codes_all[c_off[a_idx[ok]] + local[ok]]
+        size = d_off[a_idx[ok] + 1] - d_off[a_idx[ok]]
+        known = (code >= 0) & (code < size)
+        flat = np.where(known, d_off[a_idx[ok]] + np.where(known, code, 0), 0)
+        vals = d_vals.take(pa.array(flat))
+        vals = pc.if_else(pa.array(known), vals, pa.scalar("", pa.string()))
+        exposure[name] = _counts(vals, pos[ok], K)
+    return Block(match, scores, exposure, items)
 
 
 def _candidates_of(table: pa.Table) -> list[pa.Array]:
@@ -288,11 +363,21 @@ def _candidates_of(table: pa.Table) -> list[pa.Array]:
 
 
 def replay_chunk(chunk_table: pa.Table, chunk_index: int, versions: Sequence[tuple[str, PolicyVersion]],
-                 ledgers: dict[str, InProcessLedger] | None, limits: Limits, *, reward: str = "p_click",
+                 ledgers: dict[str, InProcessLedger] | None, limits: Limits, *,
                  include_logged: bool = True) -> dict[str, PolicyPart]:
     """Replay one chunk under each (label, version); `ledgers`: label -> the ledger of a policy
     with amortized rules (fed in order; None: a fresh ledger per chunk is never right, so the
     caller passes the policy's ledger across chunks). Returns label -> PolicyPart."""
+    gc_was = gc.isenabled()
+    gc.disable()  # the records and reports are acyclic: collecting during the chunk is wasted work
+    try:
+        return _replay_chunk(chunk_table, chunk_index, versions, ledgers, limits, include_logged)
+    finally:
+        if gc_was:
+            gc.enable()
+
+
+def _replay_chunk(chunk_table, chunk_index, versions, ledgers, limits, include_logged) -> dict[str, PolicyPart]:
     records = from_table(chunk_table)
     candidates = _candidates_of(chunk_table)
     parts = {label: PolicyPart(label, [chunk_index], candidates=list(candidates)) for label, _ in versions}
@@ -302,7 +387,7 @@ def replay_chunk(chunk_table: pa.Table, chunk_index: int, versions: Sequence[tup
             slate = np.asarray(rec.slate_index, dtype=np.int64)
             logged.n += 1
             logged.request_ids.append(rec.request_id)
-            _add_slate(logged, rec, slate, reward)
+            _add_slate(logged, slate)
             logged.differs.append(False)
             logged.displacement.append(0.0)
             logged.target_match.append(np.ones(len(slate), dtype=np.bool_))
@@ -335,27 +420,32 @@ def replay_chunk(chunk_table: pa.Table, chunk_index: int, versions: Sequence[tup
                     part.errors["(other errors)"] += 1
                 _add_failed(part, len(logged_slate))
                 continue
-            _add_decision(part, rec, decision, logged_slate, reward)
+            _add_decision(part, decision, logged_slate)
     for part in parts.values():
-        part.seal()
+        part.seal(chunk_table)
     return parts
 
 
+def _add_slate(part: PolicyPart, slate: np.ndarray) -> None:
+    part.K = max(part.K, len(slate))
+    part.slates.append(slate)
+    part.slate_len.append(len(slate))
+
+
 def _add_failed(part: PolicyPart, k: int) -> None:
+    part.slates.append(np.zeros(0, np.int64))
     part.slate_len.append(0)
     part.differs.append(True)
     part.displacement.append(float("nan"))
     part.solve_us.append(float("nan"))
     part.total_us.append(float("nan"))
     part.target_match.append(np.zeros(k, dtype=np.bool_))
-    part.target_scores.append(np.zeros(0))
 
 
-def _add_decision(part: PolicyPart, rec: DecisionRecord, decision: Decision, logged: np.ndarray,
-                  reward: str) -> None:
+def _add_decision(part: PolicyPart, decision: Decision, logged: np.ndarray) -> None:
     result = decision.result
     slate = np.fromiter((it.index for it in result.items), np.int64, len(result.items))
-    _add_slate(part, rec, slate, reward)
+    _add_slate(part, slate)
     k_log, k_new = len(logged), len(slate)
     same = k_log == k_new and bool(np.array_equal(slate, logged))
     part.differs.append(not same)
@@ -426,33 +516,29 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(x.max())}
 
 
-def _weighted(counts: Counter, w: np.ndarray) -> dict[str, float]:
-    """key -> sum over positions p of w[p] x count((key, p)); exact integer counts, weighted once
-    at the end, so the result does not depend on how the counts were merged."""
-    if not counts:
+def _weighted(counts: Counts, w: np.ndarray) -> dict[str, float]:
+    """key -> sum over positions p of w[p] x (slates with key at p): exact integer counts,
+    weighted once at the end, so the result does not depend on how the counts were merged."""
+    keys, c = counts
+    if not len(keys):
         return {}
-    pairs, c = zip(*counts.items())
-    keys, pos = zip(*pairs)
-    codes = pa.array(keys, pa.string()).dictionary_encode()
-    index = codes.indices.to_numpy()
-    m = np.zeros((len(codes.dictionary), len(w)), dtype=np.int64)
-    np.add.at(m, (index, np.asarray(pos, dtype=np.int64)), np.asarray(c, dtype=np.int64))
-    return dict(zip(codes.dictionary.to_pylist(), (m.astype(np.float64) @ w).tolist()))
+    return dict(zip(keys.to_pylist(), (_pad(c, len(w))[:, :len(w)].astype(np.float64) @ w).tolist()))
 
 
-def finish(part: PolicyPart, policy: str, digest: str, position_weights: str = "log2") -> PolicyReplay:
+def finish(part: PolicyPart, policy: str, digest: str, position_weights: str = "log2",
+           reward: str = "p_click") -> PolicyReplay:
     """The report of a policy from its merged part."""
     K = max(part.K, 1)
     w = POSITION_WEIGHTS[position_weights](K)
     n = max(part.n, 1)
     metrics: dict[str, float] = {}
-    target_match, target_scores, score_sums = part.combine()
-    for s, m in sorted(score_sums.items()):
+    block = part.combine()
+    for s, m in sorted(block.scores.items()):
         metrics[f"expected_{s}"] = float((m @ w[:m.shape[1]]).sum()) / n
     metrics["differs_share"] = float(np.sum(part.differs)) / n
     disp = np.asarray(part.displacement, dtype=np.float64)
     metrics["mean_displacement"] = float(np.nanmean(disp)) if np.isfinite(disp).any() else float("nan")
-    item_exposure = _weighted(part.item_exposure, w)
+    item_exposure = _weighted(block.items, w)
     shown_ids = pa.array(list(item_exposure), pa.string())
     ids = pa.concat_arrays(part.candidates).unique() if part.candidates else pa.array([], pa.string())
     never = int(pc.sum(pc.invert(pc.is_in(ids, shown_ids))).as_py() or 0) if len(ids) else 0
@@ -462,7 +548,7 @@ def finish(part: PolicyPart, policy: str, digest: str, position_weights: str = "
     # Gini over every candidate item, the never-shown ones at 0 (order does not matter: sorted)
     metrics["exposure_gini"] = gini(np.concatenate([shown, np.zeros(never)]))
     shares = {}
-    for attr, counts in sorted(part.exposure.items()):
+    for attr, counts in sorted(block.exposure.items()):
         e = _weighted(counts, w)
         total = sum(sorted(e.values()))
         shares[attr] = {v: (x / total if total else 0.0) for v, x in sorted(e.items(), key=lambda kv: (-kv[1], kv[0]))}
@@ -472,8 +558,8 @@ def finish(part: PolicyPart, policy: str, digest: str, position_weights: str = "
         relaxation_rate={r: c / n for r, c in sorted(part.relaxed.items())},
         violation_rate={r: c / n for r, c in sorted(part.violated.items())},
         solve_us=_percentiles(part.solve_us), total_us=_percentiles(part.total_us),
-        request_ids=part.request_ids, target_match=target_match,
-        target_scores=target_scores, item_exposure=item_exposure)
+        request_ids=part.request_ids, target_match=block.match,
+        target_scores=block.scores.get(reward, np.zeros(block.match.shape)), item_exposure=item_exposure)
 
 
 # ------------------------------------------------------------------ the driver
@@ -514,15 +600,14 @@ def check_policies(source, versions: Sequence[PolicyVersion]) -> None:
 
 
 def run_chunks(chunks: Iterable[Chunk], versions: Sequence[tuple[str, PolicyVersion]], limits: Limits,
-               *, reward: str, include_logged: bool,
+               *, include_logged: bool,
                progress: Callable[[int], None] | None = None) -> dict[str, PolicyPart]:
     """Replay chunks in order in this process (amortized policies keep one ledger across them)."""
     ledgers = {label: InProcessLedger() for label, v in versions if v.ledger_namespaces()}
     merged: dict[str, PolicyPart] = {}
     for chunk in chunks:
         table = chunk.read()
-        parts = replay_chunk(table, chunk.index, versions, ledgers, limits, reward=reward,
-                             include_logged=include_logged)
+        parts = replay_chunk(table, chunk.index, versions, ledgers, limits, include_logged=include_logged)
         for label, part in parts.items():
             if label in merged:
                 merged[label].merge(part)
@@ -540,12 +625,11 @@ class ChunkTask:
 
     pairs_blob: bytes
     limits: Limits
-    reward: str
 
     def __call__(self, chunk: Chunk) -> tuple[int, int, dict[str, PolicyPart]]:
         table = chunk.read()
         parts = replay_chunk(table, chunk.index, _pairs(self.pairs_blob), None, self.limits,
-                             reward=self.reward, include_logged=True)
+                             include_logged=True)
         return chunk.index, table.num_rows, parts
 
 
@@ -556,11 +640,9 @@ class SequentialTask:
     chunks: list[Chunk]
     pairs_blob: bytes
     limits: Limits
-    reward: str
 
     def __call__(self) -> dict[str, PolicyPart]:
-        return run_chunks(self.chunks, _pairs(self.pairs_blob), self.limits, reward=self.reward,
-                          include_logged=False)
+        return run_chunks(self.chunks, _pairs(self.pairs_blob), self.limits, include_logged=False)
 
 
 _PAIRS: dict[bytes, list] = {}
@@ -611,8 +693,8 @@ def replay(source: str | os.PathLike, versions: Sequence[PolicyVersion], *, limi
     t0 = time.perf_counter()
     with runner.progress_bar(total, progress, "replay") as advance:
         if use_ray or (workers and workers > 1):
-            task = ChunkTask(pickle.dumps(chunked), limits, reward)
-            seq = [SequentialTask(chunks, pickle.dumps([p]), limits, reward) for p in sequential]
+            task = ChunkTask(pickle.dumps(chunked), limits)
+            seq = [SequentialTask(chunks, pickle.dumps([p]), limits) for p in sequential]
             if use_ray:
                 chunk_parts, whole = runner.run_ray(task, chunks, seq, address=ray_address, advance=advance)
                 mode = "ray"
@@ -621,11 +703,11 @@ def replay(source: str | os.PathLike, versions: Sequence[PolicyVersion], *, limi
                 mode = f"{workers} workers"
             merged = merge_in_order(chunk_parts, whole)
         else:
-            merged = run_chunks(chunks, pairs, limits, reward=reward, include_logged=True, progress=advance)
+            merged = run_chunks(chunks, pairs, limits, include_logged=True, progress=advance)
             mode = "in process"
     seconds = time.perf_counter() - t0
     logged = merged.get(LOGGED) or PolicyPart(LOGGED)
-    out = [finish(logged, LOGGED, "", position_weights)]
+    out = [finish(logged, LOGGED, "", position_weights, reward)]
     for label, v in pairs:
-        out.append(finish(merged.get(label) or PolicyPart(label), v.name, v.digest, position_weights))
+        out.append(finish(merged.get(label) or PolicyPart(label), v.name, v.digest, position_weights, reward))
     return ReplayReport(os.fspath(source), logged.n, out, mode, seconds)
