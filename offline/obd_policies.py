@@ -53,7 +53,8 @@ come from the same resamples and the slate's interval carries the (small) covari
 positions. (The alternative the brief names, one SlateLog over all rows with weights 1/share of
 the row's position, gives the same ips / dr / dm point estimates, which tests/test_obd_policies.py
 checks; it would self-normalise snips over all rows at once rather than per position.) The
-slate's ESS is that of the weights W / share(p) over all rows (the one-SlateLog view).
+slate's ESS is that of the weights W = target / behaviour over all rows (what estimate_all
+reports for the one-SlateLog view).
 
 With 80 items and ~3,300 rows per position, a deterministic policy matches the logged item in
 ~1 row in 80 (~40 rows per position), and the random log has ~0.4 % clicks: each position's
@@ -311,7 +312,7 @@ def joint_bootstrap(position: np.ndarray, click: np.ndarray, weight: np.ndarray,
 def estimate_policy(data: obd.ObdData, target: np.ndarray, q: np.ndarray, q_target: np.ndarray, *,
                     n_bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
     """Per estimator: the policy's CTR at each position (value, CI, ESS, warning) and its
-    expected clicks per slate (their sum; CI from the same joint resamples; ESS of W / share).
+    expected clicks per slate (their sum; CI from the same joint resamples; ESS of W over all rows).
     `target`: float64[n], the target's probability of each row's logged item at its position;
     `q`: float64[n, n_items, 3], the reward model; `q_target`: float64[n] (module docstring)."""
     rows = np.arange(data.n)
@@ -320,17 +321,15 @@ def estimate_policy(data: obd.ObdData, target: np.ndarray, q: np.ndarray, q_targ
     behavior = data.propensity.astype(np.float64)
     q_logged = q[rows, data.item, pos - 1]
     per_position = []
-    shares = np.zeros(SLATE_SIZE)
     for p in range(1, SLATE_SIZE + 1):
         at = np.flatnonzero(pos == p)
         if at.size == 0:
             raise ValueError(f"{data.path}: no row at position {p}: the CTR there cannot be estimated")
-        shares[p - 1] = at.size / data.n
         per_position.append(estimate_all(_log(click[at], behavior[at], target[at], q_logged[at], q_target[at]),
                                          list(ESTIMATORS), n_bootstrap=0))
     draws = (joint_bootstrap(pos, click, target / behavior, q_logged, q_target,
                              n_bootstrap=n_bootstrap, seed=seed) if n_bootstrap else None)
-    slate_weight = target / behavior / shares[pos - 1]
+    slate_weight = target / behavior
     out = {}
     for e in ESTIMATORS:
         positions = []
