@@ -75,7 +75,7 @@ def _replay(folder: Path, **kw) -> tuple[float, object]:
 
 
 def throughput(quick: bool) -> list[dict]:
-    records = 4_000 if quick else 20_000
+    records = 4_000 if quick else 50_000
     tmp = Path(tempfile.mkdtemp(prefix="bench_replay_"))
     try:
         make_log(tmp, records)

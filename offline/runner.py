@@ -111,38 +111,40 @@ def _check_reachable(address: str) -> None:
                              f"(is a Ray head running there? `ray start --head` starts one)") from None
 
 
-class _ChunkActor:
-    """Ray Data map_batches actor: runs the chunk task on each chunk of its batch."""
+def _chunk_batch(batch: dict, task_blob: bytes) -> dict:
+    """Ray Data map_batches function: runs the chunk task on each chunk of its batch. Ray reuses
+    its worker processes between tasks, so the imports and the unpickled policies (cached by
+    offline.replay) are paid once per worker, not once per replay."""
+    task = _TASKS.get(task_blob)
+    if task is None:
+        _TASKS.clear()
+        task = _TASKS[task_blob] = pickle.loads(task_blob)
+    index, rows, out = [], [], []
+    for blob in batch["chunk"]:
+        i, n, result = task(pickle.loads(blob))
+        index.append(i)
+        rows.append(n)
+        out.append(pickle.dumps(result))
+    return {"index": index, "rows": rows, "result": out}
 
-    def __init__(self, task_blob: bytes) -> None:
-        self.task = pickle.loads(task_blob)
 
-    def __call__(self, batch: dict) -> dict:
-        index, rows, out = [], [], []
-        for blob in batch["chunk"]:
-            i, n, result = self.task(pickle.loads(blob))
-            index.append(i)
-            rows.append(n)
-            out.append(pickle.dumps(result))
-        return {"index": index, "rows": rows, "result": out}
+_TASKS: dict = {}
 
 
 def run_ray(chunk_task, chunks: Sequence, sequential: Sequence, *, address: str | None,
             advance: Callable[[int], None]) -> tuple[ChunkResults, list]:
-    """The same on Ray: Ray Data maps a pool of actors (half a CPU each: whole-CPU actors starve
-    Ray Data's own tasks on a small machine) over the chunks; each sequential task is a Ray task."""
+    """The same on Ray: Ray Data maps the chunk task over the chunks as Ray tasks (stateless, so
+    no actor pool to start per replay, and none to starve Ray Data's own tasks on a small
+    machine); each sequential task is a Ray task."""
     import ray
     import ray.data
-    from ray.data import ActorPoolStrategy
 
     start_ray(address)
     seq_refs = [ray.remote(num_cpus=0.5)(_call).remote(t) for t in sequential]
     ray.data.DataContext.get_current().enable_progress_bars = False
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     ds = ray.data.from_items([{"chunk": pickle.dumps(c)} for c in chunks],
                              override_num_blocks=max(1, len(chunks)))
-    mapped = ds.map_batches(_ChunkActor, fn_constructor_args=(pickle.dumps(chunk_task),), batch_size=1,
-                            compute=ActorPoolStrategy(size=cpus), num_cpus=0.5)
+    mapped = ds.map_batches(_chunk_batch, fn_args=(pickle.dumps(chunk_task),), batch_size=1, num_cpus=1)
     results: ChunkResults = {}
     for row in mapped.iter_rows():
         results[int(row["index"])] = pickle.loads(row["result"])
