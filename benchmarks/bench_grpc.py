@@ -131,19 +131,24 @@ def _measure(encoding: str, rerank, echo, echo_servicer: "_Echo", calls: int, wa
 LOG_COLUMNS = [("mode", "decision log"), ("calls", "calls"), ("server_median_us", "server total µs (median)"),
                ("server_p99_us", "server total µs p99"), ("rtt_median_us", "round trip µs (median)"),
                ("rtt_p99_us", "round trip µs p99"), ("over_off", "server median / log off"),
-               ("written", "records written"), ("dropped", "records dropped")]
+               ("written", "records written"), ("dropped", "records dropped"),
+               ("decode_us", "decode µs"), ("engine_us", "compile+solve+report µs"), ("encode_us", "encode µs"),
+               ("rest_us", "rest µs (offer, bookkeeping)")]
 
 
 def measure_decision_log(engine, rerank, calls: int, warmup: int, block: int = 100) -> list[dict]:
     """Server time with the decision log off and on (Parquet in a temporary folder), in
     alternating blocks of `block` calls over the same channel; the log is switched by setting
-    `engine.decision_log`, which the engine reads on every call."""
+    `engine.decision_log`, which the engine reads on every call. Per mode also the median of
+    each server stage, and of the rest of the server time (the engine's offer to the log and
+    bookkeeping), to say where the difference is."""
     from engine.decision_log import DecisionLog, ParquetSink
 
     req = make_request("dictionary")
     with tempfile.TemporaryDirectory(prefix="bench-grpc-log-") as folder:
         log = DecisionLog(ParquetSink(folder))
         samples = {"off": ([], []), "on": ([], [])}
+        parts = {mode: {k: [] for k in ("decode", "engine", "encode", "rest")} for mode in samples}
         for mode in ("off", "on") * 2:  # warm both paths
             engine.decision_log = log if mode == "on" else None
             for _ in range(warmup // 4):
@@ -157,7 +162,12 @@ def measure_decision_log(engine, rerank, calls: int, warmup: int, block: int = 1
                     t0 = perf()
                     resp = rerank(req, timeout=10)
                     rtt.append((perf() - t0) / 1e3)
-                    server.append(resp.diagnostics.elapsed_us["total"])
+                    e = resp.diagnostics.elapsed_us
+                    server.append(e["total"])
+                    engine_us = e["compile"] + e["solve"] + e["report"]
+                    for k, v in (("decode", e["decode"]), ("engine", engine_us), ("encode", e["encode"]),
+                                 ("rest", e["total"] - e["decode"] - engine_us - e["encode"])):
+                        parts[mode][k].append(v)
         engine.decision_log = None
         log.close(30)
         stats = log.stats
@@ -169,7 +179,8 @@ def measure_decision_log(engine, rerank, calls: int, warmup: int, block: int = 1
                      "server_p99_us": float(np.percentile(server, 99)),
                      "rtt_median_us": float(np.median(rtt)), "rtt_p99_us": float(np.percentile(rtt, 99)),
                      "written": stats.written if mode == "on" else None,
-                     "dropped": stats.dropped if mode == "on" else None})
+                     "dropped": stats.dropped if mode == "on" else None,
+                     **{f"{k}_us": float(np.median(v)) for k, v in parts[mode].items()}})
     for row in rows:
         row["over_off"] = row["server_median_us"] / rows[0]["server_median_us"]
     return rows

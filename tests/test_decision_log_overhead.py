@@ -91,7 +91,7 @@ def test_assemble_of_staged_records_equals_to_batch():
 
 def test_a_staged_record_frees_the_request_before_its_batch_is_written():
     sink = ListSink()
-    log = DecisionLog(sink, batch_size=100, flush_s=60.0, stage_every_s=0.005)
+    log = DecisionLog(sink, batch_size=100, flush_s=60.0, stage_size=100, stage_every_s=0.005)
     rec = _record(3)
     scores = rec.candidates.scores["p_click"]
     alive = weakref.ref(scores)
@@ -146,6 +146,7 @@ def test_the_writer_thread_runs_at_a_lower_priority_and_the_caller_does_not():
     ({"convert_slice_s": "fast"}, "DecisionLog convert_slice_s: must be a number > 0 or None, got 'fast'"),
     ({"convert_sleep_s": -1}, "DecisionLog convert_sleep_s: must be a number > 0, got -1"),
     ({"stage_every_s": 0}, "DecisionLog stage_every_s: must be a number > 0, got 0"),
+    ({"stage_size": 0}, "DecisionLog stage_size: must be an integer >= 1, got 0"),
     ({"writer_nice": 20}, r"DecisionLog writer_nice: must be an integer in \[0, 19\], got 20"),
     ({"writer_nice": 1.5}, r"DecisionLog writer_nice: must be an integer in \[0, 19\], got 1.5"),
 ])

@@ -188,14 +188,17 @@ class DecisionLog:
     of the protobuf message) and 0.3-0.4 ms of Parquet encoding (not holding it, on the writer
     thread); about 120 KB of Parquet. Sample (`sample_rate`) when that is too much. So that
     the log slows the requests down as little as it can:
-    - the converter stages every `stage_every_s` (2 ms) the records queued since: copies the
-      candidate columns out of the request so that its arrays are freed (see schema.Staged;
-      keeping 256 requests alive until their batch is written cost 10-16 % of bench_grpc's
-      server time, the request threads' memory going cold); the offer does not wake it
-      (waking a thread from the request path cost ~10 µs per call on this VM);
-    - the converter pauses (sleeps `convert_sleep_s`) after every `convert_slice_s` of work, so
-      that a request thread waiting for the interpreter lock gets it within about that (see
-      _Pacer; None: no pauses; shorter slices mean more hand-overs, which cost too);
+    - the converter stages the queued records once `stage_size` (8) wait, or every
+      `stage_every_s` (20 ms): copies their candidate columns out of the requests so that
+      those are freed (see schema.Staged; keeping 256 requests alive until their batch was
+      written cost 10-16 % of bench_grpc's server time, the request threads' memory going
+      cold). Not one by one: every time the converter takes the interpreter lock while a
+      request runs, the request waits to get it back, and on this 2-core VM those hand-overs
+      cost more than the work (staging each record 2 ms after its call: 1.13-1.17x; 8 at a
+      time: 1.08-1.10x); nor is it woken by every offer (a wake-up cost the request ~10 µs);
+    - the converter pauses (sleeps `convert_sleep_s`) after every `convert_slice_s` (2 ms) of
+      work, so that a request thread waiting for the interpreter lock gets it within about
+      that (see _Pacer; None: no pauses; short slices mean more hand-overs, which cost more);
     - the writer thread lowers its CPU priority by `writer_nice` (Linux), so that on a busy
       machine the request threads get the cores first; it holds the lock only between writes.
 
@@ -235,13 +238,13 @@ class DecisionLog:
                  queue_bytes: int = 1024 * MiB, batch_bytes: int = 64 * MiB,
                  max_held_batches: int = 16, retry_initial_s: float = 0.1, retry_max_s: float = 10.0,
                  log_interval_s: float = 10.0, convert_chunk: int = 64,
-                 convert_slice_s: float | None = 200e-6, convert_sleep_s: float = 20e-6,
-                 stage_every_s: float = 0.002, writer_nice: int = 10,
+                 convert_slice_s: float | None = 2e-3, convert_sleep_s: float = 20e-6,
+                 stage_size: int = 8, stage_every_s: float = 0.02, writer_nice: int = 10,
                  convert: Callable[[list], pa.RecordBatch] | None = None) -> None:
         for name, value, lo in (("queue_size", queue_size, 1), ("batch_size", batch_size, 1),
                                 ("queue_bytes", queue_bytes, 1), ("batch_bytes", batch_bytes, 1),
                                 ("max_held_batches", max_held_batches, 1),
-                                ("convert_chunk", convert_chunk, 1)):
+                                ("convert_chunk", convert_chunk, 1), ("stage_size", stage_size, 1)):
             if not (isinstance(value, int) and value >= lo):
                 raise ValueError(f"DecisionLog {name}: must be an integer >= {lo}, got {value!r}")
         for name, value in (("sample_rate", sample_rate), ("exploration_sample_rate", exploration_sample_rate)):
@@ -274,7 +277,9 @@ class DecisionLog:
         self.convert_slice_s = None if convert_slice_s is None else float(convert_slice_s)
         self.convert_sleep_s = float(convert_sleep_s)
         self.writer_nice = writer_nice
-        #: how often the converter looks for new records to stage while traffic flows
+        #: the converter stages the queued records once `stage_size` wait (the offer that makes
+        #: them so wakes it), and every `stage_every_s` while records come
+        self.stage_size = stage_size
         self.stage_every_s = float(stage_every_s)
         self._pause = _Pacer(self.convert_slice_s, self.convert_sleep_s)
         #: records -> Arrow batch (None: `to_batch` with this log's writer id and dropped count;
@@ -340,7 +345,7 @@ class DecisionLog:
                     full = False
                     self._queue.append((item, size))
                     self._queued_bytes += size
-                    if len(self._queue) >= self.batch_size:
+                    if len(self._queue) == self.stage_size:  # the converter stages them now
                         self._wake.set()
             if full:
                 self._say("full", logging.WARNING, "decision log queue full: records dropped",
@@ -501,10 +506,9 @@ class DecisionLog:
             return True
 
     def _run_convert(self) -> None:
-        """The converter thread: stages the records queued, every `stage_every_s` while they
-        come, so that the requests' arrays are freed within a few milliseconds (the offer does
-        not wake it: it would take the interpreter lock while the request is still answering);
-        assembles `batch_size` staged records (or fewer after `flush_s`, or about `batch_bytes`)
+        """The converter thread: stages the records queued when `stage_size` wait (that offer
+        wakes it) or every `stage_every_s` while records come, so that the requests' arrays
+        are freed soon; assembles `batch_size` staged records (or fewer after `flush_s`, or about `batch_bytes`)
         into a table and hands it to the sink thread (held). With no traffic it looks less
         often (doubling up to 50 ms)."""
         staged: list = []
