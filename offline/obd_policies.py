@@ -442,9 +442,17 @@ def evaluate_runs(data: obd.ObdData, q: np.ndarray, runs: dict[str, PolicyRun], 
     for name, run in runs.items():
         target, q_target = target_of_slates(data, run.slates, q)
         share = exposure_shares(run.slates, data)
+        at = [data.position == k for k in range(1, SLATE_SIZE + 1)]
+        matched = [int(target[a].sum()) for a in at]
+        clicks = [int((target * data.click)[a].sum()) for a in at]
         out[name] = {
             "estimates": estimate_policy(data, target, q, q_target, n_bootstrap=n_bootstrap, seed=seed),
-            "matched_rows_per_position": [int(target[data.position == k].sum()) for k in range(1, SLATE_SIZE + 1)],
+            "matched_rows_per_position": matched,
+            "matched_clicks_per_position": clicks,
+            # with no click among the m matched rows the bootstrap interval collapses to [0, 0];
+            # the exact (Clopper-Pearson) one-sided 95 % upper bound on the CTR there is 1 - 0.05^(1/m)
+            "zero_click_upper95_ctr": [None if c or not m else 1.0 - 0.05 ** (1.0 / m)
+                                       for m, c in zip(matched, clicks)],
             "exposure_share": share,
             "exposure_share_minus_random": {a: {v: x - rand_exposure[a][v] for v, x in vals.items()}
                                             for a, vals in share.items()},
@@ -554,10 +562,19 @@ def print_table(result: dict, file=None) -> None:
                           end_section=(name == POLICIES[-1] and e == SHOWN[-1]))
                 first = False
     console.print(t)
+    bounds = [(m, u) for c in result["campaigns"] for name in POLICIES
+              for m, u in zip(c["results"][name]["matched_rows_per_position"],
+                              c["results"][name]["zero_click_upper95_ctr"]) if u is not None]
+    if bounds:
+        m, u = min(bounds)
+        console.print(f"ips/snips [0.000, 0.000]: no click in the rows where the policy matches the log "
+                      f"(column 'matched rows' below): the bootstrap cannot see past them; the exact "
+                      f"one-sided 95 % upper bound on that position's CTR is 1 - 0.05^(1/m), "
+                      f"e.g. {u:.1%} at m = {m}.")
     t = Table(title=f"Exposure (log2 weights) and rules: protected = the {FAIR_ATTRIBUTE} value the greedy "
                     "under-exposes most; shares against the random policy's (= catalogue share)")
     for col in ("campaign", "policy", "protected share (random)", f"distinct {DIVERSITY_ATTRIBUTE}/slate",
-                "max per value", "meets FA*IR", "relaxed", "distinct slates"):
+                "max per value", "meets FA*IR", "relaxed", "distinct slates", "matched rows (clicks)"):
         t.add_column(col)
     for c in result["campaigns"]:
         dc = c["data_checks"]
@@ -572,7 +589,10 @@ def print_table(result: dict, file=None) -> None:
                       f"{s['distinct_per_slate'][DIVERSITY_ATTRIBUTE]:.2f}",
                       str(s.get(f"max_per_{DIVERSITY_ATTRIBUTE}_value", "-")),
                       f"{s['meets_fair_mtable']:.1%}" if "meets_fair_mtable" in s else "-",
-                      relaxed, str(s["distinct_slates"]), end_section=(i == len(POLICIES) - 1))
+                      relaxed, str(s["distinct_slates"]),
+                      "/".join(f"{m} ({k})" for m, k in zip(r["matched_rows_per_position"],
+                                                          r["matched_clicks_per_position"])),
+                      end_section=(i == len(POLICIES) - 1))
     console.print(t)
     warned = sorted({w for c in result["campaigns"] for name in POLICIES
                      for e in SHOWN for w in [c["results"][name]["estimates"][e]["slate"]["warning"]] if w})

@@ -355,3 +355,14 @@ def test_an_edited_policy_file_is_what_gets_evaluated(root, tmp_path):
                             reset_policies=True)
     assert not again["policies"]["obd_diverse"]["edited"]
     assert again["results"]["obd_diverse"]["slates"] == first["results"]["obd_diverse"]["slates"]
+
+
+def test_matched_clicks_and_the_zero_click_bound(tiny):
+    data, q = tiny
+    v = versions()["obd_greedy"]
+    runs = {"obd_greedy": op.run_policy(v, data, q[:, :, 0])}
+    res = op.evaluate_runs(data, q, runs, fair_attribute="item_feature_3", protected="y", p=op.FAIR_P,
+                           alpha=op.FAIR_ALPHA, n_bootstrap=0, seed=0)["obd_greedy"]
+    assert res["matched_rows_per_position"] == [1, 0, 1]
+    assert res["matched_clicks_per_position"] == [1, 0, 0]
+    assert res["zero_click_upper95_ctr"] == [None, None, pytest.approx(0.95)]  # 1 - 0.05^(1/1)
