@@ -24,7 +24,11 @@ the same slates with the same probabilities. Semantics (shared with the twin):
   below float64 rounding of the sum for any N < 10^6, and cutting it lets the scan stop early),
   in scan order (utility desc, index asc). w_i = exp((g_i - g_max) / T), Z = sum of w over S in
   that order; one draw a in [0, 1): the pick is the first i of S whose running sum of w exceeds
-  a Z (the last of S if rounding leaves none). Its probability is w_i / Z.
+  a Z (the last of S if rounding leaves none). Its probability is w_i / Z. The kernel evaluates
+  exp by `exp_nonpos` (within 1 unit in the last place of libm's exp; the twin uses math.exp, so
+  the two agree to rounding: slot probabilities to ~1e-15 relative, and the same pick unless a Z
+  falls within that rounding of a running sum). The reported probability is the one the
+  kernel's own weights draw with, exact to float64 rounding.
 * Randomness: splitmix64 on a uint64 state array of one element (the seed), as PyNNDescent
   passes its rng state; a draw is (next >> 11) * 2^-53. The same seed gives the same slate in
   every process. `explore_counts` runs many draws in one call: sample j's seed is the j-th
@@ -32,8 +36,11 @@ the same slates with the same probabilities. Semantics (shared with the twin):
 
 Scan (no N x N work, no per-position pass over every candidate unless the scheme needs it): the
 candidates are examined in the greedy's scan order (utility desc, index asc, built lazily in
-sorted stretches by `_extend_order`), each by the greedy's own step (`_blocked`, `_capped_until`,
-`_div_refresh`, `_gain`). A gain is at most pw[p] * u_i + bonus (div <= 0, pw >= 0; bonus = the
+sorted stretches by `_extend_order`; at once for the full softmax, which needs all of it), each
+by the greedy's own step (`_feasible_gain`: `_blocked`, `_capped_until`, `_div_refresh`, `_gain`),
+with two short cuts that change no verdict: a hard window rule's verdict depends on the item's
+value and the slate only, so it is worked out once per (value, position) (`_blocked_memo`), and
+without soft rules the gain is pw[p] (u_i + div) (what `_gain` adds up to then). A gain is at most pw[p] * u_i + bonus (div <= 0, pw >= 0; bonus = the
 greedy's bound on the soft rewards at p), so EPSILON stops once that bound cannot reach the m-th
 gain kept, and SOFTMAX once it is below the best gain minus SOFTMAX_CUT T (both with the greedy's
 tiny slack, `_beyond_reach`). Diversity is folded lazily per candidate as in the greedy (its
@@ -376,8 +383,8 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
         N, codes, rules, active, cnt, off, slate)
     ex = (L, pw, u, slate, codes, rules, penalty, active, cnt, off, pinned_prefix, need_buf,
           la_need, capped_until, cal, toff, emb, mode, beta, win, ds)
-    avail, moff, matches, matches_known, max_bonus = _gk._min_count_state(N, codes, rules,
-                                                                          penalty, reserved)
+    avail, moff, matches, matches_known, max_bonus, hard_top = _gk._min_count_state(
+        N, codes, rules, penalty, reserved)
     for p in range(L):
         slot_prob[p] = 1.0
         support[p] = 1
@@ -414,7 +421,8 @@ def explore_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div
     filled = 0  # positions filled (all L unless no candidate is left)
 
     for p in range(L):
-        _gk._shortages(p, rules, active, cnt, off, avail, reason, relax_pos)
+        if p < hard_top:
+            _gk._shortages(p, rules, active, cnt, off, avail, reason, relax_pos)
         if pin_rule[p] >= 0:
             i = slate[p]
             if not _gk._pin_gives_way(p, L, slate, codes, rules, active, cnt, off, pinned_prefix,

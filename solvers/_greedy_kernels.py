@@ -721,7 +721,7 @@ def _gain(i, p, L, pw, u, div, slate, codes, rules, penalty, cnt, off, cal, toff
     return g
 
 
-@nb.njit(cache=True, nogil=True, _nrt=False)
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _count(i, p, codes, rules, cnt, off, delta):
     for c in range(rules.shape[1]):
         k = rules[RULE_KIND, c]
@@ -954,15 +954,19 @@ def _min_count_state(N, codes, rules, penalty, reserved):
     """Per min_count rule: avail [C], the matching candidates still available (reserved pins
     excluded); every matching candidate of each hard one (reserved or not), in index order, in
     matches[moff[c]:moff[c + 1]], filled by `_fill_matches` the first time the look-ahead leaves
-    only them (matches_known [C]). Returns (avail, moff, matches, matches_known, max_bonus), the
-    last being the sum of the soft min_count rewards (part of every position's bonus bound)."""
+    only them (matches_known [C]). Returns (avail, moff, matches, matches_known, max_bonus,
+    hard_top): the sum of the soft min_count rewards (part of every position's bonus bound) and
+    the end of the longest hard min_count prefix (no shortage can arise at a position past it)."""
     C = rules.shape[1]
     avail = np.zeros(C, dtype=np.int64)
     moff = np.zeros(C + 1, dtype=np.int64)
     max_bonus = 0.0
+    hard_top = 0
     for c in range(C):
         n_match = 0
         if rules[RULE_KIND, c] == MIN_COUNT:
+            if rules[RULE_HARD, c] != 0 and rules[RULE_TOP, c] > hard_top:
+                hard_top = rules[RULE_TOP, c]
             v = rules[RULE_VALUE, c]
             if v >= 0:
                 a = rules[RULE_ATTR, c]
@@ -976,7 +980,7 @@ def _min_count_state(N, codes, rules, penalty, reserved):
                 n_match = 0
         moff[c + 1] = moff[c] + n_match
     return (avail, moff, np.empty(moff[C], dtype=np.int64), np.zeros(C, dtype=np.bool_),
-            max_bonus)
+            max_bonus, hard_top)
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
@@ -1183,8 +1187,8 @@ def greedy_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div_
     # the scan context `_examine` reads: arrays changed in place only, and constants
     ex = (L, pw, u, slate, codes, rules, penalty, active, cnt, off, pinned_prefix, need_buf,
           la_need, capped_until, cal, toff, emb, mode, beta, win, ds)
-    avail, moff, matches, matches_known, max_bonus = _min_count_state(N, codes, rules, penalty,
-                                                                      reserved)
+    avail, moff, matches, matches_known, max_bonus, hard_top = _min_count_state(
+        N, codes, rules, penalty, reserved)
 
     # --- lazy scan order: sorted stretches of the best remaining items, extended on demand
     order = np.empty(N, dtype=np.int64)
@@ -1194,7 +1198,8 @@ def greedy_slate(u, pw, codes, n_values, rules, penalty, target, toff, emb, div_
     head = 0  # order[:head] are all used or reserved
 
     for p in range(L):
-        _shortages(p, rules, active, cnt, off, avail, reason, relax_pos)
+        if p < hard_top:
+            _shortages(p, rules, active, cnt, off, avail, reason, relax_pos)
         if pin_rule[p] >= 0:
             i = slate[p]
             if not _pin_gives_way(p, L, slate, codes, rules, active, cnt, off, pinned_prefix,

@@ -44,9 +44,9 @@ class ExploreResult:
     slate:          int64[L]   candidate index at each position
     slot_prob:      float64[L] probability of the item drawn at p given positions < p (pins: 1)
     support:        int64[L]   number of items that had a probability > 0 at p (pins: 1)
-    joint:          float      prod_p slot_prob[p]
-    log_joint:      float      sum_p log slot_prob[p]
-    cascade:        float64[L] prod_{q <= p} slot_prob[q]
+    joint:          float      prod_p slot_prob[p] (= cascade[-1])
+    log_joint:      float      sum_p log slot_prob[p] (summed in position order, pins skipped)
+    cascade:        float64[L] prod_{q <= p} slot_prob[q] (running products, in position order)
     relaxed, relax_reason, relax_position: as SolveResult
     status:         "feasible" | "relaxed"
     scheme, seed:   what drew it

@@ -8,6 +8,10 @@ feasible candidates and draws with a pure-Python splitmix64, so a seed gives the
 `Explorer.distribution(p)` is the law of position p given the positions before it; `sample`
 draws a whole slate, and `exact_law` enumerates every slate by recursion over positions (tiny
 problems only), giving the exact probability of each slate, prefix and item at position.
+
+Softmax weights use math.exp; the kernel's exp_nonpos is within 1 unit in the last place of it,
+so the tests compare probabilities with a relative tolerance and slates exactly (a pick could
+only differ if a * Z fell within that rounding of a running sum).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ processes, and argument checks."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from collections import Counter
@@ -132,6 +133,23 @@ def test_splitmix64_vectors():
     assert [int(_explore_kernels.splitmix64(state)) for _ in range(5)] == expected
     twin = naive_explore.SplitMix64(1234567)
     assert [twin.next() for _ in range(5)] == expected
+
+
+def test_exp_nonpos_is_within_one_ulp_of_exp():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([-rng.random(100_000) * 60.0, -rng.random(1000) * 700.0,
+                        [0.0, -0.0, -1e-300, -5e-324, -np.log(2) / 2, -np.log(2) * 3 / 2, -50.0,
+                         -700.0]])
+    y = x.copy()
+    bits = np.empty(x.size, dtype=np.int64)
+    _explore_kernels.exp_nonpos(y, x.size, bits, bits.view(np.float64))
+    ref = np.array([math.exp(v) for v in x])
+    assert y[-8:-4].tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert np.max(np.abs(y - ref) / np.spacing(ref)) <= 1.0
+    y = np.array([-750.0, -1e6, -np.inf])  # below -700: as at -700 (never in a softmax support)
+    bits = np.empty(3, dtype=np.int64)
+    _explore_kernels.exp_nonpos(y, 3, bits, bits.view(np.float64))
+    assert y.tolist() == [math.exp(-700.0)] * 3
 
 
 def _tiny_problem():
