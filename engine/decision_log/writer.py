@@ -508,9 +508,9 @@ class DecisionLog:
     def _run_convert(self) -> None:
         """The converter thread: stages the records queued when `stage_size` wait (that offer
         wakes it) or every `stage_every_s` while records come, so that the requests' arrays
-        are freed soon; assembles `batch_size` staged records (or fewer after `flush_s`, or about `batch_bytes`)
-        into a table and hands it to the sink thread (held). With no traffic it looks less
-        often (doubling up to 50 ms)."""
+        are freed soon; assembles `batch_size` staged records (or fewer after `flush_s`, or
+        about `batch_bytes`) into a table and hands it to the sink thread (held). With no
+        traffic it looks less often (doubling up to 50 ms)."""
         staged: list = []
         staged_bytes = 0
         oldest = 0.0  # monotonic: when the first of `staged` was taken
