@@ -76,7 +76,7 @@ ESS < ESS_MIN (100: too few effective rounds for an interval to mean much) or ES
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 

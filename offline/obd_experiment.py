@@ -289,12 +289,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_table(result)
-    if args.output != "-":
-        out = Path(args.output)
+    write_result(result, args.output)
+    return 0
+
+
+def write_result(result: dict, output: str) -> None:
+    """Write a command's JSON result to `output` ("-": nowhere) and say so."""
+    if output != "-":
+        out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":

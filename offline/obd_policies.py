@@ -601,6 +601,8 @@ def print_table(result: dict, file=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from offline.obd_experiment import write_result
+
     ap = argparse.ArgumentParser(prog="python -m offline.obd_policies", description=__doc__.split("\n")[0])
     ap.add_argument("--root", default=str(obd.DEFAULT_ROOT), help="the unpacked sample (make data)")
     ap.add_argument("--campaign", nargs="+", default=list(obd.CAMPAIGNS), choices=obd.CAMPAIGNS,
@@ -623,11 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_table(result)
-    if args.output != "-":
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {out}")
+    write_result(result, args.output)
     return 0
 
 

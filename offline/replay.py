@@ -47,7 +47,6 @@ import pyarrow.parquet as pq
 
 from engine.decide import Decision, PolicyVersion, decide
 from engine.decision_log import DECISION_SCHEMA, from_table, is_stream_url, log_files, read_log
-from engine.decision_log.record import DecisionRecord
 from engine.errors import RerankError
 from engine.ledger import InProcessLedger
 from engine.validate import Limits

@@ -12,6 +12,27 @@ POLICIES_DIR = REPO / "policies"
 EXAMPLES_DIR = REPO / "examples"
 
 
+OBD_ROOT = REPO / "data" / "obd"
+
+
+@pytest.fixture(scope="session")
+def obd_root() -> Path:
+    """The Open Bandit Dataset sample that `make data` fetched (a failure under CI, where
+    `make test` must have fetched it; a skip elsewhere)."""
+    import os
+
+    from offline import obd
+
+    try:
+        obd.verify(OBD_ROOT)
+    except obd.ObdError as exc:
+        msg = f"the OBD sample is not ready in {OBD_ROOT} ({exc}); run `make data`"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return OBD_ROOT
+
+
 @pytest.fixture(scope="session")
 def policies_dir() -> Path:
     """The repo's example policy folder."""

@@ -25,3 +25,20 @@ def log_waiter(proc: subprocess.Popen) -> Callable[..., dict]:
                 return record
 
     return wait_for
+
+
+def assert_log_replays(records, served: dict, policies_dir) -> None:
+    """Every logged record names the policy revision that served it and the slate the caller got
+    (`served`: request id -> (policy, item ids, digest)), and replays to that slate, bit for bit,
+    through the pure request path."""
+    from engine.decide import decide
+    from engine.engine import Engine
+
+    engine = Engine.from_directory(str(policies_dir))
+    for rec in records:
+        name, items, digest = served[rec.request_id]
+        assert (rec.policy, rec.policy_digest) == (name, digest)
+        assert list(rec.slate_item_ids) == items
+        replay = decide(engine.version(rec.policy, rec.policy_digest), rec.request(),
+                        limits=engine.limits, boosts=rec.boosts)
+        assert [it.item_id for it in replay.result.items] == items

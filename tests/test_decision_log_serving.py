@@ -12,13 +12,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from engine.decide import decide
 from engine.decision_log import from_table, join_outcomes, read_log, read_outcomes, summarise
-from engine.engine import Engine
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from tests.conftest import POLICIES_DIR
-from tests.serve_process import log_waiter
+from tests.serve_process import assert_log_replays, log_waiter
 from tests.test_fuzz import base_request
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,14 +62,7 @@ def test_a_served_log_is_flushed_on_sigterm_and_replays_to_the_same_slates(tmp_p
     by_key = {(r["request_id"], r["position"]): r for r in joined}
     assert (by_key[("req-3", 2)]["clicks"], by_key[("req-3", 2)]["purchases"]) == (2, 1)
     assert by_key[("req-5", 1)]["add_to_carts"] == 1 and by_key[("req-5", 2)]["clicks"] == 0
-    engine = Engine.from_directory(str(POLICIES_DIR))
-    for rec in records:
-        name, items, digest = served[rec.request_id]
-        assert (rec.policy, rec.policy_digest) == (name, digest)
-        assert list(rec.slate_item_ids) == items
-        replay = decide(engine.version(rec.policy, rec.policy_digest), rec.request(),
-                        limits=engine.limits, boosts=rec.boosts)
-        assert [it.item_id for it in replay.result.items] == items
+    assert_log_replays(records, served, POLICIES_DIR)
 
 
 def test_reranker_log_summarises_a_log_folder(tmp_path, capsys):

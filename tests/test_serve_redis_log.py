@@ -10,13 +10,11 @@ import sys
 
 import grpc
 
-from engine.decide import decide
 from engine.decision_log import from_table, read_log
-from engine.engine import Engine
 from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from testing.redis_server import redis_server  # noqa: F401  (fixture)
 from tests.conftest import POLICIES_DIR, REPO
-from tests.serve_process import log_waiter
+from tests.serve_process import assert_log_replays, log_waiter
 from tests.test_fuzz import base_request
 
 NAMES = ["home_feed", "search", "marketplace", "discovery"]
@@ -59,11 +57,4 @@ def test_two_workers_log_to_one_stream_through_a_redis_pause(redis_server):  # n
     records = from_table(table)
     assert sorted(r.request_id for r in records) == sorted(served)  # each once, none lost
     assert len(set(table.column("log_writer").to_pylist())) == 2  # both workers wrote to the stream
-    engine = Engine.from_directory(str(POLICIES_DIR))
-    for rec in records:
-        name, items, digest = served[rec.request_id]
-        assert (rec.policy, rec.policy_digest) == (name, digest)
-        assert list(rec.slate_item_ids) == items
-        replay = decide(engine.version(rec.policy, rec.policy_digest), rec.request(),
-                        limits=engine.limits, boosts=rec.boosts)
-        assert [it.item_id for it in replay.result.items] == items
+    assert_log_replays(records, served, POLICIES_DIR)
