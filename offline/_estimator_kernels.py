@@ -22,38 +22,23 @@ exactly the same sums. Semantics (shared with the twin):
 import numba as nb
 import numpy as np
 
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_S30 = np.uint64(30)
-_S27 = np.uint64(27)
-_S31 = np.uint64(31)
+from solvers._rng import splitmix64_at
+
 _S32 = np.uint64(32)
 _LOW32 = np.uint64(0xFFFFFFFF)
 _TWO32 = np.uint64(1 << 32)
 
 
-@nb.njit(nb.uint64(nb.uint64[::1], nb.int64), cache=True, nogil=True, _nrt=False)
-def splitmix64(state, b):
-    """Advance state[b] by the golden gamma and return the mixed value."""
-    s = state[b] + _GAMMA
-    state[b] = s
-    z = s
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    return z ^ (z >> _S31)
-
-
 @nb.njit(nb.int64(nb.uint64[::1], nb.int64, nb.uint64), cache=True, nogil=True, _nrt=False)
 def below(state, b, s):
     """A uniform integer in [0, s), 1 <= s < 2^32 (Lemire 2019, with rejection: exact)."""
-    x = splitmix64(state, b) >> _S32
+    x = splitmix64_at(state, b) >> _S32
     prod = x * s
     low = prod & _LOW32
     if low < s:
         threshold = (_TWO32 - s) % s
         while low < threshold:
-            x = splitmix64(state, b) >> _S32
+            x = splitmix64_at(state, b) >> _S32
             prod = x * s
             low = prod & _LOW32
     return nb.int64(prod >> _S32)

@@ -62,33 +62,14 @@ import numpy as np
 
 from solvers import _greedy_kernels as _gk
 from solvers._greedy_kernels import PROBLEM_TYPES, TABLE_TYPES
+from solvers._rng import splitmix64
 from solvers.codes import (
     ALL_VALUES, EXPLORE_EPSILON, EXPLORE_SOFTMAX, RULE_ATTR, RULE_BOUND, RULE_HARD, RULE_KIND,
     RULE_PRIORITY, RULE_SIZE, RULE_VALUE, SOFTMAX_CUT, WINDOW,
 )
 
-#: scheme codes (to move into solvers.codes)
-# EXPLORE_EPSILON, EXPLORE_SOFTMAX and SOFTMAX_CUT are in solvers.codes.
-
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_S30 = np.uint64(30)
-_S27 = np.uint64(27)
-_S31 = np.uint64(31)
 _S11 = np.uint64(11)
 _TWO_M53 = 1.0 / 9007199254740992.0
-
-
-@nb.njit(nb.uint64(nb.uint64[::1]), cache=True, nogil=True, _nrt=False)
-def splitmix64(state):
-    """Advance state[0] by the golden gamma and return the mixed value (Steele et al. 2014)."""
-    s = state[0] + _GAMMA
-    state[0] = s
-    z = s
-    z = (z ^ (z >> _S30)) * _MIX1
-    z = (z ^ (z >> _S27)) * _MIX2
-    return z ^ (z >> _S31)
 
 
 @nb.njit(nb.float64(nb.uint64[::1]), cache=True, nogil=True, _nrt=False)

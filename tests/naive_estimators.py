@@ -13,7 +13,8 @@ import math
 
 import numpy as np
 
-MASK64 = (1 << 64) - 1
+from tests import naive_explore
+
 
 
 def _present(log, i: int) -> list[int]:
@@ -111,16 +112,11 @@ def ess(log, estimator: str) -> float:
     return min(per_k) if per_k else 0.0
 
 
-class SplitMix64:
-    def __init__(self, state: int):
-        self.state = int(state) & MASK64
+class SplitMix64(naive_explore.SplitMix64):
+    """The exploration twin's pure-Python splitmix64, with Lemire's bounded draw."""
 
-    def next(self) -> int:
-        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK64
-        z = self.state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-        return z ^ (z >> 31)
+    def __init__(self, state: int):
+        super().__init__(int(state))
 
     def below(self, s: int) -> int:
         """Uniform in [0, s): Lemire's multiply-shift on 32 bits with rejection."""
