@@ -1,0 +1,97 @@
+"""offline.pareto: grid sweeps of policy parameters over a log, the frontier, refinement between
+frontier neighbours, policy files per point, and bad --vary / --metric named."""
+
+from __future__ import annotations
+
+import pytest
+
+from offline.pareto import ParetoError, dominated, mark_frontier, Metric, Point, pareto, plot, write_points
+from offline.policies import load_version
+from testing.engines import engine_with, policy
+from testing.logs import synthetic_log
+
+BASE = """name: mix
+version: "1"
+slate_size: 5
+objective:
+  weights: {p_click: 1.0, p_purchase: 0.0}
+constraints:
+  - {name: cap_cat, type: max_count, attribute: category, max: 3}
+"""
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("log")
+    synthetic_log(folder, engine_with(policy(name="logged", slate_size=5)), "logged", 200,
+                  candidates_per_request=30, rows_per_group=100)
+    return folder
+
+
+@pytest.fixture
+def base(tmp_path):
+    f = tmp_path / "mix.yaml"
+    f.write_text(BASE)
+    return f
+
+
+def test_the_sweep_trades_clicks_for_purchases_and_marks_the_frontier(log, base, tmp_path):
+    sweep = pareto(log, base, vary=["objective.weights.p_purchase=0:4:5", "constraints.cap_cat.max=1:3:3"],
+                   metrics=["expected_p_click", "expected_p_purchase"], refine=1)
+    grid = [p for p in sweep.points if p.round == 0]
+    assert len(grid) == 15 and all(p.error is None for p in grid)
+    # the brute-force frontier of every evaluated point
+    for p in sweep.points:
+        others = [q for q in sweep.points if q is not p]
+        assert p.frontier == (not any(dominated(p.metrics, q.metrics, sweep.metrics) for q in others))
+    front = sweep.frontier()
+    assert len(front) >= 2
+    # more purchase weight, more expected purchases and fewer clicks along the frontier
+    clicks = [p.metrics["expected_p_click"] for p in front]
+    purchases = [p.metrics["expected_p_purchase"] for p in front]
+    assert clicks == sorted(clicks, reverse=True) and purchases == sorted(purchases)
+    assert purchases[-1] > purchases[0]
+    # refinement evaluated midpoints between frontier neighbours; the cap stays an integer
+    refined = [p for p in sweep.points if p.round == 1]
+    assert refined and all(float(p.values[1]).is_integer() for p in refined)
+    # every point is a policy file that loads, with the values set
+    files = write_points(sweep, tmp_path / "points")
+    assert len(files) == len(sweep.points)
+    v = load_version(files[-1])
+    assert v.loaded.policy.objective.weights["p_purchase"] == pytest.approx(sweep.points[-1].values[0])
+    assert "Pareto point" in files[0].read_text().splitlines()[0]
+    assert plot(sweep, tmp_path / "frontier.png").stat().st_size > 0
+
+
+def test_minimised_metrics_and_shares(log, base):
+    sweep = pareto(log, base, vary=["constraints.cap_cat.max=1,2,3"],
+                   metrics=["expected_p_click", "share:category=shoes:min"], refine=0)
+    assert [m.minimise for m in sweep.metrics] == [False, True]
+    by_cap = {p.values[0]: p.metrics for p in sweep.points}
+    # a looser cap lets the best category take more of the exposure and gives more clicks
+    assert by_cap[3.0]["expected_p_click"] >= by_cap[1.0]["expected_p_click"]
+
+
+def test_bad_vary_and_metric_are_named(log, base):
+    with pytest.raises(ParetoError, match=r"no number at 'diversity.weight'; the numbers it has: slate_size, "
+                                          r"objective.weights.p_click, objective.weights.p_purchase, constraints.cap_cat.max"):
+        pareto(log, base, vary=["diversity.weight=0:1:5"], metrics=["expected_p_click", "coverage"])
+    with pytest.raises(ParetoError, match="expected PATH=LO:HI:N"):
+        pareto(log, base, vary=["slate_size"], metrics=["expected_p_click", "coverage"])
+    with pytest.raises(ParetoError, match="give 2 or 3 metrics"):
+        pareto(log, base, vary=["slate_size=3:5:3"], metrics=["expected_p_click"])
+    with pytest.raises(ParetoError, match=r"the replay has no such metric \(it has: coverage"):
+        pareto(log, base, vary=["slate_size=3:5:3"], metrics=["expected_p_click", "expected_clicks"])
+    # a value the policy language refuses makes that point an error, not the sweep
+    sweep = pareto(log, base, vary=["constraints.cap_cat.max=-1,2"], metrics=["expected_p_click", "coverage"],
+                   refine=0)
+    bad = [p for p in sweep.points if p.error]
+    assert len(bad) == 1 and "max" in bad[0].error and not bad[0].frontier
+
+
+def test_frontier_by_hand():
+    ms = [Metric("a"), Metric("b", minimise=True)]
+    pts = [Point((0,), {"a": 1, "b": 1}), Point((1,), {"a": 2, "b": 2}), Point((2,), {"a": 1, "b": 2}),
+           Point((3,), {"a": 2, "b": 1})]
+    mark_frontier(pts, ms)
+    assert [p.frontier for p in pts] == [False, False, False, True]
