@@ -213,7 +213,9 @@ class PolicyPart:
         self.seal()
         K = self.K
         if not self.blocks:
-            return Block(np.zeros((0, K), np.bool_), {}, {}, (pa.array([], pa.string()), np.zeros((0, K), np.int64)))
+            no_keys = pa.array([], pa.string())
+            return Block(np.zeros((0, K), np.bool_), {}, {}, (no_keys, np.zeros((0, K), np.int64)),
+                         np.full((0, K), -1, np.int64), {}, (no_keys, np.full((0, K), -1, np.int64)))
         match = np.concatenate([_pad(b.match, K) for b in self.blocks])
         names = sorted({s for b in self.blocks for s in b.scores})
         scores = {s: np.concatenate([_pad(b.scores[s], K) if s in b.scores else np.zeros((len(b.match), K))
@@ -221,7 +223,11 @@ class PolicyPart:
         attrs = sorted({a for b in self.blocks for a in b.exposure})
         exposure = {a: _sum_counts([b.exposure[a] for b in self.blocks if a in b.exposure], K) for a in attrs}
         items = _sum_counts([b.items for b in self.blocks], K)
-        return Block(match, scores, exposure, items)
+        slate = np.concatenate([_pad_codes(b.slate, K) for b in self.blocks])
+        values = {a: _join_codes([b.values.get(a) for b in self.blocks], [len(b.match) for b in self.blocks], K)
+                  for a in attrs}
+        item_codes = _join_codes([b.item_codes for b in self.blocks], [len(b.match) for b in self.blocks], K)
+        return Block(match, scores, exposure, items, slate, values, item_codes)
 
     def merge(self, other: "PolicyPart") -> None:
         """Append `other`, whose chunks come after this part's."""
@@ -241,6 +247,7 @@ class PolicyPart:
 
 
 Counts = tuple  # (keys: pa.StringArray, counts: int64[len(keys), K]) - slates per (key, position)
+Codes = tuple  # (keys: pa.StringArray, codes: int64[n, K]) - the key index per (record, position), -1: none
 
 
 @dataclass
@@ -251,6 +258,10 @@ class Block:
     scores: dict[str, np.ndarray]  # score -> float64[n, K]: the scores of the slate's items (0: absent)
     exposure: dict[str, Counts]  # attribute -> counts per (value, position)
     items: Counts  # counts per (item id, position)
+    # per record (offline.preview: paired resampling of records): -1 where a slate has no position k
+    slate: np.ndarray | None = None  # int64[n, K]: the candidate index at each position
+    values: dict[str, Codes] = field(default_factory=dict)  # attribute -> value code per (record, position)
+    item_codes: Codes | None = None  # item id code per (record, position)
 
 
 def _pad(m: np.ndarray, K: int) -> np.ndarray:
@@ -267,6 +278,42 @@ def _stack(rows: list[np.ndarray], K: int, dtype) -> np.ndarray:
     for i, r in enumerate(rows):
         out[i, :len(r)] = r[:K]
     return out
+
+
+def _pad_codes(m: np.ndarray, K: int) -> np.ndarray:
+    """A [n, k] code matrix widened to [n, K] with -1."""
+    if m.shape[1] == K:
+        return m
+    out = np.full((m.shape[0], K), -1, dtype=np.int64)
+    out[:, :m.shape[1]] = m
+    return out
+
+
+def _codes(keys: pa.Array, rows: np.ndarray, pos: np.ndarray, n: int, K: int) -> Codes:
+    """The key of each (record, position) of parallel arrays of keys, rows and positions."""
+    encoded = keys.dictionary_encode()
+    out = np.full((n, K), -1, np.int64)
+    out[rows, pos] = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return encoded.dictionary.cast(pa.string()), out
+
+
+def _join_codes(parts: list, sizes: list[int], K: int) -> Codes:
+    """The codes of several blocks (None: a block without the attribute) on one dictionary."""
+    present = [p for p in parts if p is not None]
+    keys = (pa.concat_arrays([k for k, _ in present]) if present else pa.array([], pa.string()))
+    encoded = keys.dictionary_encode()
+    index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    out, start = [], 0
+    for part, n in zip(parts, sizes):
+        if part is None:
+            out.append(np.full((n, K), -1, np.int64))
+            continue
+        local = index[start:start + len(part[0])]
+        start += len(part[0])
+        c = _pad_codes(part[1], K)
+        out.append(np.where(c >= 0, local[np.maximum(c, 0)] if len(local) else -1, -1))
+    matrix = np.concatenate(out) if out else np.full((0, K), -1, np.int64)
+    return encoded.dictionary.cast(pa.string()), matrix.astype(np.int64)
 
 
 def _counts(keys: pa.Array, pos: np.ndarray, K: int) -> Counts:
@@ -322,7 +369,11 @@ def _block(table: pa.Table, slates: list[np.ndarray], match: np.ndarray, K: int)
     local = np.concatenate(slates).astype(np.int64) if len(rows) else rows
     # item ids
     id_off, ids = _list_parts(table.column("candidate_ids"))
-    items = _counts(ids.take(pa.array(id_off[rows] + local)), pos, K)
+    shown = ids.take(pa.array(id_off[rows] + local))
+    items = _counts(shown, pos, K)
+    item_codes = _codes(shown, rows, pos, n, K)
+    slate = np.full((n, K), -1, np.int64)
+    slate[rows, pos] = local
     # scores
     scores = {}
     where, structs, _ = _named(table.column("scores"), n)
@@ -336,6 +387,7 @@ def _block(table: pa.Table, slates: list[np.ndarray], match: np.ndarray, K: int)
         scores[name] = m
     # attribute values
     exposure = {}
+    value_codes = {}
     where, structs, _ = _named(table.column("attributes"), n)
     c_off, c_vals = _list_parts(structs.field("codes"))
     d_off, d_vals = _list_parts(structs.field("dictionary"))
@@ -350,7 +402,8 @@ def _block(table: pa.Table, slates: list[np.ndarray], match: np.ndarray, K: int)
         vals = d_vals.take(pa.array(flat))
         vals = pc.if_else(pa.array(known), vals, pa.scalar("", pa.string()))
         exposure[name] = _counts(vals, pos[ok], K)
-    return Block(match, scores, exposure, items)
+        value_codes[name] = _codes(vals, rows[ok], pos[ok], n, K)
+    return Block(match, scores, exposure, items, slate, value_codes, item_codes)
 
 
 def _candidates_of(table: pa.Table) -> list[pa.Array]:
@@ -499,6 +552,14 @@ class PolicyReplay:
     target_match: np.ndarray | None = field(repr=False, default=None)  # bool[n, K]
     target_scores: np.ndarray | None = field(repr=False, default=None)  # float64[n, K]
     item_exposure: dict[str, float] = field(repr=False, default_factory=dict)
+    # per record, log order, for paired comparisons of two policies (offline.preview)
+    position_weights: np.ndarray | None = field(repr=False, default=None)  # float64[K]
+    record_scores: dict[str, np.ndarray] = field(repr=False, default_factory=dict)  # score -> float64[n, K]
+    slate_index: np.ndarray | None = field(repr=False, default=None)  # int64[n, K], -1: no item
+    slate_values: dict[str, Codes] = field(repr=False, default_factory=dict)  # attribute -> codes [n, K]
+    slate_items: Codes | None = field(repr=False, default=None)  # item id codes [n, K]
+    record_differs: np.ndarray | None = field(repr=False, default=None)  # bool[n]: differs from the log
+    record_displacement: np.ndarray | None = field(repr=False, default=None)  # float64[n] (NaN: failed)
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in ("label", "policy", "digest", "n", "failed", "errors",
@@ -558,7 +619,12 @@ def finish(part: PolicyPart, policy: str, digest: str, position_weights: str = "
         violation_rate={r: c / n for r, c in sorted(part.violated.items())},
         solve_us=_percentiles(part.solve_us), total_us=_percentiles(part.total_us),
         request_ids=part.request_ids, target_match=block.match,
-        target_scores=block.scores.get(reward, np.zeros(block.match.shape)), item_exposure=item_exposure)
+        target_scores=block.scores.get(reward, np.zeros(block.match.shape)), item_exposure=item_exposure,
+        position_weights=w, record_scores=block.scores, slate_index=_pad_codes(block.slate, K),
+        slate_values={a: (k, _pad_codes(c, K)) for a, (k, c) in block.values.items()},
+        slate_items=(block.item_codes[0], _pad_codes(block.item_codes[1], K)),
+        record_differs=np.asarray(part.differs, dtype=np.bool_),
+        record_displacement=np.asarray(part.displacement, dtype=np.float64))
 
 
 # ------------------------------------------------------------------ the driver

@@ -11,6 +11,8 @@
     reranker policies [--address ...] [--tls-ca FILE]   list the policies a running server has loaded
     reranker replay   --log DIR --policy A.yaml [--policy B.yaml ...] [--workers N | --ray [ADDR]]
                       [--report DIR] [--json]     re-run a decision log under policies (offline)
+    reranker preview  --live NAME|FILE --proposed FILE --log PATH [--sample N] [--policies DIR]
+                      [--json] [--report DIR]     what-if: a proposed policy against the live one
     reranker schema   [--output FILE]             JSON Schema of the policy language
 
 Output goes through rich (tables); logs (serve) are JSON lines on stderr.
@@ -175,6 +177,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("preview", help="what-if: replay a proposed policy and the live one on the same logged "
+                                       "requests and compare them, with paired CIs")
+    p.add_argument("--live", required=True, metavar="NAME|FILE",
+                   help="the live policy: a name in --policies, or a policy file")
+    p.add_argument("--proposed", required=True, metavar="FILE.yaml", help="the proposed policy file")
+    p.add_argument("--log", required=True, metavar="DIR|FILE|redis://HOST:PORT/DB", help="the decision log")
+    p.add_argument("--sample", type=int, metavar="N", help="only the first N records of the log")
+    p.add_argument("--policies", default="policies", metavar="DIR",
+                   help="where --live NAME is looked up (default %(default)s)")
+    p.add_argument("--outcomes", metavar="DIR|FILE",
+                   help="outcomes for off-policy estimates (default: LOG/outcomes when it exists)")
+    p.add_argument("--outcome", default="clicks", choices=["clicks", "add_to_carts", "purchases"],
+                   help="the reward of the off-policy estimates (default clicks)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="paired bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.add_argument("--report", metavar="DIR", help="write preview.json and preview.md there")
+    p.add_argument("--json", action="store_true", help="print the preview as JSON")
+    p.set_defaults(func=_cmd_preview)
 
     p = sub.add_parser("schema", help="write the JSON Schema of the policy language")
     p.add_argument("--output", "-o", metavar="FILE", help="file to write (default: stdout)")
@@ -512,6 +534,71 @@ def _cmd_replay(args, out: Console, err: Console) -> int:
             out.print("no outcomes (LOG/outcomes or --outcomes): direct metrics only")
     if args.report:
         paths = write_report(report, ope, args.report)
+        (err if args.json else out).print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return EXIT_OK
+
+
+def _live_version(spec: str, policies: str):
+    """--live: a policy file, or the policy of that name in the `policies` folder (PolicyInvalid,
+    LookupError naming the folder and the names it has, OSError)."""
+    import os
+
+    from engine.policy_loader import LoadedPolicy, check_folder
+    from offline.policies import load_version, version_of
+
+    if os.path.isfile(spec):
+        return load_version(spec)
+    if not os.path.isdir(policies):
+        raise LookupError(f"--live {spec!r}: no such file, and no policies folder {policies!r} to look it up in")
+    loaded = [r for _, r in check_folder(policies) if isinstance(r, LoadedPolicy)]
+    for lp in loaded:
+        if lp.name == spec:
+            return version_of(lp)
+    names = ", ".join(sorted(lp.name for lp in loaded)) or "none"
+    raise LookupError(f"--live {spec!r}: no such file, and no valid policy of that name in {policies} "
+                      f"(it has: {names})")
+
+
+def _cmd_preview(args, out: Console, err: Console) -> int:
+    import os
+
+    from engine.errors import PolicyInvalid
+    from offline.policies import load_version
+    from offline.preview import PreviewError, preview, print_preview, write_preview
+    from offline.replay import ReplayError
+
+    try:
+        proposed = load_version(args.proposed)
+    except PolicyInvalid as exc:
+        err.print(f"error: the proposed policy is invalid, nothing was previewed:\n{escape(str(exc))}", style="red")
+        return EXIT_FAIL
+    except OSError as exc:
+        err.print(f"error: cannot read --proposed: {escape(str(exc))}", style="red")
+        return EXIT_USAGE
+    try:
+        live = _live_version(args.live, args.policies)
+    except PolicyInvalid as exc:
+        err.print(f"error: the live policy is invalid:\n{escape(str(exc))}", style="red")
+        return EXIT_FAIL
+    except (LookupError, OSError) as exc:
+        err.print(f"error: {escape(str(exc))}", style="red")
+        return EXIT_USAGE
+    outcomes = args.outcomes or (os.path.join(args.log, "outcomes")
+                                 if os.path.isdir(os.path.join(args.log, "outcomes")) else None)
+    try:
+        pv = preview(args.log, live, proposed, sample=args.sample, outcomes=outcomes, outcome=args.outcome,
+                     n_bootstrap=args.bootstrap, seed=args.seed)
+    except (PreviewError, ReplayError, ValueError, OSError) as exc:
+        err.print(f"error: {escape(str(exc))}", style="red")
+        return EXIT_FAIL
+    if args.json:
+        sys.stdout.write(json.dumps(pv.to_json(), indent=2, default=str) + "\n")
+    else:
+        print_preview(pv, out)
+        if outcomes is None:
+            out.print("no outcomes (LOG/outcomes or --outcomes): direct metrics only")
+    if args.report:
+        paths = write_preview(pv, args.report)
         (err if args.json else out).print("wrote " + ", ".join(str(p) for p in paths.values()))
     return EXIT_OK
 
