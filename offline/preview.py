@@ -428,18 +428,26 @@ def _pct(x: float, digits: int = 1) -> str:
     return f"{100 * x:.{digits}f} %"
 
 
-def _ci(low: float, high: float, scale: float = 100.0, unit: str = "") -> str:
+def _digits(*values: float) -> int:
+    """Decimals that tell the numbers apart: 1 from 1 up (and for 0), 2 from 0.1, else 3."""
+    m = max((abs(v) for v in values if not math.isnan(v)), default=0.0)
+    return 1 if m >= 1 or m == 0 else 2 if m >= 0.1 else 3
+
+
+def _ci(low: float, high: float, scale: float = 100.0, unit: str = "", digits: int | None = None) -> str:
     if math.isnan(low):
         return ""
-    return f"95 % CI {scale * low:+.1f} to {scale * high:+.1f}{unit}"
+    p = _digits(scale * low, scale * high) if digits is None else digits
+    return f"95 % CI {scale * low:+.{p}f} to {scale * high:+.{p}f}{unit}"
 
 
 def share_line(c: ExposureChange) -> str:
     """e.g. "seller_tier 'new' exposure share 4.1 % -> 9.8 % (+5.7 points, 95 % CI +5.1 to +6.3)"."""
     d = c.change
-    ci = _ci(d.low, d.high)
-    return (f"{c.attribute} {c.value!r} exposure share {_pct(d.live)} -> {_pct(d.proposed)} "
-            f"({100 * d.delta:+.1f} points{', ' + ci if ci else ''})")
+    p = _digits(100 * d.delta, 100 * d.low, 100 * d.high)
+    ci = _ci(d.low, d.high, digits=p)
+    return (f"{c.attribute} {c.value!r} exposure share {_pct(d.live, p)} -> {_pct(d.proposed, p)} "
+            f"({100 * d.delta:+.{p}f} points{', ' + ci if ci else ''})")
 
 
 def metric_line(d: Delta, label: str | None = None) -> str:
@@ -447,8 +455,9 @@ def metric_line(d: Delta, label: str | None = None) -> str:
     label = label or d.name.replace("expected_", "expected ")
     if math.isnan(d.relative):
         return f"{label} {d.live:.4g} -> {d.proposed:.4g} ({d.delta:+.4g})"
-    ci = _ci(d.rel_low, d.rel_high, unit=" %")
-    return f"{label} {100 * d.relative:+.1f} % ({d.live:.4g} -> {d.proposed:.4g}{'; ' + ci if ci else ''})"
+    p = _digits(100 * d.relative, 100 * d.rel_low, 100 * d.rel_high)
+    ci = _ci(d.rel_low, d.rel_high, unit=" %", digits=p)
+    return f"{label} {100 * d.relative:+.{p}f} % ({d.live:.4g} -> {d.proposed:.4g}{'; ' + ci if ci else ''})"
 
 
 def plain_lines(pv: Preview) -> list[str]:

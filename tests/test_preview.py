@@ -157,6 +157,10 @@ def test_plain_language_lines():
     d = Delta("expected_p_purchase", 0.5, 0.496, -0.004, -0.006, -0.002, -0.008, -0.012, -0.004)
     assert metric_line(d) == "expected p_purchase -0.8 % (0.5 -> 0.496; 95 % CI -1.2 to -0.4 %)"
     assert metric_line(d, "purchases per slate (snips estimate)").startswith("purchases per slate (snips estimate) -0.8 %")
+    small = ExposureChange("seller", "s45", Delta("s45", 0.0201, 0.0205, 0.0004, 0.0001, 0.0007))
+    assert share_line(small) == "seller 's45' exposure share 2.010 % -> 2.050 % (+0.040 points, 95 % CI +0.010 to +0.070)"
+    tenth = Delta("expected_p_click", 6.395, 6.383, -0.012, -0.013, -0.011, -0.0019, -0.0021, -0.0017)
+    assert metric_line(tenth) == "expected p_click -0.19 % (6.395 -> 6.383; 95 % CI -0.21 to -0.17 %)"
     no_ci = Delta("expected_p_click", 0.0, 0.2, 0.2, math.nan, math.nan)
     assert metric_line(no_ci) == "expected p_click 0 -> 0.2 (+0.2)"
 
