@@ -386,9 +386,12 @@ def ess_warning(estimator: str, ess: float, n: int) -> str | None:
             f"interval")
 
 
-def _stats(log: SlateLog, estimator: str) -> tuple[np.ndarray, callable]:
+def round_stats(log: SlateLog, estimator: str) -> tuple[np.ndarray, callable]:
     """The per-round statistics the bootstrap resamples (float64[n, m]) and the function that
-    turns their column sums (float64[..., m]) into the estimate."""
+    turns their column sums (float64[..., m], vectorised over resamples) into the estimate: the
+    mean of `per_round` terms, or numerator and denominator terms for the self-normalised forms
+    (per position for sniips / snrips). Callers that bootstrap several things with the same
+    resamples (offline.preview) stack these columns."""
     n = log.n
     if estimator in ("snips",):
         w = log.target_joint / log.behavior_joint
@@ -529,7 +532,7 @@ def estimate_all(log: SlateLog, estimators=None, *, n_bootstrap: int = 1000, alp
     for group in ([e for e in names if e in SPARSE], [e for e in names if e not in SPARSE]):
         if not group:
             continue
-        parts = [_stats(log, e) for e in group]
+        parts = [round_stats(log, e) for e in group]
         offsets = np.cumsum([0] + [s.shape[1] for s, _ in parts])
         stats = np.hstack([s for s, _ in parts]) if len(parts) > 1 else parts[0][0]
         totals = stats.sum(axis=0)

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from engine.decide import PolicyVersion
 from engine.decision_log import read_log
 from engine.validate import Limits
-from offline.estimators import ESTIMATORS, REQUIRES, SlateLog, bootstrap_sums, per_round
+from offline.estimators import ESTIMATORS, REQUIRES, bootstrap_sums, round_stats
 from offline.evaluate import MARGINAL_ESTIMATORS, OUTCOMES, logged_outcomes, slate_log
 from offline.replay import (CHUNK_ROWS, LOGGED, PolicyReplay, ReplayError, ReplayReport, check_policies,
                             replay)
@@ -241,29 +241,6 @@ def _movers(live: dict[str, float], prop: dict[str, float], top: int) -> list[st
     return gain + lose
 
 
-def _estimator_stats(log: SlateLog, estimator: str):
-    """The per-round columns an estimate is a function of (float64[n, m]) and that function of
-    their sums (vectorised over resamples): the mean of `per_round` terms, or for the
-    self-normalised ones numerator and denominator terms (per position for sniips / snrips),
-    as offline.estimators bootstraps them (whose helper for this is private)."""
-    n = log.n
-    if estimator == "snips":
-        stats = np.column_stack([per_round(log, "ips"), log.target_joint / log.behavior_joint])
-        return stats, _ratio(0, 1)
-    if estimator in ("sniips", "snrips"):
-        num, den = (("target_marginal", "behavior_marginal") if estimator == "sniips"
-                    else ("target_cascade", "behavior_cascade"))
-        rho = np.where(log.mask, getattr(log, num), 1.0) / np.where(log.mask, getattr(log, den), 1.0)
-        stats = np.hstack([rho * np.where(log.mask, log.reward, 0.0), rho])
-        k, pw = log.k, log.position_weight
-
-        def fin(s):
-            d = s[..., k:]
-            return np.divide(s[..., :k], d, out=np.zeros(np.shape(d)), where=d != 0) @ pw
-        return stats, fin
-    return per_round(log, estimator)[:, None], lambda s: s[..., 0] / n
-
-
 # ------------------------------------------------------------------ the preview
 def _first_records(source, n: int, folder: str) -> str:
     """The first n records of a log, written as one Parquet file in `folder` (its path)."""
@@ -349,7 +326,7 @@ def _compare(report: ReplayReport, lo, outcome: str | None, n_bootstrap: int, se
         for e in names:
             fins = []
             for lg in (log_l, log_p):
-                stats, fin = _estimator_stats(lg, e)
+                stats, fin = round_stats(lg, e)
                 first = len(cols.cols)
                 for c in range(stats.shape[1]):
                     cols.add(stats[:, c])

@@ -439,7 +439,7 @@ def test_twin_agrees_on_the_bootstrap_across_chunks(case, chunk):
     every round (sniips, dr)."""
     log, seed = case
     for name in ("iips", "sniips", "dr"):
-        stats, finish = E._stats(log, name)
+        stats, finish = E.round_stats(log, name)
         live = E.rewarded(log) if name in E.SPARSE else None
         got = finish(E.bootstrap_sums(stats, 5, seed, chunk=chunk, live=live))
         want = naive.bootstrap(log, name, 5, seed, chunk)
