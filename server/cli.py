@@ -13,6 +13,8 @@
                       [--report DIR] [--json]     re-run a decision log under policies (offline)
     reranker preview  --live NAME|FILE --proposed FILE --log PATH [--sample N] [--policies DIR]
                       [--json] [--report DIR]     what-if: a proposed policy against the live one
+    reranker pareto   --policy P.yaml --log DIR --vary PATH=LO:HI:N ... --metric NAME ... [--out DIR]
+                                                  the frontier of a policy's parameters over a log
     reranker schema   [--output FILE]             JSON Schema of the policy language
 
 Output goes through rich (tables); logs (serve) are JSON lines on stderr.
@@ -197,6 +199,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="DIR", help="write preview.json and preview.md there")
     p.add_argument("--json", action="store_true", help="print the preview as JSON")
     p.set_defaults(func=_cmd_preview)
+
+    p = sub.add_parser("pareto", help="sweep policy parameters over a log: the frontier of 2 or 3 metrics, "
+                                      "every point as a policy file")
+    p.add_argument("--policy", required=True, metavar="FILE.yaml", help="the policy to vary")
+    p.add_argument("--log", required=True, metavar="DIR|FILE|redis://HOST:PORT/DB", help="the decision log")
+    p.add_argument("--vary", action="append", required=True, metavar="PATH=LO:HI:N",
+                   help="a number of the policy and its values, e.g. objective.weights.p_purchase=0:4:9 "
+                        "or constraints.max_3_per_category.max=1,2,3 (repeat for a grid)")
+    p.add_argument("--metric", action="append", required=True, metavar="NAME[:min]",
+                   help="expected_<score>, coverage, exposure_gini, share:ATTRIBUTE=VALUE, relaxed:RULE "
+                        "(2 or 3; higher is better unless :min)")
+    p.add_argument("--refine", type=int, default=1, metavar="R",
+                   help="rounds of midpoints between frontier neighbours (default 1)")
+    p.add_argument("--out", metavar="DIR", help="write every point as DIR/point-NNN.yaml, DIR/frontier.png "
+                                                "and DIR/pareto.json")
+    p.add_argument("--workers", type=int, default=0, metavar="N", help="run on N local processes")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray (a local Ray when no ADDRESS is given)")
+    p.add_argument("--json", action="store_true", help="print the sweep as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_pareto)
 
     p = sub.add_parser("schema", help="write the JSON Schema of the policy language")
     p.add_argument("--output", "-o", metavar="FILE", help="file to write (default: stdout)")
@@ -600,6 +623,44 @@ def _cmd_preview(args, out: Console, err: Console) -> int:
     if args.report:
         paths = write_preview(pv, args.report)
         (err if args.json else out).print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return EXIT_OK
+
+
+def _cmd_pareto(args, out: Console, err: Console) -> int:
+    from offline.pareto import ParetoError, pareto, plot, write_points
+    from offline.replay import ReplayError
+    from offline.runner import RayUnavailable
+
+    try:
+        sweep = pareto(args.log, args.policy, vary=args.vary, metrics=args.metric, refine=args.refine,
+                       workers=args.workers, use_ray=args.ray is not None, ray_address=args.ray or None,
+                       progress=not args.no_progress and not args.json)
+    except (ParetoError, ReplayError, RayUnavailable, OSError) as exc:
+        err.print(f"error: {escape(str(exc))}", style="red")
+        return EXIT_FAIL
+    if args.out:
+        write_points(sweep, args.out)
+        plot(sweep, Path(args.out) / "frontier.png")
+        (Path(args.out) / "pareto.json").write_text(json.dumps(sweep.to_json(), indent=2) + "\n")
+    if args.json:
+        sys.stdout.write(json.dumps(sweep.to_json(), indent=2) + "\n")
+        return EXIT_OK
+    names = [m.name + (" (min)" if m.minimise else "") for m in sweep.metrics]
+    table = Table("#", *[v.name for v in sweep.vary], *names, "", "file",
+                  title=f"{len(sweep.frontier())} of {len(sweep.points)} points on the frontier "
+                        f"({sweep.records:,} logged requests, {sweep.seconds:.1f} s)")
+    for i, p in enumerate(sweep.points):
+        style = None if p.frontier else "grey50"
+        cells = [f"{x:g}" for x in p.values]
+        if p.error:
+            table.add_row(str(i), *cells, *["-"] * len(names), escape(p.error), "", style="red")
+            continue
+        table.add_row(str(i), *cells, *[f"{p.metrics[m.name]:.5g}" for m in sweep.metrics],
+                      "frontier" if p.frontier else "dominated", escape(Path(p.file).name) if p.file else "",
+                      style=style)
+    out.print(table)
+    if args.out:
+        out.print(f"wrote {escape(args.out)}/point-NNN.yaml, frontier.png, pareto.json")
     return EXIT_OK
 
 

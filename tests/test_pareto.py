@@ -95,3 +95,23 @@ def test_frontier_by_hand():
            Point((3,), {"a": 2, "b": 1})]
     mark_frontier(pts, ms)
     assert [p.frontier for p in pts] == [False, False, False, True]
+
+
+def test_reranker_pareto_prints_the_frontier_and_writes_the_points(log, base, tmp_path, capsys):
+    import json
+
+    from server.cli import main
+
+    out_dir = tmp_path / "sweep"
+    code = main(["pareto", "--policy", str(base), "--log", str(log), "--vary", "objective.weights.p_purchase=0:4:3",
+                 "--metric", "expected_p_click", "--metric", "expected_p_purchase", "--out", str(out_dir),
+                 "--no-progress"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "points on the frontier" in text and "frontier" in text
+    data = json.loads((out_dir / "pareto.json").read_text())
+    assert len(data["points"]) >= 3 and (out_dir / "frontier.png").stat().st_size > 0
+    assert sorted(p.name for p in out_dir.glob("point-*.yaml"))[0] == "point-000.yaml"
+    code = main(["pareto", "--policy", str(base), "--log", str(log), "--vary", "nope.x=1:2:2",
+                 "--metric", "expected_p_click", "--metric", "coverage", "--no-progress"])
+    assert code == 1 and "the numbers it has" in capsys.readouterr().err
