@@ -37,6 +37,7 @@ import numpy as np
 import yaml
 
 from engine.errors import PolicyInvalid
+from offline.estimators import bootstrap_sums
 from offline.policies import version_from_text
 from offline.replay import PolicyReplay, replay
 
@@ -174,6 +175,29 @@ class Metric:
             return p.relaxation_rate.get(rule, 0.0) + p.violation_rate.get(rule, 0.0)
         return p.metrics[self.name]
 
+    def columns(self, p: PolicyReplay) -> tuple[np.ndarray, bool] | None:
+        """Per-record columns whose sums give this metric, and whether it is their ratio
+        (numerator, denominator) rather than a mean; None where the metric is not a mean over
+        records (coverage, Gini, rule rates: no interval)."""
+        w = p.position_weights
+        if w is None:
+            return None
+        if self.name.startswith("expected_") and self.name[len("expected_"):] in p.record_scores:
+            m = p.record_scores[self.name[len("expected_"):]]
+            return (m @ w[:m.shape[1]])[:, None], False
+        if self.name.startswith("share:") and p.slate_index is not None:
+            attr, _, value = self.name[len("share:"):].partition("=")
+            if attr not in p.slate_values:
+                return None
+            keys, codes = p.slate_values[attr]
+            names = keys.to_pylist()
+            code = names.index(value) if value in names else -2
+            k = codes.shape[1]
+            num = (codes == code) @ w[:k]
+            den = (p.slate_index[:, :k] >= 0) @ w[:k]
+            return np.column_stack([num, den]), True
+        return None
+
     def better(self, a: float, b: float) -> bool:
         return a < b if self.minimise else a > b
 
@@ -206,6 +230,7 @@ def _check_metric_names(metrics: list[Metric], p: PolicyReplay) -> None:
 class Point:
     values: tuple[float, ...]
     metrics: dict[str, float] = field(default_factory=dict)
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)  # 95 % bootstrap CI where the metric has one
     frontier: bool = False
     round: int = 0  # 0: the grid, r: refinement round r
     text: str = ""  # the policy file of this point
@@ -232,6 +257,7 @@ class Sweep:
                 "vary": [{"path": v.name, "values": list(v.values)} for v in self.vary],
                 "metrics": [{"name": m.name, "minimise": m.minimise} for m in self.metrics],
                 "points": [{"values": dict(zip((v.name for v in self.vary), p.values)), "metrics": p.metrics,
+                            "ci95": {k: list(v) for k, v in p.ci.items()},
                             "frontier": p.frontier, "round": p.round, "error": p.error, "file": p.file}
                            for p in self.points]}
 
@@ -248,7 +274,8 @@ def mark_frontier(points: list[Point], metrics: list[Metric]) -> None:
         p.frontier = not any(dominated(p.metrics, q.metrics, metrics) for q in ok if q is not p)
 
 
-def _evaluate(points: list[Point], doc: dict, vary: list[Vary], metrics: list[Metric], log, **kw) -> int:
+def _evaluate(points: list[Point], doc: dict, vary: list[Vary], metrics: list[Metric], log, *,
+              n_bootstrap: int = 0, seed: int = 0, **kw) -> int:
     versions, live = [], []
     for p in points:
         p.text = yaml.safe_dump(apply(doc, vary, p.values), sort_keys=False, allow_unicode=True)
@@ -264,12 +291,27 @@ def _evaluate(points: list[Point], doc: dict, vary: list[Vary], metrics: list[Me
     _check_metric_names(metrics, results[0])
     for p, r in zip(live, results):
         p.metrics = {m.name: m.of(r) for m in metrics}
+        p.ci = {m.name: ci for m in metrics if (ci := interval(m, r, n_bootstrap, seed)) is not None}
     return report.records
+
+
+def interval(metric: Metric, r: PolicyReplay, n_bootstrap: int, seed: int) -> tuple[float, float] | None:
+    """The 95 % percentile bootstrap CI of a metric over the records (resampled with
+    offline.estimators.bootstrap_sums; the same seed gives every point the same resamples)."""
+    cols = metric.columns(r)
+    if cols is None or n_bootstrap <= 0 or r.n == 0:
+        return None
+    stats, ratio = cols
+    sums = bootstrap_sums(stats, n_bootstrap, seed)
+    values = (np.divide(sums[:, 0], sums[:, 1], out=np.zeros(len(sums)), where=sums[:, 1] > 0)
+              if ratio else sums[:, 0] / r.n)
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def pareto(log: str | os.PathLike, policy_file: str | os.PathLike, *, vary: list[str], metrics: list[str],
            refine: int = 1, workers: int = 0, use_ray: bool = False, ray_address: str | None = None,
-           progress: bool = False) -> Sweep:
+           progress: bool = False, n_bootstrap: int = 1000, seed: int = 0) -> Sweep:
     """Sweep the grid of `vary` over the log, then `refine` rounds between frontier neighbours."""
     import time
 
@@ -286,7 +328,8 @@ def pareto(log: str | os.PathLike, policy_file: str | os.PathLike, *, vary: list
     grid = list(itertools.product(*(x.values for x in v)))
     if len(grid) > MAX_POINTS:
         raise ParetoError(f"--vary: the grid has {len(grid):,} points, more than {MAX_POINTS:,}")
-    kw = dict(workers=workers, use_ray=use_ray, ray_address=ray_address, progress=progress)
+    kw = dict(workers=workers, use_ray=use_ray, ray_address=ray_address, progress=progress,
+              n_bootstrap=n_bootstrap, seed=seed)
     t0 = time.perf_counter()
     points = [Point(tuple(g)) for g in grid]
     records = _evaluate(points, doc, v, ms, log, **kw)
@@ -359,6 +402,11 @@ def plot(sweep: Sweep, path: str | os.PathLike) -> Path:
         ax.scatter([p.metrics[x] for p in front], [p.metrics[y] for p in front], color="tab:blue",
                    label="frontier", zorder=3)
     ax.plot([p.metrics[x] for p in front], [p.metrics[y] for p in front], color="tab:blue", alpha=0.5)
+    for p in front:  # 95 % bootstrap CIs of the frontier points, where the metric has one
+        ex, ey = p.ci.get(x), p.ci.get(y)
+        ax.errorbar(p.metrics[x], p.metrics[y], fmt="none", ecolor="tab:blue", alpha=0.4,
+                    xerr=None if ex is None else [[p.metrics[x] - ex[0]], [ex[1] - p.metrics[x]]],
+                    yerr=None if ey is None else [[p.metrics[y] - ey[0]], [ey[1] - p.metrics[y]]])
     ax.set_xlabel(x + (" (lower is better)" if ms[0].minimise else ""))
     ax.set_ylabel(y + (" (lower is better)" if ms[1].minimise else ""))
     ax.set_title(f"{Path(sweep.policy).name}: {len(front)} of {len(ok)} points on the frontier")

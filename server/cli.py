@@ -655,7 +655,9 @@ def _cmd_pareto(args, out: Console, err: Console) -> int:
         if p.error:
             table.add_row(str(i), *cells, *["-"] * len(names), escape(p.error), "", style="red")
             continue
-        table.add_row(str(i), *cells, *[f"{p.metrics[m.name]:.5g}" for m in sweep.metrics],
+        table.add_row(str(i), *cells, *[f"{p.metrics[m.name]:.5g}" + (
+                          f" [{p.ci[m.name][0]:.4g}, {p.ci[m.name][1]:.4g}]" if m.name in p.ci else "")
+                          for m in sweep.metrics],
                       "frontier" if p.frontier else "dominated", escape(Path(p.file).name) if p.file else "",
                       style=style)
     out.print(table)

@@ -65,7 +65,7 @@ def test_the_sweep_trades_clicks_for_purchases_and_marks_the_frontier(log, base,
 
 def test_minimised_metrics_and_shares(log, base):
     sweep = pareto(log, base, vary=["constraints.cap_cat.max=1,2,3"],
-                   metrics=["expected_p_click", "share:category=shoes:min"], refine=0)
+                   metrics=["expected_p_click", "share:category=cat0:min"], refine=0)
     assert [m.minimise for m in sweep.metrics] == [False, True]
     by_cap = {p.values[0]: p.metrics for p in sweep.points}
     # a looser cap lets the best category take more of the exposure and gives more clicks
@@ -115,3 +115,22 @@ def test_reranker_pareto_prints_the_frontier_and_writes_the_points(log, base, tm
     code = main(["pareto", "--policy", str(base), "--log", str(log), "--vary", "nope.x=1:2:2",
                  "--metric", "expected_p_click", "--metric", "coverage", "--no-progress"])
     assert code == 1 and "the numbers it has" in capsys.readouterr().err
+
+
+def test_points_carry_bootstrap_intervals_of_their_metrics(log, base):
+    sweep = pareto(log, base, vary=["objective.weights.p_purchase=0,4"],
+                   metrics=["expected_p_click", "share:category=cat0", "coverage"], refine=0, n_bootstrap=300)
+    for p in sweep.points:
+        for name in ("expected_p_click", "share:category=cat0"):
+            lo, hi = p.ci[name]
+            assert lo <= p.metrics[name] <= hi and hi > lo
+        assert "coverage" not in p.ci  # not a mean over records: no interval
+    # the share's columns sum to the replay's own share
+    from offline.pareto import Metric
+    from offline.replay import replay
+    from offline.policies import version_from_text
+
+    r = replay(log, [version_from_text(BASE)]).policies[1]
+    stats, ratio = Metric("share:category=cat0").columns(r)
+    assert ratio and stats[:, 0].sum() / stats[:, 1].sum() == pytest.approx(
+        r.exposure_share["category"]["cat0"], rel=1e-12)
