@@ -45,6 +45,7 @@ class Engine:
         self.decision_log = decision_log
         #: where ReportOutcomes goes (engine.decision_log.outcome_log); None: refused
         self.outcome_log = None
+        self.decision_log_source: str | None = None  # the log's folder or URL (what previews read)
         #: the A/B/n experiments splitting policy names (engine.experiment_store); empty: none
         self.experiments = experiments if experiments is not None else ExperimentStore()
         self.limits = limits or Limits()

@@ -384,6 +384,7 @@ def serve(
     if decision_log:
         engine.decision_log, engine.outcome_log = open_decision_log(
             decision_log, sample_rate=log_sample_rate, worker=worker)
+        engine.decision_log_source = decision_log
     health_servicer = health.HealthServicer()
     metrics = metrics_http = None
     if metrics_port is not None:

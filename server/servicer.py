@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 
 import grpc
 
-from engine.errors import InvalidRequest, PolicyInvalid
+from engine.errors import InvalidRequest, PolicyInvalid, Unavailable
 from server import convert
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
@@ -45,6 +46,7 @@ class RerankerServicer(pb_grpc.RerankerServicer):
         self._metrics = metrics  # server.metrics.ServerMetrics, or None: nothing recorded
         self.admission = admission if admission is not None else Admission()
         self._pid_metadata = ((WORKER_PID_METADATA_KEY, str(os.getpid())),)
+        self._preview_lock = threading.Lock()  # one preview at a time per process (minutes of CPU)
         if metrics is not None and hasattr(metrics, "watch_admission"):
             metrics.watch_admission(self.admission)
             self.admission.error_observer = lambda method, code: metrics.errors.labels(method, code).inc()
@@ -212,6 +214,39 @@ class RerankerServicer(pb_grpc.RerankerServicer):
         else:
             return pb.ReportOutcomesResponse(accepted=accepted, dropped=dropped)
         abort(context, status, self._pid_metadata)
+
+    def PreviewPolicy(
+        self, request: pb.PreviewPolicyRequest, context: grpc.ServicerContext
+    ) -> pb.PreviewPolicyResponse:
+        try:
+            return self._preview(request)
+        except Exception as exc:  # noqa: BLE001
+            status = to_status(exc)
+        abort(context, status, self._pid_metadata)
+
+    def _preview(self, request: pb.PreviewPolicyRequest) -> pb.PreviewPolicyResponse:
+        import json
+
+        from engine.decision_log import is_stream_url
+        from offline.policies import version_from_text
+        from offline.preview import preview
+
+        source = getattr(self._engine, "decision_log_source", None)
+        if not source or is_stream_url(source):
+            raise Unavailable("no decision log folder to preview on: start the server with --decision-log DIR")
+        if len(request.proposed_yaml) > MAX_POLICY_CHARS:
+            raise InvalidRequest("proposed_yaml", f"a policy document is at most {MAX_POLICY_CHARS} "
+                                                  f"characters, got {len(request.proposed_yaml)}")
+        proposed = version_from_text(request.proposed_yaml, "<proposed_yaml>")  # PolicyInvalid: nothing runs
+        live = self._engine.version(request.policy)
+        if not self._preview_lock.acquire(blocking=False):
+            raise Overloaded("", "a preview is already running in this server process; try again later")
+        try:
+            pv = preview(source, live, proposed, sample=request.sample or None)
+        finally:
+            self._preview_lock.release()
+        return pb.PreviewPolicyResponse(lines=pv.lines, report_json=json.dumps(pv.to_json(), default=str),
+                                        records=pv.records)
 
     def ValidatePolicy(
         self, request: pb.ValidatePolicyRequest, context: grpc.ServicerContext
