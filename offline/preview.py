@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.decide import PolicyVersion
@@ -242,20 +243,28 @@ def _movers(live: dict[str, float], prop: dict[str, float], top: int) -> list[st
 
 
 # ------------------------------------------------------------------ the preview
-def _first_records(source, n: int, folder: str) -> str:
-    """The first n records of a log, written as one Parquet file in `folder` (its path)."""
+def _sample_records(source, n: int, folder: str, sample_seed: int | None) -> str:
+    """n records of a log, in log order, written as one Parquet file in `folder` (its path): the
+    first n, or with `sample_seed` a uniform sample without replacement (numpy's
+    default_rng(sample_seed).choice, kept in log order)."""
     table = read_log(source)
+    if sample_seed is None:
+        picked = table.slice(0, n)
+    else:
+        rows = np.sort(np.random.default_rng(sample_seed).choice(table.num_rows, size=n, replace=False))
+        picked = table.take(pa.array(rows))
     path = os.path.join(folder, "sample.parquet")
-    pq.write_table(table.slice(0, n), path, row_group_size=CHUNK_ROWS)
+    pq.write_table(picked, path, row_group_size=CHUNK_ROWS)
     return path
 
 
 def preview(log, live: PolicyVersion, proposed: PolicyVersion, *, sample: int | None = None,
             outcomes=None, outcome: str = "clicks", n_bootstrap: int = 1000, seed: int = 0,
             position_weights: str = "log2", reward: str = "p_click", top: int = TOP,
-            limits: Limits | None = None, workers: int = 0) -> Preview:
+            limits: Limits | None = None, workers: int = 0, sample_seed: int | None = None) -> Preview:
     """Replay `live` and `proposed` on the same records of `log` and compare them (module
-    docstring). `sample`: the first N records (None: all); `outcomes`: a file or folder of
+    docstring). `sample`: N records (None: all): the first N, or a uniform sample seeded by
+    `sample_seed`; `outcomes`: a file or folder of
     outcomes for off-policy estimates (None: direct metrics only)."""
     if sample is not None and (isinstance(sample, bool) or not isinstance(sample, (int, np.integer))
                                or sample < 1):
@@ -272,7 +281,7 @@ def preview(log, live: PolicyVersion, proposed: PolicyVersion, *, sample: int | 
         if sample is not None:
             total = len(read_log(log, columns=["request_id"]))
             if sample < total:
-                source = _first_records(log, sample, tmp)
+                source = _sample_records(log, sample, tmp, sample_seed)
         report = replay(source, [live, proposed], limits=limits, workers=workers, reward=reward,
                         position_weights=position_weights)
         lo = (logged_outcomes(source, outcomes, report.by_label()[LOGGED], outcome=outcome)
@@ -280,7 +289,8 @@ def preview(log, live: PolicyVersion, proposed: PolicyVersion, *, sample: int | 
         out = _compare(report, lo, outcome if lo is not None else None, n_bootstrap, seed, top)
     out.source = os.fspath(log)
     out.sample = ("all records" if sample is None or total is None or sample >= total
-                  else f"the first {sample:,} of {total:,} records")
+                  else f"the first {sample:,} of {total:,} records" if sample_seed is None
+                  else f"{sample:,} of {total:,} records sampled at random (seed {sample_seed})")
     return out
 
 

@@ -186,7 +186,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="the live policy: a name in --policies, or a policy file")
     p.add_argument("--proposed", required=True, metavar="FILE.yaml", help="the proposed policy file")
     p.add_argument("--log", required=True, metavar="DIR|FILE|redis://HOST:PORT/DB", help="the decision log")
-    p.add_argument("--sample", type=int, metavar="N", help="only the first N records of the log")
+    p.add_argument("--sample", type=int, metavar="N", help="only N records of the log (the first N; "
+                                                           "with --sample-seed a uniform sample)")
+    p.add_argument("--sample-seed", type=int, metavar="S", help="draw the --sample records at random, seeded")
     p.add_argument("--policies", default="policies", metavar="DIR",
                    help="where --live NAME is looked up (default %(default)s)")
     p.add_argument("--outcomes", metavar="DIR|FILE",
@@ -609,7 +611,8 @@ def _cmd_preview(args, out: Console, err: Console) -> int:
     outcomes = args.outcomes or (os.path.join(args.log, "outcomes")
                                  if os.path.isdir(os.path.join(args.log, "outcomes")) else None)
     try:
-        pv = preview(args.log, live, proposed, sample=args.sample, outcomes=outcomes, outcome=args.outcome,
+        pv = preview(args.log, live, proposed, sample=args.sample, sample_seed=args.sample_seed,
+                     outcomes=outcomes, outcome=args.outcome,
                      n_bootstrap=args.bootstrap, seed=args.seed)
     except (PreviewError, ReplayError, ValueError, OSError) as exc:
         err.print(f"error: {escape(str(exc))}", style="red")

@@ -231,3 +231,22 @@ def test_cli_refuses_a_bad_proposed_policy_with_its_line_and_runs_nothing(log, t
     code = main(["preview", "--live", str(policies / "home.yaml"), "--proposed", colours, "--log", str(log)])
     err = capsys.readouterr().err
     assert code == 1 and "needs candidates.attributes['colour']" in err
+
+
+def test_a_seeded_random_sample_is_reproducible_and_in_log_order(tmp_path):
+    from offline.preview import _sample_records
+    from engine.decision_log import read_log
+    from testing.engines import engine_with, policy
+    from testing.logs import synthetic_log
+
+    folder = tmp_path / "log"
+    synthetic_log(folder, engine_with(policy(name="p", slate_size=3)), "p", 60, candidates_per_request=10)
+    ids = read_log(folder).column("request_id").to_pylist()
+    def sampled(name: str, seed: int) -> list[str]:
+        (tmp_path / name).mkdir()
+        return read_log(_sample_records(folder, 20, str(tmp_path / name), seed)).column("request_id").to_pylist()
+
+    a, b, c = sampled("a", 7), sampled("b", 7), sampled("c", 8)
+    assert a == b != c and len(set(a)) == 20
+    assert a == [i for i in ids if i in set(a)]  # log order kept
+    assert a != ids[:20]
