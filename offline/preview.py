@@ -261,7 +261,8 @@ def _sample_records(source, n: int, folder: str, sample_seed: int | None) -> str
 def preview(log, live: PolicyVersion, proposed: PolicyVersion, *, sample: int | None = None,
             outcomes=None, outcome: str = "clicks", n_bootstrap: int = 1000, seed: int = 0,
             position_weights: str = "log2", reward: str = "p_click", top: int = TOP,
-            limits: Limits | None = None, workers: int = 0, sample_seed: int | None = None) -> Preview:
+            limits: Limits | None = None, workers: int = 0, sample_seed: int | None = None,
+            rule_costs: bool = False) -> Preview:
     """Replay `live` and `proposed` on the same records of `log` and compare them (module
     docstring). `sample`: N records (None: all): the first N, or a uniform sample seeded by
     `sample_seed`; `outcomes`: a file or folder of
@@ -283,7 +284,7 @@ def preview(log, live: PolicyVersion, proposed: PolicyVersion, *, sample: int | 
             if sample < total:
                 source = _sample_records(log, sample, tmp, sample_seed)
         report = replay(source, [live, proposed], limits=limits, workers=workers, reward=reward,
-                        position_weights=position_weights)
+                        position_weights=position_weights, explain=rule_costs)
         lo = (logged_outcomes(source, outcomes, report.by_label()[LOGGED], outcome=outcome)
               if outcomes is not None else None)
         out = _compare(report, lo, outcome if lo is not None else None, n_bootstrap, seed, top)
@@ -394,6 +395,10 @@ def _compare(report: ReplayReport, lo, outcome: str | None, n_bootstrap: int, se
         rules[r] = {"live_relaxed": L.relaxation_rate.get(r, 0.0), "proposed_relaxed": P.relaxation_rate.get(r, 0.0),
                     "live_violated": L.violation_rate.get(r, 0.0),
                     "proposed_violated": P.violation_rate.get(r, 0.0)}
+    for r in sorted(set(L.rule_cost) | set(P.rule_cost)):  # preview(rule_costs=True)
+        rules.setdefault(r, {"live_relaxed": 0.0, "proposed_relaxed": 0.0, "live_violated": 0.0,
+                             "proposed_violated": 0.0})
+        rules[r].update(live_cost=L.rule_cost.get(r, math.nan), proposed_cost=P.rule_cost.get(r, math.nan))
     if L.failed or P.failed:
         notes.append(f"failed records (no slate, counted as empty): live {L.failed:,}, proposed {P.failed:,}")
     pv = Preview(source=report.source, records=n, sample="", live=_who(L), proposed=_who(P),
@@ -508,10 +513,14 @@ def tables(pv: Preview) -> list[tuple[str, list[str], list[list[str]]]]:
         out.append((f"exposure share by {attr}: largest gains and losses",
                     [attr, "live", "proposed", "points", "95 % CI (points)"], rows))
     if pv.rules:
+        costs = any("live_cost" in v for v in pv.rules.values())
         rows = [[r, _pct(v["live_relaxed"]), _pct(v["proposed_relaxed"]), _pct(v["live_violated"]),
-                 _pct(v["proposed_violated"])] for r, v in pv.rules.items()]
-        out.append(("rules (share of requests)", ["rule", "relaxed live", "relaxed proposed",
-                                                  "violated live", "violated proposed"], rows))
+                 _pct(v["proposed_violated"])]
+                + ([_num(v.get("live_cost", math.nan), 4), _num(v.get("proposed_cost", math.nan), 4)] if costs else [])
+                for r, v in pv.rules.items()]
+        out.append(("rules (share of requests" + ("; cost: mean objective the rule costs" if costs else "") + ")",
+                    ["rule", "relaxed live", "relaxed proposed", "violated live", "violated proposed"]
+                    + (["cost live", "cost proposed"] if costs else []), rows))
     rows = [[f"{stage} {k}", _num(getattr(pv, attr)["live"].get(k, math.nan), 3),
              _num(getattr(pv, attr)["proposed"].get(k, math.nan), 3)]
             for stage, attr in (("solve µs", "solve_us"), ("decide µs", "total_us"))

@@ -32,6 +32,7 @@ is sequential); the others are replayed chunk by chunk in parallel.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import pickle
@@ -195,6 +196,8 @@ class PolicyPart:
     candidates: list[pa.Array] = field(default_factory=list)  # distinct candidate ids, per chunk
     relaxed: Counter = field(default_factory=Counter)  # rule -> records where a hard rule was relaxed
     violated: Counter = field(default_factory=Counter)  # rule -> records where a soft rule was violated
+    cost_sum: Counter = field(default_factory=Counter)  # rule -> sum of its explain cost (explain replays)
+    cost_n: Counter = field(default_factory=Counter)  # rule -> records with a cost
     errors: Counter = field(default_factory=Counter)  # message -> records
     failed: int = 0
 
@@ -242,6 +245,8 @@ class PolicyPart:
         self.candidates += other.candidates
         self.relaxed.update(other.relaxed)
         self.violated.update(other.violated)
+        self.cost_sum.update(other.cost_sum)
+        self.cost_n.update(other.cost_n)
         self.errors.update(other.errors)
         self.failed += other.failed
 
@@ -416,20 +421,21 @@ def _candidates_of(table: pa.Table) -> list[pa.Array]:
 
 def replay_chunk(chunk_table: pa.Table, chunk_index: int, versions: Sequence[tuple[str, PolicyVersion]],
                  ledgers: dict[str, InProcessLedger] | None, limits: Limits, *,
-                 include_logged: bool = True) -> dict[str, PolicyPart]:
+                 include_logged: bool = True, explain: bool = False) -> dict[str, PolicyPart]:
     """Replay one chunk under each (label, version); `ledgers`: label -> the ledger of a policy
     with amortized rules (fed in order; None: a fresh ledger per chunk is never right, so the
     caller passes the policy's ledger across chunks). Returns label -> PolicyPart."""
     gc_was = gc.isenabled()
     gc.disable()  # the records and reports are acyclic: collecting during the chunk is wasted work
     try:
-        return _replay_chunk(chunk_table, chunk_index, versions, ledgers, limits, include_logged)
+        return _replay_chunk(chunk_table, chunk_index, versions, ledgers, limits, include_logged, explain)
     finally:
         if gc_was:
             gc.enable()
 
 
-def _replay_chunk(chunk_table, chunk_index, versions, ledgers, limits, include_logged) -> dict[str, PolicyPart]:
+def _replay_chunk(chunk_table, chunk_index, versions, ledgers, limits, include_logged,
+                  explain: bool = False) -> dict[str, PolicyPart]:
     records = from_table(chunk_table)
     candidates = _candidates_of(chunk_table)
     parts = {label: PolicyPart(label, [chunk_index], candidates=list(candidates)) for label, _ in versions}
@@ -458,11 +464,11 @@ def _replay_chunk(chunk_table, chunk_index, versions, ledgers, limits, include_l
                     if ledger is None:
                         raise RuntimeError(f"policy {label!r} has amortized rules: its replay needs its ledger")
                     snapshots = {ns: ledger.snapshot(ns) for ns in namespaces}
-                    decision = decide(version, rec.request(), limits=limits, snapshots=snapshots)
+                    decision = decide(version, _request(rec, explain), limits=limits, snapshots=snapshots)
                     for ns, deltas in decision.deltas.items():
                         ledger.record(ns, deltas)
                 else:
-                    decision = decide(version, rec.request(), limits=limits)
+                    decision = decide(version, _request(rec, explain), limits=limits)
             except RerankError as e:
                 part.failed += 1
                 key = str(e)
@@ -476,6 +482,13 @@ def _replay_chunk(chunk_table, chunk_index, versions, ledgers, limits, include_l
     for part in parts.values():
         part.seal(chunk_table)
     return parts
+
+
+def _request(rec, explain: bool):
+    """The logged request; with `explain`, asking for each rule's cost (engine.decide's explain:
+    the objective gained if the rule were dropped, a greedy estimate; slower)."""
+    req = rec.request()
+    return dataclasses.replace(req, explain=True) if explain and not req.explain else req
 
 
 def _add_slate(part: PolicyPart, slate: np.ndarray) -> None:
@@ -519,6 +532,9 @@ def _add_decision(part: PolicyPart, decision: Decision, logged: np.ndarray) -> N
             part.relaxed[c.name] += 1
         elif not c.satisfied and not c.hard:
             part.violated[c.name] += 1
+        if c.cost is not None:
+            part.cost_sum[c.name] += c.cost
+            part.cost_n[c.name] += 1
 
 
 # ------------------------------------------------------------------ the report of one policy
@@ -547,6 +563,8 @@ class PolicyReplay:
     violation_rate: dict[str, float]  # rule -> share of records where a soft rule was violated
     solve_us: dict[str, float]  # p50 / p90 / p99 / max of decide's solve stage
     total_us: dict[str, float]  # the same, of the whole of decide
+    # rule -> mean objective cost over the requests (replay(explain=True) only; empty otherwise)
+    rule_cost: dict[str, float] = field(default_factory=dict)
     # per record, log order (for offline.estimators)
     request_ids: list[str] = field(repr=False, default_factory=list)
     target_match: np.ndarray | None = field(repr=False, default=None)  # bool[n, K]
@@ -564,7 +582,7 @@ class PolicyReplay:
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in ("label", "policy", "digest", "n", "failed", "errors",
                                              "metrics", "exposure_share", "relaxation_rate",
-                                             "violation_rate", "solve_us", "total_us")}
+                                             "violation_rate", "rule_cost", "solve_us", "total_us")}
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -617,6 +635,7 @@ def finish(part: PolicyPart, policy: str, digest: str, position_weights: str = "
         errors=dict(part.errors), metrics=metrics, exposure_share=shares,
         relaxation_rate={r: c / n for r, c in sorted(part.relaxed.items())},
         violation_rate={r: c / n for r, c in sorted(part.violated.items())},
+        rule_cost={r: part.cost_sum[r] / c for r, c in sorted(part.cost_n.items())},
         solve_us=_percentiles(part.solve_us), total_us=_percentiles(part.total_us),
         request_ids=part.request_ids, target_match=block.match,
         target_scores=block.scores.get(reward, np.zeros(block.match.shape)), item_exposure=item_exposure,
@@ -665,14 +684,15 @@ def check_policies(source, versions: Sequence[PolicyVersion]) -> None:
 
 
 def run_chunks(chunks: Iterable[Chunk], versions: Sequence[tuple[str, PolicyVersion]], limits: Limits,
-               *, include_logged: bool,
+               *, include_logged: bool, explain: bool = False,
                progress: Callable[[int], None] | None = None) -> dict[str, PolicyPart]:
     """Replay chunks in order in this process (amortized policies keep one ledger across them)."""
     ledgers = {label: InProcessLedger() for label, v in versions if v.ledger_namespaces()}
     merged: dict[str, PolicyPart] = {}
     for chunk in chunks:
         table = chunk.read()
-        parts = replay_chunk(table, chunk.index, versions, ledgers, limits, include_logged=include_logged)
+        parts = replay_chunk(table, chunk.index, versions, ledgers, limits, include_logged=include_logged,
+                             explain=explain)
         for label, part in parts.items():
             if label in merged:
                 merged[label].merge(part)
@@ -690,11 +710,12 @@ class ChunkTask:
 
     pairs_blob: bytes
     limits: Limits
+    explain: bool = False
 
     def __call__(self, chunk: Chunk) -> tuple[int, int, dict[str, PolicyPart]]:
         table = chunk.read()
         parts = replay_chunk(table, chunk.index, _pairs(self.pairs_blob), None, self.limits,
-                             include_logged=True)
+                             include_logged=True, explain=self.explain)
         return chunk.index, table.num_rows, parts
 
 
@@ -705,9 +726,11 @@ class SequentialTask:
     chunks: list[Chunk]
     pairs_blob: bytes
     limits: Limits
+    explain: bool = False
 
     def __call__(self) -> dict[str, PolicyPart]:
-        return run_chunks(self.chunks, _pairs(self.pairs_blob), self.limits, include_logged=False)
+        return run_chunks(self.chunks, _pairs(self.pairs_blob), self.limits, include_logged=False,
+                          explain=self.explain)
 
 
 _PAIRS: dict[bytes, list] = {}
@@ -739,8 +762,9 @@ def merge_in_order(chunk_parts: dict[int, dict[str, PolicyPart]],
 def replay(source: str | os.PathLike, versions: Sequence[PolicyVersion], *, limits: Limits | None = None,
            workers: int = 0, use_ray: bool = False, ray_address: str | None = None,
            reward: str = "p_click", position_weights: str = "log2", chunk_rows: int = CHUNK_ROWS,
-           progress: bool = False) -> ReplayReport:
-    """Replay a log under each policy (see the module docstring). `workers` > 1: that many local
+           progress: bool = False, explain: bool = False) -> ReplayReport:
+    """Replay a log under each policy (see the module docstring). `explain`: ask every decision for
+    its rules' costs (`PolicyReplay.rule_cost`; slower). `workers` > 1: that many local
     processes; `use_ray`: on Ray (a local one started when `ray_address` is None)."""
     from offline import runner
 
@@ -758,8 +782,8 @@ def replay(source: str | os.PathLike, versions: Sequence[PolicyVersion], *, limi
     t0 = time.perf_counter()
     with runner.progress_bar(total, progress, "replay") as advance:
         if use_ray or (workers and workers > 1):
-            task = ChunkTask(pickle.dumps(chunked), limits)
-            seq = [SequentialTask(chunks, pickle.dumps([p]), limits) for p in sequential]
+            task = ChunkTask(pickle.dumps(chunked), limits, explain)
+            seq = [SequentialTask(chunks, pickle.dumps([p]), limits, explain) for p in sequential]
             if use_ray:
                 chunk_parts, whole = runner.run_ray(task, chunks, seq, address=ray_address, advance=advance)
                 mode = "ray"
@@ -768,7 +792,7 @@ def replay(source: str | os.PathLike, versions: Sequence[PolicyVersion], *, limi
                 mode = f"{workers} workers"
             merged = merge_in_order(chunk_parts, whole)
         else:
-            merged = run_chunks(chunks, pairs, limits, include_logged=True, progress=advance)
+            merged = run_chunks(chunks, pairs, limits, include_logged=True, progress=advance, explain=explain)
             mode = "in process"
     seconds = time.perf_counter() - t0
     logged = merged.get(LOGGED) or PolicyPart(LOGGED)

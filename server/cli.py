@@ -189,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, metavar="N", help="only N records of the log (the first N; "
                                                            "with --sample-seed a uniform sample)")
     p.add_argument("--sample-seed", type=int, metavar="S", help="draw the --sample records at random, seeded")
+    p.add_argument("--rule-costs", action="store_true",
+                   help="also each rule's mean cost (objective gained if it were dropped; slower)")
     p.add_argument("--policies", default="policies", metavar="DIR",
                    help="where --live NAME is looked up (default %(default)s)")
     p.add_argument("--outcomes", metavar="DIR|FILE",
@@ -612,6 +614,7 @@ def _cmd_preview(args, out: Console, err: Console) -> int:
                                  if os.path.isdir(os.path.join(args.log, "outcomes")) else None)
     try:
         pv = preview(args.log, live, proposed, sample=args.sample, sample_seed=args.sample_seed,
+                     rule_costs=args.rule_costs,
                      outcomes=outcomes, outcome=args.outcome,
                      n_bootstrap=args.bootstrap, seed=args.seed)
     except (PreviewError, ReplayError, ValueError, OSError) as exc:

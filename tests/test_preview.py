@@ -250,3 +250,14 @@ def test_a_seeded_random_sample_is_reproducible_and_in_log_order(tmp_path):
     assert a == b != c and len(set(a)) == 20
     assert a == [i for i in ids if i in set(a)]  # log order kept
     assert a != ids[:20]
+
+
+def test_rule_costs_are_reported_when_asked(log):
+    pv = preview(log, version_from_text(LIVE), version_from_text(CAPPED), n_bootstrap=0, sample=60,
+                 rule_costs=True)
+    costs = {r: (v["live_cost"], v["proposed_cost"]) for r, v in pv.rules.items() if "live_cost" in v}
+    assert set(costs) >= {"cap_cat", "cap_top"}
+    assert costs["cap_cat"][0] >= 0 and costs["cap_cat"][1] >= 0
+    assert math.isnan(costs["cap_top"][0]) and costs["cap_top"][1] >= 0  # the live policy has no cap_top
+    plain = preview(log, version_from_text(LIVE), version_from_text(CAPPED), n_bootstrap=0, sample=60)
+    assert not any("live_cost" in v for v in plain.rules.values())
