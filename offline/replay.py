@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 
 from engine.decide import Decision, PolicyVersion, decide
 from engine.decision_log import DECISION_SCHEMA, from_table, is_stream_url, log_files, read_log
+from engine.decision_log.schema import check_version
 from engine.errors import RerankError
 from engine.ledger import InProcessLedger
 from engine.validate import Limits
@@ -80,6 +81,7 @@ class Chunk:
     file: str | None = None
     row_group: int = -1
     table: pa.Table | None = None  # stream logs: the rows themselves
+    n_rows: int = 0  # records in the chunk (from the file's metadata, read once by log_chunks)
 
     def read(self) -> pa.Table:
         if self.table is not None:
@@ -87,15 +89,14 @@ class Chunk:
         return pq.ParquetFile(self.file).read_row_group(self.row_group)
 
     def rows(self) -> int:
-        if self.table is not None:
-            return self.table.num_rows
-        return pq.ParquetFile(self.file).metadata.row_group(self.row_group).num_rows
+        return self.table.num_rows if self.table is not None else self.n_rows
 
 
 def _check_file(path: str) -> None:
-    """A log file must have every column of the decision log, with its type: else ReplayError
-    naming the file and the column."""
+    """A log file must be of this schema version and have every column of the decision log, with
+    its type: else an error naming the file (and the column)."""
     schema = pq.read_schema(path)
+    check_version(schema, path)
     for f in DECISION_SCHEMA:
         if f.name not in schema.names:
             raise ReplayError(f"{path}: column '{f.name}' is missing (a decision log has: "
@@ -133,12 +134,11 @@ def log_chunks(source: str | os.PathLike, chunk_rows: int = CHUNK_ROWS) -> list[
         table = read_log(source)
         return [Chunk(i, table=table.slice(start, chunk_rows))
                 for i, start in enumerate(range(0, table.num_rows, chunk_rows))]
-    files = _files(source)
-    read_log(source, columns=["request_id"])  # checks every file's schema version
     chunks = []
-    for f in files:
-        for g in range(pq.ParquetFile(f).num_row_groups):
-            chunks.append(Chunk(len(chunks), file=f, row_group=g))
+    for f in _files(source):  # each file's schema version, columns and types checked
+        meta = pq.ParquetFile(f).metadata
+        for g in range(meta.num_row_groups):
+            chunks.append(Chunk(len(chunks), file=f, row_group=g, n_rows=meta.row_group(g).num_rows))
     return chunks
 
 

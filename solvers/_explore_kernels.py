@@ -61,7 +61,7 @@ import numba as nb
 import numpy as np
 
 from solvers import _greedy_kernels as _gk
-from solvers._greedy_kernels import PROBLEM_TYPES, TABLE_TYPES
+from solvers._greedy_kernels import DIVERSITY_TYPES, PROBLEM_TYPES, TABLE_TYPES
 from solvers._rng import splitmix64
 from solvers.codes import (
     ALL_VALUES, EXPLORE_EPSILON, EXPLORE_SOFTMAX, RULE_ATTR, RULE_BOUND, RULE_HARD, RULE_KIND,
@@ -318,10 +318,7 @@ def _scan_matches(p, bonus, la_c0, c, j, end, matches, used, reserved, capped_un
 _SIG = nb.int64(
     *PROBLEM_TYPES,  # utility, position_weight, codes, n_values
     *TABLE_TYPES,  # rules, penalty, target, target_offset
-    nb.float32[:, ::1],  # embeddings [N, d] ([0, 0] when diversity is off)
-    nb.int64,  # div_mode
-    nb.float64,  # div_weight (beta)
-    nb.int64,  # div_window
+    *DIVERSITY_TYPES,  # embeddings, div_mode, div_weight, div_window
     nb.boolean[::1],  # active (in/out)
     nb.int64,  # scheme: EXPLORE_EPSILON | EXPLORE_SOFTMAX
     nb.float64,  # epsilon

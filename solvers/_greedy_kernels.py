@@ -1114,13 +1114,14 @@ def _finish(L, rules, active, cnt, off, reason, relax_pos, relaxed):
     return n_relaxed
 
 
+#: the diversity arguments both kernels take after the table: embeddings [N, d] ([0, 0] when
+#: diversity is off), div_mode, div_weight (beta), div_window
+DIVERSITY_TYPES = (nb.float32[:, ::1], nb.int64, nb.float64, nb.int64)
+
 _SIG = nb.int64(
     *PROBLEM_TYPES,  # utility, position_weight, codes, n_values
     *TABLE_TYPES,  # rules, penalty, target, target_offset
-    nb.float32[:, ::1],  # embeddings [N, d] ([0, 0] when diversity is off)
-    nb.int64,  # div_mode
-    nb.float64,  # div_weight (beta)
-    nb.int64,  # div_window
+    *DIVERSITY_TYPES,  # embeddings, div_mode, div_weight, div_window
     nb.boolean[::1],  # active (in/out)
     nb.int64[::1],  # slate (out)
     nb.int64[::1],  # reason (in: pre-solve reasons; out: RELAX_* of the relaxed rules, else 0)
