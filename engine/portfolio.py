@@ -216,6 +216,11 @@ def explain_conflicts(problem: SlateProblem, outcome: Outcome, *, deadline: floa
         return outcome.conflicts
     if not np.any(outcome.result.relax_reason == RELAX_CONFLICT):
         return []
+    if outcome.exact_status == "timeout":
+        # the search decides the whole rule set with the same MIP first: when the exact solve
+        # just ran out of its share of this budget on it, the rest of the budget cannot do it
+        # either (it used to try, and answered milliseconds late)
+        return []
     left = deadline - time.perf_counter() - SAFETY_S
     if left < MIN_EXACT_S:
         return []

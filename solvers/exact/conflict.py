@@ -138,6 +138,8 @@ def _feasible(problem: SlateProblem, rules: list[int], deadline: float) -> tuple
     """CP-SAT status of `rules` alone on their own (coarse) model, and a core when infeasible."""
     if not rules:
         return cp_model.FEASIBLE, []  # no rule: any L candidates (N >= L)
+    if time.perf_counter() >= deadline:  # building the model alone takes milliseconds at N=1000
+        return cp_model.UNKNOWN, []
     fm = _FeasibilityModel(problem, rules)
     if fm.trivial:
         return cp_model.INFEASIBLE, fm.trivial[:1]
@@ -237,7 +239,10 @@ def find_conflict(problem: SlateProblem, *, time_limit_s: float, known_infeasibl
         return None
     # ---- 1. the whole rule set ---------------------------------------------------------------
     if decide is not None and not known_infeasible:
-        status = decide(problem, time_limit_s=0.5 * (deadline - t0)).status
+        left = deadline - time.perf_counter()  # the model above took its share already
+        if left <= 0:
+            raise ConflictSearchTimeout("conflict search: no time left to decide the rule set", None)
+        status = decide(problem, time_limit_s=0.5 * left).status
         if status in ("optimal", "feasible"):
             return None
     # ---- 2. a first core ---------------------------------------------------------------------
