@@ -127,7 +127,8 @@ def fair_rows(cp: CompiledPolicy, L: int) -> list[Row]:
     for j in cp.fair:
         c: FairPrefix = cp.policy.constraints[j]
         a = cp.attributes.index(c.attribute)
-        tables = multi_mtables(L, [c.p] * len(c.protected), c.alpha, adjust=c.adjust) if L else []
+        tables = multi_mtables(L, [c.p] * len(c.protected), c.alpha, adjust=c.adjust,
+                               correction=c.correction) if L else []
         for value, table in zip(c.protected, tables):
             for top, need in prefix_minimums(table):
                 label = f"at least {need} of {c.attribute} = {value!r} in the top {top}"

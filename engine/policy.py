@@ -305,6 +305,12 @@ class FairPrefix(_Constraint):
     p: Float = Field(gt=0, lt=1, description="Target minimum share of each protected value.")
     alpha: Float = Field(default=0.1, gt=0, lt=1, description="Significance of the fairness test.")
     adjust: Bool = Field(default=True, description="Correct alpha for testing every prefix (the paper's adjustment).")
+    correction: Literal["multinomial", "bonferroni"] = Field(
+        default="multinomial",
+        description="With several protected values: 'multinomial' (default) tests all of them "
+        "at one level whose exact multinomial type I error is alpha (Zehlike et al. 2022); "
+        "'bonferroni' tests each at alpha / (number of values), which asks for fewer protected "
+        "items. One protected value: both are the same.")
 
 
 Constraint = Annotated[Union[MaxCount, MinCount, Window, Pin, Coverage, Calibration, FairPrefix],

@@ -70,7 +70,8 @@ def _holds(rule, slate_rows: list[int], value, c: Candidates, L: int) -> bool:
     if isinstance(rule, FairPrefix):
         from solvers.fair import multi_mtables
 
-        tables = multi_mtables(L, [rule.p] * len(rule.protected), rule.alpha, adjust=rule.adjust) if L else []
+        tables = multi_mtables(L, [rule.p] * len(rule.protected), rule.alpha, adjust=rule.adjust,
+                               correction=rule.correction) if L else []
         for v, table in zip(rule.protected, tables):
             have = 0
             for i, r in enumerate(slate_rows):

@@ -208,7 +208,7 @@ def test_prefix_minimums():
 
 def test_multi_mtables_bonferroni_then_adjust():
     k, ps, alpha = 30, [0.3, 0.2], 0.1
-    tables = multi_mtables(k, ps, alpha)
+    tables = multi_mtables(k, ps, alpha, correction="bonferroni")
     assert [t.tolist() for t in tables] == [fair_mtable(k, p, alpha / 2).tolist() for p in ps]
     # Union bound: P(a fair ranking fails some group's table) <= sum of per-group failures <= alpha.
     assert sum(failure_probability(t, p) for t, p in zip(tables, ps)) <= alpha
