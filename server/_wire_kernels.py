@@ -112,14 +112,6 @@ def uint32_field(buf, field_number, out):
     return n
 
 
-@nb.njit(cache=True, nogil=True)
-def _same(buf, a, b, length):
-    for t in range(length):
-        if buf[a + t] != buf[b + t]:
-            return False
-    return True
-
-
 @nb.njit(cache=True, nogil=True, inline="always")
 def _load8(buf, p):
     """buf[p:p + 8] as a little-endian uint64. Written out so that LLVM makes it one load, with
@@ -141,6 +133,27 @@ def _load4(buf, p):
     return (np.uint64(buf[q]) | np.uint64(buf[q + np.uint64(1)]) << np.uint64(8)
             | np.uint64(buf[q + np.uint64(2)]) << np.uint64(16)
             | np.uint64(buf[q + np.uint64(3)]) << np.uint64(24))
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _same(buf, a, b, length):
+    """buf[a:a + length] == buf[b:b + length], 8 (or 4) bytes per comparison: the last word
+    overlaps the one before it instead of a byte loop over the tail. Byte by byte, comparing
+    a repeated value cost about half of the dictionary encoding of a plain string column (N=1000,
+    10-byte values: 22 -> 10 us)."""
+    if length >= 8:
+        p = 0
+        while length - p > 8:
+            if _load8(buf, a + p) != _load8(buf, b + p):
+                return False
+            p += 8
+        return _load8(buf, a + length - 8) == _load8(buf, b + length - 8)
+    if length >= 4:
+        return (_load4(buf, a) == _load4(buf, b)) & (_load4(buf, a + length - 4) == _load4(buf, b + length - 4))
+    for t in range(length):
+        if buf[a + t] != buf[b + t]:
+            return False
+    return True
 
 
 @nb.njit(cache=True, nogil=True)

@@ -149,6 +149,22 @@ def test_ids_that_collide_in_a_weak_hash_are_still_told_apart():
     assert _strings_kernel(buf, 1, len(values)) == _twin(values)
 
 
+def test_same_compares_every_byte_at_every_length():
+    """The word-wise comparison of two byte runs against Python's, for every length up to 3
+    words and a difference at each position (the overlapping last word included)."""
+    rng = np.random.default_rng(0)
+    for length in range(0, 25):
+        a = rng.integers(0, 256, length, dtype=np.uint8)
+        for offset in (0, 3):  # unaligned second run too
+            buf = np.concatenate([a, np.zeros(offset, np.uint8), a]).astype(np.uint8)
+            b = length + offset
+            assert wk._same(buf, 0, b, length)
+            for pos in range(length):
+                other = buf.copy()
+                other[b + pos] ^= 0x40
+                assert not wk._same(other, 0, b, length), (length, offset, pos)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=64), st.integers(min_value=0, max_value=10))
 def test_string_codes_on_arbitrary_bytes_never_crash_or_disagree(buf, n):
