@@ -225,6 +225,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pareto)
 
+    from simulation.cli import add_parser as add_simulate_parser  # `reranker simulate`: simulation/cli.py
+    add_simulate_parser(sub)
     p = sub.add_parser("schema", help="write the JSON Schema of the policy language")
     p.add_argument("--output", "-o", metavar="FILE", help="file to write (default: stdout)")
     p.set_defaults(func=_cmd_schema)
