@@ -1,18 +1,24 @@
-"""gRPC round trip of Rerank against an echo server of the same payload size, in the same run.
+"""gRPC round trip of Rerank against two echo floors of the same payload size, in the same run.
 
-Two servers in this process, same gRPC options, each on a free localhost port:
-- the real one (create_server + Engine) with a home_feed-like policy: N=1000 candidates, 3 score
-  columns (p_click, p_add_to_cart, p_purchase), 3 attributes (category, seller_tier, seller),
-  K=50, max_count + min_count(within_top) + window, greedy solver;
-- an echo one: same request message (deserialised by gRPC like the real one), and a canned
-  response of the real response's size, with no work in between.
+Three servers, each a process of its own, each on a free localhost port; the client is this
+process, one call at a time, calls alternating between the servers in blocks of 50 so that drift
+of the machine hits all three alike:
+- the real one (`reranker serve --processes 1`) with a home_feed-like policy: N=1000 candidates,
+  3 score columns (p_click, p_add_to_cart, p_purchase), 3 attributes (category, seller_tier,
+  seller), K=50, max_count + min_count(within_top) + window, greedy solver; string columns
+  dictionary-encoded and plain;
+- the parsed echo (`benchmarks.echo_server`): the same request deserialised by gRPC like the
+  real server's, a canned response of the real response's size, no work in between;
+- the raw-bytes echo (`benchmarks.echo_server --raw`): no protobuf either way, the floor of any
+  gRPC Python server (transport, HTTP/2, the hand-off to a handler thread).
 
-The difference of the medians is what the server's work costs the caller; the transport and
-protobuf (de)serialisation are in both. Also reported: the server-side stage timings
-(`diagnostics.elapsed_us`) medians over the real calls. Calls alternate between the two servers in
-blocks, so drift of the machine affects both alike.
+Reported: medians and p99 of the three, Rerank over each echo, the server's own stage timings
+(`diagnostics.elapsed_us`, medians) and the unaccounted time, Rerank - raw echo - server total:
+what the call costs beyond the transport floor and beyond every stage the server reports.
 
     python -m benchmarks.bench_grpc [--quick] [--calls 2000]
+    python -m benchmarks.bench_grpc --in-process      # the earlier layout: server in this process
+    python -m benchmarks.bench_grpc --decision-log    # server time with the decision log off / on
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ solver:
   budget_ms: 10
 """
 
-COLUMNS = [("encoding", "string columns"), ("request_bytes", "request bytes"), ("response_bytes", "response bytes"),
+IN_PROCESS_COLUMNS = [("encoding", "string columns"), ("request_bytes", "request bytes"), ("response_bytes", "response bytes"),
            ("echo_median_us", "echo median µs"), ("echo_p95_us", "echo p95 µs"),
            ("echo_p99_us", "echo p99 µs"),
            ("rerank_median_us", "Rerank median µs"), ("rerank_p95_us", "Rerank p95 µs"),
@@ -195,24 +201,125 @@ class _Echo:
         return self.response
 
 
-def _echo_server(echo: _Echo) -> tuple[grpc.Server, int]:
+def _echo_server(echo: _Echo | None, handler=None) -> tuple[grpc.Server, int]:
+    """An echo server with the real server's message limits; `handler` (a generic RPC handler)
+    replaces the parsed echo's."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8),
         options=[("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
                  ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
                  ("grpc.so_reuseport", 0)],
     )
-    service, method = ECHO_METHOD.strip("/").split("/")
-    handler = grpc.unary_unary_rpc_method_handler(
-        echo, request_deserializer=pb.RerankRequest.FromString,
-        response_serializer=pb.RerankResponse.SerializeToString)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {method: handler}),))
+    if handler is None:
+        service, method = ECHO_METHOD.strip("/").split("/")
+        handler = grpc.method_handlers_generic_handler(service, {method: grpc.unary_unary_rpc_method_handler(
+            echo, request_deserializer=pb.RerankRequest.FromString,
+            response_serializer=pb.RerankResponse.SerializeToString)})
+    server.add_generic_rpc_handlers((handler,))
     return server, server.add_insecure_port("127.0.0.1:0")
 
 
-def run(quick: bool = False, calls: int | None = None, decision_log: bool = False) -> dict:
-    """Measure; returns {"rows": [one dict per string encoding], "meta": {...}} (and
-    "log_rows": the decision log off / on, with `decision_log`)."""
+OUT_COLUMNS = [("encoding", "string columns"), ("request_bytes", "request bytes"),
+               ("raw_echo_median_us", "raw-bytes echo median µs"), ("raw_echo_p99_us", "raw-bytes echo p99 µs"),
+               ("echo_median_us", "parsed echo median µs"), ("echo_p99_us", "parsed echo p99 µs"),
+               ("rerank_median_us", "Rerank median µs"), ("rerank_p99_us", "Rerank p99 µs"),
+               ("rerank_over_raw_echo", "Rerank / raw echo"), ("rerank_over_echo", "Rerank / parsed echo"),
+               ("server_total_us", "server total µs"),
+               ("unaccounted_us", "unaccounted µs (Rerank - raw echo - server total)"),
+               *[(f"server_{s}_us", f"server {s} µs") for s in STAGES if s != "total"]]
+
+
+def _measure_processes(encoding: str, calls: int, warmup: int, rerank, echo, raw_echo,
+                       block: int = 50) -> dict:
+    """Round trips to the three servers in alternating blocks (so that drift hits all alike)."""
+    req = make_request(encoding)
+    raw_req = req.SerializeToString()
+    for _ in range(warmup):
+        rerank(req, timeout=10)
+        echo(req, timeout=10)
+        raw_echo(raw_req, timeout=10)
+    times = {"rerank": [], "echo": [], "raw": []}
+    stages = {s: [] for s in STAGES}
+    perf = time.perf_counter_ns
+    while len(times["rerank"]) < calls:
+        for _ in range(block):
+            t0 = perf()
+            resp = rerank(req, timeout=10)
+            times["rerank"].append((perf() - t0) / 1e3)
+            for s in STAGES:
+                stages[s].append(resp.diagnostics.elapsed_us[s])
+        for _ in range(block):
+            t0 = perf()
+            echo(req, timeout=10)
+            times["echo"].append((perf() - t0) / 1e3)
+        for _ in range(block):
+            t0 = perf()
+            raw_echo(raw_req, timeout=10)
+            times["raw"].append((perf() - t0) / 1e3)
+    (r50, _, r99), (e50, _, e99), (w50, _, w99) = (_percentiles(np.asarray(times[k])) for k in ("rerank", "echo", "raw"))
+    total = float(np.median(stages["total"]))
+    return {
+        "encoding": encoding, "n": N, "k": K, "calls": len(times["rerank"]), "request_bytes": len(raw_req),
+        "raw_echo_median_us": w50, "raw_echo_p99_us": w99, "echo_median_us": e50, "echo_p99_us": e99,
+        "rerank_median_us": r50, "rerank_p99_us": r99,
+        "rerank_over_raw_echo": r50 / w50, "rerank_over_echo": r50 / e50,
+        "server_total_us": total, "unaccounted_us": r50 - w50 - total,
+        **{f"server_{s}_us": float(np.median(v)) for s, v in stages.items() if s != "total"},
+    }
+
+
+def run_processes(quick: bool = False, calls: int | None = None) -> dict:
+    """The real server (`reranker serve --processes 1`), the parsed echo and the raw-bytes echo,
+    each a process of its own; the client is this process, one call at a time."""
+    from benchmarks.bench_load import start_echo, start_server, stop
+
+    calls = calls or (200 if quick else 2000)
+    warmup = 50 if quick else 200
+    encodings = ("dictionary",) if quick else ("dictionary", "plain")
+    procs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        policies, responses = Path(tmp) / "policies", Path(tmp) / "responses"
+        policies.mkdir()
+        responses.mkdir()
+        (policies / "bench_feed.yaml").write_text(POLICY)
+        try:
+            proc, address = start_server(policies, 1)
+            procs.append(proc)
+            with grpc.insecure_channel(address) as ch:
+                canned = pb_grpc.RerankerStub(ch).Rerank(make_request(), timeout=30)
+            (responses / f"response_{N}.bin").write_bytes(canned.SerializeToString())
+            echo_proc, echo_address = start_echo(responses)
+            procs.append(echo_proc)
+            raw_proc, raw_address = start_echo(responses, raw=True)
+            procs.append(raw_proc)
+            with grpc.insecure_channel(address) as ch_real, grpc.insecure_channel(echo_address) as ch_echo, \
+                    grpc.insecure_channel(raw_address) as ch_raw:
+                rerank = pb_grpc.RerankerStub(ch_real).Rerank
+                echo = ch_echo.unary_unary(ECHO_METHOD, request_serializer=pb.RerankRequest.SerializeToString,
+                                           response_deserializer=pb.RerankResponse.FromString)
+                raw_echo = ch_raw.unary_unary(ECHO_METHOD)  # bytes both ways
+                rows = [_measure_processes(enc, calls, warmup, rerank, echo, raw_echo) for enc in encodings]
+        finally:
+            for p in procs:
+                stop(p)
+    meta = {"quick": quick, "calls": calls, "warmup": warmup, "n": N, "k": K, "layout": "processes",
+            "policy": "bench_feed (max_count + min_count within_top + window, greedy)",
+            "client": "sync stub, one call at a time; server, parsed echo and raw echo each in a process of its own"}
+    return {"rows": rows, "meta": meta}
+
+
+#: the columns of the default layout (benchmarks.run prints these)
+COLUMNS = OUT_COLUMNS
+
+
+def run(quick: bool = False, calls: int | None = None, decision_log: bool = False,
+        in_process: bool = False) -> dict:
+    """Measure; returns {"rows": [one dict per string encoding], "meta": {...}}. By default
+    every server runs in a process of its own (`run_processes`); with `in_process` (or
+    `decision_log`, which switches the log of the server's engine between calls) the real server
+    and the parsed echo share this process (and "log_rows": the decision log off / on)."""
+    if not (in_process or decision_log):
+        return run_processes(quick, calls)
     from engine.engine import Engine
 
     calls = calls or (200 if quick else 2000)
@@ -244,7 +351,7 @@ def run(quick: bool = False, calls: int | None = None, decision_log: bool = Fals
     return {"rows": rows, "meta": meta, "log_rows": log_rows}
 
 
-def print_result(result: dict) -> None:
+def print_result(result: dict, columns: list[tuple[str, str]] | None = None) -> None:
     """One row per metric, one column per string encoding."""
     from rich.table import Table
 
@@ -253,7 +360,7 @@ def print_result(result: dict) -> None:
     table.add_column("metric")
     for row in rows:
         table.add_column(f"{row['encoding']} strings", justify="right")
-    for key, label in COLUMNS:
+    for key, label in columns or IN_PROCESS_COLUMNS:
         table.add_row(label, *[_fmt(row[key]) for row in rows])
     Console().print(table)
 
@@ -272,17 +379,28 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=None, help="calls per server and encoding")
     parser.add_argument("--decision-log", action="store_true",
                         help="also server time with the decision log off / on (alternating blocks)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="the earlier layout: real server and parsed echo in the client's process "
+                             "(they share its interpreter lock); the default runs each server in a "
+                             "process of its own, with the raw-bytes echo beside them")
     args = parser.parse_args()
-    result = run(quick=args.quick, calls=args.calls, decision_log=args.decision_log)
+    if not (args.in_process or args.decision_log):
+        result = run(quick=args.quick, calls=args.calls)
+        path = save("grpc", result["rows"], result["meta"])
+        print_result(result, OUT_COLUMNS)
+        Console().out(markdown_table(result["rows"], OUT_COLUMNS))
+        Console().out(f"saved {path}")
+        return
+    result = run(quick=args.quick, calls=args.calls, decision_log=args.decision_log, in_process=True)
     if result["log_rows"]:
         from benchmarks.common import print_table
 
         print_table("server time, decision log off / on", result["log_rows"], LOG_COLUMNS)
         Console().out(markdown_table(result["log_rows"], LOG_COLUMNS))
         Console().out(f"saved {save('grpc_decision_log', result['log_rows'], result['meta'])}")
-    path = save("grpc", result["rows"], result["meta"])
+    path = save("grpc_in_process", result["rows"], result["meta"])
     print_result(result)
-    Console().out(markdown_table(result["rows"], [("encoding", "string columns"), *COLUMNS]))
+    Console().out(markdown_table(result["rows"], IN_PROCESS_COLUMNS))
     Console().out(f"saved {path}")
 
 

@@ -141,9 +141,11 @@ def start_server(policies: Path, processes: int | None) -> tuple[subprocess.Pope
     return proc, address
 
 
-def start_echo(responses: Path) -> tuple[subprocess.Popen, str]:
+def start_echo(responses: Path, raw: bool = False) -> tuple[subprocess.Popen, str]:
+    """The echo server subprocess (`benchmarks.echo_server`; `raw`: the raw-bytes echo)."""
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.echo_server", "--responses",
-                             str(responses)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                             str(responses), *(["--raw"] if raw else [])], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline())
     return proc, f"127.0.0.1:{port}"
 
