@@ -34,6 +34,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from workbench.cli import add_parser as add_workbench_parser
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 #: Where `call` and `policies` connect when --address is not given.
 ADDRESS_ENV = "RERANKER_ADDRESS"
@@ -225,6 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pareto)
 
+    add_workbench_parser(sub)  # reranker workbench (workbench/cli.py)
     from simulation.cli import add_parser as add_simulate_parser  # `reranker simulate`: simulation/cli.py
     add_simulate_parser(sub)
     p = sub.add_parser("schema", help="write the JSON Schema of the policy language")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("engine", "solvers", "server", "testing", "offline", "simulation")
+PACKAGES = ("engine", "solvers", "server", "testing", "offline", "workbench", "simulation")
 OURS = PACKAGES + ("tests", "benchmarks")
 
 # Layers: a module of the key package must not import from any of the listed packages.
@@ -26,6 +26,7 @@ FORBIDDEN = {
     "solvers": ("engine", "server", "tests", "offline"),
     "engine": ("server", "tests", "offline"),
     "offline": ("server", "tests"),
+    "workbench": ("server", "tests"),
     "simulation": ("server", "tests"),
     "testing": ("tests",),
     "server": ("tests",),
