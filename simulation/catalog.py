@@ -64,6 +64,7 @@ class Catalog:
         self._draw(np.arange(n))
         self.out_of_stock = np.zeros(n, np.bool_)
         self.live = np.zeros(0, np.int64)
+        self.item_exposure = np.zeros(n)  # per slot, today
 
     # -- items
     def item_key(self, slots: np.ndarray) -> np.ndarray:
@@ -103,6 +104,7 @@ class Catalog:
             self._draw(expired)
         self.out_of_stock[live] = rng.uniform(self._k_stock, self.item_key(live), d) < self.cfg.out_of_stock_share
         self.live = live
+        self.item_exposure[:] = 0.0
         return live
 
     def tier_new(self, d: int) -> np.ndarray:
@@ -116,6 +118,7 @@ class Catalog:
         sellers = self.seller_of[slots[ok]]
         w = np.broadcast_to(weights, slots.shape)[ok]
         self.exposure[:, d] += np.bincount(sellers, weights=w, minlength=self.n_sellers)
+        self.item_exposure += np.bincount(slots[ok], weights=w, minlength=len(self.item_exposure))
         c = clicked[clicked >= 0]
         if len(c):
             np.add.at(self.clicks, c, 1)

@@ -55,7 +55,7 @@ SUMMED = ("sessions", "requests", "impressions", "clicks", "purchases", "revenue
           "new_sellers_alive", "new_sellers_viable_base", "new_sellers_viable", "new_seller_exposure",
           "exposure", "sellers_alive", "live_items")
 #: ... and market statistics of the shard (averaged over shards)
-MARKET = ("gini", "hhi", "coverage")
+MARKET = ("gini", "hhi", "item_gini", "coverage")
 
 
 @dataclass
@@ -280,6 +280,7 @@ class Market:
         daily["live_items"][d] = len(live)
         daily["gini"][d] = gini(exp_today[present])
         daily["hhi"][d] = hhi(exp_today[present])
+        daily["item_gini"][d] = gini(cat.item_exposure[live])
         daily["coverage"][d] = shown.mean() if len(shown) else 0.0
 
     def run(self, advance: Callable[[int], None] | None = None) -> ShardResult:

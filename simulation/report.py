@@ -20,6 +20,7 @@ PLOTS = (
     ("new_seller_share", "New sellers' exposure share", "share of exposure"),
     ("gini", "Exposure Gini over sellers", "Gini"),
     ("hhi", "Exposure HHI over sellers", "HHI"),
+    ("item_gini", "Exposure Gini over live items", "Gini"),
     ("coverage", "Catalog coverage per day", "share of live items shown"),
 )
 

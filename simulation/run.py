@@ -45,11 +45,12 @@ METRICS: dict[str, tuple[str, bool]] = {
     "new_seller_share": ("new sellers' exposure share", True),
     "gini": ("exposure Gini over sellers (mean of days)", False),
     "hhi": ("exposure HHI over sellers (mean of days)", False),
+    "item_gini": ("exposure Gini over live items (mean of days)", False),
     "coverage": ("catalog coverage (mean of days)", True),
 }
 #: the per-day series of one run
 SERIES = ("revenue", "retention", "active_users", "ctr", "seller_survival", "new_seller_alive",
-          "new_seller_success", "new_seller_share", "gini", "hhi", "coverage")
+          "new_seller_success", "new_seller_share", "gini", "hhi", "item_gini", "coverage")
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ def merge_shards(parts: Sequence[ShardResult]) -> Run:
         "new_seller_share": float(_ratio(d["new_seller_exposure"].sum(), d["exposure"].sum())),
         "gini": float(m["gini"].mean()),
         "hhi": float(m["hhi"].mean()),
+        "item_gini": float(m["item_gini"].mean()),
         "coverage": float(m["coverage"].mean()),
     }
     return Run(parts[0].label, parts[0].seed, series, metrics, sum(p.engine_s for p in parts),
