@@ -10,7 +10,7 @@ ADDR   ?= 127.0.0.1:50051
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench bench-load redis data schema clean
+.PHONY: setup run test bench bench-load redis chromium data schema clean workbench
 
 setup: $(STAMP) $(GEN)
 
@@ -33,7 +33,7 @@ $(GEN): $(PROTO) $(STAMP)
 run: setup
 	$(VENV)/bin/reranker serve --address $(ADDR) --policies policies $(SERVE_ARGS)
 
-test: setup redis data
+test: setup redis chromium data
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The Redis ledger tests start their own redis-server processes (testing/redis_server.py); this
@@ -48,10 +48,33 @@ redis:
 	         "or 'brew install redis'); the Redis ledger tests will be skipped until then ***" >&2; \
 	  fi; }
 
+# The workbench's browser tests drive Debian's chromium through chromium-driver (Selenium); this
+# only makes sure both exist. Without them those tests are skipped (and fail when CI is set).
+chromium:
+	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver (apt-get)"; \
+	    apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "*** chromium / chromedriver not found: install them (e.g. 'sudo apt-get install" \
+	         "chromium chromium-driver'); the workbench browser tests will be skipped until then ***" >&2; \
+	  fi; }
+
 # The Open Bandit Dataset sample (in the obp 0.5.7 sdist on PyPI; CC BY 4.0): pip download, sha256
 # check, unpack into data/obd (never committed). Silent when data/obd already verifies.
 data: setup
 	@$(PY) -m offline.obd fetch --dest data/obd --quiet
+
+# The policy workbench on policies/ (http://127.0.0.1:$(WB_PORT)/), previewing against a sample
+# decision log: data/workbench-log, written on first use (synthetic requests served by home_feed,
+# with simulated clicks; about half a minute). WB_ARGS for more flags, e.g. WB_ARGS=--read-only.
+WB_PORT ?= 8750
+WB_LOG  ?= data/workbench-log
+WB_ARGS ?=
+workbench: setup
+	@$(PY) -m workbench.sample --policies policies --out $(WB_LOG)
+	$(VENV)/bin/reranker workbench --policies policies --experiments examples/experiments --log $(WB_LOG) \
+	  --port $(WB_PORT) $(WB_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks.run

@@ -61,6 +61,7 @@ def run(args, out, err) -> int:
     except OSError as e:
         err.print(f"error: cannot bind {args.host}:{args.port}: {e.strerror or e}", style="red")
         return 2
+    sock.listen(128)  # connections made before uvicorn serves wait in the backlog, never refused
     port = sock.getsockname()[1]
     shown = f"[{args.host}]" if ":" in args.host else args.host
     mode = "read-only" if config.read_only else ("promote needs the token" if token else "promote open (localhost)")

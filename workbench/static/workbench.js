@@ -158,8 +158,11 @@ async function runJob(start, box, onDone) {
 
 function showProgress(prog, job) {
   prog.querySelector(".bar").style.width = Math.round(100 * job.fraction) + "%";
-  const est = job.state === "running" ? ` (about ${job.expected_seconds} s expected)` : "";
-  prog.querySelector(".label").textContent = `${job.state}: ${job.phase}, ${job.seconds.toFixed(1)} s${est}`;
+  const label = prog.querySelector(".label");
+  if (job.state === "done") label.textContent = `done in ${job.seconds.toFixed(1)} s`;
+  else if (job.state === "failed") label.textContent = `failed after ${job.seconds.toFixed(1)} s`;
+  else if (job.state === "queued") label.textContent = `queued: ${job.phase}`;
+  else label.textContent = `${job.phase}: ${job.seconds.toFixed(1)} s of about ${job.expected_seconds} s (estimate)`;
 }
 
 // ------------------------------------------------------------------ preview
