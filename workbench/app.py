@@ -10,7 +10,8 @@ API (JSON in and out; errors are {"error": message, "issues": [...]} with the HT
     POST /api/preview               {file, text, sample} -> 202 {job}; 422 for an invalid proposal
     POST /api/pareto                {file, text, vary: [{path, lo, hi, n}], metrics, refine, sample}
     GET  /api/pareto/{job}/{i}      the policy text of a sweep's point i
-    GET  /api/jobs/{id}             state, phase, progress, and the result once done
+    GET  /api/jobs/{id}[?wait=S]    state, phase, progress, and the result once done (wait: a long
+                                    poll that answers as soon as the job ends)
     POST /api/promote               {file, text, base_digest} (+ X-Workbench-Token) -> {digest}
                                     401/403 without the token, 403 read-only, 409 lost race,
                                     422 invalid
@@ -39,7 +40,7 @@ from offline.preview import PreviewError
 from offline.replay import ReplayError
 from workbench import work
 from workbench.folder import Folders, Invalid, NotFound, WorkbenchError, numbers_of
-from workbench.jobs import Jobs
+from workbench.jobs import KEEP, Jobs
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -246,10 +247,14 @@ def create_app(config: Config) -> FastAPI:
         return job.to_json()
 
     @app.get("/api/jobs/{job_id}")
-    def job_state(job_id: str):
+    def job_state(job_id: str, wait: float = 0.0):
+        """The job now; with `wait` (seconds, at most 5) as soon as it ends or when the wait is
+        over (a long poll: the page gets the result the moment it is ready)."""
         job = jobs.get(job_id)
         if job is None:
-            raise NotFound(f"job: no job {job_id!r} (finished jobs are kept for the last {50})")
+            raise NotFound(f"job: no job {job_id!r} (finished jobs are kept for the last {KEEP})")
+        if wait > 0:
+            job.ended.wait(min(wait, 5.0))
         return job.to_json()
 
     @app.get("/api/pareto/{job_id}/{index}")

@@ -43,6 +43,7 @@ class Job:
         self.error: str | None = None
         self.issues: list[dict] = []
         self.extra: dict = {}  # kept server-side (e.g. the sweep's policy texts)
+        self.ended = threading.Event()  # set once done or failed (long polls wait on it)
 
     def set_phase(self, phase: str) -> None:
         self.phase = phase
@@ -115,6 +116,7 @@ class Jobs:
                 log.error("workbench job failed", extra={"job": job.id, "trace": traceback.format_exc()})
         finally:
             job.finished = time.time()
+            job.ended.set()
         if job.state == "done" and job.work > 0 and job.kind != "warmup":
             self.learn(job.seconds / job.work)
 

@@ -146,8 +146,8 @@ async function runJob(start, box, onDone) {
   let job = r.data;
   while (job.state === "queued" || job.state === "running") {
     showProgress(prog, job);
-    await new Promise((res) => setTimeout(res, 200));
-    const s = await api("GET", `/api/jobs/${job.id}`);
+    // a long poll: answered the moment the job ends, or after 0.25 s with its progress
+    const s = await api("GET", `/api/jobs/${job.id}?wait=0.25`);
     if (!s.ok) { err.textContent = s.data.error; prog.hidden = true; return; }
     job = s.data;
   }
