@@ -250,3 +250,33 @@ def test_folders_refuse_a_missing_folder(tmp_path):
     f = Folders(tmp_path)
     assert f.diff(FILE, (tmp_path / FILE).read_text()) == ""
     assert yaml.safe_load(f.read(FILE)[0])["name"] == "home_feed"
+
+
+def test_the_token_can_come_from_the_environment_and_opens_the_page_beyond_localhost(folder):
+    """`reranker workbench --host 0.0.0.0` as a process, the token from RERANKER_WORKBENCH_TOKEN:
+    it starts, and a promote without the token is refused over real HTTP (sent to 127.0.0.1)."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.conftest import REPO
+
+    env = dict(os.environ, RERANKER_WORKBENCH_TOKEN="from-the-env-123")
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "workbench", "--policies", str(folder),
+                             "--host", "0.0.0.0", "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=REPO,
+                            env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("workbench listening on http://0.0.0.0:") and "(promote needs the token)" in line
+        port = int(line.split()[3].rsplit(":", 1)[1].strip("/"))
+        path = folder / FILE
+        body = {"file": FILE, "text": path.read_text() + "# x\n", "base_digest": sha(path)}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            assert c.post("/api/promote", json=body).status_code == 401
+            r = c.post("/api/promote", json=body, headers={TOKEN_HEADER: "from-the-env-123"})
+            assert r.status_code == 200 and path.read_text().endswith("# x\n")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -371,3 +371,39 @@ def test_read_only_mode_shows_no_promote_and_refuses_one(driver, folder, log):
             ".then(r => r.json().then(j => done([r.status, j.error])));", FILE, before)
         assert status == [403, "the workbench runs --read-only: promote is turned off"]
     assert sha(folder / FILE) == before
+
+
+# ------------------------------------------------------------------ the README's screenshot
+def screenshot(out: str) -> None:
+    """docs/workbench.png: `make workbench`'s setup (policies/, the sample log in
+    data/workbench-log), home_feed's purchase weight edited 10 -> 6, previewed on 1,000 requests.
+    Nothing is promoted. Run: python -m tests.test_workbench_browser docs/workbench.png"""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    subprocess.run([sys.executable, "-m", "workbench.sample", "--out", "data/workbench-log"], cwd=REPO, check=True)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,2300",
+                "--no-proxy-server", "--force-device-scale-factor=1"):
+        options.add_argument(arg)
+    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        with workbench(Path("policies"), Path("data/workbench-log"), "--experiments", "examples/experiments") as url:
+            open_page(d, url)
+            set_editor(d, editor_text(d).replace("p_purchase: 10.0", "p_purchase: 6.0"))
+            wait(d, lambda d: text_of(d, "#validation").endswith("(edited)"))
+            d.find_element(By.ID, "preview").click()
+            wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#plot-deltas .bars path"), timeout=300)
+            d.execute_script("const box = document.querySelector('#editor').parentElement;"
+                             "box.style.maxHeight = '260px'; box.scrollTop = 13 * 18;"  # the edited weight in view
+                             "window.scrollTo(0, 0)")
+            time.sleep(0.5)
+            d.save_screenshot(out)
+    finally:
+        d.quit()
+
+
+if __name__ == "__main__":
+    screenshot(sys.argv[1] if len(sys.argv) > 1 else "docs/workbench.png")

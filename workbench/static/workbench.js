@@ -188,17 +188,19 @@ function showPreview(res) {
     { type: "bar", name: "live", x: labels, y: live, marker: { color: LIVE } },
     { type: "bar", name: "proposed", x: labels, y: prop, marker: { color: PROPOSED } },
   ], { title: { text: "exposure share (%), values that move most" }, barmode: "group",
-       margin: { t: 40, b: 110, l: 50, r: 10 }, legend: { orientation: "h", y: 1.12 }, xaxis: { tickangle: -40 } },
+       margin: { t: 40, b: 40, l: 50, r: 10 }, legend: { orientation: "h", y: 1.12 },
+       xaxis: { tickangle: -40, automargin: true } },
   { displayModeBar: false, responsive: false });
-  // metric deltas (relative, %) with their 95 % CIs
-  const d = res.deltas;
+  // the expected metrics' changes (relative, %) with their 95 % CIs (the off-policy estimates and
+  // the rest are in the tables: their intervals can be orders of magnitude wider)
+  const d = res.deltas.filter((x) => x.name.startsWith("expected_"));
   Plotly.react("plot-deltas", [{
-    type: "bar", orientation: "h", y: d.map((x) => x.name), x: d.map((x) => 100 * x.relative),
+    type: "bar", orientation: "h", y: d.map((x) => x.name.replace("expected_", "expected ")), x: d.map((x) => 100 * x.relative),
     marker: { color: d.map((x) => (x.relative >= 0 ? PROPOSED : LIVE)) },
     error_x: { type: "data", symmetric: false,
                array: d.map((x) => (x.rel_high == null ? 0 : 100 * (x.rel_high - x.relative))),
                arrayminus: d.map((x) => (x.rel_low == null ? 0 : 100 * (x.relative - x.rel_low))) },
-  }], { title: { text: "metric change, proposed vs live (%, 95 % CI)" }, margin: { t: 40, l: 160, r: 10, b: 40 },
+  }], { title: { text: "expected metrics, proposed vs live (% change, 95 % CI)" }, margin: { t: 40, l: 160, r: 10, b: 40 },
         yaxis: { automargin: true } }, { displayModeBar: false, responsive: false });
   const box = $("#preview-tables");
   box.replaceChildren();
