@@ -72,7 +72,7 @@ WB_PORT ?= 8750
 WB_LOG  ?= data/workbench-log
 WB_ARGS ?=
 workbench: setup
-	@$(PY) -m workbench.sample --policies policies --out $(WB_LOG)
+	@$(PY) -m testing.workbench --policies policies --out $(WB_LOG)
 	$(VENV)/bin/reranker workbench --policies policies --experiments examples/experiments --log $(WB_LOG) \
 	  --port $(WB_PORT) $(WB_ARGS)
 

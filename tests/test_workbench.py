@@ -21,7 +21,7 @@ from server.cli import main
 from tests.conftest import EXAMPLES_DIR, POLICIES_DIR
 from workbench.app import TOKEN_HEADER, Config, create_app, is_local
 from workbench.folder import Folders, WorkbenchError, with_numbers
-from workbench.sample import copy_policies, make_log
+from testing.workbench import copy_policies, make_log
 
 FILE = "home_feed.yaml"
 

@@ -29,7 +29,7 @@ import pytest
 
 from tests.conftest import POLICIES_DIR, REPO
 from tests.serve_process import log_waiter
-from workbench.sample import copy_policies, make_log
+from testing.workbench import copy_policies, make_log
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FILE = "home_feed.yaml"
@@ -382,7 +382,7 @@ def screenshot(out: str) -> None:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    subprocess.run([sys.executable, "-m", "workbench.sample", "--out", "data/workbench-log"], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "-m", "testing.workbench", "--out", "data/workbench-log"], cwd=REPO, check=True)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,2300",

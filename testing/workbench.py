@@ -1,7 +1,8 @@
-"""A sample decision log for the workbench (`make workbench`): synthetic requests served by the
-policies of a folder, as the server logs them, with simulated clicks.
+"""A sample decision log for the workbench (`make workbench`, its tests and its benchmark):
+synthetic requests served by the policies of a folder, as the server logs them, with simulated
+clicks; and copies of a policy folder for tests.
 
-    python -m workbench.sample --policies policies --out data/workbench-log [--records 3000]
+    python -m testing.workbench --policies policies --out data/workbench-log [--records 3000]
 
 Silent and quick when OUT already holds a log. The candidates are testing.engines' random ones
 (every attribute and score the example policies use), served under `--policy` (default
