@@ -1,8 +1,8 @@
 """Admission control (issue 9 item 6): does a normal caller keep its latency while heavy callers
 send the largest requests the server admits?
 
-    .venv/bin/python -m benchmarks.bench_admission           # full run (~2 minutes; quiet machine)
-    .venv/bin/python -m benchmarks.bench_admission --quick   # smoke run (~40 s)
+    .venv/bin/python -m benchmarks.bench_admission           # full run (~5 minutes; quiet machine)
+    .venv/bin/python -m benchmarks.bench_admission --quick   # smoke run (~2 minutes)
     .venv/bin/python -m benchmarks.bench_admission --server-flags '--max-queue 8'  # more serve flags
 
 One `reranker serve --processes 1` (2 handler threads, the default) per phase, on loopback. A
@@ -15,8 +15,11 @@ own connection, loop without pause (a refused one backs off 10 ms):
 - batch: a RerankBatch of 64 (the default --max-batch) requests of N=3,000, K=20 (3.8e6 units).
 
 Phases, each on a fresh server: the normal client alone, next to the batch client, the explain
-client and both, with admission control on (the defaults); then alone and next to both with
-admission control off (limits raised out of the way: the baseline of the same run). Reported: the normal client's p50 / p99 / max, its errors, and what the heavy clients
+client and both, with admission control on (the defaults) and the heavy lane in a process of its
+own (`--heavy-lane process`, the default), then the same four with the heavy lane in a thread of
+the serving process (`--heavy-lane thread`, the lane before issue 9's last step); then alone and
+next to both with admission control off (limits raised out of the way, everything in the serving
+process: the baseline of the same run). `--lanes process,off` runs only some of them. Reported: the normal client's p50 / p99 / max, its errors, and what the heavy clients
 got (answered, refused). Target: normal p99 <= 20 ms with admission on.
 
 The normal client runs in this process, each heavy client in a process of its own (so that the
@@ -53,10 +56,14 @@ HEAVY_TIMEOUT_S = 60.0
 TARGET_P99_MS = 20.0
 OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
            ("grpc.use_local_subchannel_pool", 1)]
-#: admission control out of the way (the baseline)
-OFF_FLAGS = ("--max-batch", "1000000", "--max-work", "1000000000000", "--heavy-work", "1000000000000")
+#: admission control out of the way (the baseline): no caps, no heavy lane, everything in the
+#: serving process
+OFF_FLAGS = ("--max-batch", "1000000", "--max-work", "1000000000000", "--heavy-work", "1000000000000",
+             "--heavy-bytes", "1000000000000", "--heavy-lane", "thread")
+THREAD_FLAGS = ("--heavy-lane", "thread")
 
-COLUMNS = [("phase", "phase"), ("admission", "admission control"), ("normal_rate", "normal req/s"),
+COLUMNS = [("phase", "phase"), ("admission", "admission control"), ("heavy_lane", "heavy lane"),
+           ("normal_rate", "normal req/s"),
            ("normal_ok", "normal answered"), ("normal_p50_ms", "normal p50 ms"),
            ("normal_p99_ms", "normal p99 ms"), ("normal_max_ms", "normal max ms"),
            ("normal_errors", "normal errors"), ("explain_ok", "heavy explain answered"),
@@ -155,27 +162,34 @@ def _payloads() -> dict[str, bytes]:
             "batch": batch.SerializeToString()}
 
 
-def run(quick: bool = False, extra_flags: tuple[str, ...] = ()) -> list[dict]:
+def run(quick: bool = False, extra_flags: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> list[dict]:
+    """`only`: the heavy lanes whose phases run ("process", "thread", "-" for admission off)."""
     seconds = 4.0 if quick else 20.0
     payloads = _payloads()
-    phases = [("alone", "on", ()), ("with heavy batch", "on", ()), ("with heavy explain", "on", ()),
-              ("with heavy batch + explain", "on", ()),
-              ("alone", "off", OFF_FLAGS), ("with heavy batch + explain", "off", OFF_FLAGS)]
+    both = "with heavy batch + explain"
+    phases = [("alone", "on", "process", ()), ("with heavy batch", "on", "process", ()),
+              ("with heavy explain", "on", "process", ()), (both, "on", "process", ()),
+              ("alone", "on", "thread", THREAD_FLAGS), ("with heavy batch", "on", "thread", THREAD_FLAGS),
+              ("with heavy explain", "on", "thread", THREAD_FLAGS), (both, "on", "thread", THREAD_FLAGS),
+              ("alone", "off", "-", OFF_FLAGS), (both, "off", "-", OFF_FLAGS)]
+    if only:
+        phases = [p for p in phases if p[2] in only]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         policies = Path(tmp) / "policies"
         policies.mkdir()
         (policies / "bench_feed.yaml").write_text(POLICY)
-        for label, admission, flags in phases:
+        for label, admission, lane, flags in phases:
             proc, address = _server(policies, *flags, *extra_flags)
             try:
                 kinds = [k for k in ("batch", "explain") if k in label]
                 row = _phase(address, payloads, kinds, seconds=seconds)
             finally:
                 stop(proc)
-            row = {"phase": label, "admission": admission, "normal_rate": RATE, **row,
+            row = {"phase": label, "admission": admission, "heavy_lane": lane, "normal_rate": RATE, **row,
                    "target_p99_ms": TARGET_P99_MS}
-            alone = next((r for r in rows if r["phase"] == "alone" and r["admission"] == admission), None)
+            alone = next((r for r in rows if r["phase"] == "alone" and r["admission"] == admission
+                          and r["heavy_lane"] == lane), None)
             if alone and alone.get("normal_p99_ms") and row.get("normal_p99_ms"):
                 row["p99_vs_alone"] = row["normal_p99_ms"] / alone["normal_p99_ms"]
             rows.append(row)
@@ -224,14 +238,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short phases (smoke run)")
     parser.add_argument("--server-flags", default="", metavar="FLAGS",
                         help="more `reranker serve` flags for every phase, e.g. '--gil-switch-ms 0.5'")
+    parser.add_argument("--lanes", default="", metavar="LANES",
+                        help="only these phases: comma-separated of process, thread, off (default all)")
     args = parser.parse_args()
     extra = tuple(shlex.split(args.server_flags))
+    only = tuple("-" if x == "off" else x for x in args.lanes.split(",") if x)
     sizes = {k: len(v) for k, v in _payloads().items()}
-    rows = run(args.quick, extra)
+    rows = run(args.quick, extra, only)
     title = "Admission control: a normal client next to heavy ones"
     print_table(title, rows, COLUMNS)
     path = save("admission_quick" if args.quick else "admission", rows,
-                {"quick": args.quick, "server_flags": list(extra), "payload_bytes": sizes, "normal_rate": RATE,
+                {"quick": args.quick, "server_flags": list(extra), "lanes": args.lanes or "all",
+                 "payload_bytes": sizes, "normal_rate": RATE,
                  "target_p99_ms": TARGET_P99_MS})
     print(path)
     print(markdown_table(rows, COLUMNS))

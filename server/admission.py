@@ -7,7 +7,8 @@ the service from the others.
   (RESOURCE_EXHAUSTED naming `candidates.item_ids`) before it is decoded. A batch counts the sum
   of its entries.
 - a message larger than `heavy_bytes` while the heavy lane is busy is refused before it is even
-  parsed (parsing a 10,000-candidate request holds the GIL for milliseconds);
+  parsed (parsing a 10,000-candidate request holds the GIL for milliseconds); with the lane in a
+  process of its own (server.heavy) such a message always goes there unparsed;
 - the heavy lane: a request (or batch) of more than `heavy_work` units runs only while it holds
   the process's one heavy slot, so at most one handler thread at a time does heavy work and the
   others stay free for normal calls. A heavy call that cannot get the slot within `heavy_wait_s`
@@ -164,15 +165,23 @@ class Admission:
 
     # --------------------------------------------------------------------------- the lane
     @contextmanager
-    def lane(self, work: int, policy: str = ""):
-        """Run the body in the heavy lane when `work` > heavy_work (else directly). A busy lane
-        (not free within heavy_wait_s) is counted and raised as Overloaded (RESOURCE_EXHAUSTED)."""
-        if work <= self.limits.heavy_work:
+    def lane(self, work: int, policy: str = "", *, message_bytes: int | None = None):
+        """Run the body in the heavy lane when `work` > heavy_work (else directly), or, given
+        `message_bytes` (a message over heavy_bytes, not parsed), in any case. A busy lane (not
+        free within heavy_wait_s) is counted and raised as Overloaded (RESOURCE_EXHAUSTED).
+        Yields whether the body holds the lane (with --heavy-lane process, the servicer then
+        forwards the call to the heavy worker process: server.heavy)."""
+        if message_bytes is None and work <= self.limits.heavy_work:
             yield False
             return
         wait = self.limits.heavy_wait_s
         if not (self._heavy.acquire(timeout=wait) if wait > 0 else self._heavy.acquire(blocking=False)):
             self.count_shed("heavy_lane_busy", policy=policy)
+            if message_bytes is not None:
+                raise Overloaded("", f"heavy lane busy: a message of {message_bytes:,} bytes runs only "
+                                     "while no other heavy request runs on this server process (over "
+                                     f"{self.limits.heavy_bytes:,} bytes, or {self.limits.heavy_work:,} "
+                                     "work units); retry with backoff, or send a smaller request")
             raise Overloaded("", f"heavy lane busy: a request of {work:,} work units runs only while "
                                  "no other heavy request runs on this server process (above "
                                  f"{self.limits.heavy_work:,} units, reranker serve --heavy-work); "

@@ -7,6 +7,7 @@ Nothing starts on import.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -41,6 +42,10 @@ DEFAULT_GRACE_S = 5.0
 # Clients' connections are closed at this age (plus grpc's +-10 % jitter) so that a restarted
 # worker gets its share again within about a minute; calls in flight get as long again.
 DEFAULT_MAX_CONNECTION_AGE_S = 30.0
+# Where heavy calls run (serve --heavy-lane): a process of its own (server.heavy), or this one.
+HEAVY_LANES = ("process", "thread")
+HEAVY_READY_WAIT_S = 600.0  # SERVING waits this long at most for the heavy worker's warm-up
+NO_HEAVY_LANE = 1 << 62  # a heavy worker's heavy_work / heavy_bytes: its own lane never engages
 # Services whose health is reported: "" is the server as a whole.
 HEALTH_SERVICES = ("", SERVICE_NAME)
 
@@ -58,26 +63,45 @@ def add_servicer(servicer, server: grpc.Server) -> None:
     for method in service.methods:
         request_cls = getattr(pb, method.input_type.name)
         response_cls = getattr(pb, method.output_type.name)
+        lane = method.name in ("Rerank", "RerankBatch")
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _parsing(getattr(servicer, method.name), request_cls, pass_raw=method.name == "Rerank",
-                     admission=getattr(servicer, "admission", None)
-                     if method.name in ("Rerank", "RerankBatch") else None),
+            _parsing(getattr(servicer, method.name), request_cls, pass_raw=lane,
+                     admission=getattr(servicer, "admission", None) if lane else None,
+                     forward=getattr(servicer, "forward_unparsed", None) if lane else None),
             request_deserializer=None,  # raw bytes: parsed in _parsing
-            response_serializer=response_cls.SerializeToString,
+            response_serializer=_serializer(response_cls),
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
 
 
-def _parsing(behaviour, request_cls, pass_raw: bool = False, admission=None):
+def _serializer(response_cls):
+    """The response serializer: a message is serialized, bytes (a reply relayed from the heavy
+    worker, server.heavy) are sent as they are."""
+    serialize = response_cls.SerializeToString
+
+    def serializer(response) -> bytes:
+        return response if isinstance(response, bytes) else serialize(response)
+
+    return serializer
+
+
+def _parsing(behaviour, request_cls, pass_raw: bool = False, admission=None, forward=None):
     """`pass_raw`: also hand the request's bytes to `behaviour` (keyword `raw`), whose decoder
-    reads the large columns straight from them."""
+    reads the large columns straight from them. `forward(method, raw, context)`: with the heavy
+    lane in a process of its own, a message over admission's heavy_bytes goes there unparsed
+    (the servicer's forward_unparsed decides whether it may: None when the lane is in-thread)."""
     from google.protobuf.message import DecodeError
 
     name = request_cls.DESCRIPTOR.full_name
+    method = getattr(behaviour, "__name__", name)
 
     def handle(raw: bytes, context: grpc.ServicerContext):
         _dispatched.started = True  # see _ShedCountingPool: this call reached its handler
+        if admission is not None and len(raw) > admission.limits.heavy_bytes and forward is not None:
+            handled = forward(method, raw, context)  # None: the lane runs in this process
+            if handled is not None:
+                return handled
         if admission is not None and len(raw) > admission.limits.heavy_bytes and admission.lane_busy:
             admission.count_shed("heavy_lane_busy")
             if admission.error_observer is not None:
@@ -191,6 +215,7 @@ def create_server(
     reuse_port: bool = False,
     admission=None,
     max_connection_age_s: float | None = None,
+    heavy=None,
 ) -> tuple[grpc.Server, int]:
     """Build a server for `engine` bound to `address` ("host:port"; port 0 = any free port).
 
@@ -211,6 +236,8 @@ def create_server(
     `max_connection_age_s`: close every client connection (GOAWAY, after a grace of the same
     length for calls in flight) once it is this old, so that clients reconnect and a restarted
     worker gets its share of the connections again (grpc adds +-10 % jitter); None: never.
+    `heavy`: a started `server.heavy.HeavyWorker`: heavy calls are forwarded to that process
+    (the heavy lane in a process of its own); None: they run in this process's heavy lane.
 
     Returns (server, bound port). Raises BindError if the address cannot be bound.
     """
@@ -232,7 +259,7 @@ def create_server(
         options=options,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    add_servicer(RerankerServicer(engine, metrics, admission), server)
+    add_servicer(RerankerServicer(engine, metrics, admission, heavy=heavy), server)
 
     if health_servicer is None:
         health_servicer = health.HealthServicer()
@@ -288,16 +315,18 @@ def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
         health_servicer.set(name, status)
 
 
-def open_decision_log(target: str, *, sample_rate: float = 1.0, worker: int | None = None):
+def open_decision_log(target: str, *, sample_rate: float = 1.0, worker: int | None = None,
+                      folder: str | None = None):
     """The (decision log, outcome log) of `serve --decision-log TARGET`: a folder of Parquet files
     (one sub-folder per worker process, so that writers never share a file; outcomes under
     TARGET/outcomes), or a Redis stream (`redis://host:port/db`, every worker appending to one
-    stream; no outcome log: ReportOutcomes is refused)."""
+    stream; no outcome log: ReportOutcomes is refused). `folder`: the sub-folder's name instead
+    of worker-N (a heavy worker's: heavy or heavy-N)."""
     from engine.decision_log import DecisionLog, ParquetSink, RedisStreamSink, is_stream_url, outcome_log
 
     if is_stream_url(target):
         return DecisionLog(RedisStreamSink(target), sample_rate=sample_rate), None
-    per_worker = f"worker-{worker}" if worker is not None else ""
+    per_worker = folder if folder is not None else f"worker-{worker}" if worker is not None else ""
     return (DecisionLog(ParquetSink(os.path.join(target, per_worker)), sample_rate=sample_rate),
             outcome_log(os.path.join(target, "outcomes", per_worker)))
 
@@ -327,6 +356,8 @@ def serve(
     drain_s: float = 0.0,
     blas_threads: int | None = 1,
     gil_switch_ms: float | None = None,
+    heavy_lane: str = "process",
+    heavy_role: str | None = None,
 ) -> int:
     """Load policies, start, warm up, report SERVING; run until SIGTERM / SIGINT. Returns 0.
 
@@ -340,6 +371,11 @@ def serve(
     (DPP requests) from oversubscribing the cores next to the handler threads; None: BLAS default.
     `gil_switch_ms`: sys.setswitchinterval in milliseconds (None: Python's 5 ms). A heavy call's
     Python code keeps a normal call waiting for the GIL up to this long at every hand-over.
+    `heavy_lane`: "process" (default): this process starts a heavy worker (server.heavy) and
+    forwards heavy calls to it, so their Python never holds this process's GIL; "thread": heavy
+    calls run in this process, one at a time (the lane of server.admission).
+    `heavy_role`: set by server.heavy only: this process IS a heavy worker (named so in its log
+    lines), on a unix socket, with its own heavy lane off and no worker port offset.
 
     `ledger_url`: where amortized-fairness rules keep cumulative exposure: None / "memory://"
     (this process only) or "redis://host:port/db" (shared by every replica).
@@ -360,9 +396,11 @@ def serve(
     `grace_s` seconds to finish, then the process exits 0. SIGHUP reloads the policies (an invalid
     file never replaces a loaded policy; its errors are logged). Call from the main thread.
     """
+    if heavy_lane not in HEAVY_LANES:
+        raise ValueError(f"heavy_lane: must be one of {', '.join(HEAVY_LANES)}, got {heavy_lane!r}")
     t0 = time.perf_counter()
     started = process_started_ago_s()
-    tag = "" if worker is None else "worker "
+    tag = heavy_role + " " if heavy_role else "" if worker is None else "worker "
     blas = _limit_blas(blas_threads)
     if gil_switch_ms:  # how long a thread running Python keeps the GIL while another waits
         import sys
@@ -372,7 +410,7 @@ def serve(
                                       "policies_dir": policies_dir})
     import_kernels(tag, worker)
     from engine.engine import Engine  # heavy (numba): imported when serving, not on import
-    if worker is not None and metrics_port:
+    if worker is not None and metrics_port and heavy_role is None:
         metrics_port += worker
     if state_dir is None:
         from engine.policy_loader import default_state_dir
@@ -383,7 +421,8 @@ def serve(
                                    state_dir=state_dir or None, experiments_dir=experiments_dir)
     if decision_log:
         engine.decision_log, engine.outcome_log = open_decision_log(
-            decision_log, sample_rate=log_sample_rate, worker=worker)
+            decision_log, sample_rate=log_sample_rate, worker=worker,
+            folder=None if heavy_role is None else "heavy" if worker is None else f"heavy-{worker}")
         engine.decision_log_source = decision_log
     health_servicer = health.HealthServicer()
     metrics = metrics_http = None
@@ -400,6 +439,31 @@ def serve(
         else:
             log.info(tag + "metrics", extra={"address": f"{metrics_host}:{bound}", "port": bound,
                                              "worker": worker})
+    limits = getattr(admission, "limits", admission)
+    if heavy_role is not None:  # a heavy worker: every call it gets is heavy; no lane inside it
+        from server.admission import AdmissionLimits
+
+        limits = dataclasses.replace(limits or AdmissionLimits(), heavy_work=NO_HEAVY_LANE,
+                                     heavy_bytes=NO_HEAVY_LANE)
+        admission, max_connection_age_s = limits, None
+    heavy = None
+    if heavy_lane == "process" and heavy_role is None:
+        from server.heavy import HEAVY_METRICS_PORT_OFFSET, HeavyWorker
+
+        heavy_options = dict(
+            experiments_dir=experiments_dir, decision_log=decision_log, log_sample_rate=log_sample_rate,
+            max_workers=max_workers, max_message_bytes=max_message_bytes, grace_s=grace_s,
+            ledger_url=ledger_url, watch_interval_s=watch_interval_s, settle_s=settle_s,
+            state_dir=state_dir, metrics_host=metrics_host, admission=limits, drain_s=0.0,
+            metrics_port=None if metrics_port is None else (
+                0 if metrics_port == 0 else metrics_port + HEAVY_METRICS_PORT_OFFSET),
+            max_connection_age_s=None, blas_threads=blas_threads, gil_switch_ms=gil_switch_ms,
+            heavy_lane="thread")
+        heavy = HeavyWorker(serve, policies_dir, heavy_options, worker=worker,
+                            tag="heavy worker",
+                            log_level=logging.getLogger().getEffectiveLevel())
+        if metrics is not None:
+            metrics.watch_heavy(heavy)
     server, port = create_server(
         address,
         engine,
@@ -409,9 +473,10 @@ def serve(
         health_servicer=health_servicer,
         metrics=metrics,
         tls=tls,
-        reuse_port=worker is not None,
+        reuse_port=worker is not None and heavy_role is None,
         admission=admission,
         max_connection_age_s=max_connection_age_s,
+        heavy=heavy,
     )
 
     watcher = None
@@ -419,6 +484,8 @@ def serve(
     handled = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     previous = {sig: signal.signal(sig, lambda signum, _frame: events.put(signum)) for sig in handled}
     try:
+        if heavy is not None:  # it loads and warms up while this process does
+            heavy.start()
         server.start()
         log.info(tag + "listening", extra={"health": "NOT_SERVING until warm-up is done","worker": worker, "pid": os.getpid(),"address": f"{address.rsplit(':', 1)[0]}:{port}", "port": port,
                                       "policies_dir": policies_dir, "state_dir": state_dir or None,
@@ -429,6 +496,10 @@ def serve(
                                              "seconds": round(seconds, 1), "worker": worker})
 
         engine.warmup(progress)
+        if heavy is not None and not heavy.wait_serving(HEAVY_READY_WAIT_S):
+            log.error(tag + "heavy worker not serving yet; serving without it (heavy calls are "
+                      "refused UNAVAILABLE until it is)", extra={"worker": worker,
+                                                                "waited_s": HEAVY_READY_WAIT_S})
         # Everything alive now (modules, numba dispatchers, policies) lives as long as the
         # process: keep it out of the cyclic collector, whose full passes over ~170k objects
         # would otherwise stall a request for milliseconds now and then.
@@ -454,6 +525,8 @@ def serve(
             except queue.Empty:
                 continue
             if hasattr(signal, "SIGHUP") and signum == signal.SIGHUP:
+                if heavy is not None:
+                    heavy.signal(signal.SIGHUP)
                 _reload(engine, settle_s)
                 continue
             break
@@ -466,6 +539,8 @@ def serve(
             log.info(tag + "draining", extra={"drain_s": drain_s, "worker": worker})
             _wait_unless(events, drain_s)
         server.stop(grace_s).wait()
+        if heavy is not None:  # after the server: calls in flight were still being forwarded
+            heavy.stop(grace_s)
         engine.close()  # after the drain: the ledger writes what the last calls recorded
         log.info(tag + "stopped", extra={"worker": worker})
         return 0
@@ -473,6 +548,8 @@ def serve(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.stop(None)
+        if heavy is not None:
+            heavy.stop(0.0)
         if metrics_http is not None:
             _stop_http(metrics_http)
 

@@ -264,6 +264,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _heavy_lane(text: str) -> str:
+    if text not in ("process", "thread"):
+        raise argparse.ArgumentTypeError(f"expected process or thread, got {text!r}")
+    return text
+
+
 # ------------------------------------------------------------------------------------ serve
 
 
@@ -276,6 +282,13 @@ _OPERATING_OPTIONS = (
     ("--heavy-work", _positive_int, 500_000, "UNITS",
      "requests above this many units run one at a time per process (the heavy lane) or are "
      "refused RESOURCE_EXHAUSTED (default %(default)s)"),
+    ("--heavy-lane", _heavy_lane, "process", "process|thread",
+     "where heavy calls run: a heavy worker process next to each serving process (their Python "
+     "then never holds the serving process's GIL), or a thread of the serving process "
+     "(default %(default)s)"),
+    ("--heavy-bytes", _positive_int, 512 * 1024, "BYTES",
+     "messages over this size count as heavy before they are parsed: refused while the lane is "
+     "busy, and with --heavy-lane process sent to the heavy worker unparsed (default %(default)s)"),
     ("--max-queue", int, 0, "N",
      "calls that may wait for a handler thread per process; more are refused at once "
      "(RESOURCE_EXHAUSTED, queue full); 0 = no bound (default %(default)s)"),
@@ -346,12 +359,13 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
             metrics_host=args.metrics_host,
             tls=tls,
             admission=AdmissionLimits(max_batch=args.max_batch, max_work=args.max_work,
-                                      heavy_work=args.heavy_work,
+                                      heavy_work=args.heavy_work, heavy_bytes=args.heavy_bytes,
                                       max_queue=args.max_queue if args.max_queue > 0 else None),
             max_connection_age_s=args.max_connection_age or None,
             drain_s=args.drain,
             blas_threads=args.blas_threads or None,
             gil_switch_ms=args.gil_switch_ms,
+            heavy_lane=args.heavy_lane,
         )
     except BindError as exc:
         err.print(f"error: {escape(str(exc))}", style="red")

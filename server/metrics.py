@@ -117,6 +117,10 @@ class ServerMetrics:
         """Expose a server.admission.Admission's counts (shed calls by reason, heavy-lane calls)."""
         self.registry.register(_AdmissionCollector(admission))
 
+    def watch_heavy(self, heavy) -> None:
+        """Expose a server.heavy.HeavyWorker's state (up, restarts, forwarded, unavailable)."""
+        self.registry.register(_HeavyCollector(heavy))
+
     def serve_http(self, port: int, host: str = DEFAULT_METRICS_HOST):
         """Serve /metrics on host:port (0 = any free port); returns (http server, bound port)."""
         httpd, _thread = start_http_server(port, addr=host, registry=self.registry)
@@ -224,3 +228,30 @@ class _AdmissionCollector:
                                     "now (reranker serve --max-queue bounds them)")
         waiting.add_metric([], float(getattr(self._admission, "waiting", 0)))
         return [shed, heavy, waiting]
+
+
+class _HeavyCollector:
+    """The heavy worker process as its serving process sees it (its own calls are counted by
+    its own /metrics, on this port + server.heavy.HEAVY_METRICS_PORT_OFFSET)."""
+
+    def __init__(self, heavy) -> None:
+        self._heavy = heavy
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        h = self._heavy
+        up = GaugeMetricFamily("reranker_heavy_worker_up", "1 while this process's heavy worker "
+                               "process serves (--heavy-lane process)")
+        up.add_metric([], 1.0 if h.serving else 0.0)
+        restarts = CounterMetricFamily("reranker_heavy_worker_restarts", "Heavy worker processes "
+                                       "restarted after they died")
+        restarts.add_metric([], float(h.restarts))
+        forwarded = CounterMetricFamily("reranker_heavy_lane_forwarded", "Heavy calls forwarded to "
+                                        "the heavy worker process (whatever it answered)")
+        forwarded.add_metric([], float(h.forwarded))
+        unavailable = CounterMetricFamily("reranker_heavy_lane_unavailable", "Heavy calls refused "
+                                          "UNAVAILABLE: no heavy worker process was serving")
+        unavailable.add_metric([], float(h.unavailable))
+        return [up, restarts, forwarded, unavailable]

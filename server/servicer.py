@@ -15,7 +15,8 @@ from server import convert
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from server.admission import Admission
-from server.errors import DeadlineExpired, Overloaded, abort, to_error_message, to_status
+from server.errors import DeadlineExpired, ErrorStatus, Overloaded, abort, to_error_message, to_status
+from server.heavy import HeavyUnavailable, RelayedStatus, relay
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,10 @@ def _remaining_ms(context: grpc.ServicerContext) -> float | None:
 class RerankerServicer(pb_grpc.RerankerServicer):
     """`reranker.v1.Reranker` over an `engine.engine.Engine` (anything with its methods)."""
 
-    def __init__(self, engine, metrics=None, admission: Admission | None = None) -> None:
+    def __init__(self, engine, metrics=None, admission: Admission | None = None, heavy=None) -> None:
+        """`heavy`: a server.heavy.HeavyWorker to forward heavy calls to (None: they run here)."""
         self._engine = engine
+        self.heavy = heavy
         self._metrics = metrics  # server.metrics.ServerMetrics, or None: nothing recorded
         self.admission = admission if admission is not None else Admission()
         self._pid_metadata = ((WORKER_PID_METADATA_KEY, str(os.getpid())),)
@@ -61,18 +64,22 @@ class RerankerServicer(pb_grpc.RerankerServicer):
         try:
             self._shed_if_expired(context, request.policy)
             work = self._admit_work(request.policy, self._work(request))
-            with self.admission.lane(work, request.policy):
+            with self.admission.lane(work, request.policy) as in_lane:
+                if in_lane and self.heavy is not None and raw is not None:
+                    return self.heavy.forward("Rerank", raw, context)
                 response = self._rerank(request, context, raw)
             context.set_trailing_metadata(self._pid_metadata)
             return response
+        except RelayedStatus as exc:  # the heavy worker's own answer: passed on as it is
+            relay(context, exc)
         except Exception as exc:  # noqa: BLE001 - every exception goes through the one table
-            status = to_status(exc, request_id=request.request_id, policy=request.policy)
+            status = self._status(exc, request_id=request.request_id, policy=request.policy)
         if self._metrics is not None:
             self._metrics.observe_error("Rerank", request.policy, status.code.name, time.perf_counter() - t0)
         abort(context, status, self._pid_metadata)
 
     def RerankBatch(
-        self, request: pb.RerankBatchRequest, context: grpc.ServicerContext
+        self, request: pb.RerankBatchRequest, context: grpc.ServicerContext, raw: bytes | None = None
     ) -> pb.RerankBatchResponse:
         t_batch = time.perf_counter()
         try:
@@ -85,10 +92,14 @@ class RerankerServicer(pb_grpc.RerankerServicer):
                                              "split the batch")
             work = sum(self._work(one) for one in request.requests)
             work = self._admit_work("", work, what="this batch's requests ask")
-            with self.admission.lane(work):
+            with self.admission.lane(work) as in_lane:
+                if in_lane and self.heavy is not None and raw is not None:
+                    return self.heavy.forward("RerankBatch", raw, context)
                 return self._batch(request, context)
+        except RelayedStatus as exc:
+            relay(context, exc)
         except Exception as exc:  # noqa: BLE001 - the one table
-            status = to_status(exc)
+            status = self._status(exc)
         if self._metrics is not None:
             self._metrics.observe_error("RerankBatch", "", status.code.name, time.perf_counter() - t_batch)
         abort(context, status, self._pid_metadata)
@@ -110,6 +121,33 @@ class RerankerServicer(pb_grpc.RerankerServicer):
         return out
 
     # ------------------------------------------------------------------------- admission
+
+    def forward_unparsed(self, method: str, raw: bytes, context: grpc.ServicerContext):
+        """A message over heavy_bytes, with the heavy lane in a process of its own: straight to
+        the heavy worker, unparsed (parsing a 64 x 3,000 batch holds the GIL for 9-28 ms), once
+        it holds the heavy slot. None when the lane runs in this process (the caller parses)."""
+        if self.heavy is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            self._shed_if_expired(context, "")
+            with self.admission.lane(0, message_bytes=len(raw)):
+                return self.heavy.forward(method, raw, context)
+        except RelayedStatus as exc:
+            relay(context, exc)
+        except Exception as exc:  # noqa: BLE001 - the one table
+            status = self._status(exc)
+        if self._metrics is not None:
+            self._metrics.observe_error(method, "", status.code.name, time.perf_counter() - t0)
+        abort(context, status, self._pid_metadata)
+
+    @staticmethod
+    def _status(exc: BaseException, **context) -> ErrorStatus:
+        """to_status, plus the heavy lane's own refusal (its worker process is not serving)."""
+        if isinstance(exc, HeavyUnavailable):
+            log.info("request rejected", extra={"code": "UNAVAILABLE", "error": str(exc), **context})
+            return ErrorStatus(grpc.StatusCode.UNAVAILABLE, str(exc), ())
+        return to_status(exc, **context)
 
     def _shed_if_expired(self, context: grpc.ServicerContext, policy: str) -> None:
         """A call whose deadline passed while it waited for a handler thread: shed, counted."""

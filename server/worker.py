@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 
-from server.startup import import_kernels
+from server.startup import import_kernels, stop_with_parent
 
 log = logging.getLogger("server.app")  # one logger name for the server's lines, as before
 
@@ -48,7 +46,7 @@ def worker_main(index: int, address: str, policies_dir: str, options: dict, log_
     from server.logging_setup import configure_logging
 
     configure_logging(log_level)
-    _stop_with_parent(index)
+    stop_with_parent(index)
     try:
         code = serve(address, policies_dir, worker=index,
                      on_serving=lambda port: ready.put((index, os.getpid())), **options)
@@ -64,20 +62,3 @@ def worker_main(index: int, address: str, policies_dir: str, options: dict, log_
         except (OSError, ValueError):
             pass
     os._exit(code)
-
-
-def _stop_with_parent(index: int) -> None:
-    """In a spawned worker: SIGTERM this process (drain, exit) once the parent process is gone."""
-    import multiprocessing
-    from multiprocessing.connection import wait
-
-    parent = multiprocessing.parent_process()
-    if parent is None or parent.sentinel is None:
-        return
-
-    def watch() -> None:
-        wait([parent.sentinel])  # readable once the parent has exited, however it exited
-        log.error("parent process gone; stopping", extra={"worker": index, "pid": os.getpid()})
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

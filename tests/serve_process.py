@@ -50,3 +50,48 @@ def assert_log_replays(records, served: dict, policies_dir) -> None:
         else:  # timed out: the same length, within the same rules
             assert len(replay.result.items) == len(items), (rec.request_id, status)
     assert strict >= len(records) / 2, f"only {strict} of {len(records)} answers were clock-free"
+
+
+class LogRecords:
+    """Every JSON log record of proc's stderr, kept (lines that are not JSON are skipped), so
+    that records can be looked up in any order: `wait(msg, timeout=60, **fields)` returns the
+    first record with that msg (and those field values) not returned before."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.records: list[dict] = []
+        self.done = False  # stderr closed: the process (tree) is gone
+        self._taken: set[int] = set()
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stderr:
+            if not line.startswith("{"):
+                continue
+            with self._cond:
+                self.records.append(json.loads(line))
+                self._cond.notify_all()
+        with self._cond:
+            self.done = True
+            self._cond.notify_all()
+
+    def all(self, msg: str, **fields) -> list[dict]:
+        with self._cond:
+            return [r for r in self.records if r["msg"] == msg
+                    and all(r.get(k) == v for k, v in fields.items())]
+
+    def wait(self, msg: str, timeout: float = 60, **fields) -> dict:
+        end = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for i, r in enumerate(self.records):
+                    if i not in self._taken and r["msg"] == msg and all(
+                            r.get(k) == v for k, v in fields.items()):
+                        self._taken.add(i)
+                        return r
+                left = end - time.monotonic()
+                if left <= 0 or self.done:
+                    last = [(r["msg"], r.get("error") or r.get("exitcode")) for r in self.records[-8:]]
+                    raise TimeoutError(f"no log record {msg!r} {fields or ''} within {timeout} s"
+                                       f"{' (the process exited)' if self.done else ''}; last: {last}")
+                self._cond.wait(left)
