@@ -224,6 +224,21 @@ def test_a_token_guards_promote_and_beyond_localhost_one_is_required(folder):
     assert 'id="token"' in c.get("/").text
 
 
+def test_a_cross_site_post_is_refused(folder):
+    c = client(folder)
+    path = folder / FILE
+    body = {"file": FILE, "text": path.read_text() + "# x\n", "base_digest": sha(path)}
+    import json
+
+    r = c.post("/api/promote", content=json.dumps(body), headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and "must be JSON" in r.json()["error"]
+    r = c.post("/api/promote", json=body, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403 and "cross-origin request refused" in r.json()["error"]
+    assert sha(path) == body["base_digest"]
+    r = c.post("/api/promote", json=body, headers={"Origin": "http://testserver"})
+    assert r.status_code == 200
+
+
 def test_read_only_refuses_and_hides_promote(folder):
     c = client(folder, read_only=True)
     path = folder / FILE

@@ -113,6 +113,19 @@ def create_app(config: Config) -> FastAPI:
     app.state.config, app.state.folders, app.state.jobs = config, folders, jobs
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
+    @app.middleware("http")
+    async def same_origin_json(request: Request, call_next):
+        """Writes and jobs only from this page: a POST must be JSON (a cross-site form cannot send
+        it without a CORS preflight, which this app never grants) and, when the browser names its
+        Origin, come from the page's own origin."""
+        if request.method == "POST":
+            if not request.headers.get("content-type", "").startswith("application/json"):
+                return _error(415, "POST bodies must be JSON (Content-Type: application/json)")
+            origin = request.headers.get("origin")
+            if origin and origin.split("://", 1)[-1] != request.headers.get("host", ""):
+                return _error(403, f"cross-origin request refused (Origin {origin!r} is not this page)")
+        return await call_next(request)
+
     @app.exception_handler(WorkbenchError)
     async def _wb_error(request: Request, exc: WorkbenchError):
         return _error(exc.status, str(exc), exc.issues)
