@@ -295,3 +295,46 @@ def test_the_token_can_come_from_the_environment_and_opens_the_page_beyond_local
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_jobs_report_their_phase_while_running_then_the_result_or_the_error():
+    import threading
+
+    from workbench.folder import Invalid
+    from workbench.jobs import Jobs
+
+    jobs = Jobs()
+    go, started = threading.Event(), threading.Event()
+
+    def work(job):
+        job.set_phase("replaying 10 records")
+        started.set()
+        go.wait(30)
+        return {"answer": 42}
+
+    try:
+        job = jobs.submit("preview", 20, work)
+        queued = jobs.submit("preview", 20, lambda job: {"second": True})
+        assert started.wait(30)
+        now = job.to_json()
+        assert now["state"] == "running" and now["phase"] == "replaying 10 records"
+        assert 0.0 <= now["fraction"] <= 0.95 and "result" not in now
+        assert queued.to_json()["state"] == "queued"  # one job at a time
+        go.set()
+        assert job.ended.wait(30) and queued.ended.wait(30)
+        done = job.to_json()
+        assert done["state"] == "done" and done["fraction"] == 1.0 and done["result"] == {"answer": 42}
+        assert queued.to_json()["result"] == {"second": True}
+
+        def fail(job):
+            raise Invalid("the proposed policy is invalid: line 3, slate_size: bad", [{"line": 3}])
+
+        bad = jobs.submit("preview", 1, fail)
+        assert bad.ended.wait(30)
+        out = bad.to_json()
+        assert out["state"] == "failed" and out["error"].startswith("the proposed policy is invalid: line 3")
+        assert out["issues"] == [{"line": 3}] and "result" not in out
+        assert jobs.get(job.id) is job and jobs.get("nope") is None
+    finally:
+        go.set()
+        jobs.shutdown()
