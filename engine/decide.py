@@ -24,6 +24,7 @@ runs: its incumbent depends on the time it had.)
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -37,14 +38,14 @@ from engine.compile import (
     Compiled, CompiledPolicy, compile_request, request_utility, slate_position_weights,
 )
 from engine.policy_loader import LoadedPolicy
-from engine.report import conflict_text, constraint_reports, gap, slate_items
+from engine.report import conflict_text, constraint_reports, gap, gap_kind, slate_items
 from engine.experiments import Assignment
 from engine.types import (
     ConflictReport, ExperimentReport, ExposureLPReport, Propensities, RerankRequest, RerankResult,
 )
 from engine.validate import Limits, validate_candidates, validate_request_scalars
 from solvers.codes import EXPLORE_EPSILON, EXPLORE_NAMES
-from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
+from solvers.evaluate import evaluate
 from solvers.greedy import solve_greedy
 from solvers.problem import SolveResult
 
@@ -194,7 +195,8 @@ def decide(version: PolicyVersion, req: RerankRequest, *, limits: Limits,
         outcome = portfolio.solve(lp_out.problem, mode="greedy", deadline=deadline)
         outcome.evaluation = evaluate(problem, outcome.result.slate)  # the policy's objective
         outcome.objective = outcome.evaluation.objective
-        outcome.bound = objective_upper_bound_unconstrained(problem)
+        outcome.bound, outcome.bound_method = portfolio.answer_bound(problem, outcome.result,
+                                                                     outcome.objective)
         outcome.status = "relaxed" if outcome.result.relaxed.any() else "feasible"
     else:
         outcome = portfolio.solve(problem, mode=mode, deadline=deadline)
@@ -219,6 +221,7 @@ def decide(version: PolicyVersion, req: RerankRequest, *, limits: Limits,
         policy_digest=version.digest,
         solver=result.solver, status=outcome.status, objective=ev.objective, bound=outcome.bound,
         gap=gap(ev.objective, outcome.bound), constraints=report, elapsed_us=elapsed,
+        gap_kind=gap_kind(ev.objective, outcome.bound), bound_method=outcome.bound_method,
         budget_ms=budget_ms, exact_status=outcome.exact_status,
         boosts={f"{attr}={value}": b for attr, by_value in (boosts or {}).items()
                 for value, b in by_value.items()},
@@ -259,8 +262,8 @@ def _explore(ex, problem, seed: int):
     result = SolveResult(drawn.slate, drawn.relaxed, drawn.relax_reason, drawn.relax_position,
                          f"explore_{ex.scheme}", drawn.status)
     ev = evaluate(problem, drawn.slate)
-    outcome = portfolio.Outcome(result, ev.objective, objective_upper_bound_unconstrained(problem),
-                                drawn.status, evaluation=ev)
+    outcome = portfolio.Outcome(result, ev.objective, math.nan, drawn.status, evaluation=ev)
+    outcome.bound, outcome.bound_method = portfolio.answer_bound(problem, result, ev.objective)
     marginal = stderr = None
     samples = 0
     if ex.marginal_samples and problem.length:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from solvers.bound import slate_bound
 from solvers.codes import DIV_NONE, MAX_COUNT, MIN_COUNT, RELAX_CONFLICT
 from solvers.evaluate import evaluate
 from solvers.exact import exact_unsupported
@@ -31,6 +32,12 @@ MIN_EXACT_S = 0.002
 EXACT_SHARE = 0.7
 #: Relative tolerance for "the objective reaches the bound".
 TOL = 1e-9
+#: Subgradient steps of the greedy answer's Lagrangian bound (solvers.bound; ~5-10 us each at
+#: N=1000, K=20; the steps stop early once the bound meets the greedy objective) when more than
+#: BOUND_FULL_S is left, else BOUND_STEPS_SHORT.
+BOUND_STEPS = 40
+BOUND_STEPS_SHORT = 8
+BOUND_FULL_S = 0.002
 
 
 @dataclass
@@ -49,6 +56,9 @@ class Outcome:
     # optimal greedy slate, too little budget left)
     exact_status: str = ""
     evaluation: Evaluation | None = None  # of `result.slate` against the problem solved
+    # how `bound` was obtained: "lagrangian" / "sort" (solvers.bound.slate_bound on the rules the
+    # greedy kept), "sort (fallback: <why>)" when the Lagrangian failed, "exact" from the MIP
+    bound_method: str = ""
 
 
 def greedy_is_optimal(problem: SlateProblem) -> bool:
@@ -80,6 +90,11 @@ def greedy_is_optimal(problem: SlateProblem) -> bool:
             return False
     w = problem.position_weight.tolist()
     return all(x >= 0 for x in w) and all(a >= b for a, b in zip(w, w[1:]))
+
+
+def _tighter(a: float, b: float) -> bool:
+    """Whether bound a is finite and tighter than b (b NaN / inf counts as no bound)."""
+    return math.isfinite(a) and not a >= b
 
 
 def _relax_key(result: SolveResult, rank: np.ndarray) -> tuple:
@@ -121,25 +136,33 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
     g_ev = evaluate(problem, greedy.slate)
     g_obj = g_ev.objective
     relaxed = greedy.status == "relaxed"
+    # a valid bound for the greedy answer (on the rules it kept), within microseconds: the
+    # Lagrangian of the linear rules, non-linear terms bounded by constants (solvers.bound)
+    t_b = time.perf_counter()
+    steps = BOUND_STEPS if deadline - t_b > BOUND_FULL_S else BOUND_STEPS_SHORT
+    lag = slate_bound(problem, relaxed=greedy.relaxed, incumbent=g_obj, steps=steps,
+                      sort_bound=sort_bound)
+    elapsed["bound"] = (time.perf_counter() - t_b) * 1e6
+    g_bound = lag.value if math.isfinite(lag.value) else math.nan
 
-    def greedy_outcome(bound: float, exact_status: str = "") -> Outcome:
+    def greedy_outcome(bound: float, exact_status: str = "", method: str = lag.method) -> Outcome:
         if not relaxed and (g_obj >= bound - TOL * max(1.0, abs(bound)) or greedy_is_optimal(problem)):
             return Outcome(greedy, g_obj, max(bound, g_obj), "optimal", elapsed,
-                           exact_status=exact_status, evaluation=g_ev)
-        return Outcome(greedy, g_obj, bound if not relaxed else sort_bound,
+                           exact_status=exact_status, evaluation=g_ev, bound_method=method)
+        return Outcome(greedy, g_obj, bound if not relaxed else g_bound,
                        "relaxed" if relaxed else "feasible", elapsed, exact_status=exact_status,
-                       evaluation=g_ev)
+                       evaluation=g_ev, bound_method=method)
 
     if mode == "greedy" or problem.length == 0:
-        return greedy_outcome(sort_bound)
+        return greedy_outcome(g_bound)
     unsupported = exact_unsupported(problem)
     if unsupported is not None:
-        return greedy_outcome(sort_bound, f"skipped: {unsupported}")
-    if not relaxed and (g_obj >= sort_bound - TOL * max(1.0, abs(sort_bound)) or greedy_is_optimal(problem)):
-        return greedy_outcome(sort_bound)
+        return greedy_outcome(g_bound, f"skipped: {unsupported}")
+    if not relaxed and (g_obj >= g_bound - TOL * max(1.0, abs(g_bound)) or greedy_is_optimal(problem)):
+        return greedy_outcome(g_bound)
     left = deadline - time.perf_counter() - SAFETY_S
     if left < MIN_EXACT_S:
-        return greedy_outcome(sort_bound)
+        return greedy_outcome(g_bound)
 
     from solvers.exact import solve_mip  # imported lazily: greedy-only users never load HiGHS
 
@@ -151,16 +174,16 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
     except Exception:  # noqa: BLE001 - an exact solver failure must never fail the request
         log.exception("exact solver failed; answering with the greedy slate")
         elapsed["solve_exact"] = (time.perf_counter() - t2) * 1e6
-        return greedy_outcome(sort_bound, "error")
+        return greedy_outcome(g_bound, "error")
     elapsed["solve_exact"] = (time.perf_counter() - t2) * 1e6
 
     if exact.status not in ("optimal", "feasible", "relaxed"):
         # timeout / infeasible without a usable slate: the greedy stands; a bound from the exact
         # solve applies only when both looked at the same rules (greedy relaxed nothing)
-        bound = sort_bound
-        if not relaxed and exact.status == "timeout" and math.isfinite(exact.bound):
-            bound = min(sort_bound, exact.bound)
-        return greedy_outcome(bound, exact.status)
+        bound, method = g_bound, lag.method
+        if not relaxed and exact.status == "timeout" and _tighter(exact.bound, g_bound):
+            bound, method = exact.bound, "exact"
+        return greedy_outcome(bound, exact.status, method)
 
     e_ev = evaluate(problem, exact.slate)
     e_obj = e_ev.objective
@@ -169,22 +192,52 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
     exact_wins = e_key < g_key or (e_key == g_key and e_obj > g_obj + TOL * max(1.0, abs(g_obj)))
     conflicts = [list(c) for c in exact.conflicts]
     if not exact_wins:
-        out = greedy_outcome(sort_bound, exact.status)
+        out = greedy_outcome(g_bound, exact.status)
         if not relaxed and math.isfinite(exact.bound) and e_key == g_key:
-            out.bound = max(min(sort_bound, exact.bound), g_obj)
+            if _tighter(exact.bound, g_bound):
+                out.bound_method = "exact"
+                out.bound = max(exact.bound, g_obj)
             if out.bound <= g_obj + TOL * max(1.0, abs(g_obj)) and exact.status == "optimal":
                 out.status = "optimal"
         out.conflicts = conflicts
         return out
     exact_relaxed = bool(exact.relaxed.any())
-    bound = exact.bound if math.isfinite(exact.bound) else sort_bound
+    bound, method = (exact.bound, "exact") if math.isfinite(exact.bound) else (g_bound, lag.method)
+    if not exact_relaxed and not relaxed and _tighter(g_bound, bound):
+        bound, method = g_bound, lag.method  # both honour the same rules: the tighter one
     if exact_relaxed:
         status = "relaxed"
     elif exact.status == "optimal":
         status = "optimal"
     else:
         status = "feasible"
-    return Outcome(exact, e_obj, max(bound, e_obj), status, elapsed, conflicts, exact.status, e_ev)
+    return Outcome(exact, e_obj, max(bound, e_obj), status, elapsed, conflicts, exact.status, e_ev,
+                   method)
+
+
+def answer_bound(problem: SlateProblem, result: SolveResult, objective: float) -> tuple[float, str]:
+    """The bound and its method for a slate that did not come from `solve` (a sampled fair
+    ranking, an exploration draw): `solvers.bound.slate_bound` on the rules the slate kept.
+
+    Parameters
+    ----------
+    problem : SlateProblem
+        The problem the slate answers.
+    result : SolveResult
+        The slate and the hard rules it relaxed.
+    objective : float
+        Its objective (`evaluate`).
+
+    Returns
+    -------
+    bound : float
+        >= every slate meeting the hard rules `result` kept (NaN when none could be computed),
+        and >= objective.
+    method : str
+        As `Outcome.bound_method`.
+    """
+    b = slate_bound(problem, relaxed=result.relaxed, incumbent=objective, steps=BOUND_STEPS)
+    return (max(b.value, objective) if math.isfinite(b.value) else math.nan), b.method
 
 
 def explain_conflicts(problem: SlateProblem, outcome: Outcome, *, deadline: float) -> list[list[int]]:
@@ -237,14 +290,17 @@ def explain_conflicts(problem: SlateProblem, outcome: Outcome, *, deadline: floa
     return [core] if core else []
 
 
-__all__ = ["Outcome", "solve", "explain_conflicts", "greedy_is_optimal"]
+__all__ = ["Outcome", "solve", "explain_conflicts", "greedy_is_optimal", "answer_bound"]
 
 
 def warmup() -> None:
     """Load the exact solvers' modules and run each once on a tiny problem, so that the first
     real request does not pay for imports (HiGHS, OR-Tools) or first-call set-up."""
     # imported here on purpose: loading HiGHS and OR-Tools is what this warm-up is for
+    from solvers.bound import warmup as bound_warmup
     from solvers.exact import find_conflict, solve_mip
+
+    bound_warmup()
 
     i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
     table = ConstraintTable.from_rows([dict(kind=MAX_COUNT, attr=0, bound=1),

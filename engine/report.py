@@ -136,7 +136,21 @@ def slate_items(compiled: Compiled, slate: np.ndarray, item_ids: list[str], scor
     return items
 
 
+def gap_kind(objective: float, bound: float) -> str:
+    """Which gap `gap` reports: "relative" when the bound is > 0 and the objective >= 0,
+    "absolute" when no relative gap makes sense (bound <= 0, or objective < 0 < bound: a ratio
+    there would read as a meaningless 250 %), "" when the bound is unknown (NaN or infinite)."""
+    if not math.isfinite(bound):
+        return ""
+    return "relative" if bound > 0.0 and objective >= 0.0 else "absolute"
+
+
 def gap(objective: float, bound: float) -> float | None:
-    if math.isnan(bound):
+    """How far the objective may be from the optimum: (bound - objective) / bound when
+    `gap_kind` is "relative", bound - objective (in objective units) when "absolute", None when
+    the bound is unknown. Never negative (bound >= objective up to rounding)."""
+    kind = gap_kind(objective, bound)
+    if not kind:
         return None
-    return max(0.0, bound - objective) / max(abs(bound), 1e-12)
+    diff = max(0.0, bound - objective)
+    return diff / bound if kind == "relative" else diff

@@ -220,7 +220,7 @@ class RerankResult:
     status: str  # optimal | feasible | relaxed
     objective: float
     bound: float | None  # proven upper bound, when known
-    gap: float | None  # (bound - objective) / max(|bound|, eps), when known
+    gap: float | None  # (bound - objective) / bound, or bound - objective (see gap_kind), when known
     constraints: list[ConstraintReport]
     elapsed_us: dict[str, float]  # per stage: compile, solve, report, ... (server adds decode/encode)
     eligible: int  # candidates left after filters
@@ -234,6 +234,12 @@ class RerankResult:
     policy_digest: str = ""  # sha256 of the policy file's bytes that served the answer
     experiment: "ExperimentReport | None" = None  # the experiment variant that served, if any
     propensities: "Propensities | None" = None  # exploration policies: how likely the slate was
+    # "relative": gap = (bound - objective) / bound; "absolute": gap = bound - objective, used when
+    # no relative gap makes sense (bound <= 0, or objective < 0 < bound); "" when gap is None
+    gap_kind: str = ""
+    # how `bound` was obtained: "lagrangian" (linear rules relaxed, non-linear terms bounded),
+    # "sort", "sort (fallback: <why>)", "exact" (the MIP), "" when unknown
+    bound_method: str = ""
 
 
 @dataclass(frozen=True, slots=True)

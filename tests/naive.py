@@ -344,3 +344,63 @@ def brute_force_best(problem: SlateProblem) -> float:
             continue
         best = max(best, objective(problem, list(slate)))
     return best
+
+
+def lagrangian_dual(problem: SlateProblem, use, mu) -> float:
+    """D(mu) of solvers._bound_kernels.lagrangian_bound by enumeration of every slate.
+
+    The max over slates of length L that put every hard pin of `use` at its position, of
+        sum_p w[p] * u[s[p]]  +  sum over soft pins of -penalty * (1 - [pinned item at its cell])
+        + sum over max / window row entries of mu * (bound - count)
+        + sum over min row entries of mu * (count - bound)
+        - sum over soft min rows that match nothing of penalty * bound
+    with the multipliers laid out as the kernel lays them out (per row of `use`, one entry per
+    value of its attribute, times the windows of a window row). Tiny problems only.
+    """
+    from itertools import permutations
+
+    t = problem.constraints
+    L, N = problem.length, problem.n
+    codes = problem.codes
+    entries = []  # (multiplier, +1 max / -1 min, bound, positions, attr, value)
+    off = 0
+    for c in range(t.n):
+        kind = int(t.kind[c])
+        if not use[c] or kind not in (MAX_COUNT, MIN_COUNT, WINDOW):
+            continue
+        a, v, b = int(t.attr[c]), int(t.value[c]), int(t.bound[c])
+        nv = int(problem.n_values[a])
+        if kind == WINDOW:
+            wins = windows(L, int(t.size[c]))
+            for code in range(nv):
+                for s, (lo, hi) in enumerate(wins):
+                    if v in (ALL_VALUES, code):
+                        entries.append((mu[off + code * len(wins) + s], 1, b, range(lo, hi), a, code))
+            off += nv * len(wins)
+        else:
+            top = min(int(t.top[c]), L)
+            for code in range(nv):
+                if kind == MAX_COUNT and v in (ALL_VALUES, code):
+                    entries.append((mu[off + code], 1, b, range(top), a, code))
+                if kind == MIN_COUNT and v == code:
+                    entries.append((mu[off + code], -1, b, range(top), a, code))
+            off += nv
+    const = 0.0
+    for c in range(t.n):
+        if use[c] and t.kind[c] == MIN_COUNT and not t.hard[c] and not 0 <= t.value[c] < problem.n_values[t.attr[c]]:
+            const -= float(t.penalty[c]) * max(0, int(t.bound[c]))
+    pins = [(int(t.item[c]), int(t.position[c]), bool(t.hard[c]), float(t.penalty[c]))
+            for c in range(t.n) if use[c] and t.kind[c] == PIN]
+    best = -math.inf
+    for slate in permutations(range(N), L):
+        if any(h and not (0 <= pos < L and slate[pos] == it) for it, pos, h, _ in pins):
+            continue
+        val = sum(problem.position_weight[p] * problem.utility[slate[p]] for p in range(L))
+        for it, pos, h, pen in pins:
+            if not h:
+                val -= pen * (0.0 if 0 <= pos < L and slate[pos] == it else 1.0)
+        for m, sign, b, positions, a, code in entries:
+            count = sum(1 for p in positions if codes[a, slate[p]] == code)
+            val += m * (b - count) if sign > 0 else m * (count - b)
+        best = max(best, val + const)
+    return best

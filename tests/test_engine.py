@@ -259,16 +259,21 @@ def test_exact_mode_certifies_and_never_loses_to_greedy():
          "within_top": 6, "hard": False, "penalty": 0.3},
     ], solver={"mode": "exact", "budget_ms": 5000})
     eng = engine_with(doc)
+    ran = 0
     for seed in range(5):
         c = _prefix_trap(seed=seed)
         greedy = eng.rerank(RerankRequest("p", c, solver="greedy"))
         exact = eng.rerank(RerankRequest("p", c))
         check_answer(eng.store.get("p").policy, c, exact)
-        assert exact.exact_status == "optimal"
+        # "": the greedy slate's own (Lagrangian) bound proved it optimal, no exact solve needed
+        assert exact.exact_status in ("optimal", "")
         assert exact.status == "optimal" and exact.gap == pytest.approx(0.0, abs=1e-6)
         assert exact.objective >= greedy.objective - 1e-9
         assert greedy.bound >= exact.objective - 1e-9  # the cheap bound is valid
-        assert "solve_exact" in exact.elapsed_us and "solve_exact" not in greedy.elapsed_us
+        assert ("solve_exact" in exact.elapsed_us) == (exact.exact_status == "optimal")
+        assert "solve_exact" not in greedy.elapsed_us
+        ran += exact.exact_status == "optimal"
+    assert ran >= 1  # some of these candidate sets need the exact solver (greedy not optimal)
 
 
 def test_conflicting_rules_are_explained_in_the_policys_words():
