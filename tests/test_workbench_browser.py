@@ -91,8 +91,9 @@ def workbench(folder: Path, log: Path | None, *extra: str):
         except queue.Empty:
             proc.kill()
             raise AssertionError(f"the workbench did not start: {proc.stderr.read()}") from None
-        assert first.startswith("workbench listening on http://127.0.0.1:"), first
-        yield first.split()[3]
+        assert first.startswith("workbench listening on http://"), first
+        port = first.split()[3].rstrip("/").rsplit(":", 1)[1]
+        yield f"http://127.0.0.1:{port}/"  # bound to 0.0.0.0 too, the browser asks the loopback
     finally:
         proc.terminate()
         try:
@@ -352,6 +353,32 @@ def test_a_promote_that_lost_a_race_is_refused_and_the_file_kept(driver, folder,
         assert msg.startswith(f"not promoted (HTTP 409): {FILE} changed on disk since this edit started "
                               f"(it started from {base}, the file is now {sha(path)[:12]}): nothing was written")
         assert path.read_text() == theirs  # never merged, never overwritten
+
+
+def test_beyond_localhost_the_promote_dialog_asks_for_the_token(driver, folder):
+    from selenium.webdriver.common.by import By
+
+    d = driver
+    path = folder / FILE
+    before = sha(path)
+    with workbench(folder, None, "--host", "0.0.0.0", "--token", "t0ken-for-the-test") as url:
+        open_page(d, url)
+        assert text_of(d, "#mode") == "promote needs the token"
+        new = editor_text(d).replace("p_click: 1.0", "p_click: 1.5")
+        set_editor(d, new)
+        wait(d, lambda d: text_of(d, "#validation").endswith("(edited)"))
+        _promote_in_page(d)
+        d.find_element(By.ID, "token").send_keys("not-the-token")
+        d.find_element(By.ID, "confirm-ok").click()
+        wait(d, lambda d: text_of(d, "#confirm-error"))
+        assert text_of(d, "#confirm-error") == "the workbench token is wrong: nothing was written"
+        assert d.find_element(By.ID, "confirm").is_displayed() and sha(path) == before
+        box = d.find_element(By.ID, "token")
+        box.clear()
+        box.send_keys("t0ken-for-the-test")
+        d.find_element(By.ID, "confirm-ok").click()
+        wait(d, lambda d: text_of(d, "#promote-result").startswith("promoted"))
+        assert path.read_text() == new and sha(path) != before
 
 
 def test_read_only_mode_shows_no_promote_and_refuses_one(driver, folder, log):
