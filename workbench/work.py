@@ -15,13 +15,13 @@ import tempfile
 import threading
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.decide import PolicyVersion
-from engine.decision_log import read_log
 from offline.pareto import ParetoError, parse_metrics, parse_vary, pareto
 from offline.preview import header_line, preview, tables
-from offline.replay import CHUNK_ROWS, check_policies, log_fields
+from offline.replay import CHUNK_ROWS, check_policies, log_chunks, log_fields
 from workbench.folder import Folders, unified_diff, with_numbers
 from workbench.jobs import Job
 
@@ -65,9 +65,10 @@ class Samples:
         return "://" in self.log
 
     def total(self) -> int:
+        """Records in the log (from the Parquet footers: no rows read)."""
         sig = () if self.is_url else _signature(self.log)
         if self._total is None or self._total[0] != sig or self.is_url:
-            self._total = (sig, len(read_log(self.log, columns=["request_id"])))
+            self._total = (sig, sum(c.rows() for c in log_chunks(self.log)))
         return self._total[1]
 
     def get(self, n: int) -> tuple[str, int, int]:
@@ -82,7 +83,7 @@ class Samples:
                 return hit[1], n, total
             path = os.path.join(self.scratch, f"sample-{n}.parquet")
             tmp = path + ".tmp"
-            pq.write_table(read_log(self.log).slice(0, n), tmp, row_group_size=CHUNK_ROWS)
+            pq.write_table(_first_rows(self.log, n), tmp, row_group_size=CHUNK_ROWS)
             os.replace(tmp, path)
             self._cache[n] = (sig, path, total)
             return path, n, total
@@ -93,6 +94,18 @@ class Samples:
             return None
         folder = os.path.join(self.log, "outcomes")
         return folder if os.path.isdir(folder) else None
+
+
+def _first_rows(log: str, n: int) -> pa.Table:
+    """The first n records of a log, reading only the row groups that hold them."""
+    tables, have = [], 0
+    for chunk in log_chunks(log):
+        if have >= n:
+            break
+        t = chunk.read()
+        tables.append(t)
+        have += t.num_rows
+    return pa.concat_tables(tables).slice(0, n)
 
 
 def check_sample(sample) -> int:
@@ -153,7 +166,7 @@ def metric_choices(log: str, version: PolicyVersion | None) -> list[str]:
     fields = log_fields(log)
     out = [f"expected_{s}" for s in sorted(fields.scores)] + list(DIRECT_METRICS)
     if version is not None:
-        out += [f"relaxed:{c.name}" for c in version.loaded.policy.constraints]
+        out += [f"relaxed:{c.name}" for c in version.loaded.policy.constraints if getattr(c, "name", None)]
     out += [f"share:{a}=" for a in sorted(fields.attributes)]
     return out
 
