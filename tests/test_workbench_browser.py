@@ -261,6 +261,12 @@ def test_a_pareto_sweep_plots_points_and_a_clicked_point_loads_into_the_editor(d
         assert editor_text(d) == live.replace("p_purchase: 10.0", "p_purchase: 0.0")
         wait(d, lambda d: text_of(d, "#validation").endswith("(edited)"))
 
+        # three metrics: the third is the frontier points' colour, with its scale
+        d.find_elements(By.CSS_SELECTOR, "input.metric")[2].send_keys("coverage")
+        d.find_element(By.ID, "pareto").click()
+        wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#plot-pareto .colorbar"))
+        assert "coverage" in text_of(d, "#plot-pareto .colorbar")
+
 
 # ------------------------------------------------------------------ promote
 def _serve(folder: Path):

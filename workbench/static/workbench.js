@@ -273,8 +273,14 @@ function showPareto(job) {
   const front = ok.filter((p) => p.frontier).sort((a, b) => a.metrics[mx.name] - b.metrics[mx.name]);
   const box = $("#plot-pareto");
   box.hidden = false;
-  Plotly.react(box, [trace(ok.filter((p) => !p.frontier), "dominated", DOMINATED, 9),
-    trace(front, "frontier", FRONTIER, 12)],
+  const frontTrace = trace(front, "frontier", FRONTIER, 12);
+  const mz = res.metrics[2];
+  if (mz) {  // a third metric: the frontier points' colour
+    frontTrace.marker.color = front.map((p) => p.metrics[mz.name]);
+    Object.assign(frontTrace.marker, { colorscale: "Viridis", showscale: true,
+      colorbar: { title: { text: mz.name + (mz.minimise ? " (lower is better)" : "") } } });
+  }
+  Plotly.react(box, [trace(ok.filter((p) => !p.frontier), "dominated", DOMINATED, 9), frontTrace],
   { title: { text: `${res.file}: ${front.length} of ${ok.length} points on the frontier (${res.sample}); click a point` },
     xaxis: { title: { text: mx.name + (mx.minimise ? " (lower is better)" : "") } },
     yaxis: { title: { text: my.name + (my.minimise ? " (lower is better)" : "") } },
