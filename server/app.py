@@ -487,7 +487,7 @@ def serve(
         if heavy is not None:  # it loads and warms up while this process does
             heavy.start()
         server.start()
-        log.info(tag + "listening", extra={"health": "NOT_SERVING until warm-up is done","worker": worker, "pid": os.getpid(),"address": f"{address.rsplit(':', 1)[0]}:{port}", "port": port,
+        log.info(tag + "listening", extra={"health": "NOT_SERVING until warm-up is done","worker": worker, "pid": os.getpid(),"address": address if heavy_role else f"{address.rsplit(':', 1)[0]}:{port}", "port": port,
                                       "policies_dir": policies_dir, "state_dir": state_dir or None,
                                       "policies": [p.name for p in engine.list_policies()],
                                       "max_workers": max_workers, "tls": tls is not None})

@@ -96,7 +96,7 @@ class HeavyWorker:
         self._tag = tag
         self._worker = worker
         self._log_level = log_level
-        self._dir = tempfile.mkdtemp(prefix="reranker-heavy-")  # 0700: only this user connects
+        self._dir = ""  # the socket's folder (start: mkdtemp, 0700, so only this user connects)
         self._ready = None  # the reading end of the current heavy worker's "serving" pipe
         self._lock = threading.Lock()
         self._proc = None
@@ -115,6 +115,7 @@ class HeavyWorker:
     # ---------------------------------------------------------------------------- lifecycle
     def start(self) -> "HeavyWorker":
         """Start the heavy worker and its supervising thread (returns at once)."""
+        self._dir = tempfile.mkdtemp(prefix="reranker-heavy-")
         self._thread = threading.Thread(target=self._supervise, name="heavy-supervisor", daemon=True)
         self._thread.start()
         return self
@@ -268,7 +269,8 @@ class HeavyWorker:
             channel.close()
         if self._ready is not None:
             self._ready.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
         if proc is not None:
             log.info(self._tag + " stopped", extra={"worker": self._worker, "pid": proc.pid,
                                                      "exitcode": proc.exitcode})
@@ -281,12 +283,14 @@ class HeavyWorker:
         when no heavy worker serves, or it went away during the call."""
         with self._lock:
             channel = self._channel if self._serving.is_set() else None
+            if channel is None:
+                self.unavailable += 1
+            else:
+                self.forwarded += 1
         if channel is None:
-            self.unavailable += 1
             raise HeavyUnavailable("heavy lane unavailable: this server process's heavy worker is "
                                    "starting or restarting; retry with backoff (normal calls are "
                                    "served meanwhile)")
-        self.forwarded += 1
         remaining = context.time_remaining()
         timeout = None if remaining is None or remaining > 365 * 24 * 3600.0 else max(remaining, 0.0)
         metadata = tuple((k, v) for k, v in (context.invocation_metadata() or ())
@@ -299,7 +303,8 @@ class HeavyWorker:
         except grpc.RpcError as exc:
             trailers = tuple(exc.trailing_metadata() or ())
             if exc.code() in _TRANSPORT_CODES and not any(k == WORKER_PID_METADATA_KEY for k, _ in trailers):
-                self.unavailable += 1
+                with self._lock:
+                    self.unavailable += 1
                 raise HeavyUnavailable(
                     "heavy lane unavailable: this server process's heavy worker went away during "
                     f"the call ({exc.code().name}: {exc.details()}); it is restarted; retry with "
