@@ -33,7 +33,7 @@ from testing.workbench import copy_policies, make_log
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FILE = "home_feed.yaml"
-WAIT_S = 90
+WAIT_S = 180  # a first preview on a cold Numba cache compiles the kernels
 LIVE_RGB, PROPOSED_RGB, FRONTIER_RGB = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0xD6, 0x27, 0x28)
 
 
@@ -87,7 +87,7 @@ def workbench(folder: Path, log: Path | None, *extra: str):
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     try:
         try:
-            first = lines.get(timeout=60)
+            first = lines.get(timeout=120)
         except queue.Empty:
             proc.kill()
             raise AssertionError(f"the workbench did not start: {proc.stderr.read()}") from None
@@ -304,8 +304,8 @@ def test_promote_shows_the_diff_writes_the_file_and_a_running_server_reloads_it(
     serve = _serve(folder)
     wait_for = log_waiter(serve)
     try:
-        port = wait_for("listening", timeout=120)["port"]
-        wait_for("serving", timeout=120)
+        port = wait_for("listening", timeout=240)["port"]
+        wait_for("serving", timeout=240)
         assert _digest_served(port, "home_feed") == before
         with workbench(folder, log) as url:
             open_page(d, url)
