@@ -159,10 +159,18 @@ def test_a_pareto_sweep_keeps_the_file_as_written_and_serves_every_point(folder,
     clicks = [p["metrics"]["expected_p_click"] for p in points[:3]]
     assert clicks[0] == max(clicks)
     assert c.get(f"/api/pareto/{done['id']}/99").status_code == 404
+    choices = c.get("/api/metrics", params={"file": FILE}).json()["metrics"]
+    assert {"expected_p_click", "expected_p_purchase", "coverage", "relaxed:max_3_per_category",
+            "share:seller_tier="} <= set(choices)
     bad = dict(body, vary=[{"path": "objective.weights.nope.x", "lo": 0, "hi": 1, "n": 2}])
     r = c.post("/api/pareto", json=bad)
     assert r.status_code == 422 and "the policy has no number at 'objective.weights.nope.x'" in r.json()["error"]
     assert "constraints.max_3_per_category.max" in r.json()["error"]
+    r = c.post("/api/pareto", json=dict(body, metrics=["expected_p_click"]))
+    assert r.status_code == 422 and r.json()["error"] == "--metric: give 2 or 3 metrics, got 1"
+    r = c.post("/api/pareto", json=dict(body, vary=[{"path": "slate_size", "lo": 1, "hi": 20, "n": 20},
+                                                    {"path": "objective.weights.p_click", "lo": 0, "hi": 1, "n": 11}]))
+    assert r.status_code == 422 and "the grid has 220 points; the workbench sweeps at most 200" in r.json()["error"]
 
 
 def test_with_numbers_edits_only_the_numbers_and_refuses_what_it_cannot_place():
