@@ -38,8 +38,12 @@ def folder(tmp_path) -> Path:
     return copy_policies(POLICIES_DIR, tmp_path / "policies", solver_mode="greedy")
 
 
+BASE_URL = "http://127.0.0.1:8750"  # the page bound to the loopback answers loopback host names only
+
+
 def client(folder, log=None, **kw) -> TestClient:
-    return TestClient(create_app(Config(policies=str(folder), log=str(log) if log else None, warmup=False, **kw)))
+    return TestClient(create_app(Config(policies=str(folder), log=str(log) if log else None, warmup=False, **kw)),
+                      base_url=BASE_URL)
 
 
 def sha(path: Path) -> str:
@@ -58,7 +62,7 @@ def finish(c: TestClient, job: dict, timeout: float = 120) -> dict:
 def test_the_state_lists_every_file_with_its_digest_and_an_invalid_file_with_its_first_error(folder):
     (folder / "broken.yaml").write_text('name: broken\nversion: "1"\nslate_size: -3\nobjective: {weights: {p_click: 1}}\n')
     c = TestClient(create_app(Config(policies=str(folder), experiments=str(EXAMPLES_DIR / "experiments"),
-                                     warmup=False)))
+                                     warmup=False)), base_url=BASE_URL)
     state = c.get("/api/state").json()
     rows = {r["file"]: r for r in state["policies"]}
     assert set(rows) == {p.name for p in folder.glob("*.yaml")}
@@ -243,7 +247,9 @@ def test_a_cross_site_post_is_refused(folder):
     r = c.post("/api/promote", json=body, headers={"Origin": "http://evil.example"})
     assert r.status_code == 403 and "cross-origin request refused" in r.json()["error"]
     assert sha(path) == body["base_digest"]
-    r = c.post("/api/promote", json=body, headers={"Origin": "http://testserver"})
+    r = TestClient(c.app, base_url="http://evil.example:8750").get("/api/state")  # DNS rebinding
+    assert r.status_code == 403 and "open it as http://127.0.0.1:PORT/" in r.json()["error"]
+    r = c.post("/api/promote", json=body, headers={"Origin": BASE_URL})
     assert r.status_code == 200
 
 

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 TOKEN_HEADER = "X-Workbench-Token"
 TOKEN_ENV = "RERANKER_WORKBENCH_TOKEN"
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def is_local(host: str) -> bool:
@@ -113,11 +114,20 @@ def create_app(config: Config) -> FastAPI:
     app.state.config, app.state.folders, app.state.jobs = config, folders, jobs
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
+    local = is_local(config.host)
+
     @app.middleware("http")
     async def same_origin_json(request: Request, call_next):
-        """Writes and jobs only from this page: a POST must be JSON (a cross-site form cannot send
-        it without a CORS preflight, which this app never grants) and, when the browser names its
-        Origin, come from the page's own origin."""
+        """Bound to the loopback, only requests addressed to a loopback name (a DNS-rebinding page
+        names its own host). Writes and jobs only from this page: a POST must be JSON (a
+        cross-site form cannot send it without a CORS preflight, which this app never grants)
+        and, when the browser names its Origin, come from the page's own origin."""
+        if local:
+            host = request.headers.get("host", "")
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name.strip("[]") not in LOOPBACK_NAMES:
+                return _error(403, f"this workbench is bound to {config.host}: open it as "
+                                   f"http://127.0.0.1:PORT/ (the request named host {host!r})")
         if request.method == "POST":
             if not request.headers.get("content-type", "").startswith("application/json"):
                 return _error(415, "POST bodies must be JSON (Content-Type: application/json)")
