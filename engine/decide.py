@@ -196,7 +196,7 @@ def decide(version: PolicyVersion, req: RerankRequest, *, limits: Limits,
         outcome.evaluation = evaluate(problem, outcome.result.slate)  # the policy's objective
         outcome.objective = outcome.evaluation.objective
         outcome.bound, outcome.bound_method = portfolio.answer_bound(problem, outcome.result,
-                                                                     outcome.objective)
+                                                                     outcome.evaluation)
         outcome.status = "relaxed" if outcome.result.relaxed.any() else "feasible"
     else:
         outcome = portfolio.solve(problem, mode=mode, deadline=deadline)
@@ -263,7 +263,7 @@ def _explore(ex, problem, seed: int):
                          f"explore_{ex.scheme}", drawn.status)
     ev = evaluate(problem, drawn.slate)
     outcome = portfolio.Outcome(result, ev.objective, math.nan, drawn.status, evaluation=ev)
-    outcome.bound, outcome.bound_method = portfolio.answer_bound(problem, result, ev.objective)
+    outcome.bound, outcome.bound_method = portfolio.answer_bound(problem, result, ev)
     marginal = stderr = None
     samples = 0
     if ex.marginal_samples and problem.length:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from solvers.bound import slate_bound
+from solvers.bound import linear_objective, slate_bound
 from solvers.codes import DIV_NONE, MAX_COUNT, MIN_COUNT, RELAX_CONFLICT
 from solvers.evaluate import evaluate
 from solvers.exact import exact_unsupported
@@ -140,8 +140,8 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
     # Lagrangian of the linear rules, non-linear terms bounded by constants (solvers.bound)
     t_b = time.perf_counter()
     steps = BOUND_STEPS if deadline - t_b > BOUND_FULL_S else BOUND_STEPS_SHORT
-    lag = slate_bound(problem, relaxed=greedy.relaxed, incumbent=g_obj, steps=steps,
-                      sort_bound=sort_bound)
+    lag = slate_bound(problem, relaxed=greedy.relaxed, incumbent=linear_objective(problem, g_ev),
+                      steps=steps, sort_bound=sort_bound)
     elapsed["bound"] = (time.perf_counter() - t_b) * 1e6
     g_bound = lag.value if math.isfinite(lag.value) else math.nan
 
@@ -215,7 +215,8 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
                    method)
 
 
-def answer_bound(problem: SlateProblem, result: SolveResult, objective: float) -> tuple[float, str]:
+def answer_bound(problem: SlateProblem, result: SolveResult,
+                 evaluation: Evaluation) -> tuple[float, str]:
     """The bound and its method for a slate that did not come from `solve` (a sampled fair
     ranking, an exploration draw): `solvers.bound.slate_bound` on the rules the slate kept.
 
@@ -225,19 +226,22 @@ def answer_bound(problem: SlateProblem, result: SolveResult, objective: float) -
         The problem the slate answers.
     result : SolveResult
         The slate and the hard rules it relaxed.
-    objective : float
-        Its objective (`evaluate`).
+    evaluation : Evaluation
+        `evaluate(problem, result.slate)`.
 
     Returns
     -------
     bound : float
         >= every slate meeting the hard rules `result` kept (NaN when none could be computed),
-        and >= objective.
+        and >= the slate's objective.
     method : str
         As `Outcome.bound_method`.
     """
-    b = slate_bound(problem, relaxed=result.relaxed, incumbent=objective, steps=BOUND_STEPS)
-    return (max(b.value, objective) if math.isfinite(b.value) else math.nan), b.method
+    b = slate_bound(problem, relaxed=result.relaxed,
+                    incumbent=linear_objective(problem, evaluation), steps=BOUND_STEPS)
+    if not math.isfinite(b.value):
+        return math.nan, b.method
+    return max(b.value, evaluation.objective), b.method
 
 
 def explain_conflicts(problem: SlateProblem, outcome: Outcome, *, deadline: float) -> list[list[int]]:

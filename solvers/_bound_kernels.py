@@ -509,6 +509,20 @@ def lagrangian_bound(u, w, codes, n_values, rules, penalty, hard, use, target, m
                     pcol[col_of[row_item[q]] + 1] = q + 1
             for i in range(m):
                 vv[i + 1] = v_item[cand[i]]
+            if it_ == 0:
+                # first solve: start from the sort (the optimum of w[p] * u[j] for weights that
+                # do not increase, with its closed-form duals pi[q] = pi[q + 1] + (w[q] -
+                # w[q + 1]) * u(q + 1), pi[last] = w[last] * u(next)); _assign repairs any of
+                # it that does not hold for these costs, so this only saves time
+                srt = np.argsort(-u[cand[:m]], kind="mergesort")
+                un = u[cand[srt[P]]] if m > P else 0.0
+                pi = w[free[P - 1]] * un
+                for q in range(P - 1, -1, -1):
+                    col = srt[q]
+                    if q < P - 1:
+                        pi += (w[free[q]] - w[free[q + 1]]) * u[cand[srt[q + 1]]]
+                    pcol[col + 1] = q + 1
+                    vv[col + 1] = -(cost[col, q] - pi)
             if _assign(cost, P, m, pcol, uu, vv, minv, way, used, assign) != 0:
                 out[3] = BOUND_NOT_FINITE
                 return

@@ -117,6 +117,28 @@ def nonlinear_constant(problem: SlateProblem) -> tuple[float, tuple[str, ...]]:
     return const, tuple(terms)
 
 
+def linear_objective(problem: SlateProblem, evaluation) -> float:
+    """The part of a slate's objective the Lagrangian models: the utility part minus the
+    penalties of its soft MAX_COUNT / MIN_COUNT / WINDOW / PIN rows (no diversity, coverage or
+    calibration term). For a slate that meets the rules the bound honours, it is a lower bound
+    on the relaxation's optimum, hence the best target for the subgradient steps (the full
+    objective, lower by the non-linear terms, would leave them short of it).
+
+    Parameters
+    ----------
+    problem : SlateProblem
+    evaluation : solvers.problem.Evaluation
+        `evaluate(problem, slate)`.
+
+    Returns
+    -------
+    float
+    """
+    t = problem.constraints
+    soft = (~t.hard) & (t.kind <= PIN)
+    return float(evaluation.utility_part - np.dot(t.penalty[soft], evaluation.violation[soft]))
+
+
 def slate_bound(problem: SlateProblem, *, relaxed: np.ndarray | None = None,
                 incumbent: float = -math.inf, steps: int = DEFAULT_STEPS,
                 mu: np.ndarray | None = None, sort_bound: float | None = None) -> SlateBound:
@@ -129,8 +151,9 @@ def slate_bound(problem: SlateProblem, *, relaxed: np.ndarray | None = None,
     relaxed : ndarray of bool, shape (C,), optional
         Hard rows the answer relaxed (not honoured by the bound).
     incumbent : float, default -inf
-        The objective of a slate known to meet the honoured rows (the answer's): the target of
-        the subgradient steps. It never makes the bound invalid, only faster to tighten.
+        A lower bound on the relaxation's optimum: `linear_objective` of a slate known to meet
+        the honoured rows (the answer's), or its objective. The target of the subgradient
+        steps, which stop when the bound meets it; it never makes the bound invalid.
     steps : int, default DEFAULT_STEPS
         Subgradient steps at most (0: the bound at the starting multipliers only).
     mu : ndarray of float64, optional
