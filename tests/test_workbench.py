@@ -186,7 +186,10 @@ def test_with_numbers_edits_only_the_numbers_and_refuses_what_it_cannot_place():
     assert with_numbers("a: [1, 2]\n", [("a", "1")], [5.0]) == "a: [1, 5]\n"
 
 
-def test_promote_writes_atomically_and_a_stale_base_is_refused_never_merged(folder):
+def test_promote_writes_atomically_and_a_stale_base_is_refused_never_merged(folder, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="workbench.app")
     c = client(folder)
     path = folder / FILE
     text, base = path.read_text(), sha(path)
@@ -195,10 +198,12 @@ def test_promote_writes_atomically_and_a_stale_base_is_refused_never_merged(fold
     assert r.status_code == 200, r.json()
     assert path.read_text() == new and r.json() == {"file": FILE, "digest": sha(path), "previous": base}
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in POLICIES_DIR.iterdir())  # no temp file left
+    assert f"promoted {folder}/{FILE} for testclient: sha256 {base[:12]} -> {sha(path)[:12]}" in caplog.messages
     # another edit that started from the old file loses the race: refused, the file stays
     other = text.replace("p_click: 1.0", "p_click: 2.0")
     r = c.post("/api/promote", json={"file": FILE, "text": other, "base_digest": base})
     assert r.status_code == 409
+    assert any(m.startswith("promote refused (HTTP 409) for testclient: ") for m in caplog.messages)
     assert r.json()["error"].startswith(f"{FILE} changed on disk since this edit started (it started from {base[:12]}, "
                                         f"the file is now {sha(path)[:12]}): nothing was written")
     assert path.read_text() == new

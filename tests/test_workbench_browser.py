@@ -84,13 +84,15 @@ def workbench(folder: Path, log: Path | None, *extra: str):
         args += ["--log", str(log)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     lines: queue.Queue[str] = queue.Queue()
+    errors: list[str] = []  # its log (stderr), drained so that the pipe never fills
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    threading.Thread(target=lambda: [errors.append(line) for line in proc.stderr], daemon=True).start()
     try:
         try:
             first = lines.get(timeout=120)
         except queue.Empty:
             proc.kill()
-            raise AssertionError(f"the workbench did not start: {proc.stderr.read()}") from None
+            raise AssertionError(f"the workbench did not start: {''.join(errors)}") from None
         assert first.startswith("workbench listening on http://"), first
         port = first.split()[3].rstrip("/").rsplit(":", 1)[1]
         yield f"http://127.0.0.1:{port}/"  # bound to 0.0.0.0 too, the browser asks the loopback

@@ -292,10 +292,16 @@ def create_app(config: Config) -> FastAPI:
 
     # ------------------------------------------------------------------ promote
     @app.post("/api/promote")
-    def promote(body: dict = Body(...), token: str | None = Header(None, alias=TOKEN_HEADER)):
-        check_write(token)
-        out = folders.promote(body.get("file"), body.get("text"), body.get("base_digest"))
-        log.info("policy promoted", extra=out)
+    def promote(request: Request, body: dict = Body(...), token: str | None = Header(None, alias=TOKEN_HEADER)):
+        who = request.client.host if request.client else "?"
+        try:
+            check_write(token)
+            out = folders.promote(body.get("file"), body.get("text"), body.get("base_digest"))
+        except WorkbenchError as e:
+            log.warning("promote refused (HTTP %s) for %s: %s", e.status, who, e)
+            raise
+        log.info("promoted %s/%s for %s: sha256 %s -> %s", config.policies, out["file"], who,
+                 out["previous"][:12], out["digest"][:12])
         return out
 
     return app

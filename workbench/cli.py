@@ -11,7 +11,9 @@ The page is bound to localhost by default. Bound beyond it, every promote needs 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import sys
 
 DEFAULT_PORT = 8750
 
@@ -42,6 +44,9 @@ def run(args, out, err) -> int:
     from workbench.app import TOKEN_ENV, Config, create_app
     from workbench.folder import WorkbenchError
 
+    # promotes and refusals are logged on stderr (an audit trail of what was written, by whom)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     if args.log is not None and "://" not in args.log and not os.path.exists(args.log):
         err.print(f"error: --log: no such file or folder: {args.log}", style="red")
