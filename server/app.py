@@ -417,28 +417,6 @@ def serve(
 
         found = default_state_dir(policies_dir)
         state_dir = "" if found is None else str(found)
-    engine = Engine.from_directory(policies_dir, ledger_url=ledger_url, settle_s=settle_s,
-                                   state_dir=state_dir or None, experiments_dir=experiments_dir)
-    if decision_log:
-        engine.decision_log, engine.outcome_log = open_decision_log(
-            decision_log, sample_rate=log_sample_rate, worker=worker,
-            folder=None if heavy_role is None else "heavy" if worker is None else f"heavy-{worker}")
-        engine.decision_log_source = decision_log
-    health_servicer = health.HealthServicer()
-    metrics = metrics_http = None
-    if metrics_port is not None:
-        metrics = ServerMetrics()
-        metrics.watch_ledger(engine)
-        if engine.decision_log is not None:
-            metrics.watch_decision_log(engine.decision_log)
-        try:
-            metrics_http, bound = metrics.serve_http(metrics_port, metrics_host)
-        except OSError as exc:  # serving matters more than its metrics: say so loudly, go on
-            log.error("metrics endpoint not started; serving without it",
-                      extra={"address": f"{metrics_host}:{metrics_port}", "error": str(exc)})
-        else:
-            log.info(tag + "metrics", extra={"address": f"{metrics_host}:{bound}", "port": bound,
-                                             "worker": worker})
     limits = getattr(admission, "limits", admission)
     if heavy_role is not None:  # a heavy worker: every call it gets is heavy; no lane inside it
         from server.admission import AdmissionLimits
@@ -462,30 +440,56 @@ def serve(
         heavy = HeavyWorker(serve, policies_dir, heavy_options, worker=worker,
                             tag="heavy worker",
                             log_level=logging.getLogger().getEffectiveLevel())
-        if metrics is not None:
-            metrics.watch_heavy(heavy)
-    server, port = create_server(
-        address,
-        engine,
-        max_workers=max_workers,
-        max_message_bytes=max_message_bytes,
-        max_concurrent_rpcs=max_concurrent_rpcs,
-        health_servicer=health_servicer,
-        metrics=metrics,
-        tls=tls,
-        reuse_port=worker is not None and heavy_role is None,
-        admission=admission,
-        max_connection_age_s=max_connection_age_s,
-        heavy=heavy,
-    )
+        heavy.start()  # it loads and warms up while this process does
+    try:  # (until the try below takes over: a failure here must not leave the heavy worker)
+        engine = Engine.from_directory(policies_dir, ledger_url=ledger_url, settle_s=settle_s,
+                                       state_dir=state_dir or None, experiments_dir=experiments_dir)
+        if decision_log:
+            engine.decision_log, engine.outcome_log = open_decision_log(
+                decision_log, sample_rate=log_sample_rate, worker=worker,
+                folder=None if heavy_role is None else "heavy" if worker is None else f"heavy-{worker}")
+            engine.decision_log_source = decision_log
+        health_servicer = health.HealthServicer()
+        metrics = metrics_http = None
+        if metrics_port is not None:
+            metrics = ServerMetrics()
+            metrics.watch_ledger(engine)
+            if engine.decision_log is not None:
+                metrics.watch_decision_log(engine.decision_log)
+            try:
+                metrics_http, bound = metrics.serve_http(metrics_port, metrics_host)
+            except OSError as exc:  # serving matters more than its metrics: say so loudly, go on
+                log.error("metrics endpoint not started; serving without it",
+                          extra={"address": f"{metrics_host}:{metrics_port}", "error": str(exc)})
+            else:
+                log.info(tag + "metrics", extra={"address": f"{metrics_host}:{bound}", "port": bound,
+                                                 "worker": worker})
+        server, port = create_server(
+            address,
+            engine,
+            max_workers=max_workers,
+            max_message_bytes=max_message_bytes,
+            max_concurrent_rpcs=max_concurrent_rpcs,
+            health_servicer=health_servicer,
+            metrics=metrics,
+            tls=tls,
+            reuse_port=worker is not None and heavy_role is None,
+            admission=admission,
+            max_connection_age_s=max_connection_age_s,
+            heavy=heavy,
+        )
+    except BaseException:
+        if heavy is not None:
+            heavy.stop(0.0)
+        raise
+    if heavy is not None and metrics is not None:
+        metrics.watch_heavy(heavy)
 
     watcher = None
     events: queue.SimpleQueue[int] = queue.SimpleQueue()
     handled = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     previous = {sig: signal.signal(sig, lambda signum, _frame: events.put(signum)) for sig in handled}
     try:
-        if heavy is not None:  # it loads and warms up while this process does
-            heavy.start()
         server.start()
         log.info(tag + "listening", extra={"health": "NOT_SERVING until warm-up is done","worker": worker, "pid": os.getpid(),"address": address if heavy_role else f"{address.rsplit(':', 1)[0]}:{port}", "port": port,
                                       "policies_dir": policies_dir, "state_dir": state_dir or None,
