@@ -412,13 +412,15 @@ def test_rerank_fuzz(stub, slate_sizes, req):
 @given(reqs=st.lists(fuzz_requests(), min_size=1, max_size=4))
 def test_rerank_batch_fuzz(stub, slate_sizes, reqs):
     """A batch answers every entry: a valid slate or an error entry of the same shape as Rerank's,
-    unless admission control refuses the whole batch for asking too much work (its entries' work
-    summed: see server.admission)."""
+    unless admission control refuses the whole batch: for asking too much work (its entries' work
+    summed), or because it is heavy while an earlier heavy call still holds this process's heavy
+    lane (one whose client gave up waiting may still run: see server.admission)."""
     try:
         out = stub.RerankBatch(pb.RerankBatchRequest(requests=reqs), timeout=TIMEOUT_S)
     except grpc.RpcError as err:
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (err.code(), err.details())
-        assert "work units" in err.details() and "--max-work" in err.details(), err.details()
+        assert ("work units" in err.details() and "--max-work" in err.details()) \
+            or err.details().startswith("heavy lane busy: "), err.details()
         return
     assert len(out.results) == len(reqs)
     for req, result in zip(reqs, out.results):
