@@ -117,8 +117,9 @@ def test_a_policy_the_log_cannot_run_is_named_before_work_starts(folder, log):
     assert "needs candidates.attributes['colour']" in r.json()["error"]
 
 
-def test_a_preview_job_reports_what_offline_preview_reports_on_the_same_first_records(folder, log):
-    c = client(folder, log)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_preview_job_reports_what_offline_preview_reports_on_the_same_first_records(folder, log, workers):
+    c = client(folder, log, workers=workers)
     live_text = (folder / FILE).read_text()
     text = live_text.replace("p_purchase: 10.0", "p_purchase: 2.0")
     job = c.post("/api/preview", json={"file": FILE, "text": text, "sample": 120})

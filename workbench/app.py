@@ -68,6 +68,7 @@ class Config:
     read_only: bool = False
     token: str | None = None
     warmup: bool = True
+    workers: int = 0  # > 1: previews and sweeps replay on that many local processes
 
     def check(self) -> None:
         """Refuse a configuration that would expose writes: beyond localhost, promote needs a token."""
@@ -77,6 +78,8 @@ class Config:
                 f"give --token (or {TOKEN_ENV}) so that every promote needs it, or run --read-only")
         if self.token is not None and len(self.token) < 8:
             raise WorkbenchError("--token: use at least 8 characters")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise WorkbenchError(f"--workers: expected an integer >= 0, got {self.workers!r}")
 
 
 def plotly_js() -> Path:
@@ -98,7 +101,7 @@ def create_app(config: Config) -> FastAPI:
     folders = Folders(config.policies, config.experiments)
     jobs = Jobs()
     scratch = tempfile.TemporaryDirectory(prefix="workbench-")
-    samples = work.Samples(config.log, scratch.name) if config.log else None
+    samples = work.Samples(config.log, scratch.name, config.workers) if config.log else None
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     js = plotly_js()
 

@@ -1,7 +1,7 @@
 """`reranker workbench`: the policy workbench web page (server/cli.py hooks `add_parser`).
 
     reranker workbench --policies policies --log logs/decisions [--experiments DIR]
-                       [--host 127.0.0.1] [--port 8750] [--read-only] [--token T]
+                       [--host 127.0.0.1] [--port 8750] [--read-only] [--token T] [--workers N]
 
 The page is bound to localhost by default. Bound beyond it, every promote needs the token
 (--token or RERANKER_WORKBENCH_TOKEN), and the workbench refuses to start without one unless
@@ -29,6 +29,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s; 0: a free one)")
     p.add_argument("--read-only", action="store_true", help="no promote: the page only shows and previews")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="replay previews and sweeps on N local processes (default: in the page's process)")
     p.add_argument("--token", default=None,
                    help="the token every promote must send (default: $RERANKER_WORKBENCH_TOKEN)")
     p.set_defaults(func=run)
@@ -52,7 +54,7 @@ def run(args, out, err) -> int:
         err.print(f"error: --log: no such file or folder: {args.log}", style="red")
         return 2
     config = Config(policies=args.policies, log=args.log, experiments=args.experiments, host=args.host,
-                    read_only=args.read_only, token=token)
+                    read_only=args.read_only, token=token, workers=args.workers)
     try:
         app = create_app(config)
     except (WorkbenchError, FileNotFoundError) as e:

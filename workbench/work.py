@@ -53,9 +53,10 @@ def _signature(log: str) -> tuple:
 class Samples:
     """First-N samples of one log, cached as Parquet files in a scratch folder."""
 
-    def __init__(self, log: str, scratch: str):
+    def __init__(self, log: str, scratch: str, workers: int = 0):
         self.log = log
         self.scratch = scratch
+        self.workers = workers  # > 1: the sample is cut in that many row groups (chunks run in parallel)
         self._lock = threading.Lock()
         self._cache: dict[int, tuple[tuple, str, int]] = {}
         self._total: tuple[tuple, int] | None = None
@@ -83,7 +84,8 @@ class Samples:
                 return hit[1], n, total
             path = os.path.join(self.scratch, f"sample-{n}.parquet")
             tmp = path + ".tmp"
-            pq.write_table(_first_rows(self.log, n), tmp, row_group_size=CHUNK_ROWS)
+            rows = CHUNK_ROWS if self.workers <= 1 else max(1, min(CHUNK_ROWS, -(-n // self.workers)))
+            pq.write_table(_first_rows(self.log, n), tmp, row_group_size=rows)
             os.replace(tmp, path)
             self._cache[n] = (sig, path, total)
             return path, n, total
@@ -129,7 +131,8 @@ def preview_job(job: Job, samples: Samples, live: PolicyVersion, proposed: Polic
     job.work = 2 * records
     job.set_phase(f"replaying the live and the proposed policy on {records:,} records, then "
                   f"{n_bootstrap:,} paired bootstrap resamples")
-    pv = preview(source, live, proposed, outcomes=samples.outcomes(), n_bootstrap=n_bootstrap)
+    pv = preview(source, live, proposed, outcomes=samples.outcomes(), n_bootstrap=n_bootstrap,
+                 workers=samples.workers)
     pv.source = samples.log
     pv.sample = "all records" if records >= total else f"the first {records:,} of {total:,} records"
     job.set_phase("formatting")
@@ -217,7 +220,8 @@ def pareto_job(job: Job, samples: Samples, folders: Folders, file: str, text: st
         base = os.path.join(tmp, file)
         Path(base).write_text(text, encoding="utf-8")
         job.set_phase(f"replaying the grid on {records:,} records, then {refine} refinement round(s)")
-        sweep = pareto(source, base, vary=vary, metrics=metrics, refine=refine, n_bootstrap=PARETO_BOOTSTRAP)
+        sweep = pareto(source, base, vary=vary, metrics=metrics, refine=refine, n_bootstrap=PARETO_BOOTSTRAP,
+                       workers=samples.workers)
     job.set_phase("formatting")
     paths = [v.path for v in sweep.vary]
     points = []
