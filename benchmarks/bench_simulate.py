@@ -7,7 +7,7 @@ one-process run of the same run.
     python -m benchmarks.bench_simulate [--quick] [--million [--ray]]
 
 The workload: the example marketplace scenario (examples/scenarios/marketplace.yaml, OBD-calibrated
-clicks) cut to 3 days, 2 seeds x 2 shards (4 equal tasks), 300 day-0 users. `--million` runs
+clicks) cut to 3 days, 2 seeds x 2 shards (4 equal tasks), 600 day-0 users. `--million` runs
 1,000,000 sessions instead (100 shards of 10,000 users, one day, every user visits on the day
 they arrive) on 2 processes (or Ray) with a progress bar, and reports the time it took.
 """
@@ -44,7 +44,7 @@ def workload(quick: bool, million: bool):
             "catalog": s.catalog.model_copy(update={"initial_sellers": 2000, "new_sellers_per_day": 0.0})})
     return s.model_copy(update={
         "horizon_days": 1 if quick else 3, "shards": 2, "seeds": 2,
-        "users": s.users.model_copy(update={"initial": 100 if quick else 300})})
+        "users": s.users.model_copy(update={"initial": 100 if quick else 600})})
 
 
 def _row(mode: str, sim, tasks: int, base_wall: float | None, wall: float | None = None,
