@@ -32,9 +32,13 @@ MIN_EXACT_S = 0.002
 EXACT_SHARE = 0.7
 #: Relative tolerance for "the objective reaches the bound".
 TOL = 1e-9
+#: Relative gap at which the greedy answer's own bound proves it optimal: the MIP's optimality
+#: gap (solvers.exact.highs_mip.MIP_REL_GAP), so that both mean the same by "optimal".
+CERT_TOL = 1e-7
 #: Subgradient steps of the greedy answer's Lagrangian bound (solvers.bound; ~5-10 us each at
 #: N=1000, K=20; the steps stop early once the bound meets the greedy objective) when more than
-#: BOUND_FULL_S is left, else BOUND_STEPS_SHORT.
+#: BOUND_FULL_S is left in auto / exact mode, else (greedy mode, short budgets, answers that do
+#: not come from `solve`) BOUND_STEPS_SHORT.
 BOUND_STEPS = 40
 BOUND_STEPS_SHORT = 8
 BOUND_FULL_S = 0.002
@@ -139,14 +143,15 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
     # a valid bound for the greedy answer (on the rules it kept), within microseconds: the
     # Lagrangian of the linear rules, non-linear terms bounded by constants (solvers.bound)
     t_b = time.perf_counter()
-    steps = BOUND_STEPS if deadline - t_b > BOUND_FULL_S else BOUND_STEPS_SHORT
+    # greedy mode (no exact solve for the bound to save) and short budgets take fewer steps
+    steps = BOUND_STEPS if mode != "greedy" and deadline - t_b > BOUND_FULL_S else BOUND_STEPS_SHORT
     lag = slate_bound(problem, relaxed=greedy.relaxed, incumbent=linear_objective(problem, g_ev),
                       steps=steps, sort_bound=sort_bound)
     elapsed["bound"] = (time.perf_counter() - t_b) * 1e6
     g_bound = lag.value if math.isfinite(lag.value) else math.nan
 
     def greedy_outcome(bound: float, exact_status: str = "", method: str = lag.method) -> Outcome:
-        if not relaxed and (g_obj >= bound - TOL * max(1.0, abs(bound)) or greedy_is_optimal(problem)):
+        if not relaxed and (g_obj >= bound - CERT_TOL * max(1.0, abs(bound)) or greedy_is_optimal(problem)):
             return Outcome(greedy, g_obj, max(bound, g_obj), "optimal", elapsed,
                            exact_status=exact_status, evaluation=g_ev, bound_method=method)
         return Outcome(greedy, g_obj, bound if not relaxed else g_bound,
@@ -158,7 +163,7 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
     unsupported = exact_unsupported(problem)
     if unsupported is not None:
         return greedy_outcome(g_bound, f"skipped: {unsupported}")
-    if not relaxed and (g_obj >= g_bound - TOL * max(1.0, abs(g_bound)) or greedy_is_optimal(problem)):
+    if not relaxed and (g_obj >= g_bound - CERT_TOL * max(1.0, abs(g_bound)) or greedy_is_optimal(problem)):
         return greedy_outcome(g_bound)
     left = deadline - time.perf_counter() - SAFETY_S
     if left < MIN_EXACT_S:
@@ -238,7 +243,7 @@ def answer_bound(problem: SlateProblem, result: SolveResult,
         As `Outcome.bound_method`.
     """
     b = slate_bound(problem, relaxed=result.relaxed,
-                    incumbent=linear_objective(problem, evaluation), steps=BOUND_STEPS)
+                    incumbent=linear_objective(problem, evaluation), steps=BOUND_STEPS_SHORT)
     if not math.isfinite(b.value):
         return math.nan, b.method
     return max(b.value, evaluation.objective), b.method

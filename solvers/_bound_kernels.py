@@ -39,6 +39,11 @@ from solvers.codes import (
 )
 
 STALL = 6
+#: the steps stop when the bound is within STOP_REL (relative) of the target (the MIP's own
+#: optimality gap is 1e-7: solvers.exact.highs_mip.MIP_REL_GAP), or when the STALL steps before
+#: a halving of the step gained less than STALL_REL
+STOP_REL = 5e-8
+STALL_REL = 1e-6
 #: out[3] codes
 BOUND_OK = 0
 BOUND_NOT_FINITE = 1
@@ -74,7 +79,7 @@ def _assign(a, n, m, p, uu, vv, minv, way, used, assign):
     # tree, so its v stays 0). The start restores it for the kept matches: free columns get
     # v = 0, matched ones keep the v given (<= 0, from the previous solve); each kept row's u is
     # the largest feasible one; a match that is then not tight is dropped (its column freed,
-    # v = 0), until none is dropped.
+    # v = 0), until none is dropped (at most three rounds, then a cold start).
     rows_in = np.zeros(n + 1, dtype=np.bool_)
     vv[0] = 0.0
     for j in range(1, m + 1):
@@ -84,7 +89,15 @@ def _assign(a, n, m, p, uu, vv, minv, way, used, assign):
                 vv[j] = 0.0
         else:
             vv[j] = 0.0
-    while True:
+    for _pass in range(4):
+        if _pass == 3:
+            # still dropping: the start is not worth repairing, start cold (always valid)
+            for j in range(1, m + 1):
+                p[j] = 0
+                vv[j] = 0.0
+            for i in range(1, n + 1):
+                rows_in[i] = False
+            break
         for i in range(1, n + 1):
             if rows_in[i]:
                 best = INF
@@ -408,6 +421,7 @@ def lagrangian_bound(u, w, codes, n_values, rules, penalty, hard, use, target, m
     chosen = np.empty(L, dtype=np.int64)
     lam = 1.0
     best = np.inf
+    last_halving = np.inf
     since = 0
     steps = 0
     for it_ in range(max_iter + 1):
@@ -623,9 +637,12 @@ def lagrangian_bound(u, w, codes, n_values, rules, penalty, hard, use, target, m
             if since >= STALL:
                 lam *= 0.5
                 since = 0
+                if last_halving - best <= STALL_REL * max(1.0, abs(best)):
+                    break  # STALL steps gained (almost) nothing: more would not either
+                last_halving = best
         if it_ == max_iter:
             break
-        if np.isfinite(target) and best - target <= 5e-10 * max(1.0, abs(target)):
+        if np.isfinite(target) and best - target <= STOP_REL * max(1.0, abs(target)):
             break  # the bound meets a known slate's objective: that slate is optimal
         if norm == 0.0:
             break  # the relaxed slate meets every row with complementary slack: D is optimal
