@@ -185,13 +185,36 @@ class Scenario(RuleModel):
         return out
 
 
+def _partial_issues(data: dict[str, Any]) -> list[Issue]:
+    """The rules across fields on whatever parts of a failed document are plain integers, so a
+    file with a bad field still hears about a slate larger than its candidate set."""
+    def get(*path, default=None):
+        node: Any = data
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                return default
+            node = node[key]
+        return node if type(node) is int else None
+
+    out: list[Issue] = []
+    k, n = get("engine", "slate_size", default=10), get("engine", "candidates", default=200)
+    if k is not None and n is not None and k > n:
+        out.append(("engine.slate_size", f"must be <= engine.candidates ({n}), got {k}"))
+    sellers, per = get("catalog", "initial_sellers"), get("catalog", "items_per_seller", default=10)
+    if n is not None and sellers is not None and per is not None and 0 < sellers and n > sellers * per:
+        out.append(("engine.candidates", f"must be <= the day-0 catalog (catalog.initial_sellers x "
+                                         f"catalog.items_per_seller = {sellers * per} items), got {n}"))
+    return out
+
+
 def _error(source: str, issues: list[FieldIssue], data: Any) -> ScenarioInvalid:
     return ScenarioInvalid(source, issues)
 
 
 def parse_scenario(text: str, source: str = "<text>") -> Scenario:
     """Validate a scenario given as YAML text; raise ScenarioInvalid listing every issue."""
-    return parse_yaml_model(Scenario, text, source, noun="a scenario", required_keys=_REQUIRED, error=_error)
+    return parse_yaml_model(Scenario, text, source, noun="a scenario", required_keys=_REQUIRED,
+                            partial_checks=_partial_issues, error=_error)
 
 
 def load_scenario(path: str | os.PathLike) -> Scenario:

@@ -78,6 +78,9 @@ def test_impossible_parameters_are_refused_with_file_path_line_and_expectation(t
         load_scenario(bad)
     lines = str(e.value).splitlines()
     assert lines == [
+        # the default engine.candidates (200) against a catalog of 20 items: no line (not written)
+        f"{bad}: engine.candidates: must be <= the day-0 catalog (catalog.initial_sellers x "
+        "catalog.items_per_seller = 20 items), got 200",
         f"{bad}: horizon_days: must be an integer between 1 and 100000, got 0 (line 2)",
         f"{bad}: users.arrivals_per_day: must be a finite number between 0 and 1e+06, got -1 (line 5)",
         f"{bad}: users.session.budget: must be a finite number > 0 and <= 1e+06, got 0 (line 6)",
@@ -99,6 +102,13 @@ def test_rules_across_fields_name_the_field():
     with pytest.raises(ScenarioInvalid) as e:
         parse_scenario(TINY.replace("calibrate: target, target_ctr: 0.05", "calibrate: target"), "s.yaml")
     assert "clicks.target_ctr: is required with calibrate: target" in str(e.value)
+    # with a bad field elsewhere, the rules across fields are still reported
+    with pytest.raises(ScenarioInvalid) as e:
+        parse_scenario(TINY.replace("candidates: 20, slate_size: 5", "candidates: 20, slate_size: 25")
+                       .replace("budget: 4.0", "budget: 0"), "s.yaml")
+    assert str(e.value).splitlines() == [
+        "s.yaml: users.session.budget: must be a finite number > 0 and <= 1e+06, got 0 (line 7)",
+        "s.yaml: engine.slate_size: must be <= engine.candidates (20), got 25 (line 17)"]
     with pytest.raises(ScenarioInvalid) as e:
         load_scenario("/nonexistent/scenario.yaml")
     assert str(e.value).startswith("/nonexistent/scenario.yaml: cannot read the scenario")
