@@ -34,7 +34,7 @@ import numba as nb
 import numpy as np
 
 from solvers.codes import (
-    ALL_VALUES, MAX_COUNT, MIN_COUNT, PIN, RULE_ATTR, RULE_BOUND, RULE_ITEM, RULE_KIND,
+    ALL_VALUES, COVERAGE, MAX_COUNT, MIN_COUNT, PIN, RULE_ATTR, RULE_BOUND, RULE_ITEM, RULE_KIND,
     RULE_POSITION, RULE_SIZE, RULE_TOP, RULE_VALUE, WINDOW,
 )
 
@@ -243,7 +243,8 @@ def lagrangian_bound(u, w, codes, n_values, rules, penalty, hard, use, target, m
     for c in range(C):
         width = 0
         kind = rules[RULE_KIND, c]
-        if use[c] and (kind == MAX_COUNT or kind == MIN_COUNT or kind == WINDOW):
+        if use[c] and (kind == MAX_COUNT or kind == MIN_COUNT or kind == WINDOW
+                       or kind == COVERAGE):
             a = rules[RULE_ATTR, c]
             nv = n_values[a]
             if kind == WINDOW:
@@ -273,8 +274,28 @@ def lagrangian_bound(u, w, codes, n_values, rules, penalty, hard, use, target, m
     act = np.empty(E, dtype=np.int64)
     ent_rule = np.full(E, -1, dtype=np.int64)  # rule of each listed entry
     n_act = 0
+    # coverage rows (linearised): entry v is the multiplier of y_v <= (items of value v in the
+    # prefix), for the values some candidate has; cov_max[c] = min(top, values present)
+    cov_present = np.zeros(E, dtype=np.bool_)
+    cov_max = np.zeros(C, dtype=np.int64)
+    for c in range(C):
+        if off[c + 1] > off[c] and rules[RULE_KIND, c] == COVERAGE:
+            a = rules[RULE_ATTR, c]
+            for j in range(N):
+                cov_present[off[c] + codes[a, j]] = True
+            n_here = 0
+            for k in range(off[c], off[c + 1]):
+                n_here += cov_present[k]
+            cov_max[c] = min(min(rules[RULE_TOP, c], L), n_here)
     for c in range(C):
         v = rules[RULE_VALUE, c]
+        if rules[RULE_KIND, c] == COVERAGE:
+            for k in range(off[c], off[c + 1]):
+                if cov_present[k]:
+                    act[n_act] = k
+                    ent_rule[k] = c
+                    n_act += 1
+            continue
         for k in range(off[c], off[c + 1]):
             code = (k - off[c]) // nw[c] if rules[RULE_KIND, c] == WINDOW else k - off[c]
             if v != ALL_VALUES and code != v:
@@ -449,6 +470,9 @@ def lagrangian_bound(u, w, codes, n_values, rules, penalty, hard, use, target, m
             elif kind == MAX_COUNT:
                 for p in range(min(rules[RULE_TOP, c], L)):
                     tab[base + rel * L + p] += m_
+            elif kind == COVERAGE:
+                for p in range(min(rules[RULE_TOP, c], L)):
+                    tab[base + rel * L + p] -= m_  # a bonus (the floors take its row's largest)
             else:
                 top = min(rules[RULE_TOP, c], L)
                 for p in range(top):
@@ -458,6 +482,16 @@ def lagrangian_bound(u, w, codes, n_values, rules, penalty, hard, use, target, m
                     if q < 0 or (ksig[kc] >> q) & 1:
                         for p in range(top):
                             floor[kc, p] -= m_
+        for c in range(C):
+            if off[c + 1] > off[c] and rules[RULE_KIND, c] == COVERAGE:
+                mx = 0.0
+                for k in range(off[c], off[c + 1]):
+                    if mu[k] > mx:
+                        mx = mu[k]
+                if mx > 0.0:
+                    for kc in range(K):
+                        for p in range(min(rules[RULE_TOP, c], L)):
+                            floor[kc, p] -= mx
         # ---- candidates: per class, scan by utility until enough dominating items ----------
         m = 0
         for j in range(N):
@@ -561,7 +595,7 @@ def lagrangian_bound(u, w, codes, n_values, rules, penalty, hard, use, target, m
                 if off[c + 1] == off[c]:
                     continue
                 kind = rules[RULE_KIND, c]
-                v = rules[RULE_VALUE, c]
+                v = ALL_VALUES if kind == COVERAGE else rules[RULE_VALUE, c]
                 code = codes[rules[RULE_ATTR, c], j]
                 if v != ALL_VALUES and code != v:
                     continue
@@ -589,7 +623,8 @@ def lagrangian_bound(u, w, codes, n_values, rules, penalty, hard, use, target, m
         for i in range(n_t):
             k = touched[i]
             c = ent_rule[k]
-            if rules[RULE_KIND, c] != MIN_COUNT and cnt[k] > rules[RULE_BOUND, c]:
+            kind = rules[RULE_KIND, c]
+            if kind != MIN_COUNT and kind != COVERAGE and cnt[k] > rules[RULE_BOUND, c]:
                 listed = False
                 for i2 in range(n_act):
                     if act[i2] == k:
@@ -606,10 +641,42 @@ def lagrangian_bound(u, w, codes, n_values, rules, penalty, hard, use, target, m
                 if v < 0 or v >= n_values[rules[RULE_ATTR, c]]:
                     const -= penalty[c] * max(0, rules[RULE_BOUND, c])
         norm = 0.0
+        for c in range(C):
+            # coverage: penalty * covered - penalty * max_coverable <= max over y in [0, 1] with
+            # sum(y) <= max_coverable of sum (penalty - mu_v) y_v, + sum mu_v * count_v (in the
+            # prices), - penalty * max_coverable: take the largest positive penalty - mu_v
+            if off[c + 1] == off[c] or rules[RULE_KIND, c] != COVERAGE:
+                continue
+            pen = penalty[c]
+            const -= pen * cov_max[c]
+            for k in range(off[c], off[c + 1]):
+                g[k] = -cnt[k]  # y - count, y added below
+            for _r in range(cov_max[c]):
+                kb = -1
+                vb = 0.0
+                for k in range(off[c], off[c + 1]):
+                    if cov_present[k] and g[k] <= 0.0 and g[k] == -cnt[k] and pen - mu[k] > vb:
+                        kb = k
+                        vb = pen - mu[k]
+                if kb < 0:
+                    break
+                const += vb
+                g[kb] += 1.0  # y = 1 (marked: g no longer equals -count)
+            for k in range(off[c], off[c + 1]):
+                if not cov_present[k]:
+                    g[k] = 0.0
+                    continue
+                gk = g[k]
+                if (mu[k] <= 0.0 and gk < 0.0) or (mu[k] >= pen and gk > 0.0):
+                    gk = 0.0
+                g[k] = gk
+                norm += gk * gk
         for i in range(n_act):
             k = act[i]
             c = ent_rule[k]
             b = rules[RULE_BOUND, c]
+            if rules[RULE_KIND, c] == COVERAGE:
+                continue  # done above
             if rules[RULE_KIND, c] == MIN_COUNT:
                 const -= mu[k] * b
                 gk = b - cnt[k]  # D's subgradient is count - bound: step against it

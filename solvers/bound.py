@@ -15,8 +15,10 @@ How (solvers._bound_kernels.lagrangian_bound holds the relaxation and its argume
   residual of a unit vector is <= 1, so beta * log r <= 0; MMR: -beta * max(0, cos) <= 0) and is
   bounded by 0; a negative weight w[p] < 0 adds |w[p]| times the term's largest magnitude
   (beta * log(1 / DPP_EPS) for DPP, beta for MMR).
-- Calibration: penalty * KL >= 0 is subtracted: bounded by 0. Coverage: penalty * (max_coverable
-  - covered) >= 0 is subtracted: bounded by 0.
+- Calibration: penalty * KL >= 0 is subtracted: bounded by 0.
+- Coverage is linearised: covered = sum_v y_v with y_v <= 1, y_v <= (items of value v in the
+  prefix), sum_v y_v <= max_coverable; the middle rows enter with multipliers in [0, penalty]
+  (a bonus on the items of v in the prefix), the rest is maximised in closed form.
 - Weights that are not non-increasing and >= 0 make the sort bound invalid; the Lagrangian bound
   does not need them (the candidate reduction is then switched off).
 
@@ -58,7 +60,7 @@ class SlateBound:
 
 def bounded_rows(problem: SlateProblem, relaxed: np.ndarray | None = None) -> np.ndarray:
     """The rows the bound honours: active hard rows not relaxed by the answer, and every soft
-    MAX_COUNT / MIN_COUNT / WINDOW / PIN row (coverage and calibration are bounded apart).
+    MAX_COUNT / MIN_COUNT / WINDOW / PIN / COVERAGE row (calibration is bounded apart).
 
     Parameters
     ----------
@@ -75,7 +77,7 @@ def bounded_rows(problem: SlateProblem, relaxed: np.ndarray | None = None) -> np
     if relaxed is not None:
         keep &= ~relaxed
     keep |= ~t.hard
-    keep &= t.kind <= PIN  # MAX_COUNT, MIN_COUNT, WINDOW, PIN (codes 0..3)
+    keep &= (t.kind <= PIN) | (t.kind == COVERAGE)  # MAX_COUNT, MIN_COUNT, WINDOW, PIN (0..3)
     return keep
 
 
@@ -85,7 +87,7 @@ def multiplier_size(problem: SlateProblem, use: np.ndarray) -> int:
     t = problem.constraints
     L = problem.length
     n = 0
-    for c in np.flatnonzero(use & (t.kind != PIN) & (t.kind <= WINDOW)).tolist():
+    for c in np.flatnonzero(use & (((t.kind != PIN) & (t.kind <= WINDOW)) | (t.kind == COVERAGE))).tolist():
         nv = int(problem.n_values[t.attr[c]])
         n += nv * (max(1, L - int(t.size[c]) + 1) if t.kind[c] == WINDOW else 1)
     return n

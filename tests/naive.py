@@ -354,6 +354,8 @@ def lagrangian_dual(problem: SlateProblem, use, mu) -> float:
         + sum over max / window row entries of mu * (bound - count)
         + sum over min row entries of mu * (count - bound)
         - sum over soft min rows that match nothing of penalty * bound
+        + per coverage row: sum over the values v some candidate has of mu_v * count_v(prefix)
+          + the largest sum of at most max_coverable of (penalty - mu_v) > 0 - penalty * max_coverable
     with the multipliers laid out as the kernel lays them out (per row of `use`, one entry per
     value of its attribute, times the windows of a window row). Tiny problems only.
     """
@@ -366,6 +368,8 @@ def lagrangian_dual(problem: SlateProblem, use, mu) -> float:
     off = 0
     for c in range(t.n):
         kind = int(t.kind[c])
+        if use[c] and kind == COVERAGE:
+            off += int(problem.n_values[t.attr[c]])  # its entries: below
         if not use[c] or kind not in (MAX_COUNT, MIN_COUNT, WINDOW):
             continue
         a, v, b = int(t.attr[c]), int(t.value[c]), int(t.bound[c])
@@ -385,6 +389,20 @@ def lagrangian_dual(problem: SlateProblem, use, mu) -> float:
                 if kind == MIN_COUNT and v == code:
                     entries.append((mu[off + code], -1, b, range(top), a, code))
             off += nv
+    coverage = []  # (multipliers by present value, top, max_coverable, penalty, attr)
+    off = 0
+    for c in range(t.n):
+        kind = int(t.kind[c])
+        if not use[c] or kind not in (MAX_COUNT, MIN_COUNT, WINDOW, COVERAGE):
+            continue
+        a = int(t.attr[c])
+        nv = int(problem.n_values[a])
+        if kind == COVERAGE:
+            present = sorted(set(int(x) for x in codes[a]))
+            top = min(int(t.top[c]), L)
+            coverage.append(({v: mu[off + v] for v in present}, top, min(top, len(present)),
+                             float(t.penalty[c]), a))
+        off += nv * (len(windows(L, int(t.size[c]))) if kind == WINDOW else 1)
     const = 0.0
     for c in range(t.n):
         if use[c] and t.kind[c] == MIN_COUNT and not t.hard[c] and not 0 <= t.value[c] < problem.n_values[t.attr[c]]:
@@ -402,5 +420,9 @@ def lagrangian_dual(problem: SlateProblem, use, mu) -> float:
         for m, sign, b, positions, a, code in entries:
             count = sum(1 for p in positions if codes[a, slate[p]] == code)
             val += m * (b - count) if sign > 0 else m * (count - b)
+        for lam, top, most, pen, a in coverage:
+            val += sum(m * sum(1 for p in range(top) if codes[a, slate[p]] == v) for v, m in lam.items())
+            gains = sorted((pen - m for m in lam.values() if pen - m > 0), reverse=True)[:most]
+            val += sum(gains) - pen * most
         best = max(best, val + const)
     return best
