@@ -238,6 +238,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short phases (smoke run)")
     parser.add_argument("--server-flags", default="", metavar="FLAGS",
                         help="more `reranker serve` flags for every phase, e.g. '--gil-switch-ms 0.5'")
+    parser.add_argument("--note", default="", help="a note kept in the result file's meta (what was measured)")
+    parser.add_argument("--out", default="", metavar="NAME",
+                        help="result file name under benchmarks/results (default admission / admission_quick)")
     parser.add_argument("--lanes", default="", metavar="LANES",
                         help="only these phases: comma-separated of process, thread, off (default all)")
     args = parser.parse_args()
@@ -247,8 +250,8 @@ def main() -> None:
     rows = run(args.quick, extra, only)
     title = "Admission control: a normal client next to heavy ones"
     print_table(title, rows, COLUMNS)
-    path = save("admission_quick" if args.quick else "admission", rows,
-                {"quick": args.quick, "server_flags": list(extra), "lanes": args.lanes or "all",
+    path = save(args.out or ("admission_quick" if args.quick else "admission"), rows,
+                {"quick": args.quick, "server_flags": list(extra), "lanes": args.lanes or "all", "note": args.note,
                  "payload_bytes": sizes, "normal_rate": RATE,
                  "target_p99_ms": TARGET_P99_MS})
     print(path)

@@ -357,6 +357,7 @@ def serve(
     blas_threads: int | None = 1,
     gil_switch_ms: float | None = None,
     heavy_lane: str = "process",
+    heavy_nice: int | None = None,
     heavy_role: str | None = None,
 ) -> int:
     """Load policies, start, warm up, report SERVING; run until SIGTERM / SIGINT. Returns 0.
@@ -374,6 +375,7 @@ def serve(
     `heavy_lane`: "process" (default): this process starts a heavy worker (server.heavy) and
     forwards heavy calls to it, so their Python never holds this process's GIL; "thread": heavy
     calls run in this process, one at a time (the lane of server.admission).
+    `heavy_nice`: the heavy worker's niceness increment (None: server.heavy.DEFAULT_HEAVY_NICE).
     `heavy_role`: set by server.heavy only: this process IS a heavy worker (named so in its log
     lines), on a unix socket, with its own heavy lane off and no worker port offset.
 
@@ -426,7 +428,7 @@ def serve(
         admission, max_connection_age_s = limits, None
     heavy = None
     if heavy_lane == "process" and heavy_role is None:
-        from server.heavy import HEAVY_METRICS_PORT_OFFSET, HeavyWorker
+        from server.heavy import DEFAULT_HEAVY_NICE, HEAVY_METRICS_PORT_OFFSET, HeavyWorker
 
         heavy_options = dict(
             experiments_dir=experiments_dir, decision_log=decision_log, log_sample_rate=log_sample_rate,
@@ -439,7 +441,8 @@ def serve(
             heavy_lane="thread")
         heavy = HeavyWorker(serve, policies_dir, heavy_options, worker=worker,
                             tag="heavy worker",
-                            log_level=logging.getLogger().getEffectiveLevel())
+                            log_level=logging.getLogger().getEffectiveLevel(),
+                            nice=DEFAULT_HEAVY_NICE if heavy_nice is None else heavy_nice)
         heavy.start()  # it loads and warms up while this process does
     try:  # (until the try below takes over: a failure here must not leave the heavy worker)
         engine = Engine.from_directory(policies_dir, ledger_url=ledger_url, settle_s=settle_s,

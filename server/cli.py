@@ -286,6 +286,9 @@ _OPERATING_OPTIONS = (
      "where heavy calls run: a heavy worker process next to each serving process (their Python "
      "then never holds the serving process's GIL), or a thread of the serving process "
      "(default %(default)s)"),
+    ("--heavy-nice", int, 10, "N",
+     "with --heavy-lane process: the heavy worker's niceness increment (0-19), so that busy cores "
+     "go to normal calls first (default %(default)s)"),
     ("--heavy-bytes", _positive_int, 512 * 1024, "BYTES",
      "messages over this size count as heavy before they are parsed: refused while the lane is "
      "busy, and with --heavy-lane process sent to the heavy worker unparsed (default %(default)s)"),
@@ -366,6 +369,7 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
             blas_threads=args.blas_threads or None,
             gil_switch_ms=args.gil_switch_ms,
             heavy_lane=args.heavy_lane,
+            heavy_nice=args.heavy_nice,
         )
     except BindError as exc:
         err.print(f"error: {escape(str(exc))}", style="red")

@@ -18,8 +18,9 @@ trailing metadata (x-worker-pid: the heavy worker's pid, x-field, ...) unchanged
 - Supervision: a thread of the serving process waits on the heavy worker; when it dies it is
   logged, restarted after a pause (longer after each failure to start), and until it reports
   SERVING again heavy calls are refused UNAVAILABLE ("heavy lane unavailable ..."); normal
-  calls never touch it. The heavy worker runs at a lower CPU priority (nice +HEAVY_NICE), so
-  that on a busy machine the scheduler prefers the normal calls' process.
+  calls never touch it. The heavy worker runs at a lower CPU priority (niceness +`nice`,
+  serve --heavy-nice, default DEFAULT_HEAVY_NICE), so that when the cores are busy the
+  scheduler prefers the normal calls' process.
 - Stopping: the serving process stops its heavy worker (SIGTERM, then SIGKILL after a grace)
   after its own server stopped; a heavy worker whose parent is gone stops on its own (as
   workers do), so none is ever orphaned. SIGHUP to the serving process reaches it too.
@@ -42,7 +43,7 @@ import grpc
 log = logging.getLogger("server.app")  # one logger name for the server's lines
 
 HEAVY_METRICS_PORT_OFFSET = 100  # heavy worker of worker i: metrics on metrics_port + i + 100
-HEAVY_NICE = 5  # the heavy worker's niceness increment (0: same priority as the serving process)
+DEFAULT_HEAVY_NICE = 10  # the heavy worker's niceness increment (0: the serving process's priority)
 RESTART_DELAY_S = 1.0  # first pause before a restart; doubled per failure to start, up to 30 s
 MAX_RESTART_DELAY_S = 30.0
 READY_TIMEOUT_S = 600.0  # a heavy worker that is not SERVING after this long is killed and restarted
@@ -82,7 +83,7 @@ class HeavyWorker:
     process, and forwards calls to it. Thread-safe."""
 
     def __init__(self, serve, policies_dir: str, options: dict, *, tag: str, worker: int | None,
-                 log_level: int) -> None:
+                 log_level: int, nice: int = DEFAULT_HEAVY_NICE) -> None:
         """`serve`: server.app.serve, what the heavy worker runs (handed in: this module imports
         no server module that imports it). `options`: its keyword arguments (its address,
         role and `on_serving` are set here). `tag`: names it in log lines ("heavy worker"; the
@@ -91,6 +92,7 @@ class HeavyWorker:
 
         self._ctx = multiprocessing.get_context("spawn")  # no gRPC / numba state across a fork
         self._serve = serve
+        self._nice = nice
         self._policies_dir = policies_dir
         self._options = options
         self._tag = tag
@@ -145,7 +147,7 @@ class HeavyWorker:
             target=heavy_entry, daemon=False,
             name="reranker-heavy" if self._worker is None else f"reranker-heavy-{self._worker}",
             args=(self._serve, self._tag, self._worker, address, self._policies_dir, self._options, self._log_level,
-                  writer, HEAVY_NICE))
+                  writer, self._nice))
         proc.start()
         writer.close()  # the child's copy stays open: EOF here once it is gone
         if self._ready is not None:

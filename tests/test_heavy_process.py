@@ -165,6 +165,28 @@ def test_heavy_calls_are_answered_by_the_heavy_worker_as_the_in_thread_lane_answ
     assert server.metric("reranker_heavy_lane_forwarded_total") >= 3
 
 
+def _niceness(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
+def test_the_heavy_worker_runs_at_a_lower_cpu_priority(server):
+    assert _niceness(server.heavy_pid) - _niceness(server.proc.pid) == 10  # --heavy-nice default
+
+
+def test_with_the_thread_lane_heavy_calls_stay_in_the_serving_process():
+    proc, logs = _serve(POLICIES_DIR, "--processes", "1", "--heavy-lane", "thread")
+    try:
+        port = logs.wait("listening", timeout=120)["port"]
+        logs.wait("serving", timeout=300)
+        assert logs.all("heavy worker started") == []
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            _resp, call = pb_grpc.RerankerStub(ch).Rerank.with_call(_greedy(3000), timeout=TIMEOUT_S)
+        assert _pid(call) == proc.pid
+    finally:
+        _stop(proc)
+
+
 def test_the_heavy_worker_s_errors_are_relayed_unchanged(server, thread_lane):
     bad = _greedy(3000)
     bad.candidates.scores["p_click"].values[7] = math.nan
