@@ -8,6 +8,7 @@ an error, and the greedy slate is always there to fall back on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from solvers.bound import linear_objective, slate_bound
+from solvers.bound import SlateBound, bounded_rows, linear_objective, multiplier_size, slate_bound
 from solvers.codes import DIV_NONE, MAX_COUNT, MIN_COUNT, RELAX_CONFLICT
 from solvers.evaluate import evaluate
 from solvers.exact import exact_unsupported
@@ -42,6 +43,39 @@ CERT_TOL = 1e-7
 BOUND_STEPS = 40
 BOUND_STEPS_SHORT = 8
 BOUND_FULL_S = 0.005  # 40 steps take <= ~2 ms even where each costs ~50 us
+#: Time the greedy answer's bound may take: BOUND_SHARE of the time left, at most BOUND_MAX_S
+#: (BOUND_MAX_S_FULL with the full step count). A subgradient step costs ~25 us at N=1000, K=20
+#: but ~340 us at K=50 with a window (the assignment grows with N x K): unboxed, 8 steps took
+#: 2.7 ms of a greedy answer whose greedy took 0.1 ms.
+BOUND_SHARE = 0.1
+BOUND_MAX_S = 0.0003
+BOUND_MAX_S_FULL = 0.002
+#: In greedy mode, above this many candidate-position-position units (N x K x K) not even one
+#: step fits BOUND_MAX_S: the answer keeps the sort bound.
+BOUND_GREEDY_MAX_UNITS = 1_500_000
+
+
+def _greedy_bound(problem: SlateProblem, relaxed: np.ndarray, incumbent: float, sort_bound: float,
+                  steps: int, time_s: float, greedy_mode: bool) -> SlateBound:
+    """`solvers.bound.slate_bound` within about `time_s`: one step, timed, then as many more as
+    that step's time says fit (warm-started from its multipliers); the best bound of the two."""
+    L = problem.length
+    w = problem.position_weight.tolist()
+    monotone = all(x >= 0 for x in w) and all(a >= b for a, b in zip(w, w[1:]))
+    if greedy_mode and problem.n * L * L > BOUND_GREEDY_MAX_UNITS and monotone and math.isfinite(sort_bound):
+        return SlateBound(sort_bound, "sort", sort_bound, math.nan)  # valid: monotone weights
+    mu = np.zeros(multiplier_size(problem, bounded_rows(problem, relaxed)), dtype=np.float64)
+    t0 = time.perf_counter()
+    best = slate_bound(problem, relaxed=relaxed, incumbent=incumbent, steps=1, mu=mu,
+                       sort_bound=sort_bound)
+    spent = time.perf_counter() - t0
+    more = min(steps - 1, int((time_s - spent) / spent)) if spent > 0 else steps - 1
+    if more > 0 and best.method == "lagrangian" and best.value > incumbent + CERT_TOL * max(1.0, abs(incumbent)):
+        nxt = slate_bound(problem, relaxed=relaxed, incumbent=incumbent, steps=more, mu=mu,
+                          sort_bound=sort_bound)
+        if nxt.method in ("lagrangian", "sort") and nxt.value < best.value:
+            best = dataclasses.replace(nxt, steps=best.steps + nxt.steps)
+    return best
 
 
 @dataclass
@@ -144,9 +178,11 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
     # Lagrangian of the linear rules, non-linear terms bounded by constants (solvers.bound)
     t_b = time.perf_counter()
     # greedy mode (no exact solve for the bound to save) and short budgets take fewer steps
-    steps = BOUND_STEPS if mode != "greedy" and deadline - t_b > BOUND_FULL_S else BOUND_STEPS_SHORT
-    lag = slate_bound(problem, relaxed=greedy.relaxed, incumbent=linear_objective(problem, g_ev),
-                      steps=steps, sort_bound=sort_bound)
+    full = mode != "greedy" and deadline - t_b > BOUND_FULL_S
+    lag = _greedy_bound(problem, greedy.relaxed, linear_objective(problem, g_ev), sort_bound,
+                        BOUND_STEPS if full else BOUND_STEPS_SHORT,
+                        min(BOUND_SHARE * max(deadline - t_b, 0.0), BOUND_MAX_S_FULL if full else BOUND_MAX_S),
+                        greedy_mode=mode == "greedy")
     elapsed["bound"] = (time.perf_counter() - t_b) * 1e6
     g_bound = lag.value if math.isfinite(lag.value) else math.nan
 
