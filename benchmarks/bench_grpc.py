@@ -219,59 +219,104 @@ def _echo_server(echo: _Echo | None, handler=None) -> tuple[grpc.Server, int]:
     return server, server.add_insecure_port("127.0.0.1:0")
 
 
+#: the server's steps of a call as its responses report them (server.callclock)
+STEPS = ("queue", "receive", "parse", "admission", "decode", "compile", "solve", "report", "encode", "total")
+
 OUT_COLUMNS = [("encoding", "string columns"), ("request_bytes", "request bytes"),
                ("raw_echo_median_us", "raw-bytes echo median µs"), ("raw_echo_p99_us", "raw-bytes echo p99 µs"),
                ("echo_median_us", "parsed echo median µs"), ("echo_p99_us", "parsed echo p99 µs"),
-               ("rerank_median_us", "Rerank median µs"), ("rerank_p99_us", "Rerank p99 µs"),
-               ("rerank_over_raw_echo", "Rerank / raw echo"), ("rerank_over_echo", "Rerank / parsed echo"),
-               ("server_total_us", "server total µs"),
-               ("unaccounted_us", "unaccounted µs (Rerank - raw echo - server total)"),
-               *[(f"server_{s}_us", f"server {s} µs") for s in STAGES if s != "total"]]
+               ("rerank_median_us", "Rerank median µs (stub client)"), ("rerank_p99_us", "Rerank p99 µs (stub client)"),
+               ("rerank_bytes_median_us", "Rerank median µs (bytes client)"),
+               ("rerank_bytes_p99_us", "Rerank p99 µs (bytes client)"),
+               ("rerank_over_raw_echo", "Rerank / raw echo (stub client)"),
+               ("rerank_bytes_over_raw_echo", "Rerank / raw echo (bytes client)"),
+               ("rerank_over_echo", "Rerank / parsed echo (stub client)"),
+               ("client_protobuf_us", "client protobuf µs (stub - bytes client)"),
+               *[(f"server_{s}_us", f"server {s} µs") for s in STEPS],
+               ("server_serialize_mean_us", "server serialize µs (mean)"),
+               ("server_send_mean_us", "server send µs (mean)"),
+               ("unaccounted_us", "unaccounted µs (bytes client - raw echo - server total)"),
+               ("unaccounted_after_us", "... less serialize and send (the echo sends too)")]
 
 
-def _measure_processes(encoding: str, calls: int, warmup: int, rerank, echo, raw_echo,
-                       block: int = 50) -> dict:
-    """Round trips to the three servers in alternating blocks (so that drift hits all alike)."""
+def _measure_processes(encoding: str, calls: int, warmup: int, rerank, rerank_bytes, echo, raw_echo,
+                       scrape, block: int = 50) -> dict:
+    """Round trips to the three servers in alternating blocks (so that drift hits all alike):
+    Rerank through the generated stub (a client that serializes the request and parses the
+    answer) and as bytes (the raw echo's client work), the parsed echo, the raw-bytes echo."""
     req = make_request(encoding)
     raw_req = req.SerializeToString()
     for _ in range(warmup):
         rerank(req, timeout=10)
+        rerank_bytes(raw_req, timeout=10)
         echo(req, timeout=10)
         raw_echo(raw_req, timeout=10)
-    times = {"rerank": [], "echo": [], "raw": []}
-    stages = {s: [] for s in STAGES}
+    times = {"rerank": [], "rerank_bytes": [], "echo": [], "raw": []}
+    stages = {s: [] for s in STEPS}
+    before = scrape()
     perf = time.perf_counter_ns
     while len(times["rerank"]) < calls:
         for _ in range(block):
             t0 = perf()
             resp = rerank(req, timeout=10)
             times["rerank"].append((perf() - t0) / 1e3)
-            for s in STAGES:
-                stages[s].append(resp.diagnostics.elapsed_us[s])
-        for _ in range(block):
-            t0 = perf()
-            echo(req, timeout=10)
-            times["echo"].append((perf() - t0) / 1e3)
-        for _ in range(block):
-            t0 = perf()
-            raw_echo(raw_req, timeout=10)
-            times["raw"].append((perf() - t0) / 1e3)
-    (r50, _, r99), (e50, _, e99), (w50, _, w99) = (_percentiles(np.asarray(times[k])) for k in ("rerank", "echo", "raw"))
-    total = float(np.median(stages["total"]))
+            e = resp.diagnostics.elapsed_us
+            for s in STEPS:
+                stages[s].append(e[s])
+        for key, call, arg in (("rerank_bytes", rerank_bytes, raw_req), ("echo", echo, req),
+                               ("raw", raw_echo, raw_req)):
+            for _ in range(block):
+                t0 = perf()
+                call(arg, timeout=10)
+                times[key].append((perf() - t0) / 1e3)
+    after = scrape()
+    steps_mean = {s: (after[s][0] - before[s][0]) / max(after[s][1] - before[s][1], 1) * 1e6
+                  for s in ("serialize", "send")}
+    r50, _, r99 = _percentiles(np.asarray(times["rerank"]))
+    b50, _, b99 = _percentiles(np.asarray(times["rerank_bytes"]))
+    e50, _, e99 = _percentiles(np.asarray(times["echo"]))
+    w50, _, w99 = _percentiles(np.asarray(times["raw"]))
+    med = {s: float(np.median(v)) for s, v in stages.items()}
+    unaccounted = b50 - w50 - med["total"]
     return {
         "encoding": encoding, "n": N, "k": K, "calls": len(times["rerank"]), "request_bytes": len(raw_req),
         "raw_echo_median_us": w50, "raw_echo_p99_us": w99, "echo_median_us": e50, "echo_p99_us": e99,
-        "rerank_median_us": r50, "rerank_p99_us": r99,
-        "rerank_over_raw_echo": r50 / w50, "rerank_over_echo": r50 / e50,
-        "server_total_us": total, "unaccounted_us": r50 - w50 - total,
-        **{f"server_{s}_us": float(np.median(v)) for s, v in stages.items() if s != "total"},
+        "rerank_median_us": r50, "rerank_p99_us": r99, "rerank_bytes_median_us": b50, "rerank_bytes_p99_us": b99,
+        "rerank_over_raw_echo": r50 / w50, "rerank_bytes_over_raw_echo": b50 / w50, "rerank_over_echo": r50 / e50,
+        "client_protobuf_us": r50 - b50,
+        **{f"server_{s}_us": v for s, v in med.items()},
+        "server_serialize_mean_us": steps_mean["serialize"], "server_send_mean_us": steps_mean["send"],
+        "unaccounted_us": unaccounted,
+        "unaccounted_after_us": unaccounted - steps_mean["serialize"] - steps_mean["send"],
     }
+
+
+def _step_scraper(metrics_port: int):
+    """() -> {step: (sum s, count)} of the server's reranker_call_step_seconds."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[str, tuple[float, float]]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        out = {s: [0.0, 0.0] for s in ("serialize", "send")}
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                step = smp.labels.get("step")
+                if step in out and smp.name == "reranker_call_step_seconds_sum":
+                    out[step][0] = smp.value
+                elif step in out and smp.name == "reranker_call_step_seconds_count":
+                    out[step][1] = smp.value
+        return {k: tuple(v) for k, v in out.items()}
+
+    return scrape
 
 
 def run_processes(quick: bool = False, calls: int | None = None) -> dict:
     """The real server (`reranker serve --processes 1`), the parsed echo and the raw-bytes echo,
     each a process of its own; the client is this process, one call at a time."""
-    from benchmarks.bench_load import start_echo, start_server, stop
+    from benchmarks.bench_load import _free_port, start_echo, start_server, stop
 
     calls = calls or (200 if quick else 2000)
     warmup = 50 if quick else 200
@@ -283,7 +328,8 @@ def run_processes(quick: bool = False, calls: int | None = None) -> dict:
         responses.mkdir()
         (policies / "bench_feed.yaml").write_text(POLICY)
         try:
-            proc, address = start_server(policies, 1)
+            metrics_port = _free_port()
+            proc, address = start_server(policies, 1, metrics_port=metrics_port)
             procs.append(proc)
             with grpc.insecure_channel(address) as ch:
                 canned = pb_grpc.RerankerStub(ch).Rerank(make_request(), timeout=30)
@@ -295,16 +341,20 @@ def run_processes(quick: bool = False, calls: int | None = None) -> dict:
             with grpc.insecure_channel(address) as ch_real, grpc.insecure_channel(echo_address) as ch_echo, \
                     grpc.insecure_channel(raw_address) as ch_raw:
                 rerank = pb_grpc.RerankerStub(ch_real).Rerank
+                rerank_bytes = ch_real.unary_unary("/reranker.v1.Reranker/Rerank")  # bytes both ways
                 echo = ch_echo.unary_unary(ECHO_METHOD, request_serializer=pb.RerankRequest.SerializeToString,
                                            response_deserializer=pb.RerankResponse.FromString)
                 raw_echo = ch_raw.unary_unary(ECHO_METHOD)  # bytes both ways
-                rows = [_measure_processes(enc, calls, warmup, rerank, echo, raw_echo) for enc in encodings]
+                scrape = _step_scraper(metrics_port)
+                rows = [_measure_processes(enc, calls, warmup, rerank, rerank_bytes, echo, raw_echo, scrape)
+                        for enc in encodings]
         finally:
             for p in procs:
                 stop(p)
     meta = {"quick": quick, "calls": calls, "warmup": warmup, "n": N, "k": K, "layout": "processes",
             "policy": "bench_feed (max_count + min_count within_top + window, greedy)",
-            "client": "sync stub, one call at a time; server, parsed echo and raw echo each in a process of its own"}
+            "client": "sync stub and a bytes client, one call at a time; server, parsed echo and raw echo "
+                      "each in a process of its own"}
     return {"rows": rows, "meta": meta}
 
 

@@ -124,14 +124,15 @@ def _wait_serving(address: str, proc: subprocess.Popen, timeout_s: float = 120.0
     raise RuntimeError(f"server at {address} not SERVING after {timeout_s:.0f} s")
 
 
-def start_server(policies: Path, processes: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(policies: Path, processes: int | None, metrics_port: int = 0) -> tuple[subprocess.Popen, str]:
+    """`reranker serve` on a free port, SERVING; `metrics_port` 0: any free one."""
     address = f"127.0.0.1:{_free_port()}"
     cmd = [str(RERANKER), "serve", "--address", address, "--policies", str(policies),
            "--log-level", "WARNING"]
     if processes is not None:
         cmd += ["--processes", str(processes)]
     if "--metrics-port" in _serve_help():  # any free port: never collide with another server's
-        cmd += ["--metrics-port", "0"]
+        cmd += ["--metrics-port", str(metrics_port)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
     try:
         _wait_serving(address, proc)

@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server import callclock
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server.metrics import DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, ServerMetrics
 from server.servicer import SERVICE_NAME, WORKER_PID_METADATA_KEY, RerankerServicer
@@ -79,9 +80,18 @@ def _serializer(response_cls):
     """The response serializer: a message is serialized, bytes (a reply relayed from the heavy
     worker, server.heavy) are sent as they are."""
     serialize = response_cls.SerializeToString
+    perf = time.perf_counter_ns
 
     def serializer(response) -> bytes:
-        return response if isinstance(response, bytes) else serialize(response)
+        if isinstance(response, bytes):
+            return response
+        clock = callclock.current()
+        if clock is None:
+            return serialize(response)
+        clock.serialized_from = perf()
+        out = serialize(response)
+        clock.serialized_to = perf()
+        return out
 
     return serializer
 
@@ -96,8 +106,13 @@ def _parsing(behaviour, request_cls, pass_raw: bool = False, admission=None, for
     name = request_cls.DESCRIPTOR.full_name
     method = getattr(behaviour, "__name__", name)
 
+    perf = time.perf_counter_ns
+
     def handle(raw: bytes, context: grpc.ServicerContext):
         _dispatched.started = True  # see _ShedCountingPool: this call reached its handler
+        clock = callclock.current()
+        if clock is not None:
+            clock.handled = perf()
         if admission is not None and len(raw) > admission.limits.heavy_bytes and forward is not None:
             handled = forward(method, raw, context)  # None: the lane runs in this process
             if handled is not None:
@@ -119,6 +134,8 @@ def _parsing(behaviour, request_cls, pass_raw: bool = False, admission=None, for
             context.set_trailing_metadata(((WORKER_PID_METADATA_KEY, str(os.getpid())),))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"request: not a valid {name} message (protobuf: {exc})")
+        if clock is not None:
+            clock.parsed = perf()
         if pass_raw:
             return behaviour(request, context, raw=raw)
         return behaviour(request, context)
@@ -146,9 +163,11 @@ class _ShedCountingPool(futures.ThreadPoolExecutor):
     thread is answered RESOURCE_EXHAUSTED ("queue full", counted as `queue_full`) by a one-thread
     side pool, whose tasks take microseconds, instead of waiting in line."""
 
-    def __init__(self, admission, **kwargs) -> None:
+    def __init__(self, admission, steps_observer=None, **kwargs) -> None:
         super().__init__(**kwargs)
         self._admission = admission
+        #: called as (serialize s, send s) after each answered call of ours (server.callclock)
+        self._steps_observer = steps_observer
         self._lock = threading.Lock()
         self._refusals: futures.ThreadPoolExecutor | None = None
 
@@ -157,17 +176,24 @@ class _ShedCountingPool(futures.ThreadPoolExecutor):
         method = getattr(behaviour, "reranker_method", None)
         if method is None:
             return super().submit(fn, *args, **kwargs)
+        submitted = time.perf_counter_ns()
         rpc_event = args[1]
         admission = self._admission
         if not admission.enter_queue():
             return self._refuse(fn, args, kwargs, method)
+        observe = self._steps_observer
 
         def run():
+            clock = callclock.start(submitted)
             admission.leave_queue()
             _dispatched.started = False
             try:
                 return fn(*args, **kwargs)
             finally:
+                callclock.finish()
+                if observe is not None and clock.serialized_to:  # the response went out
+                    observe((clock.serialized_to - clock.serialized_from) / 1e9,
+                            (time.perf_counter_ns() - clock.serialized_to) / 1e9)
                 if not _dispatched.started:
                     deadline = getattr(getattr(rpc_event, "call_details", None), "deadline", None)
                     expired = deadline is not None and deadline <= time.time()
@@ -255,7 +281,8 @@ def create_server(
     if not isinstance(admission, Admission):
         admission = Admission(admission)
     server = grpc.server(
-        _ShedCountingPool(admission, max_workers=max_workers, thread_name_prefix="rerank"),
+        _ShedCountingPool(admission, steps_observer=None if metrics is None else metrics.observe_steps,
+                          max_workers=max_workers, thread_name_prefix="rerank"),
         options=options,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )

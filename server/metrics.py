@@ -31,6 +31,10 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003
                    0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25)
 
 
+STEP_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                0.005, 0.01)
+
+
 class ServerMetrics:
     """The server's metric families and the cached label children the servicer updates."""
 
@@ -56,6 +60,13 @@ class ServerMetrics:
                                          "per Rerank served by an experiment variant",
                                          ("experiment", "variant"), buckets=LATENCY_BUCKETS,
                                          registry=self.registry)
+        self.steps = Histogram("reranker_call_step_seconds", "Time of the steps of a Rerank call "
+                               "that happen after its response is built (serialize: gRPC's "
+                               "serialization of it; send: handing it, the status and trailers to "
+                               "gRPC's transport); the steps before are in each response's "
+                               "diagnostics.elapsed_us", ("step",), buckets=STEP_BUCKETS,
+                               registry=self.registry)
+        self._step_children = {s: self.steps.labels(s) for s in ("serialize", "send")}
         self._children: dict[tuple[str, str, str], tuple] = {}
         self._known_policies: set[str] = set()
         self._lock = threading.Lock()
@@ -90,6 +101,11 @@ class ServerMetrics:
             self.variant_latency.labels(e.experiment, e.variant).observe(seconds)
         if result.exact_status:  # "skipped: <reason>" counts as "skipped" (bounded label values)
             self.exact.labels(policy, result.exact_status.split(":", 1)[0]).inc()
+
+    def observe_steps(self, serialize_s: float, send_s: float) -> None:
+        """The steps of an answered call after its response was built (server.callclock)."""
+        self._step_children["serialize"].observe(serialize_s)
+        self._step_children["send"].observe(send_s)
 
     def observe_error(self, method: str, policy: str, code_name: str, seconds: float) -> None:
         """A refused or failed call; `code_name` as grpc.StatusCode.X.name (e.g. INVALID_ARGUMENT)."""

@@ -11,7 +11,7 @@ import time
 import grpc
 
 from engine.errors import InvalidRequest, PolicyInvalid, Unavailable
-from server import convert
+from server import callclock, convert
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from server.admission import Admission
@@ -67,7 +67,7 @@ class RerankerServicer(pb_grpc.RerankerServicer):
             with self.admission.lane(work, request.policy) as in_lane:
                 if in_lane and self.heavy is not None and raw is not None:
                     return self.heavy.forward("Rerank", raw, context)
-                response = self._rerank(request, context, raw)
+                response = self._rerank(request, context, raw, callclock.current())
             context.set_trailing_metadata(self._pid_metadata)
             return response
         except RelayedStatus as exc:  # the heavy worker's own answer: passed on as it is
@@ -195,7 +195,10 @@ class RerankerServicer(pb_grpc.RerankerServicer):
         return work
 
     def _rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext,
-                raw: bytes | None = None) -> pb.RerankResponse:
+                raw: bytes | None = None, clock: callclock.CallClock | None = None) -> pb.RerankResponse:
+        """`clock`: the call's steps so far (server.callclock); with it, `total` runs from the
+        handler's start (the parse and admission included) and the response also reports queue,
+        receive, parse and admission; without it (batch entries), from here."""
         t0 = time.perf_counter()
         if _remaining_ms(context) == 0.0:
             raise DeadlineExpired("decoding")
@@ -215,10 +218,14 @@ class RerankerServicer(pb_grpc.RerankerServicer):
             elapsed["solve"] = sum(v for k, v in elapsed.items() if k.startswith("solve_"))
         elapsed["decode"] = (t1 - t0) * 1e6
         elapsed["encode"] = (t3 - t2) * 1e6
-        t4 = time.perf_counter()
-        elapsed["total"] = (t4 - t0) * 1e6
+        start = t0
+        if clock is not None and clock.parsed:
+            elapsed.update(clock.steps_us())
+            start = clock.handled / 1e9  # perf_counter_ns and perf_counter share one clock
+            elapsed["admission"] = (t0 - clock.parsed / 1e9) * 1e6
         if self._metrics is not None:
-            self._metrics.observe_ok(result, t4 - t0)
+            self._metrics.observe_ok(result, time.perf_counter() - start)
+        elapsed["total"] = (time.perf_counter() - start) * 1e6
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "rerank",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import time
 import urllib.request
 from types import SimpleNamespace
 
@@ -168,3 +169,34 @@ def test_a_skipped_exact_solve_counts_as_skipped_whatever_its_reason():
     outcomes = {s.labels["outcome"] for m in metrics.registry.collect() for s in m.samples
                 if s.name == "reranker_exact_solver_total"}
     assert outcomes == {"skipped"}
+
+
+def test_every_step_of_a_call_is_timed(metered):
+    """A Rerank answer reports the steps before its response (queue, receive, parse, admission)
+    next to the engine's stages, `total` runs from the handler's start so it holds them all, and
+    the steps after the response (serialize, send) reach the step histogram, once per answer."""
+    before = scrape(metered.metrics_port)
+    req = example_request()
+    resps = [metered.stub.Rerank(req, timeout=TIMEOUT_S) for _ in range(3)]
+    for resp in resps:
+        e = resp.diagnostics.elapsed_us
+        for step in ("queue", "receive", "parse", "admission", "decode", "compile", "solve", "report",
+                     "encode", "total"):
+            assert e[step] >= 0, step
+        inside = e["parse"] + e["admission"] + e["decode"] + e["compile"] + e["solve"] + e["report"] + e["encode"]
+        assert e["total"] >= inside - 1e-6
+        assert e["total"] - inside < 0.5 * e["total"] + 200, "total holds little but its steps"
+    def counts(samples):
+        return [sample(samples, "reranker_call_step_seconds_count", step=s) for s in ("serialize", "send")]
+
+    deadline = time.monotonic() + 10  # observed after each answer is sent: the last may lag
+    while True:
+        after = scrape(metered.metrics_port)
+        moved = [a - b for a, b in zip(counts(after), counts(before))]
+        if moved == [3, 3] or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert moved == [3, 3]
+    for step in ("serialize", "send"):
+        assert sample(after, "reranker_call_step_seconds_sum", step=step) > \
+            sample(before, "reranker_call_step_seconds_sum", step=step)
