@@ -17,7 +17,8 @@ import time
 log = logging.getLogger("server.app")
 
 #: The modules whose import compiles Numba kernels, in the order they are imported.
-KERNEL_MODULES = ("solvers._greedy_kernels", "solvers._evaluate_kernels", "server._wire_kernels")
+KERNEL_MODULES = ("solvers._greedy_kernels", "solvers._evaluate_kernels", "solvers._bound_kernels",
+                  "server._wire_kernels")
 # (solvers._explore_kernels compiles only where a policy explores: in that policy's warm-up step)
 
 
