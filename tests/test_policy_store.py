@@ -282,7 +282,14 @@ def test_a_full_restart_with_a_broken_file_keeps_serving_the_last_good_version(t
         write(folder, "p.yaml", BAD, version="2")
         record = wait_for("policies reloaded", timeout=30)
         assert record["trigger"] == "watch" and record["invalid_files"] == [str(folder / "p.yaml")]
-        [info] = _policies(port)
+        # the record may be the heavy worker's (it reloads the same folder): wait for the
+        # serving process's own reload, as ListPolicies reports it
+        deadline = time.monotonic() + 30
+        while True:
+            [info] = _policies(port)
+            if info.file_invalid or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert (info.version, info.file_invalid, info.last_good) == ("1", True, False)
     finally:
         _stop(proc)
