@@ -19,7 +19,6 @@ environment variable set), where a missing server fails loudly: CI must run thes
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -28,6 +27,8 @@ import tempfile
 import time
 
 import pytest
+
+from testing.require import missing
 
 
 def redis_server_binary() -> str | None:
@@ -40,9 +41,7 @@ def require_redis_server() -> str:
     if binary is None:
         message = ("redis-server not found on PATH: install it (apt-get install redis-server, or "
                    "`make test`, which installs it as root)")
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI is set, so the Redis tests must run", pytrace=False)
-        pytest.skip(message)
+        missing(message, "; CI is set, so the Redis tests must run")
     return binary
 
 

@@ -29,6 +29,7 @@ import pytest
 
 from tests.conftest import POLICIES_DIR, REPO
 from tests.serve_process import log_waiter
+from testing.require import missing
 from testing.workbench import copy_policies, make_log
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -38,13 +39,11 @@ LIVE_RGB, PROPOSED_RGB, FRONTIER_RGB = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (
 
 
 def _require_chromium() -> None:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
-    if missing:
-        msg = (f"{' and '.join(missing)} not found: install Debian's chromium and chromium-driver "
+    absent = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
+    if absent:
+        msg = (f"{' and '.join(absent)} not found: install Debian's chromium and chromium-driver "
                f"(`make chromium`, or apt-get install chromium chromium-driver)")
-        if os.environ.get("CI"):
-            pytest.fail(msg + "; CI is set, so the browser tests must run", pytrace=False)
-        pytest.skip(msg)
+        missing(msg, "; CI is set, so the browser tests must run")
 
 
 @pytest.fixture(scope="module")
