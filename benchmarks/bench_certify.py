@@ -28,15 +28,14 @@ import time
 
 import numpy as np
 
+from benchmarks.bench_exact import MIXES, family_parts
 from benchmarks.common import parts_main, run_part, time_calls
 from engine import portfolio
 from solvers.bound import SlateBound, linear_objective, slate_bound
 from solvers.codes import CALIBRATION, COVERAGE, DIV_DPP
 from solvers.evaluate import evaluate, objective_upper_bound_unconstrained
 from solvers.greedy import solve_greedy_with_bound, warmup
-from testing.instances import at_least, build, cap, dcg, pin, window
-
-MIXES = ("caps", "spacing", "mixed")
+from testing.instances import build, dcg
 
 
 def family_problem(seed: int, n: int, k: int, mix: str, extra: str = ""):
@@ -44,30 +43,15 @@ def family_problem(seed: int, n: int, k: int, mix: str, extra: str = ""):
     term: "dpp", "coverage" or "calibration"."""
     import dataclasses
 
-    rng = np.random.default_rng([seed, n, k, MIXES.index(mix)])
-    L = min(k, n)
-    n_cat, n_seller = 20, max(20, n // 10)
-    cat = rng.integers(0, n_cat, size=n)
-    seller = rng.integers(0, n_seller, size=n)
-    new_sellers = rng.permutation(n_seller)[: max(3, n_seller // 6)]
-    is_new = np.isin(seller, new_sellers).astype(np.int64)
-    u = rng.gamma(2.0, 1.0, size=n) * rng.uniform(0.5, 1.0, size=n) * (1.0 - 0.35 * is_new)
-    rules: list[dict] = []
-    if mix in ("caps", "mixed"):
-        rules += [cap(0, max(2, L // 5)), cap(0, 1, top=3)]
-    if mix in ("spacing", "mixed"):
-        rules += [window(1, 3, 1), at_least(2, 1, max(1, L // 5), top=max(2, L // 2))]
-    if mix == "mixed":
-        rules.append(window(0, 4, 2))
-        order = np.argsort(-u)
-        rules += [pin(int(order[min(L + 3, n - 1)]), 1), pin(int(order[min(2 * L, n - 2)]), L // 2)]
+    u, L, columns, rules, n_values = family_parts(seed, n, k, mix)
+    cat, n_cat = columns[0], n_values[0]
     if extra == "coverage":
         rules.append(dict(kind=COVERAGE, attr=0, top=min(10, L), hard=False, penalty=0.5))
     if extra == "calibration":
         share = np.bincount(cat, minlength=n_cat) / n
         rules.append(dict(kind=CALIBRATION, attr=0, top=None, hard=False, penalty=1.0,
                           target=share.tolist()))
-    p = build(u, dcg(L), [cat, seller, is_new], rules, n_values=[n_cat, n_seller, 2])
+    p = build(u, dcg(L), columns, rules, n_values=n_values)
     if extra == "dpp":
         erng = np.random.default_rng([seed, 99])
         centres = erng.normal(size=(n_cat, 16))

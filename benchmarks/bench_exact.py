@@ -45,6 +45,13 @@ BUDGETS_MS = (10, 50, 200)
 
 def bench_problem(seed: int, n: int, k: int, mix: str) -> SlateProblem:
     """A seeded instance of one family (see module docstring)."""
+    u, L, columns, rules, n_values = family_parts(seed, n, k, mix)
+    return build(u, dcg(L), columns, rules, n_values=n_values)
+
+
+def family_parts(seed: int, n: int, k: int, mix: str):
+    """(utilities, slate length, [category, seller, is_new] codes, rule rows, value counts) of
+    `bench_problem`'s instance, for benchmarks that add terms to it before building."""
     rng = np.random.default_rng([seed, n, k, MIXES.index(mix)])
     L = min(k, n)
     n_cat, n_seller = 20, max(20, n // 10)
@@ -62,7 +69,7 @@ def bench_problem(seed: int, n: int, k: int, mix: str) -> SlateProblem:
         rules.append(window(0, 4, 2))
         order = np.argsort(-u)
         rules += [pin(int(order[min(L + 3, n - 1)]), 1), pin(int(order[min(2 * L, n - 2)]), L // 2)]
-    return build(u, dcg(L), [cat, seller, is_new], rules, n_values=[n_cat, n_seller, 2])
+    return u, L, [cat, seller, is_new], rules, [n_cat, n_seller, 2]
 
 
 # ---------------------------------------------------------------------------------------------
