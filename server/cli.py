@@ -796,7 +796,14 @@ def _print_response(out: Console, resp) -> None:
     d = resp.diagnostics
     status = pb.SlateStatus.Name(d.status).removeprefix("SLATE_STATUS_").lower()
     bound = _fmt(d.bound) if d.HasField("bound") else "-"
-    gap = f"{d.gap:.3%}" if d.HasField("gap") else "-"
+    if not d.HasField("gap"):
+        gap = "-"
+    elif d.gap_kind == "absolute":  # a ratio would mean nothing: bound <= 0 or objective < 0
+        gap = f"{_fmt(d.gap)} (absolute)"
+    else:
+        gap = f"{d.gap:.3%}"
+    if d.bound_method:
+        bound = f"{bound} ({escape(d.bound_method)})"
     out.print(f"solver: {escape(d.solver)}   status: {status}   objective: {_fmt(d.objective)}   "
               f"bound: {bound}   gap: {gap}")
     out.print(f"budget: {d.budget_ms:g} ms   exact solver: {escape(d.exact_status) or 'not run'}")

@@ -500,6 +500,8 @@ def encode_result(result: RerankResult) -> pb.RerankResponse:
         d.bound = float(result.bound)
     if result.gap is not None:
         d.gap = float(result.gap)
+    d.gap_kind = result.gap_kind
+    d.bound_method = result.bound_method
     d.elapsed_us.update({k: float(v) for k, v in result.elapsed_us.items()})
     d.budget_ms = float(result.budget_ms)
     d.exact_status = result.exact_status

@@ -268,3 +268,25 @@ def test_experiment_check_names_each_refused_file_and_rebalance_moves_only_what_
     assert yaml.safe_load(target.read_text())["name"] == "search_fewer_ads"
     code, _, err = run(capsys, "experiment", "rebalance", str(source), "control=30")
     assert code == 2 and "missing: fewer_ads, holdout" in err
+
+
+@pytest.mark.parametrize("kind, gap, shown", [("relative", 0.0123, "gap: 1.230%"),
+                                              ("absolute", 2.5, "gap: 2.5 (absolute)")])
+def test_call_prints_the_gap_the_way_its_kind_means_it(kind, gap, shown):
+    """An absolute gap (bound <= 0, or a negative objective under a positive bound) is printed
+    in objective units, never as a percentage (a newcomer once read 'gap 250 %')."""
+    import io
+
+    from rich.console import Console
+
+    from server._gen.reranker.v1 import reranker_pb2 as pb
+    from server.cli import _print_response
+
+    resp = pb.RerankResponse(policy="p")
+    d = resp.diagnostics
+    d.objective, d.bound, d.gap, d.gap_kind, d.bound_method = -1.0, 1.5, gap, kind, "lagrangian"
+    buf = io.StringIO()
+    _print_response(Console(file=buf, width=200), resp)
+    text = buf.getvalue()
+    assert shown in text and "(lagrangian)" in text
+    assert ("%" in text.split("gap:")[1].split()[0]) == (kind == "relative")

@@ -216,6 +216,7 @@ def test_encode_result_round_trip():
     assert dict(resp.items[0].contributions) == {"p_click": 0.5} and not resp.items[1].contributions
     d = resp.diagnostics
     assert d.status == pb.SLATE_STATUS_RELAXED and not d.HasField("bound") and not d.HasField("gap")
+    assert d.gap_kind == "" and d.bound_method == ""
     c = d.constraints[0]
     assert (c.name, c.relaxed, c.reason, c.cost) == ("cap", True, "not enough candidates", 0.1)
     assert dict(d.elapsed_us) == {"compile": 3.0, "solve": 4.0}
@@ -316,6 +317,13 @@ def test_first_rerank_returns_a_valid_slate(stub):
     assert_valid_slate(req, resp)
     assert len(resp.diagnostics.constraints) > 0
     assert any(it.contributions for it in resp.items), "explain=true must fill contributions"
+    d = resp.diagnostics
+    # the bound's meaning travels with it: how it was obtained, and which gap is reported
+    assert d.HasField("bound") and d.bound >= d.objective - 1e-9
+    assert d.bound_method in ("exact", "lagrangian", "sort") or d.bound_method.startswith("sort (")
+    assert d.gap_kind in ("relative", "absolute")
+    want = (d.bound - d.objective) / d.bound if d.gap_kind == "relative" else d.bound - d.objective
+    assert d.gap == pytest.approx(max(want, 0.0), abs=1e-9)
 
 
 def test_rerank_is_deterministic_and_dictionary_encoding_gives_the_same_slate(stub):
