@@ -242,6 +242,7 @@ def create_server(
     admission=None,
     max_connection_age_s: float | None = None,
     heavy=None,
+    worker_address: str | None = None,
 ) -> tuple[grpc.Server, int]:
     """Build a server for `engine` bound to `address` ("host:port"; port 0 = any free port).
 
@@ -264,8 +265,12 @@ def create_server(
     worker gets its share of the connections again (grpc adds +-10 % jitter); None: never.
     `heavy`: a started `server.heavy.HeavyWorker`: heavy calls are forwarded to that process
     (the heavy lane in a process of its own); None: they run in this process's heavy lane.
+    `worker_address`: also listen on this "host:port" of this process alone (never SO_REUSEPORT,
+    so a port in use fails loudly), for clients that balance over the workers themselves
+    (`serve --worker-ports`); same servicer, handler pool, health and reflection. The returned
+    server is then a `ServerGroup` of the two (start / stop / wait_for_termination).
 
-    Returns (server, bound port). Raises BindError if the address cannot be bound.
+    Returns (server, bound port). Raises BindError if an address cannot be bound.
     """
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -280,30 +285,77 @@ def create_server(
 
     if not isinstance(admission, Admission):
         admission = Admission(admission)
-    server = grpc.server(
-        _ShedCountingPool(admission, steps_observer=None if metrics is None else metrics.observe_steps,
-                          max_workers=max_workers, thread_name_prefix="rerank"),
-        options=options,
-        maximum_concurrent_rpcs=max_concurrent_rpcs,
-    )
-    add_servicer(RerankerServicer(engine, metrics, admission, heavy=heavy), server)
-
+    pool = _ShedCountingPool(admission, steps_observer=None if metrics is None else metrics.observe_steps,
+                             max_workers=max_workers, thread_name_prefix="rerank")
+    servicer = RerankerServicer(engine, metrics, admission, heavy=heavy)
     if health_servicer is None:
         health_servicer = health.HealthServicer()
     set_serving(health_servicer, False)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
-    enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
+    def build(bind: str, opts: list) -> tuple[grpc.Server, int]:
+        server = grpc.server(pool, options=opts, maximum_concurrent_rpcs=max_concurrent_rpcs)
+        add_servicer(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
+        try:
+            if tls is None:
+                port = server.add_insecure_port(bind)
+            else:
+                port = server.add_secure_port(bind, grpc.ssl_server_credentials([tls]))
+        except RuntimeError as exc:
+            raise BindError(f"cannot listen on {bind!r}: {exc}") from exc
+        if port == 0:  # older grpc versions report failure this way
+            raise BindError(f"cannot listen on {bind!r}")
+        return server, port
+
+    server, port = build(address, options)
+    if worker_address is None:
+        return server, port
+    # grpc sets SO_REUSEPORT per server, not per port: the worker's own port needs its own
+    # server (its own completion queue and poller thread; the handler pool is the one above)
+    exclusive = [(k, 0 if k == "grpc.so_reuseport" else v) for k, v in options]
     try:
-        if tls is None:
-            port = server.add_insecure_port(address)
+        own, own_port = build(worker_address, exclusive)
+    except BindError:
+        server.stop(None)
+        raise
+    return ServerGroup((server, own)), port
+
+
+class ServerGroup:
+    """Several grpc servers of one process (the shared port and a worker's own port,
+    `create_server(worker_address=...)`) started and stopped together, like one grpc.Server."""
+
+    def __init__(self, servers) -> None:
+        self.servers = tuple(servers)
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Stop every server (each with `grace`); the event is set once all have stopped."""
+        events = [server.stop(grace) for server in self.servers]
+        done = threading.Event()
+
+        def wait() -> None:
+            for event in events:
+                event.wait()
+            done.set()
+
+        if all(event.is_set() for event in events):
+            done.set()
         else:
-            port = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
-    except RuntimeError as exc:
-        raise BindError(f"cannot listen on {address!r}: {exc}") from exc
-    if port == 0:  # older grpc versions report failure this way
-        raise BindError(f"cannot listen on {address!r}")
-    return server, port
+            threading.Thread(target=wait, name="servers-stop", daemon=True).start()
+        return done
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for server in self.servers:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if not server.wait_for_termination(left):
+                return False
+        return True
 
 
 #: Server reflection v1 (what grpcurl and current clients ask first). grpcio-reflection ships only
@@ -386,6 +438,7 @@ def serve(
     heavy_lane: str = "process",
     heavy_nice: int | None = None,
     heavy_role: str | None = None,
+    worker_port: int | None = None,
 ) -> int:
     """Load policies, start, warm up, report SERVING; run until SIGTERM / SIGINT. Returns 0.
 
@@ -420,6 +473,9 @@ def serve(
     `worker`: this process is worker number `worker` of `serve_processes` (the port is shared
     with SO_REUSEPORT, log messages say "worker ...", metrics on metrics_port + worker);
     `on_serving(port)` is called once the server reports SERVING.
+    `worker_port`: also listen on this port (same host as `address`) of this process alone, never
+    shared (no SO_REUSEPORT): `serve --worker-ports`, for clients with one channel that balance
+    over the workers' own ports (gRPC round_robin) instead of one connection per worker process.
 
     SIGTERM / SIGINT: health goes NOT_SERVING (load balancers stop sending), in-flight calls get
     `grace_s` seconds to finish, then the process exits 0. SIGHUP reloads the policies (an invalid
@@ -507,6 +563,8 @@ def serve(
             admission=admission,
             max_connection_age_s=max_connection_age_s,
             heavy=heavy,
+            worker_address=None if worker_port is None or heavy_role is not None
+            else f"{address.rsplit(':', 1)[0]}:{worker_port}",
         )
     except BaseException:
         if heavy is not None:
@@ -524,7 +582,8 @@ def serve(
         log.info(tag + "listening", extra={"health": "NOT_SERVING until warm-up is done","worker": worker, "pid": os.getpid(),"address": address if heavy_role else f"{address.rsplit(':', 1)[0]}:{port}", "port": port,
                                       "policies_dir": policies_dir, "state_dir": state_dir or None,
                                       "policies": [p.name for p in engine.list_policies()],
-                                      "max_workers": max_workers, "tls": tls is not None})
+                                      "max_workers": max_workers, "tls": tls is not None,
+                                      "worker_port": None if heavy_role else worker_port})
         def progress(step: str, i: int, n: int, seconds: float) -> None:
             log.info(tag + "warm-up", extra={"step": step, "i": i, "of": n,
                                              "seconds": round(seconds, 1), "worker": worker})

@@ -3,7 +3,7 @@
     reranker serve    [--address 127.0.0.1:50051] [--policies policies] [--workers 8]
                       [--settle 0.5] [--state-dir DIR]
                       [--metrics-port 9464] [--metrics-host 127.0.0.1]
-                      [--tls-cert FILE --tls-key FILE] [--processes 2]
+                      [--tls-cert FILE --tls-key FILE] [--processes 2] [--worker-ports BASE]
     reranker validate FILE|DIR...             exit 0 if every policy file is valid, 1 otherwise (a
                                                   folder: also no policy name in two files)
     reranker call     [--address ...] [--tls-ca FILE] FILE.json   send a Rerank request, print
@@ -105,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="server processes sharing the port (SO_REUSEPORT), one per core; each has "
                         "its own metrics port, --metrics-port + its index; 1 = serve in this "
                         "process (default %(default)s)")
+    p.add_argument("--worker-ports", type=int, default=None, metavar="BASE",
+                   help="worker i also listens on port BASE + i alone (not shared), so that one "
+                        "client channel with gRPC's round_robin over those ports uses every "
+                        "worker; health and reflection answer there too (default: off)")
     # admission control and operations (see README "Operating it")
     for flag, kind, default, metavar, text in _OPERATING_OPTIONS:
         p.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
@@ -342,6 +346,23 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
         except OSError as exc:
             err.print(f"error: cannot read TLS files: {escape(str(exc))}")
             return EXIT_USAGE
+    ports = {}
+    if args.worker_ports is not None:
+        from server.heavy import HEAVY_METRICS_PORT_OFFSET
+        from server.supervisor import check_worker_ports
+
+        metrics_ports = ()
+        if args.metrics_port > 0:
+            offsets = (0, HEAVY_METRICS_PORT_OFFSET) if args.heavy_lane == "process" else (0,)
+            metrics_ports = tuple(args.metrics_port + o + i for o in offsets
+                                  for i in range(args.processes))
+        try:
+            check_worker_ports(args.worker_ports, args.processes, args.address, metrics_ports)
+        except ValueError as exc:
+            err.print(f"error: {escape(str(exc))}")
+            return EXIT_USAGE
+        ports = ({"worker_port": args.worker_ports} if args.processes == 1
+                 else {"worker_ports": args.worker_ports})
     run = serve if args.processes == 1 else partial(serve_processes, processes=args.processes)
     workers = {} if args.workers is None else {"max_workers": args.workers}
     try:
@@ -370,6 +391,7 @@ def _cmd_serve(args, out: Console, err: Console) -> int:
             gil_switch_ms=args.gil_switch_ms,
             heavy_lane=args.heavy_lane,
             heavy_nice=args.heavy_nice,
+            **ports,
         )
     except BindError as exc:
         err.print(f"error: {escape(str(exc))}", style="red")

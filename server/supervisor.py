@@ -49,12 +49,39 @@ def reserve_port(address: str) -> tuple[socket.socket, str, int]:
     return sock, host, sock.getsockname()[1]
 
 
+def check_worker_ports(base: int, processes: int, address: str,
+                       metrics_ports: tuple[int, ...] = ()) -> None:
+    """`serve --worker-ports BASE`: worker i listens on BASE + i alone. Raises ValueError naming
+    the flag when a port is out of range or clashes with --address's port or a metrics port
+    (`metrics_ports`: every metrics port the server will bind, heavy workers' included)."""
+    if not 1 <= base <= 65535:
+        raise ValueError(f"--worker-ports: must be a port in 1-65535, got {base}")
+    last = base + processes - 1
+    if last > 65535:
+        raise ValueError(f"--worker-ports: worker ports {base}-{last} (one per process, "
+                         f"--processes {processes}) go past 65535; use a base of at most "
+                         f"{65536 - processes}")
+    ports = range(base, last + 1)
+    _host, _, port_text = address.rpartition(":")
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = 0  # the bind itself reports a bad address
+    if port in ports:
+        raise ValueError(f"--worker-ports: worker ports {base}-{last} include --address's port {port}")
+    clash = sorted(set(ports) & set(metrics_ports))
+    if clash:
+        raise ValueError(f"--worker-ports: worker ports {base}-{last} include metrics port "
+                         f"{clash[0]} (--metrics-port + a worker's index)")
+
+
 def serve_processes(
     address: str = DEFAULT_ADDRESS,
     policies_dir: str = "policies",
     *,
     processes: int = DEFAULT_PROCESSES,
     grace_s: float = DEFAULT_GRACE_S,
+    worker_ports: int | None = None,
     **options,
 ) -> int:
     """Run `processes` workers, each a full `serve` (own engine, warm-up, policy watcher, health,
@@ -66,6 +93,8 @@ def serve_processes(
     workers, which drain (`grace_s`); SIGHUP too (reload). A worker that dies after it served is
     logged and restarted; one that dies before it ever served stops everything (exit 1). Workers
     whose parent is gone (SIGKILL, crash) stop on their own, as on SIGTERM.
+    `worker_ports`: worker i also listens on port worker_ports + i alone (not shared): one
+    client channel with gRPC's round_robin over those ports keeps a connection per worker.
     Options are `serve`'s keyword arguments. Call from the main thread.
     """
     import multiprocessing
@@ -79,8 +108,9 @@ def serve_processes(
     options = dict(options, grace_s=grace_s)
 
     def start(index: int):
+        own = options if worker_ports is None else dict(options, worker_port=worker_ports + index)
         proc = ctx.Process(target=worker_entry, name=f"reranker-worker-{index}", daemon=False,
-                           args=(index, shared, policies_dir, options, log_level, ready))
+                           args=(index, shared, policies_dir, own, log_level, ready))
         proc.start()
         return proc
 
@@ -115,6 +145,8 @@ def serve_processes(
                 if not served:  # the port takes connections now (the parent held it bound only)
                     log.info("listening", extra={
                         "address": shared, "port": port, "processes": processes,
+                        "worker_ports": None if worker_ports is None
+                        else [worker_ports + i for i in range(processes)],
                         "policies_dir": policies_dir, "pid": os.getpid(),
                         "tls": options.get("tls") is not None,
                         "seconds": round(time.monotonic() - t_start, 1)})
