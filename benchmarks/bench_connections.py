@@ -38,12 +38,34 @@ COLUMNS = [("layout", "client"), ("processes", "server processes"), ("concurrenc
            ("loadavg_1m", "load avg 1 min")]
 
 
+def _free_ports(n: int) -> int:
+    """A base port with the `n` ports from it free right now (each bound briefly to check)."""
+    import socket
+
+    for _ in range(200):
+        base = _free_port()
+        socks = []
+        try:
+            for p in range(base, base + n):
+                socks.append(socket.socket())
+                socks[-1].bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 def _start(policies: Path, processes: int, worker_ports: int | None = None):
     import subprocess
 
     from benchmarks.bench_load import RERANKER, ROOT
 
     address = f"127.0.0.1:{_free_port()}"
+    while worker_ports is not None and worker_ports <= int(address.rsplit(":", 1)[1]) < worker_ports + processes:
+        address = f"127.0.0.1:{_free_port()}"
     cmd = [str(RERANKER), "serve", "--address", address, "--policies", str(policies),
            "--processes", str(processes), "--metrics-port", "0", "--log-level", "WARNING"]
     if worker_ports is not None:
@@ -82,7 +104,7 @@ def run(quick: bool = False, duration_s: float | None = None,
     with tempfile.TemporaryDirectory() as tmp:
         policies, _responses, payloads = _prepare(Path(tmp))
         payload = payloads[1000]
-        base = _free_port() + 1 if worker_ports else None
+        base = _free_ports(2) if worker_ports else None
         proc, address = _start(policies, 2, base)
         try:
             for c in concurrency:
