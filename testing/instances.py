@@ -7,8 +7,8 @@ Three families, all built directly as ConstraintTable arrays through `build`:
 - INFEASIBLE: hard rules that cannot hold together given the candidates, each with its known
   minimal conflict (a set of constraint rows).
 
-Rules are written with small constructors (`cap`, `at_least`, `window`, `pin`) so an instance
-reads like the policy it stands for.
+Rules are written with small constructors (`cap`, `at_least`, `window`, `pin`, `coverage`) so an
+instance reads like the policy it stands for.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from solvers.evaluate import evaluate
-from solvers.codes import ALL_VALUES, MAX_COUNT, MIN_COUNT, NO_MATCH, PIN, WINDOW
+from solvers.codes import ALL_VALUES, COVERAGE, MAX_COUNT, MIN_COUNT, NO_MATCH, PIN, WINDOW
 from solvers.problem import ConstraintTable, SlateProblem
 
 # ---------------------------------------------------------------------------------------------
@@ -60,6 +60,11 @@ def pin(item: int, position: int, *, hard: bool = True, penalty: float = 1.0,
         priority: int = 0) -> dict:
     """Candidate `item` at 0-based `position`."""
     return _rule(PIN, item=item, position=position, hard=hard, penalty=penalty, priority=priority)
+
+
+def coverage(attr: int, penalty: float, *, top: int | None = None, priority: int = 0) -> dict:
+    """Reward `penalty` per distinct value of `attr` in the top `top` (default all); soft only."""
+    return _rule(COVERAGE, attr=attr, top=top, hard=False, penalty=penalty, priority=priority)
 
 
 def build(utility, weights, codes, rules: list[dict], *, n_values=None,
@@ -187,6 +192,29 @@ TINY: list[Instance] = [
     _tiny("slate_is_everything", [window(1, 2, 1)], u=_U7[:4], codes=[r[:4] for r in _CODES7]),
     _tiny("single_position", [at_least(2, 1, 1)], L=1),
     _tiny("infeasible_tiny", [cap(0, 1)]),  # 3 categories, 4 positions, at most 1 each
+]
+
+
+# COVERAGE rows (soft, a reward per distinct value in a prefix) mixed with the other rules; kept
+# apart from TINY, whose instances every exact backend and the bound tests take as they are.
+TINY_COVERAGE: list[Instance] = [
+    _tiny("cov_plain", [coverage(0, 0.3)]),
+    _tiny("cov_prefix_and_cap", [coverage(1, 0.5, top=2), cap(0, 2)]),
+    _tiny("cov_hard_pin_inside_prefix", [pin(6, 0), coverage(0, 0.4, top=3)]),
+    _tiny("cov_hard_pin_outside_prefix", [pin(5, 3), coverage(0, 0.4, top=2)]),
+    _tiny("cov_big_reward_soft_window", [coverage(0, 2.0, top=3),
+                                         window(1, 2, 1, hard=False, penalty=0.1)]),
+    _tiny("cov_soft_pin_and_min", [coverage(2, 0.6, top=2), at_least(2, 1, 1, top=3),
+                                   pin(4, 1, hard=False, penalty=0.2)]),
+    _tiny("cov_two_rows", [coverage(0, 0.25, top=2), coverage(1, 0.35), cap(1, 1, top=2)]),
+    _tiny("cov_top_one", [coverage(0, 1.0, top=1), window(0, 2, 1)]),
+    _tiny("cov_increasing_weights", [coverage(0, 0.3, top=2)], w=[0.2, 0.5, 0.7, 1.0]),
+    _tiny("cov_negative_weight", [coverage(1, 0.4, top=3)], w=[1.0, 0.5, 0.0, -0.3]),
+    _tiny("cov_unused_value", [coverage(0, 0.5)], n_values=[5, 3, 2]),
+    _tiny("cov_all_pinned", [pin(4, 0), pin(0, 1), coverage(0, 0.7)], L=2),
+    # the pinned item is the only one of its value: the pin alone covers it
+    _tiny("cov_pin_covers_a_unique_value", [pin(6, 1), coverage(0, 0.4, top=3)],
+          codes=[[0, 0, 0, 1, 1, 2, 3]]),
 ]
 
 
@@ -318,7 +346,29 @@ ALL: list[Instance] = TINY + MEDIUM + INFEASIBLE
 
 def random_tiny(seed: int) -> SlateProblem:
     """A random tiny instance (N <= 7, L <= 4) for property tests; may be infeasible."""
-    rng = np.random.default_rng(seed)
+    u, w, codes, rules, n_values = _random_tiny_parts(np.random.default_rng(seed))
+    return build(u, w, codes, rules, n_values=n_values)
+
+
+def random_tiny_coverage(seed: int) -> SlateProblem:
+    """`random_tiny(seed)` plus one or two COVERAGE rows (random attribute, top, reward) at
+    random places among its rules, drawn from a second generator; a hard pin inside a coverage
+    prefix is made likely by adding one with probability 1/2. May be infeasible."""
+    u, w, codes, rules, n_values = _random_tiny_parts(np.random.default_rng(seed))
+    rng = np.random.default_rng([seed, 15])
+    L, n, A = w.shape[0], u.shape[0], len(codes)
+    if rng.random() < 0.5:
+        rules.append(pin(int(rng.integers(0, n)), int(rng.integers(0, L)),
+                         hard=bool(rng.random() < 0.7), penalty=0.5))
+    for _ in range(int(rng.integers(1, 3))):
+        row = coverage(int(rng.integers(0, A)), float(np.round(rng.uniform(0.05, 1.5), 3)),
+                       top=int(rng.integers(1, L + 1)) if rng.random() < 0.7 else None)
+        rules.insert(int(rng.integers(0, len(rules) + 1)), row)
+    return build(u, w, codes, rules, n_values=n_values)
+
+
+def _random_tiny_parts(rng: np.random.Generator):
+    """(utility, weights, codes, rules, n_values) of `random_tiny`."""
     n = int(rng.integers(1, 8))
     L = int(rng.integers(1, min(n, 4) + 1))
     A = int(rng.integers(1, 3))
@@ -350,4 +400,4 @@ def random_tiny(seed: int) -> SlateProblem:
         else:
             rules.append(pin(int(rng.integers(0, n)), int(rng.integers(0, L)), hard=hard,
                              penalty=pen, priority=pr))
-    return build(u, w, codes, rules, n_values=n_values)
+    return u, w, codes, rules, n_values

@@ -21,17 +21,20 @@ from hypothesis import strategies as st
 
 from engine import portfolio
 from solvers.codes import (
-    ALL_VALUES, CALIBRATION, COVERAGE, DIV_DPP, DIV_MMR, MAX_COUNT, RELAX_INFEASIBLE, RELAX_NONE,
-    RELAX_PIN_INVALID, WINDOW,
+    ALL_VALUES, CALIBRATION, COVERAGE, DIV_DPP, DIV_MMR, MAX_COUNT, NO_MATCH, RELAX_INFEASIBLE,
+    RELAX_NONE, RELAX_PIN_INVALID, WINDOW,
 )
 from solvers.evaluate import evaluate
 from solvers.exact import exact_unsupported, find_conflict, solve_cpsat, solve_mip
 from solvers.exact import conflict
 from solvers.exact.model import build_model, canonical_slate
 from solvers.exact.pricing import lp_upper_bound, prepare
+from solvers.greedy import solve_greedy
 from solvers.problem import ConstraintTable, SlateProblem, SolveResult
 from testing.instances import (
-    INFEASIBLE, MEDIUM, TINY, active_hard, brute_force, is_valid, random_tiny, with_active,
+    INFEASIBLE, MEDIUM, TINY, TINY_COVERAGE, active_hard, at_least, brute_force, build, cap,
+    coverage, dcg, is_valid, medium_problem, pin, random_tiny, random_tiny_coverage, window,
+    with_active,
 )
 
 LIMIT = 20.0  # generous: every instance here is proven in well under a second
@@ -321,22 +324,200 @@ def test_zero_budget_returns_a_valid_answer_no_worse_than_the_hint(backend):
         assert check(p, res, backend) >= objective(p, hint) - TOL
 
 
-def test_terms_the_exact_model_lacks_are_refused_but_conflicts_still_found():
-    """Coverage / calibration rows and similarity diversity are the greedy's: the exact solvers
-    refuse them with a clear error; feasibility (hard rows only) is still searched."""
+def _inf_spacing_plus(extra: dict) -> SlateProblem:
+    """inf_spacing (rows 0 and 1 conflict) with one more soft row."""
     base = next(i for i in INFEASIBLE if i.name == "inf_spacing").problem()
-    t = base.constraints
-    table = dataclasses.replace(
-        t, **{f: np.r_[getattr(t, f), v] for f, v in dict(
-            kind=COVERAGE, attr=2, value=-1, bound=0, top=base.length, size=0, hard=False,
-            penalty=0.3, priority=0, item=-1, position=-1).items()},
-        target=None, target_offset=None)
-    p = dataclasses.replace(base, constraints=table, active=np.r_[base.active, True],
-                            pre_reason=np.r_[base.pre_reason, 0])
+    rows = [
+        dict(kind=int(base.constraints.kind[c]), attr=int(base.constraints.attr[c]),
+             value=int(base.constraints.value[c]), bound=int(base.constraints.bound[c]),
+             top=int(base.constraints.top[c]), size=int(base.constraints.size[c]),
+             priority=int(base.constraints.priority[c]))
+        for c in range(base.constraints.n)] + [extra]
+    return SlateProblem(base.utility, base.position_weight, base.codes, base.n_values,
+                        ConstraintTable.from_rows(rows, length=base.length),
+                        np.ones(len(rows), dtype=np.bool_), np.zeros(len(rows), dtype=np.int64))
+
+
+def test_terms_the_exact_model_lacks_are_refused_but_conflicts_still_found():
+    """Calibration rows and similarity diversity are the greedy's: the exact solvers refuse them
+    with a clear error; feasibility (hard rows only) is still searched. A coverage row is
+    modelled: the solve relaxes the conflict and optimises the rest, coverage included."""
+    p = _inf_spacing_plus(dict(kind=CALIBRATION, attr=2, hard=False, penalty=0.3,
+                               target=[0.2, 0.3, 0.5]))
     for solve in (solve_mip, solve_cpsat):
-        with pytest.raises(ValueError, match="coverage / calibration rows"):
+        with pytest.raises(ValueError, match=re.escape("calibration (KL divergence) is not linear")):
             solve(p, time_limit_s=LIMIT)
     assert find_conflict(p, time_limit_s=LIMIT) == [0, 1]
+    p = _inf_spacing_plus(dict(kind=COVERAGE, attr=2, hard=False, penalty=0.3, top=3))
+    assert find_conflict(p, time_limit_s=LIMIT) == [0, 1]
+    for solve in (solve_mip, solve_cpsat):
+        res = solve(p, time_limit_s=LIMIT, relax=True)
+        assert res.status == "relaxed" and np.flatnonzero(res.relaxed).tolist() == [1]
+        rest = with_active(p, [0, 2])
+        assert check(p, res, res.solver) == pytest.approx(brute_force(rest)[0], abs=TOL)
+
+
+# --------------------------------------------------------------------------------------------
+# COVERAGE rows in the exact model
+# --------------------------------------------------------------------------------------------
+
+def test_tiny_coverage_instances_reward_coverage():
+    """The canned coverage instances are not decided by utility alone: in most of them the
+    coverage reward changes the optimal slate (else the tests below could not fail)."""
+    changed = 0
+    for inst in TINY_COVERAGE:
+        p = inst.problem()
+        t = p.constraints
+        flat = dataclasses.replace(p, constraints=dataclasses.replace(
+            t, penalty=np.where(t.kind == COVERAGE, 0.0, t.penalty)))
+        changed += not np.array_equal(brute_force(p)[1], brute_force(flat)[1])
+    assert changed >= len(TINY_COVERAGE) // 2
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("inst", TINY_COVERAGE, ids=lambda i: i.name)
+def test_tiny_coverage_equals_brute_force(inst, backend):
+    p = inst.problem()
+    assert exact_unsupported(p) is None
+    best, _ = _bf(inst)
+    res = BACKENDS[backend](p)
+    assert res.status == "optimal"
+    assert check(p, res, backend) == pytest.approx(best, abs=TOL)
+    assert res.bound == pytest.approx(best, abs=1e-5)
+    hint = worst_feasible(p)
+    res = BACKENDS[backend](p, hint=hint)
+    assert res.status == "optimal" and check(p, res, backend) == pytest.approx(best, abs=TOL)
+
+
+@pytest.mark.parametrize("inst", TINY_COVERAGE, ids=lambda i: i.name)
+def test_coverage_model_reads_every_slate_like_evaluate(inst):
+    """Column costs + constant - priced violations of the coverage rows == evaluate, for every
+    feasible slate the model can express (the constant holds -reward * min(top, n_distinct),
+    the values the pins cover and one reward per coverable value)."""
+    p = inst.problem()
+    m = build_model(p)
+    assert not m.conflict
+    seen = 0
+    for s in itertools.islice(feasible_slates(p), 400):
+        cols = m.columns_of(s)
+        if cols is None:
+            continue
+        seen += 1
+        val = m.col_cost[cols].sum() + m.constant - m.rows.penalty @ m.violations(cols)
+        assert val == pytest.approx(objective(p, s), abs=1e-9)
+    assert seen
+
+
+@pytest.mark.parametrize("inst", TINY_COVERAGE, ids=lambda i: i.name)
+def test_coverage_weak_duality_bound_holds_for_any_multipliers(inst):
+    """lp_upper_bound with coverage rows, for arbitrary multipliers (clipped to [-reward, 0] on
+    the coverage rows): UB and UB + d[k] bound the brute-force optimum using column k."""
+    p = inst.problem()
+    best, slate = _bf(inst)
+    m = build_model(p)
+    if m.free_pos.shape[0] == 0:
+        return
+    canon = canonical_slate(m, slate)
+    assert canon is not None and objective(p, canon) >= best - TOL
+    cols = m.columns_of(canon)
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        pi = rng.normal(scale=2.0, size=m.free_pos.shape[0])
+        mu = rng.normal(scale=1.0, size=m.rows.n)
+        ub, d = lp_upper_bound(m, pi, mu)
+        assert ub >= best - TOL
+        assert np.all(ub + d[cols] >= best - TOL)
+
+
+def test_coverage_reads_its_attribute_by_the_full_code():
+    """Candidates that no other rule tells apart but that differ on a coverage attribute are in
+    different classes (else the class reduction would keep only the best of them)."""
+    u = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+    codes = [[0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 1, 2]]
+    # the value field means nothing to a coverage row (evaluate ignores it): any value
+    for value in (ALL_VALUES, NO_MATCH, 0, 7):
+        p = build(u, dcg(3), codes, [cap(0, 3), dict(coverage(1, 1.0), value=value)])
+        m = build_model(p)
+        assert len(set(m.klass[[0, 4, 5]].tolist())) == 3
+        res = solve_mip(p, time_limit_s=LIMIT)
+        assert sorted(codes[1][j] for j in res.slate) == [0, 1, 2]  # reward 1 beats 0.2 - 0.4
+        assert check(p, res, "mip") == pytest.approx(brute_force(p)[0], abs=TOL)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**31 - 1), st.booleans())
+def test_exact_equals_brute_force_on_random_tiny_with_coverage(seed, use_hint):
+    """Coverage rows mixed with caps, minimums, windows and pins (hard and soft, pins inside and
+    outside the coverage prefix, top < L and top = L): every backend, priced and unpriced,
+    finds the brute-force optimum, and its bound is valid."""
+    p = random_tiny_coverage(seed)
+    assert exact_unsupported(p) is None
+    best, arg = brute_force(p)
+    hint = worst_feasible(p) if (use_hint and arg is not None) else None
+    for name in BACKENDS:
+        res = BACKENDS[name](p, hint=hint)
+        obj = check(p, res, name)
+        if best == -np.inf:
+            assert res.status == "infeasible"
+        else:
+            assert res.status == "optimal" and obj == pytest.approx(best, abs=TOL)
+
+
+def _medium_coverage(seed: int, n: int, L: int, top: int, reward: float,
+                     attr: int = 0) -> SlateProblem:
+    """medium_problem's mixed rules plus a coverage row on `attr` (0 category, 1 seller)."""
+    base = medium_problem(seed, n, L)
+    t = base.constraints
+    rows = [dict(kind=int(t.kind[c]), attr=int(t.attr[c]), value=int(t.value[c]),
+                 bound=int(t.bound[c]), top=int(t.top[c]), size=int(t.size[c]),
+                 hard=bool(t.hard[c]), penalty=float(t.penalty[c]), item=int(t.item[c]),
+                 position=int(t.position[c])) for c in range(t.n)]
+    rows.append(coverage(attr, reward, top=top))
+    return build(base.utility, base.position_weight, base.codes, rows, n_values=base.n_values)
+
+
+@pytest.mark.parametrize("seed, n, L, top, reward, attr", [
+    (1, 120, 10, 10, 0.5, 0), (2, 200, 12, 6, 0.3, 0), (3, 150, 10, 10, 0.2, 1),
+    (4, 300, 15, 8, 1.0, 0),
+])
+def test_pricing_never_prunes_the_coverage_optimum(seed, n, L, top, reward, attr):
+    """LP-priced MIP (reduced-cost fixing against the greedy-like hint) and the unpriced CP-SAT
+    solve reach the same optimum; the priced model keeps a column set that holds it."""
+    p = _medium_coverage(seed, n, L, top, reward, attr)
+    mip = solve_mip(p, time_limit_s=LIMIT)
+    free = solve_cpsat(p, time_limit_s=LIMIT, prune=False)
+    a, b = check(p, mip, "mip"), check(p, free, "cpsat")
+    assert mip.status == free.status == "optimal"
+    assert a == pytest.approx(b, abs=1e-6 * max(1.0, abs(a)))
+    # prune against the greedy slate and against worse feasible slates: the optimum's canonical
+    # columns always survive, and the greedy one prunes most of the universe
+    near = neighbours(p, free.slate, np.random.default_rng(seed))
+    hints = [solve_greedy(p).slate, min(near, key=lambda s: objective(p, s))] + near[:5]
+    for k, hint in enumerate(hints):
+        if not is_valid(p, hint):
+            continue
+        prep = prepare(p, hint=hint, deadline=float("inf"))
+        if k == 0:
+            assert prep.cols.shape[0] * 3 < prep.model.n_cols
+        canon = canonical_slate(prep.model, free.slate)
+        assert canon is not None and objective(p, canon) >= b - TOL
+        assert np.isin(prep.model.columns_of(canon), prep.cols).all()
+        assert prep.upper_bound >= b - TOL
+        res = solve_mip(p, time_limit_s=LIMIT, hint=hint)
+        assert res.status == "optimal" and check(p, res, "mip") == pytest.approx(a, abs=1e-6)
+
+
+def test_portfolio_proves_a_coverage_policy_optimal():
+    """auto mode on a coverage problem with a generous budget: the MIP runs (not skipped),
+    proves the optimum (gap 0) and the reported objective is evaluate's of the slate."""
+    p = _medium_coverage(5, 300, 12, 10, 0.5)
+    out = portfolio.solve(p, mode="auto", deadline=time.perf_counter() + LIMIT)
+    assert out.exact_status == "optimal" and "solve_exact" in out.elapsed_us
+    assert out.status == "optimal"
+    assert out.objective == pytest.approx(objective(p, out.result.slate), abs=1e-9)
+    assert out.bound == pytest.approx(out.objective, abs=1e-6 * max(1.0, abs(out.objective)))
+    ref = solve_cpsat(p, time_limit_s=LIMIT, prune=False)
+    assert out.objective == pytest.approx(check(p, ref, "cpsat"), abs=1e-6)
 
 
 def _term_problem(extra: dict | None = None, **diversity) -> SlateProblem:
@@ -353,11 +534,11 @@ def _term_problem(extra: dict | None = None, **diversity) -> SlateProblem:
 
 
 UNSUPPORTED_TERMS = {
-    "similarity diversity (mmr)": dict(div_mode=DIV_MMR, div_weight=0.5),
-    "similarity diversity (dpp)": dict(div_mode=DIV_DPP, div_weight=0.5, div_window=2),
-    "coverage / calibration rows (coverage row 1)": dict(
-        extra=dict(kind=COVERAGE, attr=0, hard=False, penalty=0.3)),
-    "coverage / calibration rows (calibration row 1)": dict(
+    "similarity diversity (mmr) is not linear: greedy only": dict(div_mode=DIV_MMR,
+                                                                   div_weight=0.5),
+    "similarity diversity (dpp) is not linear: greedy only": dict(div_mode=DIV_DPP,
+                                                                   div_weight=0.5, div_window=2),
+    "calibration (KL divergence) is not linear: greedy only": dict(
         extra=dict(kind=CALIBRATION, attr=0, hard=False, penalty=0.5, target=[0.5, 0.3, 0.2])),
 }
 SUPPORTED_TERMS = {
@@ -365,6 +546,9 @@ SUPPORTED_TERMS = {
     "diversity method with weight 0 (off)": dict(div_mode=DIV_MMR, div_weight=0.0),
     "soft window": dict(extra=dict(kind=WINDOW, attr=0, value=ALL_VALUES, bound=1, size=2,
                                    hard=False, penalty=0.2)),
+    "coverage": dict(extra=dict(kind=COVERAGE, attr=0, hard=False, penalty=0.3)),
+    "coverage in a prefix": dict(extra=dict(kind=COVERAGE, attr=0, top=2, hard=False,
+                                            penalty=1.5)),
 }
 
 
@@ -380,6 +564,29 @@ def test_each_unsupported_term_gets_its_reason_and_the_exact_solvers_refuse_it(r
     out = portfolio.solve(p, mode="exact", deadline=time.perf_counter() + LIMIT)
     assert out.exact_status == f"skipped: {reason}" and "solve_exact" not in out.elapsed_us
     assert portfolio.solve(p, mode="greedy", deadline=time.perf_counter() + LIMIT).exact_status == ""
+
+
+@pytest.mark.parametrize("extra, reason", [
+    (dict(kind=COVERAGE, attr=0, hard=False, penalty=-0.3),
+     "coverage row 1 has a negative reward -0.3 (coverage is soft with a reward >= 0): "
+     "greedy only"),
+    (dict(kind=COVERAGE, attr=0, hard=True),
+     "coverage row 1 is marked hard (coverage is soft with a reward >= 0): greedy only"),
+])
+def test_a_coverage_row_outside_its_definition_is_refused(extra, reason):
+    """Coverage is soft with a reward >= 0 (solvers.problem; the greedy rejects anything else):
+    the exact model, which relies on it, refuses such a row by name rather than mis-solve it."""
+    p = _term_problem(extra)
+    assert exact_unsupported(p) == reason
+    for solve in (solve_mip, solve_cpsat):
+        with pytest.raises(ValueError, match=re.escape(reason)):
+            solve(p, time_limit_s=LIMIT)
+    with pytest.raises(ValueError, match="coverage rows are soft only" if extra["hard"] else
+                       "penalty"):
+        if extra["hard"]:
+            build_model(p)
+        else:
+            solve_greedy(p)
 
 
 @pytest.mark.parametrize("name", SUPPORTED_TERMS)

@@ -10,8 +10,9 @@ moves each term by at most 0.5 / scale, so the objective of any slate moves by a
 E = 0.5 * (P + sum of violation upper bounds) / scale, about 1e-8 relative: a slate optimal for
 the scaled objective is within 2E of the true optimum, and the reported bound is
 scaled_bound / scale + E, which is a true upper bound. The reported objective is always
-re-evaluated by `evaluate`. Minimal conflicts of hard rules (also CP-SAT) are
-`solvers.exact.conflict`.
+re-evaluated by `evaluate`. Coverage rows are the soft >= rows of the model (an e_v in {0, 1}
+per coverable value, count_v + e_v >= 1; solvers.exact.model), so they need no code of their
+own here. Minimal conflicts of hard rules (also CP-SAT) are `solvers.exact.conflict`.
 """
 
 from __future__ import annotations

@@ -7,11 +7,18 @@ Formulation (data -> variables -> constraints -> objective -> solve -> status ->
     sum_{k at p} x[k] = 1          every free position holds one candidate
     sum_{k of j} x[k] <= 1         every candidate at most once
     count_r(x) - e[r] <= rhs[r]    max_count / window rows (one per value and window)
-    count_r(x) + e[r] >= rhs[r]    min_count rows
+    count_r(x) + e[r] >= rhs[r]    min_count rows, and coverage rows (rhs 1, see below)
     max  sum_k cost[k] x[k] - sum_r penalty[r] e[r] + constant
 which is `evaluate`'s objective term by term: max_count with ALL_VALUES has one row (and one e)
 per value, window one per window and value, soft pins add penalty to their column and -penalty
-to the constant, hard pins fix their position.
+to the constant, hard pins fix their position. A COVERAGE row (reward `penalty` per distinct
+value of its attribute at positions < m = min(top, L)) is linearised as y_v <= count_v(x) with
+y_v in [0, 1] for every value v that some column at a position < m can cover; with
+y_v = 1 - e_v that is the soft row count_v(x) + e_v >= 1 priced `penalty`, and the constant gets
+penalty * (coverable values + values the hard pins in the top m cover) - penalty * min(top,
+n_distinct) (solvers.exact.model). At integral x the optimum takes e_v = 0 exactly when v is
+covered, so the objective is evaluate's. Similarity diversity (MMR, DPP) and calibration rows
+are not linear: `exact_unsupported` refuses them (greedy only).
 
 Backend choice, by measurement (`python -m benchmarks.bench_exact --quick --backends`: the same
 reduced model and columns, greedy slate as start, one call incl. model building, 2-core

@@ -4,7 +4,21 @@ The exact solvers work on an assignment model: a 0/1 variable per (candidate j, 
 "column", one item per position, each item at most once, and every counting rule written as a
 *count row*: the number of columns (j, p) with codes[attr, j] == value and lo <= p < hi is
 <= rhs (max_count, window) or >= rhs (min_count). This module builds that model from a
-SlateProblem and shrinks it, each step safe in the sense stated next to it:
+SlateProblem and shrinks it, each step safe in the sense stated next to it.
+
+COVERAGE rows (soft, reward `penalty` per value) are count rows too. With m = min(top, L),
+evaluate's term is -penalty * (min(top, n_distinct) - covered), covered = sum over values v of
+y_v, y_v = 1 when some item of value v sits at a position < m. In the linear model y_v <= count_v
+(y_v in [0, 1]; at integral x the optimum takes y_v = min(1, count_v)); writing y_v = 1 - e_v, that
+is the soft minimum row count_v + e_v >= 1 over [0, m) with violation e_v priced `penalty`, and
+penalty per such row moves to the constant. So one soft min_count row (rhs 1) per value that a
+universe column at a position < m can cover, and constant += penalty * (those values + values
+the hard pins in the top m already cover, whose rows are dropped) - penalty * min(top,
+n_distinct), n_distinct counted over all N candidates as evaluate counts it. A value no column
+can reach adds nothing (its y_v is 0 in every slate). The LP dual of such a row is a price in
+[-penalty, 0] in the >= convention of solvers.exact.pricing, i.e. a reward >= 0 on the columns
+that cover v: the rules of every other soft minimum row, so pricing, reduced-cost fixing, HiGHS
+and CP-SAT take coverage without a special case.
 
 1. `class_ranks` / universe (safe for optimality and for feasibility): candidates that no rule
    can tell apart form a class; only the top L of a class by utility can ever be needed, and
@@ -13,7 +27,8 @@ SlateProblem and shrinks it, each step safe in the sense stated next to it:
 3. Rows that can never bind are dropped (fewer matching items or free positions than the bound).
 
 The fourth reduction, LP pricing and reduced-cost fixing, is `solvers.exact.pricing`.
-`exact_unsupported` says which problems the model cannot represent (and why). Nothing here
+`exact_unsupported` says which problems the model cannot represent (and why): similarity
+diversity (MMR, DPP) and CALIBRATION rows, which are not linear in the assignment (greedy only). Nothing here
 knows about policies or about a solver; `solvers.exact.highs_mip` and `solvers.exact.cpsat`
 solve the reduced model and map columns back to candidate indices. Light on purpose: numpy
 only, so that `import solvers.exact` (which exports `exact_unsupported`) loads no solver.
@@ -26,7 +41,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solvers.codes import ALL_VALUES, DIV_NAMES, KIND_NAMES, MAX_COUNT, MIN_COUNT, PIN, WINDOW
+from solvers.codes import (
+    ALL_VALUES, CALIBRATION, COVERAGE, DIV_NAMES, KIND_NAMES, MAX_COUNT, MIN_COUNT, PIN, WINDOW,
+)
 from solvers.evaluate import evaluate
 from solvers.problem import SlateProblem
 
@@ -66,9 +83,9 @@ def exact_unsupported(problem: SlateProblem) -> str | None:
     The one answer to that question: the portfolio skips the exact solve when it is not None
     (and reports ``"skipped: <reason>"`` as the exact status), and `solve_mip` / `solve_cpsat`
     refuse the problem with the reason in their error. The exact model holds the utility and
-    the MAX_COUNT / MIN_COUNT / WINDOW / PIN rows; similarity diversity (MMR, DPP) and
-    COVERAGE / CALIBRATION rows are not linear in the assignment and only the greedy and
-    `evaluate` model them.
+    the MAX_COUNT / MIN_COUNT / WINDOW / PIN rows, hard or soft, and the (soft) COVERAGE rows
+    (linearised, see the module docstring). Similarity diversity (MMR, DPP) and CALIBRATION rows
+    (a KL divergence) are not linear in the assignment: only the greedy and `evaluate` model them.
 
     Parameters
     ----------
@@ -80,21 +97,31 @@ def exact_unsupported(problem: SlateProblem) -> str | None:
     Returns
     -------
     str or None
-        None when the exact solvers can take the problem; else a short reason, e.g.
-        ``"similarity diversity (mmr)"`` or ``"coverage / calibration rows (coverage row 3)"``
-        (the first such row of the constraint table).
+        None when the exact solvers can take the problem; else a short reason a policy editor
+        can read, e.g. ``"similarity diversity (mmr) is not linear: greedy only"`` or
+        ``"calibration (KL divergence) is not linear: greedy only"``. Also refused, by the first
+        such row of the constraint table: a COVERAGE row marked hard or with a negative reward
+        (solvers.problem defines coverage as soft with a reward >= 0) and a rule kind the model
+        does not know.
     """
     if problem.diversity_on:
         mode = int(problem.div_mode)
         name = DIV_NAMES[mode] if 0 <= mode < len(DIV_NAMES) else f"method {mode}"
-        return f"similarity diversity ({name})"
-    kind = problem.constraints.kind
-    bad = np.flatnonzero(model_rows(problem) & ((kind < MAX_COUNT) | (kind > PIN)))
+        return f"similarity diversity ({name}) is not linear: greedy only"
+    t = problem.constraints
+    rows = model_rows(problem)
+    kind = t.kind
+    if np.any(rows & (kind == CALIBRATION)):
+        return "calibration (KL divergence) is not linear: greedy only"
+    bad = np.flatnonzero(rows & ((kind < MAX_COUNT) | (kind > COVERAGE)))
     if bad.shape[0]:
         c = int(bad[0])
-        k = int(kind[c])
-        name = KIND_NAMES[k] if 0 <= k < len(KIND_NAMES) else f"kind {k}"
-        return f"coverage / calibration rows ({name} row {c})"
+        return f"rule kind {int(kind[c])} (row {c}) has no exact model: greedy only"
+    cov = np.flatnonzero(rows & (kind == COVERAGE) & (t.hard | (t.penalty < 0.0)))
+    if cov.shape[0]:
+        c = int(cov[0])
+        what = "is marked hard" if t.hard[c] else f"has a negative reward {float(t.penalty[c])}"
+        return f"coverage row {c} {what} (coverage is soft with a reward >= 0): greedy only"
     return None
 
 
@@ -144,8 +171,9 @@ def constraint_classes(problem: SlateProblem, rows: np.ndarray) -> np.ndarray:
 
     Two candidates are in one class when, for every attribute a counting rule in `rows` reads,
     they match exactly the same rule values (the full code when some rule on `a` applies to
-    ALL_VALUES, otherwise only which of the rules' named values the code equals), and neither is
-    named by a PIN row in `rows` (pinned candidates are singletons). Swapping two members of a
+    ALL_VALUES or when a COVERAGE rule reads `a`, otherwise only which of the rules' named values
+    the code equals), and neither is named by a PIN row in `rows` (pinned candidates are
+    singletons). Swapping two members of a
     class at a position therefore leaves every count of every rule unchanged.
 
     Parameters
@@ -168,11 +196,13 @@ def constraint_classes(problem: SlateProblem, rows: np.ndarray) -> np.ndarray:
     for a in np.unique(t.attr[counting]).tolist():
         on_a = counting & (t.attr == a)
         code = problem.codes[a]
-        # min_count never reads ALL_VALUES (its count is 0, see evaluate)
-        if np.any((t.kind[on_a] != MIN_COUNT) & (t.value[on_a] == ALL_VALUES)):
+        # min_count never reads ALL_VALUES (its count is 0, see evaluate); coverage reads every
+        # value (which values sit in its prefix)
+        kinds, values = t.kind[on_a], t.value[on_a]
+        if np.any((kinds == COVERAGE) | ((kinds != MIN_COUNT) & (values == ALL_VALUES))):
             cols.append(code)
         else:
-            named = np.unique(t.value[on_a][t.value[on_a] >= 0])
+            named = np.unique(values[values >= 0])
             named = named[named < problem.n_values[a]]
             lut = np.full(int(problem.n_values[a]) + 1, -1, dtype=np.int64)
             lut[named] = np.arange(named.shape[0])
@@ -229,7 +259,8 @@ class CountRows:
 
     upper: count <= rhs (max_count, window); else count >= rhs (min_count). Soft rows carry a
     violation variable e >= 0 (count - e <= rhs, or count + e >= rhs) priced `penalty` per unit,
-    which is exactly `evaluate`'s per-value / per-window violation.
+    which is exactly `evaluate`'s per-value / per-window violation. A COVERAGE row becomes one
+    soft >= row with rhs 1 per coverable value over [0, m) (the module docstring).
     """
 
     constraint: np.ndarray  # int64[R] ConstraintTable row this count row comes from
@@ -339,8 +370,8 @@ def build_model(problem: SlateProblem, *, objective: bool = True,
     Parameters
     ----------
     problem : SlateProblem
-        The problem; only MAX_COUNT, MIN_COUNT, WINDOW and PIN rows may be among the modelled
-        rows (`exact_unsupported` says so beforehand).
+        The problem; only MAX_COUNT, MIN_COUNT, WINDOW, PIN and (soft) COVERAGE rows may be among
+        the modelled rows (`exact_unsupported` says so beforehand).
     objective : bool, default True
         True: active hard rows + soft rows, costs = weight * utility (+ soft pins). False: active
         hard rows only (a feasibility model, for conflict search).
@@ -356,23 +387,29 @@ def build_model(problem: SlateProblem, *, objective: bool = True,
     Raises
     ------
     ValueError
-        When a modelled row has a kind the model cannot represent (coverage, calibration).
+        When a modelled row has a kind the model cannot represent (calibration) or is a hard
+        coverage row.
     """
     t = problem.constraints
     N, L = problem.n, problem.length
     u = problem.utility
     w = problem.position_weight
     rows_on = model_rows(problem, objective=objective)
-    if np.any(t.kind[rows_on] > PIN) or np.any(t.kind[rows_on] < MAX_COUNT):
-        raise ValueError("build_model: only max_count, min_count, window and pin rows can be "
-                         f"modelled exactly, got kinds {sorted(set(t.kind[rows_on].tolist()))}")
+    if np.any(t.kind[rows_on] > COVERAGE) or np.any(t.kind[rows_on] < MAX_COUNT):
+        raise ValueError("build_model: only max_count, min_count, window, pin and coverage rows "
+                         "can be modelled exactly, got kinds "
+                         f"{sorted(set(t.kind[rows_on].tolist()))}")
+    if np.any(rows_on & (t.kind == COVERAGE) & t.hard):
+        raise ValueError("build_model: coverage rows are soft only, got a hard one (row "
+                         f"{int(np.flatnonzero(rows_on & (t.kind == COVERAGE) & t.hard)[0])})")
     conflict: list[int] = []
 
     # ---- classes: the universe of candidates that can appear in some optimal slate ---------
     # Safety (w >= 0): in any slate, replace a used candidate j of class K that is not among the
     # top L of K by an unused one of the top L of K (one exists: at most L - 1 other members of K
     # are used). Same class = same match with every rule value and not pinned, so every count,
-    # violation and pin is unchanged, and w[p] * u_top >= w[p] * u_j. Hence some optimal (and,
+    # violation and pin is unchanged (coverage too: its attribute is read by the full code, so
+    # the same values sit in every prefix), and w[p] * u_top >= w[p] * u_j. Hence some optimal (and,
     # with no objective, some feasible) slate uses only top-L members. With a negative weight a
     # position may prefer the worst members, so the bottom L are kept too.
     klass = constraint_classes(problem, rows_on)
@@ -386,6 +423,7 @@ def build_model(problem: SlateProblem, *, objective: bool = True,
     # positions cannot lower the objective ((w_p - w_q)(u_hi - u_lo) >= 0 for p < q) and keeps
     # every count (same codes at the same positions). With the top-L swap above, some optimal
     # slate uses each class's members 0..m-1 in rank order, so member k sits at position >= k.
+    # (Coverage depends only on which codes sit at positions < top: unchanged by both swaps.)
     # For feasibility alone (no objective) the same swaps hold for any weights.
     canonical = weights_monotone(problem) or not objective
 
@@ -454,6 +492,7 @@ def build_model(problem: SlateProblem, *, objective: bool = True,
 
     # ---- count rows -----------------------------------------------------------------------
     free_cum = np.r_[0, np.cumsum(free)]
+    codes = problem.codes
     chunks: list[tuple] = []
     counting = np.flatnonzero(rows_on & (t.kind != PIN))
     for c in counting.tolist():
@@ -461,6 +500,19 @@ def build_model(problem: SlateProblem, *, objective: bool = True,
         soft = not bool(t.hard[c])
         pen = float(t.penalty[c]) if soft else 0.0
         m = min(int(t.top[c]), L)
+        if k == COVERAGE:
+            # Linearised as soft "count_v + e_v >= 1" rows over [0, m) (module docstring).
+            n_distinct = int(np.unique(codes[a]).shape[0]) if N else 0
+            reach = np.zeros(int(problem.n_values[a]), dtype=np.bool_)
+            reach[codes[a, items[col_item[col_pos < m]]]] = True  # a column can cover it
+            if fix_pins:
+                top_fixed = fixed[:m][fixed[:m] >= 0]
+                reach[codes[a, top_fixed]] = True  # covered by a hard pin: row dropped below
+            vals = np.flatnonzero(reach).astype(np.int64)
+            constant += pen * (vals.shape[0] - min(int(t.top[c]), n_distinct))
+            if vals.shape[0]:
+                chunks.append((c, a, vals, np.array([0]), np.array([m]), 1, False, True, pen))
+            continue
         if k == MIN_COUNT:
             if b <= 0:
                 continue
@@ -489,7 +541,6 @@ def build_model(problem: SlateProblem, *, objective: bool = True,
             chunks.append((c, a, vals, q, q + span, b, True, soft, pen))
     parts = {k: [] for k in ("constraint", "attr", "value", "lo", "hi", "rhs", "upper", "soft",
                              "penalty")}
-    codes = problem.codes
     for c, a, vals, lo, hi, b, upper, soft, pen in chunks:
         V, W = vals.shape[0], lo.shape[0]
         vv = np.repeat(vals, W)

@@ -7,6 +7,13 @@ bound is below a known feasible objective (reduced-cost fixing): no slate using 
 the incumbent. `lp_infeasible` / `prove_infeasible` turn a phase-1 LP into a proof that no
 slate meets the hard rules. `assignment_lp` writes the assignment model over a column subset
 as HiGHS arrays; the LP here and the MIP of `solvers.exact.highs_mip` both start from it.
+
+Coverage rows are soft >= rows (count_v + e_v >= 1, e_v priced by the reward; solvers.exact.model),
+so the LP holds the relaxation y_v = 1 - e_v <= count_v of every coverable value and is still a
+relaxation of the MIP. Their duals are clipped to [-reward, 0] like every soft minimum's: in
+`row_prices` that is a price >= 0 added to the reduced cost of each column covering v (a
+column's share of the coverage reward), and weak duality (`lp_upper_bound`) holds for any such
+multiplier, so reduced-cost fixing stays safe.
 """
 
 from __future__ import annotations
