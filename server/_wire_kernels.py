@@ -18,10 +18,10 @@ MALFORMED = -1
 #: which `server.wire_layout` reads from the generated descriptors (this module imports no
 #: protobuf code and hard-codes no field number).
 (F_ITEM_IDS, F_SCORES, F_ATTRIBUTES, F_NUMERIC, F_MAP_KEY, F_MAP_VALUE, F_DOUBLE_VALUES,
- F_STRING_CODES, F_COUNT) = range(9)
+ F_STRING_CODES, F_STRING_VALUES, F_COUNT) = range(10)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _varint(buf, i, end):
     """(value, next index); next index -1 when the varint is truncated or longer than 10 bytes
     (or i < 0). Bytes are read at unsigned indices: numba then adds no wraparound code."""
@@ -156,7 +156,7 @@ def _same(buf, a, b, length):
     return True
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _hash(buf, at, length):
     """64-bit hash of buf[at:at + length] (at >= 0), 8 bytes per multiply (a byte-wise FNV is
     bound by the multiply's latency: ~1 ns per byte). The last 1-7 bytes are read without a loop
@@ -187,35 +187,60 @@ def _hash(buf, at, length):
 
 
 @nb.njit(cache=True, nogil=True)
-def _dictionary_encode(buf, start, size, n, codes, first):
+def _dictionary_encode(buf, start, size, n, codes, first, slots):
     """codes[j] = code of the string buf[start[j]:start[j] + size[j]] (j < n), numbered in order
     of first appearance; first[k] = index of the first string with code k. Returns how many
-    distinct. Open addressing on `_hash`; equal hashes are confirmed byte by byte."""
-    slots = 16
-    while slots < 4 * n:  # load <= 1/4: few probes, few mispredicted branches
-        slots *= 2
+    distinct. Open addressing on `_hash`, the table kept at load <= 1/4 (few probes, few
+    mispredicted branches): it starts with `slots` slots (a power of two) and doubles as distinct
+    values arrive, so a column of few distinct values works in a small table (item ids, expected
+    distinct, start at 4 n). Each code's hash, offset and length are kept by code (small and hot
+    for few values; one indirection less than through `first`: ~8% on a 1000-value column);
+    equal hashes are confirmed byte by byte."""
     mask = slots - 1
     table = np.full(slots, -1, dtype=np.int64)
-    hashes = np.empty(n, dtype=np.uint64)
+    code_hash = np.empty(max(n, 1), dtype=np.uint64)
+    code_at = np.empty(max(n, 1), dtype=np.int64)
+    code_len = np.empty(max(n, 1), dtype=np.int64)
     distinct = 0
     for j in range(n):
-        h = _hash(buf, start[j], size[j])
-        hashes[j] = h
+        at = start[j]
+        length = size[j]
+        h = _hash(buf, at, length)
         s = np.int64(h & np.uint64(mask))
         while True:
             code = table[s]
             if code < 0:
                 table[s] = distinct
                 first[distinct] = j
+                code_hash[distinct] = h
+                code_at[distinct] = at
+                code_len[distinct] = length
                 codes[j] = distinct
                 distinct += 1
+                if 4 * distinct > slots:  # grow: re-insert the codes so far by their hashes
+                    slots *= 2
+                    mask = slots - 1
+                    table = np.full(slots, -1, dtype=np.int64)
+                    for k in range(distinct):
+                        s = np.int64(code_hash[k] & np.uint64(mask))
+                        while table[s] >= 0:
+                            s = (s + 1) & mask
+                        table[s] = k
                 break
-            f = first[code]
-            if hashes[f] == h and size[f] == size[j] and _same(buf, start[f], start[j], size[j]):
+            if code_hash[code] == h and code_len[code] == length and _same(buf, code_at[code], at, length):
                 codes[j] = code
                 break
             s = (s + 1) & mask
     return distinct
+
+
+@nb.njit(cache=True, nogil=True)
+def _table_slots(n):
+    """A hash table for n strings expected distinct: the smallest power of two >= 4 n (>= 16)."""
+    slots = 16
+    while slots < 4 * n:
+        slots *= 2
+    return slots
 
 
 @nb.njit(cache=True, nogil=True)
@@ -249,7 +274,7 @@ def string_field_codes(buf, field_number, codes, first, empty_at):
             n += 1
     if n != cap:
         return MALFORMED
-    return _dictionary_encode(buf, start, size, n, codes, first)
+    return _dictionary_encode(buf, start, size, n, codes, first, _table_slots(n))
 
 
 @nb.njit(cache=True, nogil=True)
@@ -275,10 +300,13 @@ def submessage(buf, field_number):
         return -1, 0
     return found, found_len
 
-#: Columns of `map_entries`' rows.
-E_FIELD, E_KEY_AT, E_KEY_LEN, E_VALUE_AT, E_VALUE_LEN, E_DATA, E_COUNT, E_MAX = range(8)
+#: Columns of `map_entries`' rows (E_WIDTH of them).
+(E_FIELD, E_KEY_AT, E_KEY_LEN, E_VALUE_AT, E_VALUE_LEN, E_DATA, E_COUNT, E_MAX, E_DISTINCT,
+ E_TEXT_AT, E_TEXT_LEN, E_WIDTH) = range(12)
 #: E_DATA of a column the kernel could not read (the caller decodes it from the parsed message).
 UNREAD = -2
+#: Initial hash table size for an attribute column's plain values (few distinct, usually).
+_VALUE_SLOTS = 64
 
 
 @nb.njit(cache=True, nogil=True)
@@ -300,7 +328,65 @@ def _double_column(buf, i, stop, values):
 
 
 @nb.njit(cache=True, nogil=True)
-def _candidates(buf, fields, id_start, id_size, entries, codes):
+def _string_column(buf, i, stop, f_codes, f_values, out, start, size):
+    """The StringColumn in buf[i:stop] in one pass: its codes (read as by `_uint32_values`) into
+    `out`, and where its plain values lie (start, size; at most len(out) of them). Returns (codes,
+    largest code (-1: none), values), or (MALFORMED, 0, 0) when the bytes are unreadable or there
+    are more codes or values than `out` holds."""
+    n = 0
+    nv = 0
+    top = np.int64(-1)
+    cap = out.shape[0]
+    mask = np.uint64(0xFFFFFFFF)
+    while i < stop:
+        number, wire, length, p, i = _next_field(buf, i, stop)
+        if i < 0:
+            return MALFORMED, 0, 0
+        if number == f_values and wire == 2:
+            if nv >= cap:
+                return MALFORMED, 0, 0
+            start[nv] = p
+            size[nv] = np.int64(length)
+            nv += 1
+        elif number == f_codes and (wire == 0 or wire == 2):
+            while p < i:
+                value, p = _varint(buf, p, i)
+                if p < 0 or n >= cap:
+                    return MALFORMED, 0, 0
+                v = np.int64(value & mask)
+                out[n] = v
+                top = max(top, v)
+                n += 1
+    return n, top, nv
+
+
+@nb.njit(cache=True, nogil=True)
+def _join(buf, start, size, first, distinct, text, pos):
+    """The distinct values buf[start[first[k]]:...] (k < distinct), in code order, copied into
+    text[pos:] with a 0 byte between each two: returns the joined length, or -1 when a value holds
+    a 0 byte itself (then the caller cannot split them apart) or `text` has no room."""
+    p = pos
+    room = text.shape[0]
+    for k in range(distinct):
+        f = first[k]
+        a = start[f]
+        m = size[f]
+        if p + m + 1 > room:
+            return -1
+        for t in range(m):
+            b = buf[np.uint64(a + t)]
+            if b == 0:
+                return -1
+            text[np.uint64(p + t)] = b
+        p += m
+        if k + 1 < distinct:
+            text[np.uint64(p)] = 0
+            p += 1
+    return p - pos
+
+
+@nb.njit(cache=True, nogil=True)
+def _candidates(buf, fields, id_start, id_size, entries, codes, text):
     """(item ids, map entries, first empty item id) of the Candidates message in `buf`; see
     `candidates_scan`. Item ids are located (id_start, id_size) only if `id_start` has room
     (more ids than that: MALFORMED); item ids = MALFORMED when the bytes are unreadable."""
@@ -312,6 +398,7 @@ def _candidates(buf, fields, id_start, id_size, entries, codes):
     f_value = np.uint64(fields[F_MAP_VALUE])
     f_doubles = np.uint64(fields[F_DOUBLE_VALUES])
     f_codes = np.uint64(fields[F_STRING_CODES])
+    f_values = np.uint64(fields[F_STRING_VALUES])
     i = 0
     end = buf.shape[0]
     n = 0
@@ -319,6 +406,12 @@ def _candidates(buf, fields, id_start, id_size, entries, codes):
     ids = 0
     first_empty = -1
     want_ids = id_start.shape[0]
+    cap = codes.shape[1]
+    # scratch for one column's plain values (where each lies, the first of each code)
+    v_start = np.empty(max(cap, 1), dtype=np.int64)
+    v_size = np.empty(max(cap, 1), dtype=np.int64)
+    v_first = np.empty(max(cap, 1), dtype=np.int64)
+    text_at = 0
     while i < end:
         number, wire, length, at, i = _next_field(buf, i, end)
         if i < 0:
@@ -367,19 +460,36 @@ def _candidates(buf, fields, id_start, id_size, entries, codes):
             e[E_DATA] = -1
             e[E_COUNT] = 0
             e[E_MAX] = -1
+            e[E_DISTINCT] = -1
+            e[E_TEXT_AT] = -1
+            e[E_TEXT_LEN] = -1
             if twice:
                 e[E_DATA] = UNREAD
             elif value_at >= 0 and number == f_attributes:
                 if rows < codes.shape[0]:
-                    count, top = _uint32_values(buf, value_at, value_at + value_len, f_codes,
-                                                codes[rows])
-                    if count < 0:
+                    count, top, plain = _string_column(buf, value_at, value_at + value_len, f_codes,
+                                                       f_values, codes[rows], v_start, v_size)
+                    if count < 0 or count > 0 and plain > 0:  # unreadable, or both encodings
                         e[E_DATA] = UNREAD
-                    elif count > 0:  # the row is used; none: E_DATA stays -1
+                    elif count > 0:  # dictionary codes: the row is used
                         e[E_DATA] = rows
                         e[E_COUNT] = count
                         e[E_MAX] = top
                         rows += 1
+                    elif plain > 0:  # plain values, dictionary-encoded here
+                        distinct = _dictionary_encode(buf, v_start, v_size, plain, codes[rows],
+                                                      v_first, _VALUE_SLOTS)
+                        e[E_DATA] = rows
+                        e[E_COUNT] = plain
+                        e[E_MAX] = distinct - 1
+                        e[E_DISTINCT] = distinct
+                        joined = _join(buf, v_start, v_size, v_first, distinct, text, text_at)
+                        if joined >= 0:
+                            e[E_TEXT_AT] = text_at
+                            e[E_TEXT_LEN] = joined
+                            text_at += joined
+                        rows += 1
+                    # neither: no codes, no values; E_DATA stays -1
                 else:
                     e[E_DATA] = UNREAD
             elif value_at >= 0:
@@ -391,41 +501,47 @@ def _candidates(buf, fields, id_start, id_size, entries, codes):
 
 
 @nb.njit(cache=True, nogil=True)
-def map_entries(buf, fields, entries, codes):
+def map_entries(buf, fields, entries, codes, text):
     """Every map entry of `scores`, `attributes` and `numeric` of the Candidates message in `buf`
-    (uint8), in wire order, one row of `entries` (int64, rows x 8) each (`fields`: the field
+    (uint8), in wire order, one row of `entries` (int64, rows x E_WIDTH) each (`fields`: the field
     numbers, indexed by F_*):
     E_FIELD; the key's offset and length (-1, 0: no key, i.e. ""); the value message's offset and
     length (-1, 0: none); then for a DoubleColumn E_DATA / E_COUNT = offset / length in bytes of
-    its packed values (-1: none), and for a StringColumn E_DATA = the row of `codes` (int64,
-    columns x cap) that holds its codes (-1: no codes), E_COUNT how many, E_MAX the largest.
+    its packed values (-1: none); for a StringColumn E_DATA = the row of `codes` (int64,
+    columns x cap) that holds its codes (-1: neither codes nor values), E_COUNT how many, E_MAX the
+    largest, and if the column has plain values instead of codes, they are dictionary-encoded
+    there (codes in order of first appearance, as by `string_field_codes`): E_DISTINCT = how
+    many distinct (-1: a dictionary-encoded column), and the distinct values, in code order, are
+    copied into `text` (uint8; its length bounds the room: len(buf) always suffices) joined by
+    0 bytes at text[E_TEXT_AT:E_TEXT_AT + E_TEXT_LEN] (E_TEXT_LEN -1: not copied, as a value
+    holds a 0 byte or `text` is too short).
     E_DATA = UNREAD when the kernel cannot read the column (values unpacked or split, a value
-    message given twice, more codes than `codes` holds, no row left).
-    Repeated keys: a parser keeps the last entry (the caller does the same).
+    message given twice, more codes or values than `codes` holds, both codes and values, no row
+    left). Repeated keys: a parser keeps the last entry (the caller does the same).
     Returns the number of entries, or MALFORMED (bytes unreadable, an entry with a field other
     than key and value, a key given twice in an entry, a key or value of the wrong wire type,
     more entries than `entries` holds)."""
     none = np.empty(0, dtype=np.int64)
-    ids, n, _ = _candidates(buf, fields, none, none, entries, codes)
+    ids, n, _ = _candidates(buf, fields, none, none, entries, codes, text)
     return MALFORMED if ids < 0 else n
 
 
 @nb.njit(cache=True, nogil=True)
-def candidates_scan(buf, fields, id_codes, id_first, info, entries, codes):
+def candidates_scan(buf, fields, id_codes, id_first, info, entries, codes, text):
     """One pass over the Candidates message in `buf` (uint8): its item ids dictionary-encoded as
     by `string_field_codes` (into `id_codes` / `id_first`, which must hold exactly the number of
-    ids) and its map entries located as by `map_entries` (into `entries` / `codes`).
+    ids) and its map entries located as by `map_entries` (into `entries` / `codes` / `text`).
     info[0] = index of the first empty id (-1: none), info[1] = number of map entries.
     Returns the number of distinct ids, or MALFORMED (as either kernel)."""
     cap = id_codes.shape[0]
     start = np.empty(max(cap, 1), dtype=np.int64)
     size = np.empty(max(cap, 1), dtype=np.int64)
-    ids, n, first_empty = _candidates(buf, fields, start, size, entries, codes)
+    ids, n, first_empty = _candidates(buf, fields, start, size, entries, codes, text)
     if ids != cap:
         return MALFORMED
     info[0] = first_empty
     info[1] = n
-    return _dictionary_encode(buf, start, size, cap, id_codes, id_first)
+    return _dictionary_encode(buf, start, size, cap, id_codes, id_first, _table_slots(cap))
 
 
 def warmup(fields) -> None:
@@ -433,12 +549,14 @@ def warmup(fields) -> None:
     bytes below are only typed inputs: what the kernels find in them does not matter)."""
     submessage(np.frombuffer(b"\x08\x01\x2a\x01a", dtype=np.uint8), 5)
     entries = np.frombuffer(b"\x1a\x08\x0a\x01a\x12\x03\x1a\x01\x01", dtype=np.uint8)
-    map_entries(entries, fields, np.empty((2, 8), dtype=np.int64), np.empty((1, 2), dtype=np.int64))
+    text = np.empty(16, dtype=np.uint8)
+    map_entries(entries, fields, np.empty((2, E_WIDTH), dtype=np.int64),
+                np.empty((1, 2), dtype=np.int64), text)
     out = np.empty(4, dtype=np.int64)
     uint32_field(np.frombuffer(b"\x1a\x02\x01\x02\x18\x03", dtype=np.uint8), 3, out)
     codes, first, empty = (np.empty(3, dtype=np.int64) for _ in range(3))
     string_field_codes(np.frombuffer(b"\x0a\x01a\x0a\x00\x0a\x01a", dtype=np.uint8), 1, codes,
                        first, empty)
     candidates_scan(np.frombuffer(b"\x0a\x01a" + entries.tobytes(), dtype=np.uint8), fields,
-                    codes[:1], first[:1], np.empty(2, dtype=np.int64), np.empty((2, 8), dtype=np.int64),
-                    np.empty((1, 1), dtype=np.int64))
+                    codes[:1], first[:1], np.empty(2, dtype=np.int64),
+                    np.empty((2, E_WIDTH), dtype=np.int64), np.empty((1, 1), dtype=np.int64), text)

@@ -267,14 +267,17 @@ def _id_check(codes: np.ndarray, first: np.ndarray, empty_at: int) -> IdCheck:
 class _Columns:
     """Where the map entries of a Candidates message lie in its bytes (`_wire_kernels.map_entries`):
     for each (field number, key) the entry a parser keeps (the last), and the codes of the
-    StringColumns, already decoded."""
+    StringColumns, already decoded (plain values dictionary-encoded, their distinct values joined
+    in `text`)."""
 
-    __slots__ = ("base", "codes", "raw", "where")
+    __slots__ = ("base", "codes", "raw", "text", "where")
 
-    def __init__(self, raw: bytes, base: int, codes: np.ndarray, rows: list[list[int]]) -> None:
+    def __init__(self, raw: bytes, base: int, codes: np.ndarray, text: np.ndarray,
+                 rows: list[list[int]]) -> None:
         self.raw = raw  # the request's bytes; the Candidates message starts at raw[base]
         self.base = base
         self.codes = codes
+        self.text = text
         where: dict[tuple[int, str], list[int]] = {}
         for row in rows:
             key_at = row[1]
@@ -287,22 +290,24 @@ class _Columns:
         """The map entries alone (`_wire_kernels.map_entries`); None if not readable."""
         if wire is None:
             return None
-        entries, codes = _Columns.room(c, n)
-        count = _wk.map_entries(wire.view, wire_layout.KERNEL_FIELDS, entries, codes)
+        entries, codes, text = _Columns.room(c, n, wire)
+        count = _wk.map_entries(wire.view, wire_layout.KERNEL_FIELDS, entries, codes, text)
         if count < 0:
             return None
-        return _Columns.of(wire, codes, entries[:count])
+        return _Columns.of(wire, codes, text, entries[:count])
 
     @staticmethod
-    def room(c: pb.Candidates, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def room(c: pb.Candidates, n: int, wire: _Wire) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         columns = len(c.scores) + len(c.numeric) + len(c.attributes)
-        entries = np.empty((2 * columns + 8, 8), dtype=np.int64)  # room for repeated keys
-        return entries, np.empty((len(c.attributes), n), dtype=np.int64)
+        entries = np.empty((2 * columns + 8, _wk.E_WIDTH), dtype=np.int64)  # room for repeated keys
+        # the distinct plain values, joined: never longer than the message that holds them
+        text = np.empty(wire.view.shape[0], dtype=np.uint8)
+        return entries, np.empty((len(c.attributes), n), dtype=np.int64), text
 
     @staticmethod
-    def of(wire: _Wire, codes: np.ndarray, entries: np.ndarray) -> _Columns | None:
+    def of(wire: _Wire, codes: np.ndarray, text: np.ndarray, entries: np.ndarray) -> _Columns | None:
         try:
-            return _Columns(wire.raw, wire.offset, codes, entries.tolist())
+            return _Columns(wire.raw, wire.offset, codes, text, entries.tolist())
         except UnicodeDecodeError:  # a parser would have refused it; decode without the bytes
             return None
 
@@ -317,19 +322,33 @@ class _Columns:
                 return np.empty(0, dtype=np.float64)
         return _doubles(col)
 
-    def string_column(self, name: str) -> tuple[np.ndarray | None, np.ndarray | None, int]:
-        """(the column's bytes, its codes, the largest code), or Nones if not read."""
+    def string_column(self, name: str) -> _StringWire | None:
+        """What the kernel read of attribute column `name`, or None if it did not."""
         row = self.where.get((wire_layout.ATTRIBUTES, name))
         if row is None:
-            return None, None, -1
-        _, _, _, at, size, code_row, count, top = row
+            return None
+        code_row, count, top, distinct, text_at, text_len = row[5:11]
         if code_row == _wk.UNREAD:
-            return None, None, -1
-        wire = None
-        if at >= 0 and count == 0:  # plain values, perhaps: their bytes
-            wire = np.frombuffer(self.raw, dtype=np.uint8, count=size, offset=self.base + at)
+            return None
         codes = self.codes[code_row, :count] if code_row >= 0 else np.empty(0, dtype=np.int64)
-        return wire, codes, top
+        values = None
+        if distinct >= 0 and text_len >= 0:  # plain: its distinct values, in code order
+            try:
+                values = tuple(str(self.text[text_at:text_at + text_len], "utf-8").split("\x00"))
+            except UnicodeDecodeError:  # a parser would have refused it: the runtime's values
+                values = None
+            if values is not None and len(values) != distinct:
+                values = None
+        return _StringWire(codes, top, distinct, values)
+
+
+class _StringWire(NamedTuple):
+    """An attribute column as read from the request's bytes (`_Columns.string_column`)."""
+
+    codes: np.ndarray  # its codes; for plain values, the kernel's dictionary encoding of them
+    top: int  # the largest code (-1: none)
+    distinct: int  # plain values: how many distinct (-1: the column has no plain values)
+    values: tuple[str, ...] | None  # plain values: the distinct ones in code order (None: not read)
 
 
 def _scan(c: pb.Candidates, wire: _Wire):
@@ -340,13 +359,13 @@ def _scan(c: pb.Candidates, wire: _Wire):
     codes = np.empty(n, dtype=np.int64)
     first = np.empty(n, dtype=np.int64)
     info = np.empty(2, dtype=np.int64)
-    entries, column_codes = _Columns.room(c, n)
+    entries, column_codes, text = _Columns.room(c, n, wire)
     distinct = _wk.candidates_scan(wire.view, wire_layout.KERNEL_FIELDS, codes, first, info,
-                                     entries, column_codes)
+                                   entries, column_codes, text)
     if distinct < 0:
         return None
     empty_at, count = info.tolist()
-    columns = _Columns.of(wire, column_codes, entries[:count])
+    columns = _Columns.of(wire, column_codes, text, entries[:count])
     if not n:
         return list(ids), None, columns
     return ItemIds(ids), _id_check(codes, first[:distinct], empty_at), columns
@@ -370,9 +389,8 @@ def _decode_candidates(c: pb.Candidates, issues: list[FieldIssue],
         numeric = {name: found.doubles(wire_layout.NUMERIC, name, col) for name, col in c.numeric.items()}
     attributes: dict[str, Attribute] = {}
     for name, col in c.attributes.items():
-        col_wire, codes, top = found.string_column(name) if found is not None else (None, None, -1)
         attr = _decode_attribute(key_path("candidates.attributes", name), col, issues,
-                                 col_wire, codes, top)
+                                 found.string_column(name) if found is not None else None)
         if attr is not None:
             attributes[name] = attr
     embeddings = None
@@ -392,10 +410,8 @@ def attribute_from_values(values: list[str]) -> Attribute:
 
 
 def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue],
-                      wire: np.ndarray | None = None, wire_codes: np.ndarray | None = None,
-                      top: int = -1) -> Attribute | None:
-    """`wire`, `wire_codes`, `top`: the column's bytes, its codes and their maximum as read from
-    the request's bytes (`_Columns.string_column`), if they were."""
+                      wire: _StringWire | None = None) -> Attribute | None:
+    """`wire`: the column as read from the request's bytes (`_Columns.string_column`), if it was."""
     n_values, n_dict, n_codes = len(col.values), len(col.dictionary), len(col.codes)
     if n_values and (n_dict or n_codes):
         issues.append(FieldIssue(
@@ -405,7 +421,19 @@ def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue],
         ))
         return None
     if not (n_dict or n_codes):
-        found = _string_codes(col, col.values, wire_layout.STRING_VALUES, wire) if n_values else None
+        if not n_values:
+            return attribute_from_values([])
+        if wire is not None and wire.distinct >= 0 and wire.codes.shape[0] == n_values:
+            values = wire.values
+            if values is None:  # not joined (a value holds a 0 byte): the runtime's values
+                codes = wire.codes
+                new = np.empty(codes.shape[0], dtype=bool)  # first appearances: a code above all before
+                new[0] = True
+                np.greater(codes[1:], np.maximum.accumulate(codes)[:-1], out=new[1:])
+                runtime = col.values
+                values = tuple(runtime[i] for i in np.flatnonzero(new).tolist())
+            return Attribute(wire.codes, values)
+        found = _string_codes(col, col.values, wire_layout.STRING_VALUES)
         if found is None:
             return attribute_from_values(list(col.values))
         codes, first, _ = found
@@ -425,8 +453,8 @@ def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue],
                 break
             seen[v] = j
         ok = False
-    if wire_codes is not None and wire_codes.shape[0] == n_codes:
-        codes = wire_codes
+    if wire is not None and wire.distinct < 0 and wire.codes.shape[0] == n_codes:
+        codes, top = wire.codes, wire.top
     else:
         codes = _uint32s(col, col.codes, wire_layout.STRING_CODES)
         top = int(codes.max()) if n_codes else -1

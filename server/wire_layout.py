@@ -87,6 +87,7 @@ class Layout(NamedTuple):
         fields[wk.F_MAP_VALUE] = self.map_value
         fields[wk.F_DOUBLE_VALUES] = self.double_values
         fields[wk.F_STRING_CODES] = self.string_codes
+        fields[wk.F_STRING_VALUES] = self.string_values
         return fields
 
 

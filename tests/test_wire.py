@@ -261,7 +261,7 @@ def _candidates_wire_st(draw, n_max=40):
             body += _codes_wire(codes, draw(st.sampled_from(["packed", "unpacked", "mixed"])))
         if kind in ("plain", "both"):
             length = draw(st.sampled_from([n, n, n + 1]))
-            values = draw(st.lists(st.text(alphabet="xyé", max_size=2), min_size=length, max_size=length))
+            values = draw(st.lists(st.text(alphabet="xyé\x00", max_size=2), min_size=length, max_size=length))
             body += b"".join(_string(1, v) for v in values)
         pieces.append(_ld(3, _entry(draw(_NAMES), body, draw(_WIRE_ORDER))))
     if draw(st.booleans()):
@@ -354,17 +354,19 @@ def test_submessage_on_arbitrary_bytes_never_crashes_or_disagrees(buf, field):
             assert pb.Candidates.FromString(buf[offset:offset + length]) == parsed
 
 
-def _map_entries(buf: bytes, rows: int = 4, columns: int = 2, cap: int = 8):
-    entries = np.full((rows, 8), -7, dtype=np.int64)
+def _map_entries(buf: bytes, rows: int = 4, columns: int = 2, cap: int = 8, text_room: int | None = None):
+    entries = np.full((rows, wk.E_WIDTH), -7, dtype=np.int64)
     codes = np.full((columns, cap), -7, dtype=np.int64)
-    return wk.map_entries(np.frombuffer(buf, dtype=np.uint8), FIELDS, entries, codes), entries, codes
+    text = np.full(len(buf) if text_room is None else text_room, 0xEE, dtype=np.uint8)
+    count = wk.map_entries(np.frombuffer(buf, dtype=np.uint8), FIELDS, entries, codes, text)
+    return count, entries, codes, text
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=80), st.integers(min_value=0, max_value=4),
        st.integers(min_value=0, max_value=3), st.integers(min_value=0, max_value=10))
 def test_map_entries_on_arbitrary_bytes_never_crash_and_stay_in_bounds(buf, rows, columns, cap):
-    count, entries, codes = _map_entries(buf, rows, columns, cap)
+    count, entries, codes, text = _map_entries(buf, rows, columns, cap)
     assert count >= 0 or count == wk.MALFORMED
     for e in entries[:max(count, 0)].tolist():
         assert e[0] in (2, 3, 4)
@@ -375,6 +377,9 @@ def test_map_entries_on_arbitrary_bytes_never_crash_and_stay_in_bounds(buf, rows
         if e[0] == 3 and e[5] >= 0:
             assert e[5] < columns and e[6] <= cap
             assert e[7] == max(codes[e[5], :e[6]].tolist(), default=-1)
+            if e[wk.E_DISTINCT] >= 0:  # plain values: codes 0..distinct-1, joined text in bounds
+                assert e[wk.E_MAX] == e[wk.E_DISTINCT] - 1
+                assert e[wk.E_TEXT_LEN] == -1 or 0 <= e[wk.E_TEXT_AT] <= e[wk.E_TEXT_AT] + e[wk.E_TEXT_LEN] <= len(text)
 
 
 @settings(max_examples=200, deadline=None)
@@ -424,12 +429,14 @@ def test_candidates_scan_is_the_two_kernels_in_one_pass(buf, n):
     """Ids as string_field_codes, entries as map_entries; on arbitrary bytes too."""
     view = np.frombuffer(buf, dtype=np.uint8)
     ids = _strings_kernel(buf, 1, n)
-    count, entries, codes = _map_entries(buf, rows=30, columns=3, cap=n)
+    count, entries, codes, text = _map_entries(buf, rows=30, columns=3, cap=n)
     got_codes, got_first = np.full(n, -7, dtype=np.int64), np.full(n, -7, dtype=np.int64)
     info = np.full(2, -7, dtype=np.int64)
-    got_entries = np.full((30, 8), -7, dtype=np.int64)
+    got_entries = np.full((30, wk.E_WIDTH), -7, dtype=np.int64)
     got_column_codes = np.full((3, n), -7, dtype=np.int64)
-    distinct = wk.candidates_scan(view, FIELDS, got_codes, got_first, info, got_entries, got_column_codes)
+    got_text = np.full(len(buf), 0xEE, dtype=np.uint8)
+    distinct = wk.candidates_scan(view, FIELDS, got_codes, got_first, info, got_entries, got_column_codes,
+                                  got_text)
     if distinct < 0:
         assert ids[0] < 0 or count < 0
         return
@@ -439,6 +446,9 @@ def test_candidates_scan_is_the_two_kernels_in_one_pass(buf, n):
     for e in entries[:count].tolist():
         if e[0] == 3 and e[5] >= 0:
             assert got_column_codes[e[5], :e[6]].tolist() == codes[e[5], :e[6]].tolist()
+        if e[0] == 3 and e[wk.E_TEXT_LEN] >= 0:
+            at, length = e[wk.E_TEXT_AT], e[wk.E_TEXT_LEN]
+            assert got_text[at:at + length].tolist() == text[at:at + length].tolist()
 
 
 def test_ids_differing_only_in_the_top_byte_of_a_word_are_told_apart():
@@ -496,7 +506,7 @@ def test_the_layout_is_the_one_this_file_builds_its_bytes_with():
     assert wire_layout.LAYOUT == wire_layout.Layout(
         request_candidates=5, item_ids=1, scores=2, attributes=3, numeric=4, map_key=1,
         map_value=2, double_values=1, string_values=1, string_codes=3, embedding_values=2)
-    assert FIELDS.tolist() == [1, 2, 3, 4, 1, 2, 1, 3]
+    assert FIELDS.tolist() == [1, 2, 3, 4, 1, 2, 1, 3, 1]
 
 
 def _compiled_variant(tmp_path: Path, edits: list[tuple[str, str]], tag: str):
@@ -526,6 +536,7 @@ RENUMBER = [
     (r"(message Candidates \{.*?)map<string, DoubleColumn> numeric = 4;", r"\1map<string, DoubleColumn> numeric = 2;"),
     (r"(message DoubleColumn \{\s*)repeated double values = 1;", r"\1repeated double values = 7;"),
     (r"(message StringColumn \{.*?)repeated uint32 codes = 3;", r"\1repeated uint32 codes = 9;"),
+    (r"(message StringColumn \{.*?)repeated string values = 1;", r"\1repeated string values = 8;"),
 ]
 
 
@@ -533,32 +544,41 @@ def test_the_decoder_follows_a_renumbered_proto(tmp_path):
     variant = _compiled_variant(tmp_path, RENUMBER, "renumbered")
     layout = wire_layout.read_layout(variant)
     assert (layout.item_ids, layout.scores, layout.attributes, layout.numeric) == (11, 14, 12, 2)
-    assert (layout.double_values, layout.string_codes) == (7, 9)
+    assert (layout.double_values, layout.string_codes, layout.string_values) == (7, 9, 8)
     c = variant.Candidates(item_ids=["a", "b", "a", ""])
     c.scores["p"].values.extend([0.5, 1.5, 2.5, 3.5])
     c.numeric["price"].values.extend([1.0, 2.0, 3.0, 4.0])
     c.attributes["cat"].dictionary.extend(["x", "y"])
     c.attributes["cat"].codes.extend([1, 0, 1, 1])
+    c.attributes["tier"].values.extend(["new", "old", "old", "new"])
     buf = np.frombuffer(c.SerializeToString(), dtype=np.uint8)
+    text = np.empty(len(buf), dtype=np.uint8)
 
     def scan(fields):
         codes, first = np.full(4, -7, dtype=np.int64), np.full(4, -7, dtype=np.int64)
         info = np.empty(2, dtype=np.int64)
-        entries = np.full((8, 8), -7, dtype=np.int64)
-        column_codes = np.full((1, 4), -7, dtype=np.int64)
-        distinct = wk.candidates_scan(buf, fields, codes, first, info, entries, column_codes)
+        entries = np.full((8, wk.E_WIDTH), -7, dtype=np.int64)
+        column_codes = np.full((2, 4), -7, dtype=np.int64)
+        distinct = wk.candidates_scan(buf, fields, codes, first, info, entries, column_codes, text)
         return distinct, codes, info, entries[: max(info[1], 0)], column_codes
 
     distinct, codes, info, entries, column_codes = scan(layout.kernel_fields())
-    assert distinct == 3 and codes.tolist() == [0, 1, 0, 2] and info.tolist() == [3, 3]
-    by_field = {int(e[wk.E_FIELD]): e for e in entries}
+    assert distinct == 3 and codes.tolist() == [0, 1, 0, 2] and info.tolist() == [3, 4]
+    by_field: dict[int, list] = {}
+    for e in entries:
+        by_field.setdefault(int(e[wk.E_FIELD]), []).append(e)
     assert sorted(by_field) == [2, 12, 14]
-    doubles = by_field[14]  # scores: its packed values, read where the kernel says they are
+    (doubles,) = by_field[14]
+    # scores: its packed values, read where the kernel says they are
     values = np.frombuffer(buf.tobytes(), dtype="<f8", count=4, offset=int(doubles[wk.E_DATA]))
     assert values.tolist() == [0.5, 1.5, 2.5, 3.5] and doubles[wk.E_COUNT] == 32
-    strings = by_field[12]
-    assert strings[wk.E_COUNT] == 4 and strings[wk.E_MAX] == 1
+    strings, plain = sorted(by_field[12], key=lambda e: e[wk.E_DISTINCT])
+    assert strings[wk.E_COUNT] == 4 and strings[wk.E_MAX] == 1 and strings[wk.E_DISTINCT] == -1
     assert column_codes[strings[wk.E_DATA]].tolist() == [1, 0, 1, 1]
+    assert plain[wk.E_COUNT] == 4 and plain[wk.E_DISTINCT] == 2  # the plain values (field 8)
+    assert column_codes[plain[wk.E_DATA]].tolist() == [0, 1, 1, 0]
+    at, length = plain[wk.E_TEXT_AT], plain[wk.E_TEXT_LEN]
+    assert text[at:at + length].tobytes() == b"new\x00old"
     # the same bytes read with the real proto's numbers are not understood: the layout matters
     assert scan(FIELDS)[0] == wk.MALFORMED
 
@@ -576,3 +596,98 @@ def test_a_change_the_kernels_cannot_follow_names_the_field(tmp_path, tag, edit,
     variant = _compiled_variant(tmp_path, [edit], tag)
     with pytest.raises(wire_layout.ProtoLayoutError, match=message):
         wire_layout.read_layout(variant)
+
+
+# ------------------------------------------------- plain attribute values, encoded in the scan
+
+def _plain_twin(values: list[str]):
+    """The reference for a plain column in map_entries: (codes, distinct, joined text or None)."""
+    _, codes, first, _ = _twin(values)
+    dictionary = [values[j] for j in first]
+    joined = None if any("\x00" in v for v in dictionary) else "\x00".join(dictionary).encode()
+    return codes, len(dictionary), joined
+
+
+def _plain_column_read(values: list[str], before: bytes = b"", after: bytes = b"", cap: int | None = None,
+                       text_room: int | None = None):
+    """The row map_entries gives a Candidates message holding `values` as a plain column "a"
+    (with `before` / `after` inside the StringColumn)."""
+    body = before + pb.StringColumn(values=values).SerializeToString() + after
+    buf = _ld(3, _entry("a", body, "key_value"))
+    count, entries, codes, text = _map_entries(buf, rows=2, columns=1,
+                                               cap=len(values) if cap is None else cap,
+                                               text_room=text_room)
+    assert count == 1
+    e = entries[0].tolist()
+    return e, codes, text
+
+
+# unicode, empty strings, NUL characters, long strings (several 8-byte words), few distinct
+_PLAIN_VALUE = st.one_of(st.text(max_size=3), st.text(alphabet="ab\u00e9\x00", max_size=4),
+                         st.text(min_size=9, max_size=40), st.sampled_from(["", "a", "ab", "abcdefgh"]))
+
+
+@st.composite
+def _plain_values(draw):
+    """A column drawn from a pool of distinct values (1 to 300 of them: the hash table grows),
+    with repeats."""
+    pool = draw(st.lists(_PLAIN_VALUE, min_size=1, max_size=draw(st.sampled_from([3, 20, 300])),
+                         unique=True))
+    picks = draw(st.lists(st.integers(min_value=0, max_value=len(pool) - 1), min_size=1, max_size=400))
+    return [pool[i] for i in picks]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_plain_values(), st.booleans())
+def test_plain_values_are_dictionary_encoded_in_the_scan_like_python(values, dictionary_too):
+    """Codes in order of first appearance, the distinct values joined by NUL bytes (not joined
+    when a value holds a NUL itself); a StringColumn's dictionary field does not disturb it."""
+    extra = _string(2, "not a value") if dictionary_too else b""
+    e, codes, text = _plain_column_read(values, before=extra)
+    want_codes, distinct, joined = _plain_twin(values)
+    assert e[wk.E_DATA] == 0 and e[wk.E_COUNT] == len(values)
+    assert e[wk.E_DISTINCT] == distinct and e[wk.E_MAX] == distinct - 1
+    assert codes[0, :len(values)].tolist() == want_codes
+    if joined is None:
+        assert e[wk.E_TEXT_LEN] == -1
+    else:
+        at, length = e[wk.E_TEXT_AT], e[wk.E_TEXT_LEN]
+        assert text[at:at + length].tobytes() == joined
+
+
+def test_many_distinct_plain_values_grow_the_table():
+    rng = np.random.default_rng(1)
+    pool = [f"v{j}-{'x' * (j % 13)}" for j in range(3000)]
+    values = [pool[i] for i in rng.integers(0, len(pool), 5000).tolist()]
+    e, codes, text = _plain_column_read(values)
+    want_codes, distinct, joined = _plain_twin(values)
+    assert e[wk.E_DISTINCT] == distinct > 2000
+    assert codes[0, :len(values)].tolist() == want_codes
+    assert text[e[wk.E_TEXT_AT]:e[wk.E_TEXT_AT] + e[wk.E_TEXT_LEN]].tobytes() == joined
+
+
+def test_plain_values_that_do_not_fit_or_come_with_codes_are_left_to_the_parser():
+    values = ["a", "b", "a"]
+    assert _plain_column_read(values, cap=2)[0][wk.E_DATA] == wk.UNREAD  # more values than room
+    both = _plain_column_read(values, after=_packed(3, [0, 1, 0]))[0]
+    assert both[wk.E_DATA] == wk.UNREAD  # both encodings: the decoder reports it from the message
+    short = _plain_column_read(values, text_room=2)[0]  # no room for "a\0b": read, not joined
+    assert short[wk.E_DISTINCT] == 2 and short[wk.E_TEXT_LEN] == -1
+
+
+@settings(max_examples=200, deadline=None)
+@given(_plain_values())
+def test_plain_columns_decode_from_the_bytes_as_from_the_message(values):
+    """decode_request(msg, raw) on a plain column (kernel codes, joined or fallback dictionary)
+    equals the decoding of the parsed message alone, and Attribute.from_values."""
+    from engine.types import Attribute
+
+    msg = pb.RerankRequest(policy="p")
+    msg.candidates.item_ids.extend(f"i{j}" for j in range(len(values)))
+    msg.candidates.attributes["a"].values.extend(values)
+    raw = msg.SerializeToString()
+    fast, slow = _decoded(msg, raw), _decoded(msg, None)
+    _assert_same_decoding(fast, slow)
+    want = Attribute.from_values(values)
+    got = fast.candidates.attributes["a"]
+    assert got.dictionary == want.dictionary and got.codes.tolist() == want.codes.tolist()
