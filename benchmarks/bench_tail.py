@@ -14,12 +14,14 @@ each, under the settings being compared (issue 16 item 3):
   so each row says how many collections ran in its window, how long the longest paused, and
   how many paused over 1 ms;
 - `--workers N`: handler threads per process (serve --workers);
+- `--variants FLAGS ...`: other serve flags, one server per string (e.g. '' '--gil-switch-ms 1');
 - `--rate R`: req/s for every row; default: `--fraction` (0.5) of the best closed-loop
   throughput (C=32, 4 s) measured under each layout first.
 
 Each row: p50 / p99 / p99.9 from the client, the rate, and for Rerank the server's own
-`elapsed_us` total and queue p99 (responses parsed after the run). The load average is recorded
-with every row: the other agents on these 2 cores show there.
+`elapsed_us` total and queue p99 (responses parsed after the run); the CPUs this client and the
+server's processes kept busy over the row (CPU s / wall s, from /proc). The load average is
+recorded with every row: other work on the same cores shows there.
 
     python -m benchmarks.bench_tail [--duration 12] [--layouts shared,split] [--gc default]
                                     [--workers N] [--rate R] [--repeats 2]
@@ -30,7 +32,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import json
+import shlex
 import os
 import sys
 import tempfile
@@ -158,7 +162,7 @@ def _keeping(call, out: list[bytes]):
 
 
 async def _point(name: str, call, payload: bytes, rate: float, duration_s: float, seed: int,
-                 gc_dir: Path | None) -> dict:
+                 gc_dir: Path | None, server_pid: int) -> dict:
     import numpy as np
 
     from benchmarks import bench_load
@@ -173,9 +177,13 @@ async def _point(name: str, call, payload: bytes, rate: float, duration_s: float
         lat.append(time.perf_counter() - t0)
         return out
 
-    t0 = time.time()
+    t0, c0, s0 = time.time(), time.process_time(), sum(bench_load.cpu_tree_s(server_pid).values())
     row = await bench_load.open_loop(measured, payload, rate, duration_s, seed=seed)
-    t1 = time.time()
+    t1, c1, s1 = time.time(), time.process_time(), sum(bench_load.cpu_tree_s(server_pid).values())
+    # CPUs busy with this client and with the server's processes (the rest of the machine's
+    # load is other work sharing the cores)
+    row["client_cpus"] = (c1 - c0) / (t1 - t0)
+    row["server_cpus"] = (s1 - s0) / (t1 - t0)
     row["p999_ms"] = float(np.percentile(np.asarray(lat) * 1e3, 99.9)) if lat else None
     row["server"] = name
     if name == "rerank":
@@ -185,17 +193,19 @@ async def _point(name: str, call, payload: bytes, rate: float, duration_s: float
     return row
 
 
-COLUMNS = [("gc", "server GC"), ("workers", "handler threads"), ("layout", "CPUs"),
+COLUMNS = [("gc", "server GC"), ("flags", "serve flags"), ("workers", "handler threads"), ("layout", "CPUs"),
            ("server", "server"), ("offered_rps", "rate req/s"), ("throughput_rps", "done req/s"),
            ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("p999_ms", "p99.9 ms"),
-           ("p99_over_echo", "p99 / echo p99"), ("server_total_p99_ms", "server total p99 ms"),
+           ("p99_over_echo", "p99 / echo p99"), ("server_total_p50_ms", "server total p50 ms"),
+           ("server_total_p99_ms", "server total p99 ms"),
            ("server_queue_p99_ms", "server queue p99 ms"), ("gc_collections", "GCs"),
            ("gc_gen2", "gen-2 GCs"), ("gc_over_1ms", "GCs > 1 ms"), ("gc_max_pause_ms", "longest GC ms"),
+           ("client_cpus", "client CPUs"), ("server_cpus", "server CPUs"),
            ("errors", "errors"), ("loadavg_1m", "load 1 min")]
 
 
 def _start_reranker(policies: Path, processes: int, workers: int | None, gc_mode: str,
-                    gc_dir: Path):
+                    gc_dir: Path, flags: str = ""):
     import subprocess
 
     from benchmarks.bench_load import ROOT, _free_port, _wait_serving, stop
@@ -206,6 +216,7 @@ def _start_reranker(policies: Path, processes: int, workers: int | None, gc_mode
            "--log-level", "WARNING", "--watch-interval", "0"]
     if workers is not None:
         cmd += ["--workers", str(workers)]
+    cmd += shlex.split(flags)
     env = dict(os.environ, **{GC_ENV: f"{gc_mode};{gc_dir}"})
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, env=env)
     try:
@@ -218,7 +229,7 @@ def _start_reranker(policies: Path, processes: int, workers: int | None, gc_mode
 
 def run(duration_s: float = 12.0, layouts=("shared", "split"), gc_modes=("default",),
         workers: int | None = None, rate: float | None = None, fraction: float = 0.5,
-        repeats: int = 1, processes: int = 2, n: int = 1000, log=print) -> dict:
+        repeats: int = 1, processes: int = 2, n: int = 1000, variants=("",), log=print) -> dict:
     from benchmarks import bench_load
 
     rows = []
@@ -226,10 +237,9 @@ def run(duration_s: float = 12.0, layouts=("shared", "split"), gc_modes=("defaul
         tmp = Path(tmp)
         policies, responses, payloads = bench_load._prepare(tmp)
         payload = payloads[n]
-        for gc_mode in gc_modes:
-            gc_dir = tmp / f"gc-{gc_mode.replace(':', '_')}"
-            gc_dir.mkdir()
-            server, address = _start_reranker(policies, processes, workers, gc_mode, gc_dir)
+        for gc_mode, flags in itertools.product(gc_modes, variants):
+            gc_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="gc-"))
+            server, address = _start_reranker(policies, processes, workers, gc_mode, gc_dir, flags)
             echo = None
             try:
                 bench_load._canned_responses(address, payloads, responses)
@@ -257,8 +267,9 @@ def run(duration_s: float = 12.0, layouts=("shared", "split"), gc_modes=("defaul
                                 pair = {}
                                 for name in ("rerank", "echo"):
                                     row = await _point(name, calls[name], payload, at, duration_s,
-                                                       seed=1000 * r + 7, gc_dir=gc_dir)
-                                    row.update(gc=gc_mode, workers=workers or 2, layout=layout,
+                                                       seed=1000 * r + 7, gc_dir=gc_dir,
+                                                       server_pid=(server if name == "rerank" else echo).pid)
+                                    row.update(gc=gc_mode, flags=flags or "-", workers=workers, layout=layout,
                                                repeat=r, max_rps=best, n=n, processes=processes,
                                                loadavg_1m=os.getloadavg()[0])
                                     pair[name] = row
@@ -278,6 +289,7 @@ def run(duration_s: float = 12.0, layouts=("shared", "split"), gc_modes=("defaul
                 if echo is not None:
                     bench_load.stop(echo)
     meta = {"duration_s": duration_s, "layouts": list(layouts), "gc_modes": list(gc_modes),
+            "variants": list(variants),
             "workers": workers, "rate": rate, "fraction": fraction, "repeats": repeats,
             "processes": processes, "n": n, "k": bench_load.K, "cpus": os.cpu_count(),
             "client": "grpc.aio in this process, bench_load's 8 connections and Poisson schedule"}
@@ -298,6 +310,8 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.5, help="of max, when no --rate")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=[""], metavar="FLAGS",
+                        help="serve flags, one server per string, e.g. '' '--gil-switch-ms 1'")
     parser.add_argument("--out", default="tail", help="results/<OUT>.json (default tail)")
     args = parser.parse_args()
     layouts = tuple(args.layouts.split(","))
@@ -314,7 +328,7 @@ def main() -> None:
                           if k in dict(COLUMNS) or k in ("max_rps", "repeat")}), flush=True)
 
     result = run(args.duration, layouts, tuple(args.gc.split(",")), args.workers, args.rate,
-                 args.fraction, args.repeats, args.processes, log=log)
+                 args.fraction, args.repeats, args.processes, variants=tuple(args.variants), log=log)
     print_table("the tail at half of max load", result["rows"], COLUMNS)
     print(markdown_table(result["rows"], COLUMNS))
     print(f"saved {save(args.out, result['rows'], result['meta'])}")
