@@ -74,7 +74,13 @@ def _check(problem: SlateProblem, model: ExactModel, run: Run) -> np.ndarray | N
 # column, root LP from scratch ~10 us per column; CP-SAT: one Python call per variable and row
 # entry). A backend is not started when this alone would overrun the time left: solvers check
 # their time limits between steps, not inside model building or a root LP.
-CALL_SECONDS_PER_COLUMN = {"mip": (3e-6, 1e-5), "cpsat": (2e-5, 4e-5)}
+# HiGHS with a start: 1e-5, not the 3e-6 that building and MIP setup alone cost. Measured on the
+# priced models of bench_certify's mixed + coverage family (N=1000, K=20, 30 seeds; coverage's LP
+# gap leaves 160-2100 columns on 2 of 3 seeds): a call with a 1 ms limit costs 1.5 ms + ~4 us per
+# column, but once HiGHS enters its root LP it finishes it, so a 1734-column model answered in
+# ~15 ms for any limit from 5 to 12 ms (17 ms past a 20 ms request budget). A call that cannot
+# reach the end of its root LP only hands back its start, so starting it buys nothing.
+CALL_SECONDS_PER_COLUMN = {"mip": (1e-5, 1e-5), "cpsat": (2e-5, 4e-5)}
 
 
 def _cheap_bound(problem: SlateProblem) -> float:

@@ -26,6 +26,7 @@ import numpy as np
 from scipy.sparse import csc_matrix
 
 from solvers._highs import new_highs
+from solvers.codes import COVERAGE
 from solvers.evaluate import evaluate
 from solvers.exact.model import (
     ExactModel, build_model, canonical_slate, hard_feasible, row_incidence,
@@ -366,7 +367,9 @@ def lp_infeasible(model: ExactModel, items_in: np.ndarray, deadline: float,
 def _initial_items(model: ExactModel, hint_slate: np.ndarray | None,
                    factor: float = 1.0) -> np.ndarray:
     """A small item set to start pricing from: the hint, the top factor * L by utility, and for
-    every minimum row the best 2 * rhs matching items (so the first LP rarely needs artificials)."""
+    every minimum row but the coverage ones the best 2 * rhs matching items (so the first LP
+    rarely needs artificials; a coverage row is soft, it never needs one, and seeding two items
+    per value of a 20-value attribute would double the first LP)."""
     u = model.problem.utility[model.items]
     L = model.length
     pick = np.zeros(model.items.shape[0], dtype=np.bool_)
@@ -374,7 +377,8 @@ def _initial_items(model: ExactModel, hint_slate: np.ndarray | None,
     pick[order[:int(np.ceil(factor * L))]] = True
     r = model.rows
     codes = model.problem.codes
-    for k in np.flatnonzero(~r.upper).tolist():
+    kind = model.problem.constraints.kind[r.constraint]
+    for k in np.flatnonzero(~r.upper & (kind != COVERAGE)).tolist():
         match = order[codes[r.attr[k], model.items[order]] == r.value[k]]
         pick[match[:2 * int(r.rhs[k])]] = True
     if hint_slate is not None:
