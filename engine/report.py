@@ -8,7 +8,7 @@ import numpy as np
 
 from engine.compile import Compiled, CompiledPolicy
 from engine.policy import Calibration, Coverage, FairPrefix, MaxCount, MinCount, Pin, Window
-from engine.types import ConstraintReport, SlateItem
+from engine.types import ConstraintReport, SlateItems
 from solvers.evaluate import Evaluation
 from solvers.greedy import constraint_ranks
 from solvers.codes import RELAX_CONFLICT, RELAX_INFEASIBLE, RELAX_SHORTAGE
@@ -122,18 +122,16 @@ def constraint_reports(cp: CompiledPolicy, compiled: Compiled, result: SolveResu
 
 
 def slate_items(compiled: Compiled, slate: np.ndarray, item_ids: list[str], scores,
-                explain: bool) -> list[SlateItem]:
+                explain: bool) -> SlateItems:
+    """The slate's items as columns (engine.types.SlateItems: SlateItem objects only if read)."""
     idx = compiled.index[slate]
     util = compiled.problem.utility[slate]
-    items = []
-    for p, (r, u) in enumerate(zip(idx.tolist(), util.tolist())):
-        contrib = {}
-        if explain:
-            contrib = {name: w * float(scores[name][r]) for name, w in compiled.weights.items()}
-            if compiled.boost is not None:
-                contrib["exposure_boost"] = float(compiled.boost[slate[p]])
-        items.append(SlateItem(item_ids[r], r, p + 1, u, contrib))
-    return items
+    contributions = None
+    if explain:
+        contributions = {name: w * scores[name][idx] for name, w in compiled.weights.items()}
+        if compiled.boost is not None:
+            contributions["exposure_boost"] = np.asarray(compiled.boost[slate], dtype=np.float64)
+    return SlateItems([item_ids[r] for r in idx.tolist()], idx, util, contributions)
 
 
 def gap_kind(objective: float, bound: float) -> str:

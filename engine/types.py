@@ -183,6 +183,78 @@ class SlateItem:
     contributions: dict[str, float] = field(default_factory=dict)  # explain: weight * score per column
 
 
+class SlateItems(Sequence):
+    """A slate's items as columns (ids, candidate indices, utilities, explain's contributions),
+    behaving as a read-only `list[SlateItem]` (len, indexing, slices, iteration, ==, +): the
+    `SlateItem`s are built on first use and kept, so callers that never look at them (the
+    server's encoder reads `columns()`) make none. Positions are 1..K. Pickles and copies as a
+    plain list of `SlateItem`."""
+
+    __slots__ = ("item_ids", "index", "utility", "contributions", "_items")
+
+    def __init__(self, item_ids: list[str], index: np.ndarray, utility: np.ndarray,
+                 contributions: dict[str, np.ndarray] | None = None) -> None:
+        """item_ids: the slate's ids (K); index: int64[K] into the request's candidates; utility:
+        float64[K]; contributions: column -> float64[K] (explain), None or empty: none."""
+        if not (len(item_ids) == len(index) == len(utility)):
+            raise ValueError(f"SlateItems: item_ids, index and utility must have one entry per "
+                             f"position, got {len(item_ids)}, {len(index)}, {len(utility)}")
+        self.item_ids = item_ids
+        self.index = index
+        self.utility = utility
+        self.contributions = contributions or None
+        self._items: list[SlateItem] | None = None
+
+    def columns(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray] | None:
+        """(ids, index int64, position int64, utility float64); None with contributions."""
+        if self.contributions:
+            return None
+        return (self.item_ids, self.index, np.arange(1, len(self.item_ids) + 1, dtype=np.int64),
+                self.utility)
+
+    def _list(self) -> list[SlateItem]:
+        items = self._items
+        if items is None:
+            ids = self.item_ids
+            if self.contributions:
+                names = list(self.contributions)
+                rows = zip(*(self.contributions[n].tolist() for n in names))
+                contrib = [dict(zip(names, row)) for row in rows]
+            else:
+                contrib = [{} for _ in ids]
+            items = self._items = [SlateItem(ids[p], r, p + 1, u, contrib[p])
+                                   for p, (r, u) in enumerate(zip(self.index.tolist(), self.utility.tolist()))]
+        return items
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def __getitem__(self, i):
+        return self._list()[i]
+
+    def __iter__(self):
+        return iter(self._list())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, SlateItems | list | tuple):
+            return self._list() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # like a list
+
+    def __add__(self, other):
+        return self._list() + list(other)
+
+    def __radd__(self, other):
+        return list(other) + self._list()
+
+    def __repr__(self) -> str:
+        return repr(self._list())
+
+    def __reduce__(self):
+        return (list, (self._list(),))
+
+
 @dataclass(slots=True)  # not frozen, like SlateItem: made per rule per request
 class ConstraintReport:
     name: str
@@ -213,7 +285,7 @@ class ExposureLPReport:
 
 @dataclass(frozen=True, slots=True)
 class RerankResult:
-    items: list[SlateItem]
+    items: list[SlateItem]  # or SlateItems (the engine's answers): a list of SlateItem to every reader
     policy: str
     policy_version: str
     solver: str  # which solver produced the slate

@@ -11,7 +11,7 @@ import time
 import grpc
 
 from engine.errors import InvalidRequest, PolicyInvalid, Unavailable
-from server import callclock, convert
+from server import callclock, convert, encode
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from server.admission import Admission
@@ -54,12 +54,14 @@ class RerankerServicer(pb_grpc.RerankerServicer):
             metrics.watch_admission(self.admission)
             self.admission.error_observer = lambda method, code: metrics.errors.labels(method, code).inc()
         convert.warmup()  # the decoder's kernels, compiled before the server can report SERVING
+        encode.warmup()  # and the encoder's
 
     # ------------------------------------------------------------------------------- Rerank
 
     def Rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext,
-               raw: bytes | None = None) -> pb.RerankResponse:
-        """`raw`: the bytes `request` was parsed from, if at hand (the decoder reads columns there)."""
+               raw: bytes | None = None) -> bytes:
+        """`raw`: the bytes `request` was parsed from, if at hand (the decoder reads columns there).
+        Returns the response's bytes (server.encode; server.app's serializer sends bytes as they are)."""
         t0 = time.perf_counter()
         try:
             self._shed_if_expired(context, request.policy)
@@ -67,7 +69,7 @@ class RerankerServicer(pb_grpc.RerankerServicer):
             with self.admission.lane(work, request.policy) as in_lane:
                 if in_lane and self.heavy is not None and raw is not None:
                     return self.heavy.forward("Rerank", raw, context)
-                response = self._rerank(request, context, raw, callclock.current())
+                response = self._rerank(request, context, raw, callclock.current(), as_bytes=True)
             context.set_trailing_metadata(self._pid_metadata)
             return response
         except RelayedStatus as exc:  # the heavy worker's own answer: passed on as it is
@@ -195,10 +197,16 @@ class RerankerServicer(pb_grpc.RerankerServicer):
         return work
 
     def _rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext,
-                raw: bytes | None = None, clock: callclock.CallClock | None = None) -> pb.RerankResponse:
+                raw: bytes | None = None, clock: callclock.CallClock | None = None,
+                as_bytes: bool = False) -> pb.RerankResponse | bytes:
         """`clock`: the call's steps so far (server.callclock); with it, `total` runs from the
         handler's start (the parse and admission included) and the response also reports queue,
-        receive, parse and admission; without it (batch entries), from here."""
+        receive, parse and admission; without it (batch entries), from here.
+
+        `as_bytes`: return the response serialized by the fast encoder (server.encode: the items
+        written from the slate's columns); `encode` then holds the items' bytes and the rest's
+        message, and the rest's serialization and the join are the clock's serialize step (as
+        gRPC's serializer is for a message). Otherwise (RerankBatch) the message."""
         t0 = time.perf_counter()
         if _remaining_ms(context) == 0.0:
             raise DeadlineExpired("decoding")
@@ -211,7 +219,10 @@ class RerankerServicer(pb_grpc.RerankerServicer):
         t1 = time.perf_counter()
         result = self._engine.rerank(req)
         t2 = time.perf_counter()
-        resp = convert.encode_result(result)
+        if as_bytes:
+            resp, items_bytes = encode.encode_parts(result)
+        else:
+            resp, items_bytes = convert.encode_result(result), b""
         t3 = time.perf_counter()
         elapsed = resp.diagnostics.elapsed_us
         if "solve" not in elapsed:  # the engine times each solver (solve_greedy, ...): sum them
@@ -230,10 +241,17 @@ class RerankerServicer(pb_grpc.RerankerServicer):
             log.debug(
                 "rerank",
                 extra={"request_id": request.request_id, "policy": request.policy,
-                       "n": len(request.candidates.item_ids), "k": len(resp.items),
+                       "n": len(request.candidates.item_ids), "k": len(result.items),
                        "solver": resp.diagnostics.solver, "elapsed_us": dict(elapsed)},
             )
-        return resp
+        if not as_bytes:
+            return resp
+        if clock is None:
+            return encode.join(resp, items_bytes)
+        clock.serialized_from = time.perf_counter_ns()
+        out = encode.join(resp, items_bytes)
+        clock.serialized_to = time.perf_counter_ns()
+        return out
 
     # ------------------------------------------------------------------------- policies
 
