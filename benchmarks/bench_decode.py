@@ -9,7 +9,9 @@ drift of the machine hits both alike. Medians over `--calls` calls each.
 Also measured, as a prototype for the parse (not used by the server): a "lite" RerankRequest
 whose `candidates` field is declared `bytes` (built at run time from the generated descriptor),
 so that upb parses only the request's top level and keeps the Candidates message as bytes for the
-wire kernels; and the one kernel pass over those bytes (`_wire_kernels.candidates_scan`).
+wire kernels; the one kernel pass over those bytes (`_wire_kernels.candidates_scan`); and a
+prototype decoder of the lite message (`_lite_decode`: scores and attributes only, checked equal
+to decode_request's once; it lacks validation a real one would need).
 
     python -m benchmarks.bench_decode [--calls 2000] [--profile]
     python -m benchmarks.bench_decode --against /work/wt   # A/B: that checkout's server/ vs this one
@@ -35,7 +37,8 @@ ENCODINGS = ("dictionary", "plain")
 COLUMNS = [("encoding", "string columns"), ("request_bytes", "request bytes"),
            ("parse_us", "parse µs (FromString)"), ("decode_us", "decode µs (decode_request)"),
            ("parse_decode_us", "parse + decode µs"), ("lite_parse_us", "lite parse µs (candidates as bytes)"),
-           ("scan_us", "candidates_scan µs"),
+           ("scan_us", "candidates_scan µs"), ("lite_decode_us", "lite decode µs (prototype)"),
+           ("lite_parse_decode_us", "lite parse + decode µs"),
            ("parse_over_dictionary", "parse / dictionary"), ("decode_over_dictionary", "decode / dictionary")]
 
 
@@ -59,6 +62,41 @@ def _lite_request_class():
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("reranker.v1.RerankRequest"))
 
 
+def _lite_decode(lite_msg, raw: bytes):
+    """Prototype (not the server's decoder): the engine's columns from a lite-parsed request, whose
+    Candidates are bytes, with the wire kernels alone: one candidates_scan, scores by
+    np.frombuffer, plain columns from the joined distinct values, dictionary columns' strings by
+    upb from their StringColumn's bytes (small), item ids left as their offsets. No validation
+    beyond what the kernel does (a real one must also check UTF-8, which upb does in the parse).
+    Returns (scores, attributes as (codes, dictionary)) or None if this prototype cannot read them."""
+    from server import _wire_kernels as wk
+    from server import wire_layout
+    from server._gen.reranker.v1 import reranker_pb2 as pb
+
+    cands = lite_msg.candidates
+    view = np.frombuffer(cands, dtype=np.uint8)
+    n = 1000  # a real decoder would count the ids in the scan; the prototype knows N
+    codes, first, info = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(2, np.int64)
+    entries = np.empty((64, wk.E_WIDTH), dtype=np.int64)
+    column_codes = np.empty((8, n), dtype=np.int64)
+    text = np.empty(view.shape[0], dtype=np.uint8)
+    if wk.candidates_scan(view, wire_layout.KERNEL_FIELDS, codes, first, info, entries, column_codes, text) < 0:
+        return None
+    scores, attributes = {}, {}
+    for row in entries[:info[1]].tolist():
+        field, key_at, key_len, value_at, value_len, data, count, top, distinct, text_at, text_len = row
+        key = cands[key_at:key_at + key_len].decode() if key_at >= 0 else ""
+        if field == wire_layout.SCORES and data >= 0:
+            scores[key] = np.frombuffer(cands, dtype="<f8", count=count // 8, offset=data).astype(np.float64)
+        elif field == wire_layout.ATTRIBUTES and data >= 0:
+            if distinct >= 0:
+                dictionary = tuple(str(text[text_at:text_at + text_len], "utf-8").split("\x00"))
+            else:
+                dictionary = tuple(pb.StringColumn.FromString(cands[value_at:value_at + value_len]).dictionary)
+            attributes[key] = (column_codes[data, :count], dictionary)
+    return scores, attributes
+
+
 def measure(calls: int, block: int = 100) -> list[dict]:
     from benchmarks.bench_grpc import make_request
     from server import _wire_kernels as wk
@@ -75,12 +113,20 @@ def measure(calls: int, block: int = 100) -> list[dict]:
     perf = time.perf_counter_ns
     from_string = pb.RerankRequest.FromString
     lite_from_string = lite.FromString
+    joined = hasattr(wk, "E_WIDTH")  # the kernel takes the joined-values buffer (else: before it)
+    width = getattr(wk, "E_WIDTH", 8)
+    lite_decode = {enc: [] for enc in ENCODINGS}
     for raw in raws.values():  # warm-up, and the lite message must carry the same bytes
         for _ in range(50):
             convert.decode_request(from_string(raw), raw)
         assert pb.Candidates.FromString(lite_from_string(raw).candidates) == from_string(raw).candidates
-    joined = hasattr(wk, "E_WIDTH")  # the kernel takes the joined-values buffer (else: before it)
-    width = getattr(wk, "E_WIDTH", 8)
+        if joined:  # the prototype decodes what the server's decoder does
+            got = _lite_decode(lite_from_string(raw), raw)
+            want = convert.decode_request(from_string(raw), raw).candidates
+            assert got is not None and sorted(got[0]) == sorted(want.scores)
+            assert all(np.array_equal(got[0][k], want.scores[k]) for k in want.scores)
+            assert {k: (c.tolist(), d) for k, (c, d) in got[1].items()} == {
+                k: (a.codes.tolist(), a.dictionary) for k, a in want.attributes.items()}
     done = 0
     while done < calls:
         m = min(block, calls - done)
@@ -97,11 +143,16 @@ def measure(calls: int, block: int = 100) -> list[dict]:
                 d.append(t2 - t1)
             c = msg.candidates
             n = len(c.item_ids)
+            ld = lite_decode[enc]
             for _ in range(m):
                 t0 = perf()
                 small = lite_from_string(raw)
                 t1 = perf()
                 lp.append(t1 - t0)
+                if joined:
+                    t0 = perf()
+                    _lite_decode(small, raw)
+                    ld.append(perf() - t0)
                 # what a lite decoder's kernel pass costs (its outputs allocated as decode does)
                 t0 = perf()
                 offset, length = wk.submessage(view, wire_layout.REQUEST_CANDIDATES)
@@ -120,7 +171,10 @@ def measure(calls: int, block: int = 100) -> list[dict]:
                      "parse_us": float(np.median(p)), "decode_us": float(np.median(d)),
                      "parse_decode_us": float(np.median(p + d)),
                      "lite_parse_us": float(np.median(lite_parse[enc])) / 1e3,
-                     "scan_us": float(np.median(scan[enc])) / 1e3})
+                     "scan_us": float(np.median(scan[enc])) / 1e3,
+                     "lite_decode_us": float(np.median(lite_decode[enc])) / 1e3 if lite_decode[enc] else None})
+        if rows[-1]["lite_decode_us"] is not None:
+            rows[-1]["lite_parse_decode_us"] = rows[-1]["lite_parse_us"] + rows[-1]["lite_decode_us"]
     for row in rows:
         row["parse_over_dictionary"] = row["parse_us"] / rows[0]["parse_us"]
         row["decode_over_dictionary"] = row["decode_us"] / rows[0]["decode_us"]
