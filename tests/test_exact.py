@@ -345,7 +345,8 @@ def test_terms_the_exact_model_lacks_are_refused_but_conflicts_still_found():
     p = _inf_spacing_plus(dict(kind=CALIBRATION, attr=2, hard=False, penalty=0.3,
                                target=[0.2, 0.3, 0.5]))
     for solve in (solve_mip, solve_cpsat):
-        with pytest.raises(ValueError, match=re.escape("calibration (KL divergence) is not linear")):
+        with pytest.raises(ValueError,
+                           match=re.escape("calibration (KL divergence) is not linear")):
             solve(p, time_limit_s=LIMIT)
     assert find_conflict(p, time_limit_s=LIMIT) == [0, 1]
     p = _inf_spacing_plus(dict(kind=COVERAGE, attr=2, hard=False, penalty=0.3, top=3))

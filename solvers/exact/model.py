@@ -25,13 +25,15 @@ and CP-SAT take coverage without a special case.
    (non-increasing weights) a class's k-th best can be assumed at a position >= k.
 2. Hard pins are fixed (positions and items removed, row right-hand sides shifted): exact.
 3. Rows that can never bind are dropped (fewer matching items or free positions than the bound).
+   Only <= rows: a >= row (minimum, coverage value) goes only when the hard pins meet it.
 
 The fourth reduction, LP pricing and reduced-cost fixing, is `solvers.exact.pricing`.
 `exact_unsupported` says which problems the model cannot represent (and why): similarity
-diversity (MMR, DPP) and CALIBRATION rows, which are not linear in the assignment (greedy only). Nothing here
-knows about policies or about a solver; `solvers.exact.highs_mip` and `solvers.exact.cpsat`
-solve the reduced model and map columns back to candidate indices. Light on purpose: numpy
-only, so that `import solvers.exact` (which exports `exact_unsupported`) loads no solver.
+diversity (MMR, DPP) and CALIBRATION rows, which are not linear in the assignment (greedy
+only). Nothing here knows about policies or about a solver; `solvers.exact.highs_mip` and
+`solvers.exact.cpsat` solve the reduced model and map columns back to candidate indices.
+Light on purpose: numpy only, so that `import solvers.exact` (which exports
+`exact_unsupported`) loads no solver.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from solvers.codes import (
-    ALL_VALUES, CALIBRATION, COVERAGE, DIV_NAMES, KIND_NAMES, MAX_COUNT, MIN_COUNT, PIN, WINDOW,
+    ALL_VALUES, CALIBRATION, COVERAGE, DIV_NAMES, MAX_COUNT, MIN_COUNT, PIN, WINDOW,
 )
 from solvers.evaluate import evaluate
 from solvers.problem import SlateProblem
@@ -173,8 +175,8 @@ def constraint_classes(problem: SlateProblem, rows: np.ndarray) -> np.ndarray:
     they match exactly the same rule values (the full code when some rule on `a` applies to
     ALL_VALUES or when a COVERAGE rule reads `a`, otherwise only which of the rules' named values
     the code equals), and neither is named by a PIN row in `rows` (pinned candidates are
-    singletons). Swapping two members of a
-    class at a position therefore leaves every count of every rule unchanged.
+    singletons). Swapping two members of a class at a position therefore leaves every count of
+    every rule unchanged, and which values sit in any prefix.
 
     Parameters
     ----------
