@@ -162,7 +162,11 @@ def _hash(buf, at, length):
     bound by the multiply's latency: ~1 ns per byte). The last 1-7 bytes are read without a loop
     (overlapping 4-byte loads, or first / middle / last byte), and a final mix brings every
     input bit down to the low bits that pick the hash table slot (ids differing only in a
-    word's top byte would otherwise all collide)."""
+    word's top byte would otherwise all collide).
+    One-to-one on strings of a given length up to 8 bytes, which `_dictionary_encode` relies on
+    (it then skips the byte comparison): those bytes are read whole into one word (8: the one
+    loop word; 4-7: two overlapping 4-byte loads; 1-3: first, middle and last byte), and every
+    step after is invertible (xor with a constant, a multiply by an odd constant, x ^ x >> 32)."""
     k = np.uint64(0x9E3779B97F4A7C15)
     h = np.uint64(14695981039346656037) ^ np.uint64(length)
     p = at
@@ -232,7 +236,9 @@ def _dictionary_encode(buf, start, size, n, codes, first, slots):
                             s = (s + 1) & mask
                         table[s] = k
                 break
-            if code_hash[code] == h and code_len[code] == length and _same(buf, code_at[code], at, length):
+            # up to 8 bytes `_hash` is one-to-one for a given length: equal hashes, equal bytes
+            if code_hash[code] == h and code_len[code] == length and (
+                    length <= 8 or _same(buf, code_at[code], at, length)):
                 codes[j] = code
                 break
             s = (s + 1) & mask

@@ -691,3 +691,21 @@ def test_plain_columns_decode_from_the_bytes_as_from_the_message(values):
     want = Attribute.from_values(values)
     got = fast.candidates.attributes["a"]
     assert got.dictionary == want.dictionary and got.codes.tolist() == want.codes.tolist()
+
+
+def test_the_hash_is_one_to_one_up_to_8_bytes():
+    """`_dictionary_encode` trusts equal hashes for strings of equal length <= 8 bytes: every
+    1- and 2-byte string, and random ones of 3-8 bytes differing in one byte, hash apart."""
+    for length in (1, 2):
+        words = np.array(np.meshgrid(*[np.arange(256)] * length)).reshape(length, -1).T
+        buf = words.astype(np.uint8).ravel()
+        hashes = {int(wk._hash(buf, j * length, length)) for j in range(words.shape[0])}
+        assert len(hashes) == words.shape[0]
+    rng = np.random.default_rng(2)
+    for length in range(3, 9):
+        for _ in range(300):
+            a = rng.integers(0, 256, length, dtype=np.uint8)
+            b = a.copy()
+            b[rng.integers(0, length)] ^= np.uint8(rng.integers(1, 256))
+            buf = np.concatenate([a, b])
+            assert wk._hash(buf, 0, length) != wk._hash(buf, length, length), (length, a, b)
