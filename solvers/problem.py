@@ -54,7 +54,8 @@ given P_p = the items at positions < p (only the last w of them when w > 0):
 
 Every extra term is <= 0 (div, -penalty * violation), so `objective_upper_bound_unconstrained`
 stays a valid bound. `solvers.exact.exact_unsupported` tells whether a problem uses any of them
-(the exact solvers model only the MAX_COUNT / MIN_COUNT / WINDOW / PIN rows and the plain utility).
+(the exact solvers model the plain utility, the MAX_COUNT / MIN_COUNT / WINDOW / PIN rows and
+COVERAGE rows, not calibration or similarity diversity).
 """
 
 from __future__ import annotations

@@ -332,8 +332,11 @@ def test_kind_names_and_exact_unsupported():
 
     assert KIND_NAMES[COVERAGE] == "coverage" and KIND_NAMES[CALIBRATION] == "calibration"
     assert not exact_unsupported(random_problem(1))
-    assert exact_unsupported(random_problem(1, extras=1))
-    assert exact_unsupported(random_problem(1, n=10, div_mode=DIV_MMR))
+    # coverage has an exact model (one soft "at least one of value v" row per value); calibration's
+    # KL divergence and similarity diversity do not, and say so
+    assert exact_unsupported(random_problem(1, extras=1)) is None  # a coverage row
+    assert "calibration" in exact_unsupported(random_problem(5, extras=1))
+    assert "mmr" in exact_unsupported(random_problem(1, n=10, div_mode=DIV_MMR))
 
 
 # --- input checks --------------------------------------------------------------------------------
