@@ -25,6 +25,8 @@ from server import convert
 from server._gen.reranker.v1 import reranker_pb2 as pb
 
 _NO_ITEMS: tuple = ()
+_REST_FIELDS = tuple(f.name for f in dataclasses.fields(RerankResult) if f.name != "items")
+_set = object.__setattr__
 _EMPTY = np.frombuffer(b"\0", np.uint8)  # read-only, as the kernel's id bytes are
 
 
@@ -33,9 +35,19 @@ def warmup() -> None:
     _ek.warmup()
 
 
+def without_items(result: RerankResult) -> RerankResult:
+    """A copy of `result` whose items are empty: dataclasses.replace without its __init__ (half
+    its ~7 us; RerankResult has no __post_init__ to skip)."""
+    out = object.__new__(RerankResult)
+    for name in _REST_FIELDS:
+        _set(out, name, getattr(result, name))
+    _set(out, "items", _NO_ITEMS)
+    return out
+
+
 def encode_rest(result: RerankResult) -> pb.RerankResponse:
     """Every field of the response but `items` (convert.encode_result on the result without them)."""
-    return convert.encode_result(dataclasses.replace(result, items=_NO_ITEMS))
+    return convert.encode_result(without_items(result))
 
 
 def slate_columns(items) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray] | None:

@@ -135,3 +135,13 @@ def test_slate_items_behave_as_a_list():
     assert pickle.loads(pickle.dumps(s)) == expected and copy.deepcopy(s) == expected
     with pytest.raises(ValueError, match="one entry per position, got 2, 1, 2"):
         SlateItems(["a", "b"], np.array([1]), np.array([0.5, 0.25]))
+
+
+def test_without_items_is_replace():
+    import dataclasses
+
+    result = _result([SlateItem("a", 1, 1, 0.5)], boosts={"x=y": 1.0})
+    copy_ = encode.without_items(result)
+    assert copy_ == dataclasses.replace(result, items=()) and copy_.items == () and result.items
+    # a field added to RerankResult is copied too (the copy walks dataclasses.fields)
+    assert {f.name for f in dataclasses.fields(RerankResult)} - {"items"} == set(encode._REST_FIELDS)
