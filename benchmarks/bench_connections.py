@@ -32,7 +32,7 @@ from benchmarks.bench_load import (
 )
 from benchmarks.common import markdown_table, print_table, save
 
-COLUMNS = [("layout", "client"), ("processes", "server processes"), ("concurrency", "C"),
+COLUMNS = [("repeat", "round"), ("layout", "client"), ("processes", "server processes"), ("concurrency", "C"),
            ("connections", "connections"), ("throughput_rps", "req/s"), ("p50_ms", "p50 ms"),
            ("p99_ms", "p99 ms"), ("errors", "errors"), ("over_spread", "req/s / 8 connections"),
            ("loadavg_1m", "load avg 1 min")]
@@ -97,7 +97,7 @@ async def _close(channels) -> None:
 
 
 def run(quick: bool = False, duration_s: float | None = None,
-        concurrency: tuple[int, ...] = (16,)) -> dict:
+        concurrency: tuple[int, ...] = (16,), repeats: int = 1) -> dict:
     duration_s = duration_s or (3.0 if quick else 10.0)
     worker_ports = "--worker-ports" in _serve_help()
     rows = []
@@ -107,8 +107,8 @@ def run(quick: bool = False, duration_s: float | None = None,
         base = _free_ports(2) if worker_ports else None
         proc, address = _start(policies, 2, base)
         try:
-            for c in concurrency:
-                async def two_workers():
+            for c, r in ((c, r) for r in range(repeats) for c in concurrency):
+                async def two_workers():  # the layouts interleaved, `repeats` times
                     out = []
                     one = [_channel(address, 0)]
                     out.append(await _measure("one connection", one, payload, c, duration_s, 1, 2))
@@ -125,7 +125,7 @@ def run(quick: bool = False, duration_s: float | None = None,
                                                   payload, c, duration_s, 2, 2))
                         await _close(rr)
                     return out
-                rows += asyncio.run(two_workers())
+                rows += [dict(row, repeat=r) for row in asyncio.run(two_workers())]
         finally:
             stop(proc)
         proc, address = _start(policies, 1)
@@ -140,11 +140,13 @@ def run(quick: bool = False, duration_s: float | None = None,
         finally:
             stop(proc)
     for c in concurrency:
-        spread = next(r for r in rows if r["layout"] == "8 connections" and r["concurrency"] == c)
-        for r in rows:
-            if r["concurrency"] == c:
-                r["over_spread"] = r["throughput_rps"] / spread["throughput_rps"]
-    meta = {"quick": quick, "duration_s": duration_s, "n": 1000, "k": 20, "concurrency": concurrency,
+        for rep in range(repeats):  # against the 8 connections of the same round
+            spread = next(r for r in rows if r["layout"] == "8 connections" and r["concurrency"] == c
+                          and r.get("repeat") == rep)
+            for r in rows:
+                if r["concurrency"] == c and r.get("repeat", rep) == rep:
+                    r["over_spread"] = r["throughput_rps"] / spread["throughput_rps"]
+    meta = {"quick": quick, "duration_s": duration_s, "repeats": repeats, "n": 1000, "k": 20, "concurrency": concurrency,
             "worker_ports": worker_ports, "cpus": os.cpu_count(),
             "client": "grpc.aio in this process, pre-serialised requests, responses unparsed"}
     return {"rows": rows, "meta": meta}
@@ -155,8 +157,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 s per row")
     parser.add_argument("--duration", type=float, default=None, help="seconds per row (default 10)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16], help="calls in flight")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of the 2-process layouts, interleaved (default 1)")
     args = parser.parse_args()
-    result = run(args.quick, args.duration, tuple(args.concurrency))
+    result = run(args.quick, args.duration, tuple(args.concurrency), args.repeats)
     print_table("one connection against several, serve --processes 2", result["rows"], COLUMNS)
     print(markdown_table(result["rows"], COLUMNS))
     print(f"saved {save('connections', result['rows'], result['meta'])}")

@@ -34,8 +34,8 @@ import asyncio
 import gc
 import itertools
 import json
-import shlex
 import os
+import shlex
 import sys
 import tempfile
 import threading
