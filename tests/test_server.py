@@ -665,3 +665,22 @@ def test_every_answer_names_the_digest_of_the_policy_file_that_served_it(stub):
     served = (POLICIES_DIR / "home_feed.yaml").read_bytes()
     assert resp.policy == "home_feed"
     assert resp.policy_digest == hashlib.sha256(served).hexdigest()
+
+
+@pytest.mark.parametrize("explain", [True, False])
+def test_rerank_bytes_equal_the_message_path(engine, explain):
+    """The servicer's bytes (server.encode) parse to the message RerankBatch's path builds
+    (convert.encode_result), timings aside, with and without explain's contributions."""
+    servicer = RerankerServicer(engine)
+    request = example_request()
+    request.explain = explain
+    context = _FakeContext(remaining=None)
+    fast = pb.RerankResponse.FromString(servicer._rerank(request, context, request.SerializeToString(),
+                                                         as_bytes=True))
+    reference = servicer._rerank(request, context)
+    assert isinstance(reference, pb.RerankResponse) and len(fast.items) == len(reference.items) > 0
+    assert any(it.contributions for it in fast.items) == explain
+    for r in (fast, reference):
+        assert {"decode", "compile", "solve", "report", "encode", "total"} <= set(r.diagnostics.elapsed_us)
+        r.diagnostics.elapsed_us.clear()
+    assert fast == reference
