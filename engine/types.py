@@ -190,18 +190,19 @@ class SlateItems(Sequence):
     server's encoder reads `columns()`) make none. Positions are 1..K. Pickles and copies as a
     plain list of `SlateItem`."""
 
-    __slots__ = ("item_ids", "index", "utility", "contributions", "_items")
+    __slots__ = ("item_ids", "indices", "utilities", "contributions", "_items")
 
-    def __init__(self, item_ids: list[str], index: np.ndarray, utility: np.ndarray,
+    def __init__(self, item_ids: list[str], indices: np.ndarray, utilities: np.ndarray,
                  contributions: dict[str, np.ndarray] | None = None) -> None:
-        """item_ids: the slate's ids (K); index: int64[K] into the request's candidates; utility:
-        float64[K]; contributions: column -> float64[K] (explain), None or empty: none."""
-        if not (len(item_ids) == len(index) == len(utility)):
-            raise ValueError(f"SlateItems: item_ids, index and utility must have one entry per "
-                             f"position, got {len(item_ids)}, {len(index)}, {len(utility)}")
+        """item_ids: the slate's ids (K); indices: int64[K] into the request's candidates;
+        utilities: float64[K]; contributions: column -> float64[K] (explain), None or empty: none.
+        (Not `index` / `utility`: `index()` is the list method, which callers may use.)"""
+        if not (len(item_ids) == len(indices) == len(utilities)):
+            raise ValueError(f"SlateItems: item_ids, indices and utilities must have one entry per "
+                             f"position, got {len(item_ids)}, {len(indices)}, {len(utilities)}")
         self.item_ids = item_ids
-        self.index = index
-        self.utility = utility
+        self.indices = indices
+        self.utilities = utilities
         self.contributions = contributions or None
         self._items: list[SlateItem] | None = None
 
@@ -209,8 +210,8 @@ class SlateItems(Sequence):
         """(ids, index int64, position int64, utility float64); None with contributions."""
         if self.contributions:
             return None
-        return (self.item_ids, self.index, np.arange(1, len(self.item_ids) + 1, dtype=np.int64),
-                self.utility)
+        return (self.item_ids, self.indices, np.arange(1, len(self.item_ids) + 1, dtype=np.int64),
+                self.utilities)
 
     def _list(self) -> list[SlateItem]:
         items = self._items
@@ -223,7 +224,7 @@ class SlateItems(Sequence):
             else:
                 contrib = [{} for _ in ids]
             items = self._items = [SlateItem(ids[p], r, p + 1, u, contrib[p])
-                                   for p, (r, u) in enumerate(zip(self.index.tolist(), self.utility.tolist()))]
+                                   for p, (r, u) in enumerate(zip(self.indices.tolist(), self.utilities.tolist()))]
         return items
 
     def __len__(self) -> int:

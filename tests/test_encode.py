@@ -133,6 +133,8 @@ def test_slate_items_behave_as_a_list():
     import copy
     import pickle
     assert pickle.loads(pickle.dumps(s)) == expected and copy.deepcopy(s) == expected
+    assert s.index(expected[1]) == 1 and s.count(expected[0]) == 1  # the list methods
+    assert s.indices.tolist() == [4, 2] and s.columns()[2].tolist() == [1, 2]
     with pytest.raises(ValueError, match="one entry per position, got 2, 1, 2"):
         SlateItems(["a", "b"], np.array([1]), np.array([0.5, 0.25]))
 
