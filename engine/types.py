@@ -256,6 +256,14 @@ class SlateItems(Sequence):
         return (list, (self._list(),))
 
 
+def slate_indices(items, dtype=np.int64) -> np.ndarray:
+    """The candidate index of every slate position, as an array: read from the columns of a
+    `SlateItems` (no `SlateItem` is built), else from each item's `index`."""
+    if isinstance(items, SlateItems):
+        return np.asarray(items.indices, dtype=dtype)
+    return np.fromiter((it.index for it in items), dtype, len(items))
+
+
 @dataclass(slots=True)  # not frozen, like SlateItem: made per rule per request
 class ConstraintReport:
     name: str

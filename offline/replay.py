@@ -51,6 +51,7 @@ from engine.decision_log import DECISION_SCHEMA, from_table, is_stream_url, log_
 from engine.decision_log.schema import check_version
 from engine.errors import RerankError
 from engine.ledger import InProcessLedger
+from engine.types import slate_indices
 from engine.validate import Limits
 from offline.policies import LogFields, missing
 
@@ -509,7 +510,7 @@ def _add_failed(part: PolicyPart, k: int) -> None:
 
 def _add_decision(part: PolicyPart, decision: Decision, logged: np.ndarray) -> None:
     result = decision.result
-    slate = np.fromiter((it.index for it in result.items), np.int64, len(result.items))
+    slate = slate_indices(result.items)
     _add_slate(part, slate)
     k_log, k_new = len(logged), len(slate)
     same = k_log == k_new and bool(np.array_equal(slate, logged))

@@ -23,7 +23,7 @@ import numpy as np
 from engine.decide import PolicyVersion, decide
 from engine.errors import RerankError
 from engine.ledger import InProcessLedger
-from engine.types import Attribute, Candidates, RerankRequest
+from engine.types import Attribute, Candidates, RerankRequest, slate_indices
 from engine.validate import Limits
 from simulation import rng
 from simulation.catalog import Catalog
@@ -178,7 +178,7 @@ class Market:
             raise SimulationError(f"policy {self.label!r}: the engine refused request {req_id}: {e}") from None
         finally:
             self.engine_s += time.perf_counter() - t0
-        return np.fromiter((it.index for it in decision.result.items), np.int64, len(decision.result.items))
+        return slate_indices(decision.result.items)
 
     def run_day(self, d: int) -> None:
         s, cat, users, K = self.s, self.catalog, self.users, self.K

@@ -147,3 +147,15 @@ def test_without_items_is_replace():
     assert copy_ == dataclasses.replace(result, items=()) and copy_.items == () and result.items
     # a field added to RerankResult is copied too (the copy walks dataclasses.fields)
     assert {f.name for f in dataclasses.fields(RerankResult)} - {"items"} == set(encode._REST_FIELDS)
+
+
+def test_slate_indices_reads_the_columns_without_building_items():
+    from engine.types import SlateItem, SlateItems, slate_indices
+
+    items = SlateItems(["a", "b", "c"], np.array([4, 0, 2]), np.array([0.3, 0.2, 0.1]))
+    got = slate_indices(items, np.int32)
+    assert got.dtype == np.int32 and got.tolist() == [4, 0, 2]
+    assert items._items is None  # no SlateItem was made
+    assert slate_indices(list(items)).tolist() == [4, 0, 2]  # a plain list of SlateItem
+    assert slate_indices([SlateItem("x", 7, 1, 0.5)]).tolist() == [7]
+    assert slate_indices([]).shape == (0,)

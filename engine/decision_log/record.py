@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from engine.types import Candidates, RerankRequest, RerankResult
+from engine.types import Candidates, RerankRequest, RerankResult, slate_indices
 
 #: attribute -> value -> additive utility boost, as `engine.decide.Decision.boosts` holds them.
 Boosts = dict[str, dict[str, float]]
@@ -128,7 +128,7 @@ class DecisionRecord:
             explain=req.explain, targets=req.targets, user_id=req.user_id,
             deadline_ms=req.deadline_ms,
             boosts=boosts,
-            slate_index=np.fromiter((it.index for it in items), np.int32, len(items)),
+            slate_index=slate_indices(items, np.int32),
             slate_item_ids=tuple(it.item_id for it in items),
             diagnostics=Diagnostics.of(result),
             joint=joint,
