@@ -199,7 +199,7 @@ def decide(version: PolicyVersion, req: RerankRequest, *, limits: Limits,
                                                                      outcome.evaluation)
         outcome.status = "relaxed" if outcome.result.relaxed.any() else "feasible"
     else:
-        outcome = portfolio.solve(problem, mode=mode, deadline=deadline)
+        outcome = portfolio.solve(problem, mode=mode, deadline=deadline, bound=loaded.policy.solver.bound)
     result = outcome.result
     if mode != "greedy" or req.explain:
         outcome.conflicts = portfolio.explain_conflicts(problem, outcome, deadline=deadline)

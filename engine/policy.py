@@ -401,6 +401,10 @@ class Exploration(_Model):
 class SolverSettings(_Model):
     mode: Literal["auto", "greedy", "exact"] = "auto"
     budget_ms: Float = Field(default=10.0, gt=0, le=60_000)
+    # How the greedy answer's bound is computed: "lagrangian" (the rules relaxed by multipliers:
+    # a tight certificate, up to ~0.2 ms at N=1000, K=20) or "sort" (the best items in the best
+    # positions, every rule ignored: free, but the gap it certifies is loose).
+    bound: Literal["lagrangian", "sort"] = "lagrangian"
 
 
 class Policy(_Model):

@@ -61,13 +61,15 @@ BOUND_GREEDY_MAX_UNITS = 1_500_000
 
 
 def _greedy_bound(problem: SlateProblem, relaxed: np.ndarray, incumbent: float, sort_bound: float,
-                  steps: int, time_s: float, greedy_mode: bool) -> SlateBound:
+                  steps: int, time_s: float, greedy_mode: bool, sort_only: bool = False) -> SlateBound:
     """`solvers.bound.slate_bound` within about `time_s`: one step, timed, then as many more as
-    that step's time says fit (warm-started from its multipliers); the best bound of the two."""
+    that step's time says fit (warm-started from its multipliers); the best bound of the two.
+    `sort_only` (the policy's `solver.bound: sort`): the sort bound, wherever it is valid."""
     L = problem.length
     w = problem.position_weight.tolist()
     monotone = all(x >= 0 for x in w) and all(a >= b for a, b in zip(w, w[1:]))
-    if greedy_mode and problem.n * L * L > BOUND_GREEDY_MAX_UNITS and monotone and math.isfinite(sort_bound):
+    too_big = greedy_mode and problem.n * L * L > BOUND_GREEDY_MAX_UNITS
+    if (sort_only or too_big) and monotone and math.isfinite(sort_bound):
         return SlateBound(sort_bound, "sort", sort_bound, math.nan)  # valid: monotone weights
     mu = np.zeros(multiplier_size(problem, bounded_rows(problem, relaxed)), dtype=np.float64)
     t0 = time.perf_counter()
@@ -146,7 +148,7 @@ def _relax_key(result: SolveResult, rank: np.ndarray) -> tuple:
     return tuple(ranks)
 
 
-def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
+def solve(problem: SlateProblem, *, mode: str, deadline: float, bound: str = "lagrangian") -> Outcome:
     """Greedy, then (mode auto/exact, time permitting) the exact MIP warm-started from it.
 
     The exact solve is skipped in greedy mode, for an empty slate, when
@@ -164,6 +166,10 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
     deadline : float
         The `time.perf_counter()` instant the answer is due; the exact solver gets
         EXACT_SHARE of what is left after SAFETY_S.
+    bound : str, default "lagrangian"
+        The policy's `solver.bound`: "lagrangian" (the greedy answer's bound from
+        `solvers.bound`, time-boxed) or "sort" (the sort bound the greedy kernel gives for free,
+        where it is valid: a looser certificate, ~0.1-0.2 ms less per call at N=1000, K=20).
 
     Returns
     -------
@@ -188,7 +194,7 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float) -> Outcome:
                         BOUND_STEPS if full else BOUND_STEPS_SHORT,
                         min((BOUND_SHARE_FULL if full else BOUND_SHARE) * max(deadline - t_b, 0.0),
                             BOUND_MAX_S_FULL if full else BOUND_MAX_S),
-                        greedy_mode=mode == "greedy")
+                        greedy_mode=mode == "greedy", sort_only=bound == "sort")
     elapsed["bound"] = (time.perf_counter() - t_b) * 1e6
     g_bound = lag.value if math.isfinite(lag.value) else math.nan
 

@@ -265,3 +265,33 @@ def test_engine_reports_gap_kind_and_bound_method():
     assert r.bound_method in ("lagrangian", "sort") and r.gap_kind == "relative"
     assert r.bound >= r.objective
     assert "bound" in r.elapsed_us
+
+
+def test_policy_can_ask_for_the_free_sort_bound():
+    """`solver.bound: sort`: the greedy kernel's sort bound (every rule ignored), valid and
+    named; the default Lagrangian bound is never looser on the same request."""
+    from engine.types import RerankRequest
+    from testing.engines import candidates, engine_with, policy
+
+    rules = [{"name": "cap", "type": "max_count", "attribute": "category", "max": 2},
+             {"name": "new", "type": "min_count", "attribute": "seller_tier", "value": "new", "min": 3,
+              "within_top": 6}]
+    for seed in range(5):
+        req = RerankRequest("p", candidates(200, seed=seed), solver="greedy")
+        sort = engine_with(policy(constraints=rules, solver={"mode": "greedy", "bound": "sort"})).rerank(req)
+        lag = engine_with(policy(constraints=rules, solver={"mode": "greedy"})).rerank(req)
+        assert sort.bound_method == "sort" and lag.bound_method == "lagrangian"
+        assert [i.item_id for i in sort.items] == [i.item_id for i in lag.items]
+        assert sort.objective <= sort.bound + 1e-9 and lag.bound <= sort.bound + 1e-9
+
+
+def test_bad_bound_setting_is_named():
+    from engine.errors import PolicyInvalid
+    from engine.policy_loader import parse_policy_text
+
+    text = ("name: p\nversion: '1'\nslate_size: 5\nobjective: {weights: {p_click: 1.0}}\n"
+            "solver: {mode: greedy, bound: exact}\n")
+    with pytest.raises(PolicyInvalid) as e:
+        parse_policy_text(text, "p.yaml")
+    msg = str(e.value)
+    assert "solver.bound" in msg and "lagrangian" in msg and "sort" in msg
