@@ -439,15 +439,7 @@ def test_exact_equals_brute_force_on_random_tiny_with_coverage(seed, use_hint):
     finds the brute-force optimum, and its bound is valid."""
     p = random_tiny_coverage(seed)
     assert exact_unsupported(p) is None
-    best, arg = brute_force(p)
-    hint = worst_feasible(p) if (use_hint and arg is not None) else None
-    for name in BACKENDS:
-        res = BACKENDS[name](p, hint=hint)
-        obj = check(p, res, name)
-        if best == -np.inf:
-            assert res.status == "infeasible"
-        else:
-            assert res.status == "optimal" and obj == pytest.approx(best, abs=TOL)
+    _check_backends_against_brute_force(p, use_hint, tuple(BACKENDS))
 
 
 def _medium_coverage(seed: int, n: int, L: int, top: int, reward: float,
@@ -670,9 +662,15 @@ def test_model_reads_every_slate_like_evaluate(inst):
 @given(st.integers(0, 2**31 - 1), st.booleans())
 def test_exact_equals_brute_force_on_random_tiny(seed, use_hint):
     p = random_tiny(seed)
+    _check_backends_against_brute_force(p, use_hint, ("mip", "cpsat"))
+
+
+def _check_backends_against_brute_force(p, use_hint: bool, names: tuple[str, ...]) -> None:
+    """Each backend in `names`, cold or from the worst feasible slate, proves the brute-force
+    optimum (or infeasibility)."""
     best, arg = brute_force(p)
     hint = worst_feasible(p) if (use_hint and arg is not None) else None
-    for name in ("mip", "cpsat"):
+    for name in names:
         res = BACKENDS[name](p, hint=hint)
         obj = check(p, res, name)
         if best == -np.inf:
