@@ -130,12 +130,13 @@ def free_ports(n: int) -> int:
     raise RuntimeError(f"no {n} consecutive free ports")
 
 
-def test_one_round_robin_channel_over_worker_ports_reaches_both_workers():
+def test_one_round_robin_channel_over_worker_ports_reaches_both_workers(tmp_path):
     base = free_ports(2)
     proc = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--processes", "2", "--address", "127.0.0.1:0",
          "--policies", str(POLICIES_DIR), "--metrics-port", "-1", "--watch-interval", "0",
-         "--grace", "1", "--worker-ports", str(base)],
+         "--grace", "1", "--worker-ports", str(base),
+         "--state-dir", str(tmp_path / "state")],  # never write into the shipped policies/
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=POLICIES_DIR.parent,
     )
     wait_for = log_waiter(proc)
