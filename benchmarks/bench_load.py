@@ -47,6 +47,8 @@ import time
 from pathlib import Path
 
 import grpc
+
+from testing.processes import stop  # noqa: F401 - re-exported for the other benchmarks
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -151,14 +153,6 @@ def start_echo(responses: Path, raw: bool = False) -> tuple[subprocess.Popen, st
     return proc, f"127.0.0.1:{port}"
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _children(pid: int) -> list[int]:

@@ -29,6 +29,7 @@ import pytest
 
 from tests.conftest import POLICIES_DIR, REPO
 from tests.serve_process import log_waiter
+from testing.processes import stop
 from testing.require import missing
 from testing.workbench import copy_policies, make_log
 
@@ -96,12 +97,7 @@ def workbench(folder: Path, log: Path | None, *extra: str):
         port = first.split()[3].rstrip("/").rsplit(":", 1)[1]
         yield f"http://127.0.0.1:{port}/"  # bound to 0.0.0.0 too, the browser asks the loopback
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=20)
 
 
 def sha(path: Path) -> str:

@@ -17,6 +17,7 @@ from server._gen.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from server.app import BindError
 from server.servicer import WORKER_PID_METADATA_KEY
 from server.supervisor import check_worker_ports
+from testing.processes import stop
 from tests.conftest import POLICIES_DIR
 from tests.serve_process import log_waiter
 from tests.test_cli import run
@@ -177,13 +178,7 @@ def test_one_round_robin_channel_over_worker_ports_reaches_both_workers(tmp_path
             after = [answered() for _ in range(10)]
         assert min(after.count(p) for p in pids) >= 3, after
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc, timeout=30)
 
 
 def reflected_services(channel: grpc.Channel) -> set[str]:
