@@ -23,8 +23,13 @@ Parts (each prints a table and writes benchmarks/results/certify_<part>.json):
   interleaved per seed; the time past the budget; and the MIP alone (solve_mip, greedy hint,
   20 s limit): its solve time p50 / p90 and how often it proves the optimum. The mixed family
   without the coverage row, run the same way, is the same-run reference.
+- steps: greedy mode's bound plans its subgradient steps from the problem's size
+  (engine.portfolio.planned_steps), not from a clock. Per family and size (N x K): the measured
+  time of the first step and of each further one against the cost model's, the steps planned,
+  and the greedy-mode bound's time and certified gap, planned against clocked (the previous
+  code: one step timed, then as many as its time says fit), interleaved in the same run.
 
-    python -m benchmarks.bench_certify [--quick] [--only greedy nonlinear budget coverage]
+    python -m benchmarks.bench_certify [--quick] [--only greedy nonlinear budget coverage steps]
 """
 
 from __future__ import annotations
@@ -305,8 +310,66 @@ BUDGET_COLUMNS = [
     ("sort_over_max_ms", "past budget max ms (sort)"),
 ]
 
+def part_steps(quick: bool) -> list[dict]:
+    from solvers.bound import bounded_rows, multiplier_size
+
+    warmup()
+    sizes = ((1000, 20), (3000, 10)) if quick else ((200, 10), (1000, 10), (1000, 20), (3000, 10),
+                                                   (3000, 20), (1000, 50))
+    seeds = range(2 if quick else 5)
+    rows = []
+    for mix in MIXES:
+        for n, k in sizes:
+            first, step, model, planned_us, clocked_us, pcert, ccert, nplan = [], [], [], [], [], [], [], []
+            for seed in seeds:
+                p = family_problem(seed, n, k, mix)
+                g, sb = solve_greedy_with_bound(p)
+                ev = evaluate(p, g.slate)
+                inc = linear_objective(p, ev)
+
+                def run(steps, p=p, g=g, sb=sb):  # no early stop: the incumbent is -inf
+                    mu = np.zeros(multiplier_size(p, bounded_rows(p, g.relaxed)))
+                    return slate_bound(p, relaxed=g.relaxed, incumbent=-math.inf, steps=steps,
+                                       mu=mu, sort_bound=sb)
+
+                t1 = float(np.median(time_calls(lambda: run(1), 9)))
+                t9 = float(np.median(time_calls(lambda: run(9), 9)))
+                first.append(t1)
+                step.append((t9 - t1) / 8)
+                L = p.length
+                model.append(max(portfolio.STEP_NS_NL * n * L, portfolio.STEP_NS_NLL * n * L * L) / 1e3
+                             + portfolio.FIRST_STEP_S * 1e6)  # the first step's model
+                nplan.append(portfolio.planned_steps(n, L, portfolio.BOUND_STEPS_SHORT, portfolio.BOUND_MAX_S))
+                args = (p, g.relaxed, inc, sb, portfolio.BOUND_STEPS_SHORT, portfolio.BOUND_MAX_S)
+                for planned, us, cert in ((True, planned_us, pcert), (False, clocked_us, ccert)):
+                    b = portfolio._greedy_bound(*args, greedy_mode=True, planned=planned)
+                    us.append(float(np.median(time_calls(
+                        lambda planned=planned: portfolio._greedy_bound(*args, greedy_mode=True,
+                                                                        planned=planned), 9))))
+                    cert.append(max(0.0, b.value - ev.objective) / abs(b.value))
+            rows.append(dict(
+                family=mix, n=n, k=k, first_step_us=float(np.median(first)),
+                step_us=float(np.median(step)), model_step_us=float(np.median(model)),
+                first_over_model=float(np.median(first) / np.median(model)),
+                planned_steps=int(np.median(nplan)),
+                planned_us_p50=float(np.median(planned_us)), clocked_us_p50=float(np.median(clocked_us)),
+                planned_cert_p50_pct=100 * float(np.median(pcert)),
+                clocked_cert_p50_pct=100 * float(np.median(ccert))))
+    return rows
+
+
+STEPS_COLUMNS = [
+    ("family", "family"), ("n", "N"), ("k", "K"), ("first_step_us", "first step us"),
+    ("step_us", "next step us"), ("model_step_us", "model first step us"),
+    ("first_over_model", "first / model"), ("planned_steps", "steps planned"),
+    ("planned_us_p50", "bound us p50 (planned)"), ("clocked_us_p50", "bound us p50 (clocked)"),
+    ("planned_cert_p50_pct", "cert gap % p50 (planned)"),
+    ("clocked_cert_p50_pct", "cert gap % p50 (clocked)"),
+]
+
 PARTS = {"greedy": (part_greedy, GREEDY_COLUMNS), "nonlinear": (part_nonlinear, NONLINEAR_COLUMNS),
-         "budget": (part_budget, BUDGET_COLUMNS), "coverage": (part_coverage, COVERAGE_COLUMNS)}
+         "budget": (part_budget, BUDGET_COLUMNS), "coverage": (part_coverage, COVERAGE_COLUMNS),
+         "steps": (part_steps, STEPS_COLUMNS)}
 
 
 def main() -> None:

@@ -58,12 +58,34 @@ BOUND_MAX_S_FULL = 0.002
 #: In greedy mode, above this many candidate-position-position units (N x K x K) not even one
 #: step fits BOUND_MAX_S: the answer keeps the sort bound.
 BOUND_GREEDY_MAX_UNITS = 1_500_000
+#: Greedy mode plans its steps from the problem's size, not from a clock, so that the same
+#: request gets the same bytes in every process (the serving process, its heavy worker, a
+#: replay): a step costs about max(STEP_NS_NL * N * L, STEP_NS_NLL * N * L * L) ns, the first
+#: one FIRST_STEP_S more (set-up), measured on windowed rules, the costliest kind
+#: (`python -m benchmarks.bench_certify --only steps`). Only when less than GREEDY_PLAN_MIN_LEFT_S
+#: is left does the clock decide, as in the other modes.
+STEP_NS_NL = 2.6
+STEP_NS_NLL = 0.13
+FIRST_STEP_S = 30e-6
+GREEDY_PLAN_MIN_LEFT_S = 0.003
+
+
+def planned_steps(n: int, length: int, steps: int, time_s: float) -> int:
+    """Subgradient steps that fit `time_s` by the cost model above (at least 1, at most
+    `steps`)."""
+    step_s = max(STEP_NS_NL * n * length, STEP_NS_NLL * n * length * length) * 1e-9
+    if step_s <= 0:
+        return max(1, steps)
+    return int(max(1, min(steps, 1 + (time_s - FIRST_STEP_S - step_s) // step_s)))
 
 
 def _greedy_bound(problem: SlateProblem, relaxed: np.ndarray, incumbent: float, sort_bound: float,
-                  steps: int, time_s: float, greedy_mode: bool, sort_only: bool = False) -> SlateBound:
+                  steps: int, time_s: float, greedy_mode: bool, sort_only: bool = False,
+                  planned: bool = False) -> SlateBound:
     """`solvers.bound.slate_bound` within about `time_s`: one step, timed, then as many more as
     that step's time says fit (warm-started from its multipliers); the best bound of the two.
+    `planned` (greedy mode with time to spare): the steps that fit by `planned_steps`' cost
+    model, no clock, so the bound is a function of the request alone.
     `sort_only` (the policy's `solver.bound: sort`): the sort bound, wherever it is valid."""
     L = problem.length
     w = problem.position_weight.tolist()
@@ -72,6 +94,10 @@ def _greedy_bound(problem: SlateProblem, relaxed: np.ndarray, incumbent: float, 
     if (sort_only or too_big) and monotone and math.isfinite(sort_bound):
         return SlateBound(sort_bound, "sort", sort_bound, math.nan)  # valid: monotone weights
     mu = np.zeros(multiplier_size(problem, bounded_rows(problem, relaxed)), dtype=np.float64)
+    if planned:
+        return slate_bound(problem, relaxed=relaxed, incumbent=incumbent,
+                           steps=planned_steps(problem.n, L, steps, time_s), mu=mu,
+                           sort_bound=sort_bound)
     t0 = time.perf_counter()
     best = slate_bound(problem, relaxed=relaxed, incumbent=incumbent, steps=1, mu=mu,
                        sort_bound=sort_bound)
@@ -190,11 +216,13 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float, bound: str = "la
     t_b = time.perf_counter()
     # greedy mode (no exact solve for the bound to save) and short budgets take fewer steps
     full = mode != "greedy" and deadline - t_b > BOUND_FULL_S
+    planned = mode == "greedy" and deadline - t_b > GREEDY_PLAN_MIN_LEFT_S
     lag = _greedy_bound(problem, greedy.relaxed, linear_objective(problem, g_ev), sort_bound,
                         BOUND_STEPS if full else BOUND_STEPS_SHORT,
+                        BOUND_MAX_S if planned else
                         min((BOUND_SHARE_FULL if full else BOUND_SHARE) * max(deadline - t_b, 0.0),
                             BOUND_MAX_S_FULL if full else BOUND_MAX_S),
-                        greedy_mode=mode == "greedy", sort_only=bound == "sort")
+                        greedy_mode=mode == "greedy", sort_only=bound == "sort", planned=planned)
     elapsed["bound"] = (time.perf_counter() - t_b) * 1e6
     g_bound = lag.value if math.isfinite(lag.value) else math.nan
 

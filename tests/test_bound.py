@@ -295,3 +295,34 @@ def test_bad_bound_setting_is_named():
         parse_policy_text(text, "p.yaml")
     msg = str(e.value)
     assert "solver.bound" in msg and "lagrangian" in msg and "sort" in msg
+
+
+def test_greedy_mode_bound_does_not_depend_on_the_clock(monkeypatch):
+    """Greedy mode plans its subgradient steps from the problem's size: the same request gets
+    the same bound (the same bytes) in a fast process and in a slow one (a heavy worker at a
+    lower priority, a replay on a loaded machine); the clock decides only when the budget runs
+    short."""
+    import time
+
+    from benchmarks.bench_certify import family_problem
+
+    p = family_problem(3, 200, 10, "spacing")  # its bound improves with each of 8 steps
+    fast = portfolio.solve(p, mode="greedy", deadline=time.perf_counter() + 1.0)
+    real = time.perf_counter
+    ticks = iter(range(10**9))
+    # a clock where every reading is 100 us past the one before: every step "takes" 100 us+
+    monkeypatch.setattr(portfolio.time, "perf_counter", lambda: real() + 100e-6 * next(ticks))
+    slow = portfolio.solve(p, mode="greedy", deadline=real() + 1.0)
+    assert slow.bound == fast.bound and slow.bound_method == fast.bound_method == "lagrangian"
+    assert slow.objective == fast.objective
+
+
+def test_planned_steps_fit_the_time_and_stay_in_range():
+    assert portfolio.planned_steps(1000, 20, 8, portfolio.BOUND_MAX_S) >= 2
+    assert portfolio.planned_steps(200, 10, 8, portfolio.BOUND_MAX_S) == 8  # small: every step
+    assert portfolio.planned_steps(5000, 30, 8, portfolio.BOUND_MAX_S) == 1  # at least one
+    assert portfolio.planned_steps(1000, 20, 8, 0.0) == 1
+    for n, L in ((300, 10), (1000, 20), (3000, 10)):
+        k = portfolio.planned_steps(n, L, 8, portfolio.BOUND_MAX_S)
+        step = max(portfolio.STEP_NS_NL * n * L, portfolio.STEP_NS_NLL * n * L * L) * 1e-9
+        assert k == 1 or portfolio.FIRST_STEP_S + k * step <= portfolio.BOUND_MAX_S + 1e-12
