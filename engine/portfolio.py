@@ -65,7 +65,7 @@ BOUND_GREEDY_MAX_UNITS = 1_500_000
 #: (`python -m benchmarks.bench_certify --only steps`). Only when less than GREEDY_PLAN_MIN_LEFT_S
 #: is left does the clock decide, as in the other modes.
 STEP_NS_NL = 2.6
-STEP_NS_NLL = 0.13
+STEP_NS_NLL = 0.11
 FIRST_STEP_S = 30e-6
 GREEDY_PLAN_MIN_LEFT_S = 0.003
 
