@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine import _request_kernels as _rk
 from engine.errors import FieldIssue, InvalidRequest
 from engine.policy import (
     AttributeFilter, Calibration, Coverage, FairPrefix, MaxCount, MinCount, NumericFilter, Pin,
@@ -213,8 +214,9 @@ def request_utility(cp: CompiledPolicy, req: RerankRequest) -> np.ndarray:
     `compile_request` starts from. Raises InvalidRequest as compile_request does (unknown or
     missing weight columns, overflow). Pass it back as `compile_request(..., utility_all=)`."""
     weights = _weights(cp.policy, req)
-    u = _weighted_sum(weights, req.candidates)
-    _check_finite_utility(u, weights, req.candidates, req, cp)
+    u, umax = _weighted_utility(weights, req.candidates)
+    if umax < 0.0:
+        _check_finite_utility(u, weights, req.candidates, req, cp)
     return u
 
 
@@ -222,6 +224,25 @@ def slate_position_weights(cp: CompiledPolicy, req: RerankRequest) -> np.ndarray
     """The position weights of this request's slate length (K, or N when fewer candidates)."""
     K = req.slate_size or cp.policy.slate_size
     return _row_arrays(cp, max(min(K, req.candidates.n), 1)).position_weight
+
+
+def _weighted_utility(weights: dict[str, float], cands: Candidates) -> tuple[np.ndarray, float]:
+    """`_weighted_sum` in one kernel pass per column (engine._request_kernels: the same products
+    and sums in the same order, so the same floats), and max |utility| when every utility is
+    finite, -1.0 when one is not (a float64[N] C-contiguous column each, else `_weighted_sum`)."""
+    n = cands.n
+    columns = []
+    for name, w in weights.items():
+        if w != 0.0:
+            x = cands.scores[name]
+            if not (x.dtype == np.float64 and x.ndim == 1 and x.shape[0] == n and x.flags.c_contiguous):
+                u = _weighted_sum(weights, cands)  # (a wrong length raises there, as it did)
+                return u, _rk.finite_abs_max(u)
+            columns.append((x, float(w)))
+    utility_all = np.empty(n, dtype=np.float64) if columns else np.zeros(n, dtype=np.float64)
+    for k, (x, w) in enumerate(columns):
+        (_rk.add_scaled if k else _rk.scale_into)(x, w, utility_all)
+    return utility_all, _rk.finite_abs_max(utility_all)
 
 
 def _weighted_sum(weights: dict[str, float], cands: Candidates) -> np.ndarray:
@@ -258,9 +279,11 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
         _check_request_targets(policy, req)
 
     # utility over every candidate (pins by attribute need it before filtering)
+    umax = -1.0  # max |utility| of every candidate, once known to be finite (-1: not known)
     if utility_all is None:
-        utility_all = _weighted_sum(weights, cands)
-        _check_finite_utility(utility_all, weights, cands, req, cp)
+        utility_all, umax = _weighted_utility(weights, cands)
+        if umax < 0.0:
+            _check_finite_utility(utility_all, weights, cands, req, cp)  # raises
     elif boosts:
         utility_all = utility_all.copy()  # boosts are added in place below
     boost_all = None
@@ -288,7 +311,10 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
                                            f"weights (objective.position_discount), so at most {len(discount)}, got {K}")
     fixed = _row_arrays(cp, L)
     pw = fixed.position_weight
-    _check_objective_range(utility, fixed.position_weight_sum, index, weights, cands)
+    if mask is not None or boost_all is not None or umax < 0.0:
+        _check_objective_range(utility, fixed.position_weight_sum, index, weights, cands)
+    elif n and not umax * fixed.position_weight_sum <= MAX_OBJECTIVE_SCALE:  # utility is utility_all
+        _check_objective_range(utility, fixed.position_weight_sum, index, weights, cands)  # raises
 
     A = len(cp.attributes)
     codes = np.empty((A, n), dtype=np.int64)
@@ -303,16 +329,26 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
 
     rows = fixed.rows
     top, hard, penalty, priority = fixed.top, fixed.hard, fixed.penalty, fixed.priority
-    # per request (the rest of the table is shared: see _row_arrays): one copy of the packed
-    # table, whose value, item and position rows this request writes
-    block = fixed.rules.copy()
-    value, item, position = block[RULE_VALUE], block[RULE_ITEM], block[RULE_POSITION]
-    for r in fixed.value_rows:
-        value[r] = lookups.code(rows[r].attr, rows[r].value)
+    # per request (the rest of the table is shared: see _row_arrays): the value codes of the
+    # rows with a value in this request's dictionaries, the pins' items and positions, the
+    # calibration targets. Without pins or calibration rows only the value codes differ between
+    # requests, and the whole table is shared by the requests with the same codes
+    # (`_RowArrays.tables`); else one copy of the packed table, whose value, item and position
+    # rows this request writes.
+    pins = fixed.pins
+    values = tuple([lookups.code(rows[r].attr, rows[r].value) for r in fixed.value_rows])
+    shared = not pins and not fixed.calibration
+    table = fixed.tables.get(values) if shared else None
+    if table is None:
+        block = fixed.rules.copy()
+        value, item, position = block[RULE_VALUE], block[RULE_ITEM], block[RULE_POSITION]
+        for r, code in zip(fixed.value_rows, values):
+            value[r] = code
+    else:
+        value = table.value  # read below, written by nobody
     active = fixed.all_active.copy()
     pre_reason = fixed.no_reason.copy()
     reasons: dict[int, str] = {}
-    pins = fixed.pins
 
     def pre_relax(r: int, code: int, why: str) -> None:
         if hard[r]:
@@ -323,7 +359,7 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
     for r in fixed.min_rows:
         row = rows[r]
         rule = policy.constraints[row.owner]
-        have = int(np.count_nonzero(codes[row.attr] == value[r])) if value[r] >= 0 else 0
+        have = _rk.count_equal(codes[row.attr], int(value[r])) if value[r] >= 0 else 0
         prefix = int(top[r])
         if have < row.bound:
             pre_relax(r, RELAX_SHORTAGE, f"only {have} eligible candidate{'s' if have != 1 else ''} "
@@ -333,11 +369,17 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
             pre_relax(r, RELAX_SHORTAGE, f"the slate has only {prefix} position{'s' if prefix != 1 else ''} "
                                          f"for the {row.bound} items required")
 
-    _resolve_pins(policy, rows, cands, index, utility, L, pins, item, position, priority, hard,
-                  pre_relax)
-    target, target_offset = (_calibration_targets(policy, rows, req, cands, n_values, lookups)
-                              if fixed.calibration else (_NO_TARGET, fixed.no_target_offset))
-    table = ConstraintTable.from_block(block, hard, penalty, target=target, target_offset=target_offset)
+    if table is None:
+        _resolve_pins(policy, rows, cands, index, utility, L, pins, item, position, priority, hard,
+                      pre_relax)
+        target, target_offset = (_calibration_targets(policy, rows, req, cands, n_values, lookups)
+                                  if fixed.calibration else (_NO_TARGET, fixed.no_target_offset))
+        table = ConstraintTable.from_block(block, hard, penalty, target=target,
+                                           target_offset=target_offset)
+        if shared:
+            if len(fixed.tables) >= _TABLE_CACHE_MAX:
+                fixed.tables.clear()
+            fixed.tables[values] = table
     diversity = {}
     if policy.diversity is not None:
         emb = cands.embeddings
@@ -398,10 +440,15 @@ class _RowArrays:
     no_reason: np.ndarray
     rules: np.ndarray  # the packed table (ConstraintTable.rules) of these rows, item / position -1:
     #                    each request copies it and writes its value, item and position rows
+    # value codes of value_rows -> the ConstraintTable of the requests with those codes, when
+    # the rows have no pin and no calibration row (nothing else in the table depends on the
+    # request); solvers and reports only read a problem's table
+    tables: dict = field(default_factory=dict)
 
 
 _NO_TARGET = np.zeros(0, dtype=np.float64)
 _ROW_CACHE_MAX = 64  # slate lengths per policy
+_TABLE_CACHE_MAX = 32  # shared tables per slate length (distinct value codes)
 
 
 def _row_arrays(cp: CompiledPolicy, L: int) -> _RowArrays:

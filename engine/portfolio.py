@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from solvers.bound import SlateBound, bounded_rows, linear_objective, multiplier_size, slate_bound
+from solvers.bound import (
+    SlateBound, bounded_rows, linear_objective, monotone_weights, multiplier_size, slate_bound,
+)
 from solvers.codes import DIV_NONE, MAX_COUNT, MIN_COUNT, RELAX_CONFLICT
 from solvers.evaluate import evaluate
 from solvers.exact import exact_unsupported
@@ -88,10 +90,8 @@ def _greedy_bound(problem: SlateProblem, relaxed: np.ndarray, incumbent: float, 
     model, no clock, so the bound is a function of the request alone.
     `sort_only` (the policy's `solver.bound: sort`): the sort bound, wherever it is valid."""
     L = problem.length
-    w = problem.position_weight.tolist()
-    monotone = all(x >= 0 for x in w) and all(a >= b for a, b in zip(w, w[1:]))
     too_big = greedy_mode and problem.n * L * L > BOUND_GREEDY_MAX_UNITS
-    if (sort_only or too_big) and monotone and math.isfinite(sort_bound):
+    if (sort_only or too_big) and math.isfinite(sort_bound) and monotone_weights(problem.position_weight):
         return SlateBound(sort_bound, "sort", sort_bound, math.nan)  # valid: monotone weights
     mu = np.zeros(multiplier_size(problem, bounded_rows(problem, relaxed)), dtype=np.float64)
     if planned:
@@ -159,8 +159,7 @@ def greedy_is_optimal(problem: SlateProblem) -> bool:
         if not (all(k == MAX_COUNT for k in t.kind.tolist()) and all(t.hard.tolist())
                 and min(t.top.tolist()) >= L and attrs.count(attrs[0]) == len(attrs)):
             return False
-    w = problem.position_weight.tolist()
-    return all(x >= 0 for x in w) and all(a >= b for a, b in zip(w, w[1:]))
+    return monotone_weights(problem.position_weight)
 
 
 def _tighter(a: float, b: float) -> bool:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from solvers import _bound_kernels as _k
+from solvers._weights_kernels import monotone as _monotone
 from solvers.codes import CALIBRATION, COVERAGE, DIV_DPP, DPP_EPS, PIN, WINDOW
 from solvers.evaluate import objective_upper_bound_unconstrained
 from solvers.problem import SlateProblem
@@ -56,6 +57,25 @@ class SlateBound:
     steps: int = 0  # subgradient steps taken
     candidates: int = 0  # items the last assignment considered
     terms: tuple[str, ...] = ()  # non-linear terms bounded by a constant ("dpp", "coverage", ...)
+
+
+def monotone_weights(w: np.ndarray) -> bool:
+    """Whether the position weights are all >= 0 and non-increasing (the sort bound is then
+    valid): `solvers._weights_kernels.monotone` on a float64 C-contiguous array, the same test
+    in Python on anything else.
+
+    Parameters
+    ----------
+    w : ndarray, shape (L,)
+
+    Returns
+    -------
+    bool
+    """
+    if type(w) is np.ndarray and w.dtype == np.float64 and w.ndim == 1 and w.flags.c_contiguous:
+        return bool(_monotone(w))
+    wl = np.asarray(w).tolist()
+    return all(x >= 0.0 for x in wl) and all(a >= b for a, b in zip(wl, wl[1:]))
 
 
 def bounded_rows(problem: SlateProblem, relaxed: np.ndarray | None = None) -> np.ndarray:
@@ -137,7 +157,13 @@ def linear_objective(problem: SlateProblem, evaluation) -> float:
     float
     """
     t = problem.constraints
-    soft = (~t.hard) & (t.kind <= PIN)
+    hard, kind = t.hard.tolist(), t.kind.tolist()
+    soft = [c for c in range(len(kind)) if not hard[c] and kind[c] <= PIN]
+    if not soft:  # the dot product of nothing is 0.0
+        return float(evaluation.utility_part - 0.0)
+    if len(soft) == 1:  # a dot product of one term is its product
+        c = soft[0]
+        return float(evaluation.utility_part - float(t.penalty[c]) * float(evaluation.violation[c]))
     return float(evaluation.utility_part - np.dot(t.penalty[soft], evaluation.violation[soft]))
 
 
@@ -170,9 +196,7 @@ def slate_bound(problem: SlateProblem, *, relaxed: np.ndarray | None = None,
     t = problem.constraints
     sb = objective_upper_bound_unconstrained(problem) if sort_bound is None else float(sort_bound)
     w = problem.position_weight
-    wl = w.tolist()
-    sort_ok = (all(x >= 0.0 for x in wl) and all(a >= b for a, b in zip(wl, wl[1:]))
-               and math.isfinite(sb))
+    sort_ok = monotone_weights(w) and math.isfinite(sb)
     const, terms = nonlinear_constant(problem)
     if problem.length == 0:
         return SlateBound(0.0, "lagrangian", sb, 0.0, terms=terms)

@@ -1,0 +1,325 @@
+"""The request path's fast glue (issue 16) against the code it replaced:
+
+- the kernels of engine._request_kernels and solvers._weights_kernels against the numpy / Python
+  expressions they stand for (their slow twins), bit for bit, on random inputs with NaN, infinities,
+  signed zeros and empty arrays;
+- the fused weighted sum (`engine.compile._weighted_utility`) against `_weighted_sum`, and the
+  messages of bad scores against the numpy checks it skips when all is well;
+- the constraint tables shared between requests (`_RowArrays.tables`): a cache that is reused
+  across requests with other dictionaries, slate lengths, filters, pins, boosts and policy
+  revisions compiles what a fresh compile of each request gives, and answers the same.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from engine import _request_kernels as rk
+from engine import compile as C
+from engine.errors import InvalidRequest
+from engine.policy import Policy
+from engine.policy_loader import LoadedPolicy
+from engine.types import Attribute, Candidates, RerankRequest
+from engine.validate import Limits, _column_issues, validate_candidates
+from solvers._weights_kernels import monotone
+from solvers.bound import linear_objective, monotone_weights
+from testing.engines import candidates, engine_with, policy
+
+SPECIALS = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e308, -1e308, 5e-324, 1.0])
+
+
+def _random_floats(rng, n: int, special: float) -> np.ndarray:
+    x = rng.normal(size=n) * 10.0 ** rng.integers(-3, 4)
+    hit = rng.random(n) < special
+    x[hit] = rng.choice(SPECIALS, size=int(hit.sum()))
+    return x
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _readonly(x: np.ndarray) -> np.ndarray:
+    y = x.copy()
+    y.flags.writeable = False
+    return y
+
+
+# ------------------------------------------------------------------ kernels vs their twins
+
+@pytest.mark.parametrize("seed", range(40))
+def test_request_kernels_equal_their_numpy_twins(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([0, 1, 2, 7, 100, 1000]))
+    special = float(rng.choice([0.0, 0.001, 0.05, 0.5]))
+    x, y = _random_floats(rng, n, special), _random_floats(rng, n, special)
+    w = float(rng.choice([1.0, -3.0, 0.5, 1e300, 1e-300, 10.0]))
+    for arr in (x, _readonly(x)):
+        bad = ~np.isfinite(arr)
+        assert rk.first_non_finite(arr) == (int(np.argmax(bad)) if bad.any() else -1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = np.multiply(x, w, dtype=np.float64)
+        got = np.empty(n)
+        rk.scale_into(_readonly(x), w, got)
+        assert _same_bits(got, want)
+        want += w * y
+        rk.add_scaled(y, w, got)
+        assert _same_bits(got, want)
+        finite = bool(np.isfinite(want).all())
+        expect = (float(np.abs(want).max()) if n else 0.0) if finite else -1.0
+    assert rk.finite_abs_max(want) == expect
+    codes = rng.integers(-1, 4, size=n)
+    for v in (-1, 0, 3, 9):
+        assert rk.count_equal(codes, v) == int(np.count_nonzero(codes == v))
+
+
+def _monotone_twin(w) -> bool:
+    w = list(w)
+    return all(x >= 0 for x in w) and all(a >= b for a, b in zip(w, w[1:]))
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_monotone_equals_the_python_check(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 8))
+    kind = seed % 4
+    if kind == 0:
+        w = np.sort(rng.random(n))[::-1].copy()  # non-increasing, >= 0
+    elif kind == 1:
+        w = rng.choice([1.0, 0.5, 0.5, 0.0, -0.0, -1e-300, np.nan, np.inf], size=n)
+    elif kind == 2:
+        w = np.sort(rng.choice([1.0, 0.5, 0.0, -0.0, np.inf], size=n))[::-1].copy()
+    else:
+        w = rng.normal(size=n)
+    assert monotone(w) == _monotone_twin(w.tolist()), w
+    assert monotone_weights(w) == _monotone_twin(w.tolist())
+    assert monotone_weights(w[::-1]) == _monotone_twin(w[::-1].tolist())  # strided: the Python path
+    assert monotone_weights(w.tolist()) == _monotone_twin(w.tolist())
+
+
+# ------------------------------------------------------------------ the fused weighted sum
+
+@pytest.mark.parametrize("seed", range(30))
+def test_weighted_utility_is_the_weighted_sum_bit_for_bit(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([1, 3, 50, 1000]))
+    special = float(rng.choice([0.0, 0.0, 0.01, 0.3]))
+    names = ["a", "b", "c", "d"][: int(rng.integers(1, 5))]
+    scores = {s: _random_floats(rng, n, special) for s in names}
+    weights = {s: float(rng.choice([0.0, 1.0, -2.5, 3.0, 1e300, 1e-3])) for s in names}
+    if seed % 5 == 0:
+        scores[names[0]] = scores[names[0]][::-1]  # not contiguous: the numpy path
+    cands = Candidates([f"i{j}" for j in range(n)], scores=scores)
+    want = C._weighted_sum(weights, cands)
+    got, umax = C._weighted_utility(weights, cands)
+    assert _same_bits(got, want)
+    finite = bool(np.isfinite(want).all())
+    assert umax == (float(np.abs(want).max()) if finite else -1.0)
+
+
+def _slow_weighted_utility(weights, cands):
+    """The twin compile_request used to run: numpy's sum, the checks always on."""
+    return C._weighted_sum(weights, cands), -1.0
+
+
+def _error(fn):
+    try:
+        fn()
+    except InvalidRequest as e:
+        return [(i.path, i.message) for i in e.issues]
+    return None
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_bad_scores_get_the_messages_of_the_numpy_checks(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    n = 40
+    doc = policy(objective={"weights": {"p_click": 1.0, "p_purchase": 1e6}})
+    if seed % 3 == 1:
+        doc["filters"] = [{"numeric": "price", "min": 100}]
+    eng = engine_with(doc)
+    cp = eng._compiled_policy(eng.store.get("p"))
+    cands = candidates(n, seed=seed)
+    scores = dict(cands.scores)
+    x = scores["p_purchase"].copy()
+    pick = rng.integers(0, n, size=3)
+    x[pick] = rng.choice([1e308, -1e308, 1e300, 2.0, 1e10], size=3)
+    scores["p_purchase"] = x
+    override = {"p_purchase": float(rng.choice([1.0, 1e300, 10.0]))} if seed % 2 else {}
+    req = RerankRequest("p", Candidates(cands.item_ids, scores, cands.attributes, cands.numeric),
+                        objective_weights=override)
+    fast = _error(lambda: C.compile_request(cp, req))
+    monkeypatch.setattr(C, "_weighted_utility", _slow_weighted_utility)
+    slow = _error(lambda: C.compile_request(cp, req))
+    assert fast == slow
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_validation_messages_of_non_finite_columns(seed):
+    rng = np.random.default_rng(seed)
+    n = 30
+    cands = candidates(n, seed=seed)
+    scores = dict(cands.scores)
+    for name in list(scores)[: int(rng.integers(1, 4))]:
+        x = scores[name].copy()
+        x[rng.integers(0, n, size=int(rng.integers(0, 3)))] = rng.choice([np.nan, np.inf, -np.inf])
+        scores[name] = x if seed % 4 else _readonly(x)
+    c = Candidates(cands.item_ids, scores, cands.attributes, cands.numeric)
+    want = [(i.path, i.message) for name, v in c.scores.items()
+            for i in _column_issues("scores", name, v, n, finite=True)]
+    got = _error(lambda: validate_candidates(c, Limits()))
+    assert (got or []) == want
+
+
+# ------------------------------------------------------------------ shared tables vs fresh compiles
+
+TABLE_FIELDS = ("kind", "attr", "value", "bound", "top", "size", "hard", "penalty", "priority",
+                "item", "position", "target", "target_offset", "rules")
+
+
+def _shuffled_candidates(n: int, seed: int) -> Candidates:
+    """Random candidates whose dictionaries come in another order on every seed (the value codes
+    of a rule's value change between requests)."""
+    rng = np.random.default_rng(seed)
+    c = candidates(n, seed=seed, rare=float(rng.choice([0.0, 0.02, 0.3])))
+    attrs = {}
+    for name, a in c.attributes.items():
+        perm = rng.permutation(len(a.dictionary))
+        attrs[name] = Attribute(perm[a.codes].astype(np.int64),
+                                tuple(np.array(a.dictionary, dtype=object)[np.argsort(perm)].tolist()))
+    return Candidates(c.item_ids, c.scores, attrs, c.numeric, c.embeddings)
+
+
+def _assert_same_problem(a, b, label):
+    pa, pb = a.problem, b.problem
+    for f in TABLE_FIELDS:
+        np.testing.assert_array_equal(getattr(pa.constraints, f), getattr(pb.constraints, f),
+                                      err_msg=f"{label}: {f}")
+    for f in ("utility", "position_weight", "codes", "n_values", "active", "pre_reason"):
+        np.testing.assert_array_equal(getattr(pa, f), getattr(pb, f), err_msg=f"{label}: {f}")
+    assert a.reasons == b.reasons, label
+    np.testing.assert_array_equal(a.index, b.index)
+
+
+RULES = [
+    {"name": "cap", "type": "max_count", "attribute": "category", "max": 2},
+    {"name": "new", "type": "min_count", "attribute": "seller_tier", "value": "new", "min": 2,
+     "within_top": 5},
+    {"name": "soft_new", "type": "min_count", "attribute": "content_type", "value": "video",
+     "min": 3, "hard": False, "penalty": 0.5},
+    {"name": "win", "type": "window", "attribute": "seller", "size": 3, "max": 1},
+    {"name": "brand", "type": "max_count", "attribute": "brand", "value": "brand1", "max": 1},
+]
+PIN = {"name": "pin", "type": "pin", "position": 2, "attribute": "sponsored", "value": "yes",
+       "hard": False, "penalty": 1.0}
+FILTER = [{"attribute": "availability", "not_in": ["discontinued"]}]
+
+
+@pytest.mark.parametrize("variant", ["rules", "filters", "pins", "boosts", "fair"])
+def test_a_reused_compiled_policy_compiles_what_a_fresh_one_does(variant):
+    doc = policy(constraints=RULES)
+    if variant == "filters":
+        doc["filters"] = FILTER
+    if variant == "pins":
+        doc["constraints"] = RULES + [PIN]
+    if variant == "fair":
+        doc["constraints"] = RULES[:1] + [{"name": "fair", "type": "fair_prefix",
+                                           "attribute": "seller_tier", "protected": ["new"],
+                                           "p": 0.3, "alpha": 0.1}]
+    loaded = LoadedPolicy(Policy.model_validate(doc), "<test>", "d1", 0.0)
+    cp = C.compile_policy(loaded.policy)
+    rng = np.random.default_rng(7)
+    for i in range(40):
+        n = int(rng.choice([3, 8, 60, 200]))
+        k = int(rng.choice([0, 1, 4, 10, 25]))
+        req = RerankRequest("p", _shuffled_candidates(n, seed=100 + i), slate_size=k)
+        boosts = None
+        if variant == "boosts":
+            boosts = {"seller_tier": {"new": float(rng.choice([0.0, 0.3])), "top": -0.1}}
+        got = C.compile_request(cp, req, boosts)
+        fresh = C.compile_request(C.compile_policy(loaded.policy), req, boosts)
+        _assert_same_problem(got, fresh, f"{variant} request {i} (n={n}, k={k})")
+    tables = [t for arrays in cp.row_cache.values() for t in arrays.tables.values()]
+    if variant == "pins":
+        assert not tables, "a table with pins is the request's own"
+    else:
+        assert tables, "tables without pins are shared"
+
+
+def test_shared_tables_are_keyed_by_the_value_codes():
+    cp = C.compile_policy(Policy.model_validate(policy(constraints=RULES)))
+    a = _shuffled_candidates(50, seed=1)
+    first = C.compile_request(cp, RerankRequest("p", a)).problem.constraints
+    again = C.compile_request(cp, RerankRequest("p", a)).problem.constraints
+    assert again is first  # same codes: the same table
+    for seed in range(2, 30):
+        b = _shuffled_candidates(50, seed=seed)
+        t = C.compile_request(cp, RerankRequest("p", b)).problem.constraints
+        want = C.compile_request(C.compile_policy(cp.policy), RerankRequest("p", b)).problem.constraints
+        np.testing.assert_array_equal(t.rules, want.rules)
+    assert len(cp.row_cache[10].tables) <= C._TABLE_CACHE_MAX
+
+
+def _answer(result) -> tuple:
+    return ([it.item_id for it in result.items], result.status, result.objective, result.bound,
+            result.bound_method, result.gap, result.eligible,
+            [(c.name, c.satisfied, c.slack, c.violation, c.penalty, c.relaxed, c.reason, c.cost)
+             for c in result.constraints])
+
+
+@pytest.mark.parametrize("bound", ["lagrangian", "sort"])
+def test_answers_with_warm_caches_equal_answers_of_fresh_engines(bound):
+    solver = {"mode": "greedy", "budget_ms": 50, "bound": bound}
+    docs = [policy(constraints=RULES, solver=solver),
+            {**policy(constraints=RULES + [PIN], solver=solver), "name": "q", "filters": FILTER}]
+    warm = engine_with(*docs)
+    rng = np.random.default_rng(3)
+    for i in range(30):
+        name = "p" if i % 2 else "q"
+        req = RerankRequest(name, _shuffled_candidates(int(rng.choice([5, 40, 300])), seed=i),
+                            slate_size=int(rng.choice([0, 3, 12])), explain=bool(i % 3 == 0))
+        got = warm.rerank(req)
+        want = engine_with(*docs).rerank(req)
+        assert _answer(got) == _answer(want), f"request {i}"
+
+
+def test_a_policy_revision_gets_its_own_tables():
+    """Same name, other rule values: the new revision is compiled anew (the engine's cache is keyed
+    by digest) and its shared tables are not the old revision's."""
+    old = policy(constraints=RULES)
+    new_rules = [dict(r) for r in RULES]
+    new_rules[1]["value"] = "top"
+    new_rules[4]["value"] = "brand2"
+    eng = engine_with(old)
+    req = RerankRequest("p", _shuffled_candidates(100, seed=5))
+    before = eng.rerank(req)
+    eng.store.add(LoadedPolicy(Policy.model_validate(policy(constraints=new_rules)), "<test>", "d2", 0.0))
+    after = eng.rerank(req)
+    fresh = engine_with(policy(constraints=new_rules)).rerank(req)
+    assert _answer(after) == _answer(fresh)
+    assert _answer(engine_with(old).rerank(req)) == _answer(before)
+
+
+def test_linear_objective_is_the_masked_dot_product():
+    """linear_objective's shortcuts (no soft row, one soft row) give numpy's value."""
+    from solvers.codes import PIN as PIN_KIND
+    from solvers.evaluate import evaluate
+    from solvers.greedy import solve_greedy
+
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        rules = [dict(r) for r in RULES[: int(rng.integers(1, 6))]]
+        for r in rules:
+            if rng.random() < 0.4:
+                r["hard"], r["penalty"] = False, float(rng.choice([0.1, 1.0, 3.3]))
+        cp = C.compile_policy(Policy.model_validate(policy(constraints=rules)))
+        p = C.compile_request(cp, RerankRequest("p", _shuffled_candidates(60, seed=i))).problem
+        ev = evaluate(p, solve_greedy(p).slate)
+        t = p.constraints
+        soft = (~t.hard) & (t.kind <= PIN_KIND)
+        want = float(ev.utility_part - np.dot(t.penalty[soft], ev.violation[soft]))
+        got = linear_objective(p, ev)
+        assert got == want or (math.isnan(got) and math.isnan(want))
