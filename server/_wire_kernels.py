@@ -18,7 +18,7 @@ MALFORMED = -1
 #: which `server.wire_layout` reads from the generated descriptors (this module imports no
 #: protobuf code and hard-codes no field number).
 (F_ITEM_IDS, F_SCORES, F_ATTRIBUTES, F_NUMERIC, F_MAP_KEY, F_MAP_VALUE, F_DOUBLE_VALUES,
- F_STRING_CODES, F_STRING_VALUES, F_COUNT) = range(10)
+ F_STRING_CODES, F_STRING_VALUES, F_STRING_DICTIONARY, F_COUNT) = range(11)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -547,12 +547,218 @@ def candidates_scan(buf, fields, id_codes, id_first, info, entries, codes, text)
     cap = id_codes.shape[0]
     start = np.empty(max(cap, 1), dtype=np.int64)
     size = np.empty(max(cap, 1), dtype=np.int64)
+    return _scan(buf, fields, id_codes, id_first, start, size, info, entries, codes, text)
+
+
+@nb.njit(cache=True, nogil=True)
+def candidates_scan_at(buf, fields, base, id_codes, id_first, id_start, id_stop, info, entries, codes,
+                       text):
+    """`candidates_scan`, also giving where each item id lies: at [id_start[j] - base,
+    id_stop[j] - base) of `buf` (`id_start` / `id_stop` int64, as long as `id_codes`; `base`:
+    where `buf` starts in the bytes the caller slices)."""
+    ids = _scan(buf, fields, id_codes, id_first, id_start, id_stop, info, entries, codes, text)
+    if ids >= 0:
+        for j in range(id_codes.shape[0]):
+            id_start[j] += base
+            id_stop[j] += id_start[j]
+    return ids
+
+
+@nb.njit(cache=True, nogil=True)
+def _scan(buf, fields, id_codes, id_first, start, size, info, entries, codes, text):
+    cap = id_codes.shape[0]
     ids, n, first_empty = _candidates(buf, fields, start, size, entries, codes, text)
     if ids != cap:
         return MALFORMED
     info[0] = first_empty
     info[1] = n
     return _dictionary_encode(buf, start, size, cap, id_codes, id_first, _table_slots(cap))
+
+
+# ------------------------------------------------------------------ what a parser would accept
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _continuation(buf, p):
+    b = buf[np.uint64(p)]
+    return b >= 0x80 and b < 0xC0
+
+
+@nb.njit(cache=True, nogil=True)
+def utf8_valid(buf, at, length):
+    """buf[at:at + length] is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates,
+    nothing above U+10FFFF), as protobuf parsers require of `string` fields."""
+    return _utf8(buf, at, length)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _utf8(buf, at, length):
+    """`utf8_valid`, inlined in the field loops. ASCII (the usual ids and values) is found with a
+    few word loads, as `_hash` reads the bytes (the last 1-7 by overlapping loads, no byte loop):
+    byte by byte, checking the benchmark's plain request cost ~25 us instead of ~N."""
+    stop = at + length
+    high = np.uint64(0x8080808080808080)
+    if length >= 8:
+        bits = _load8(buf, stop - 8)
+        p = at
+        while stop - p > 8:
+            bits |= _load8(buf, p)
+            p += 8
+    elif length >= 4:
+        bits = _load4(buf, at) | _load4(buf, stop - 4)
+    elif length > 0:
+        bits = (np.uint64(buf[np.uint64(at)]) | np.uint64(buf[np.uint64(at + (length >> 1))])
+                | np.uint64(buf[np.uint64(stop - 1)]))
+    else:
+        return True
+    if (bits & high) == np.uint64(0):
+        return True
+    p = at
+    while p < stop:
+        b = buf[np.uint64(p)]
+        if b < 0x80:
+            p += 1
+            continue
+        if b < 0xC2:  # a continuation byte first, or an overlong 2-byte form
+            return False
+        if b < 0xE0:
+            if p + 1 >= stop or not _continuation(buf, p + 1):
+                return False
+            p += 2
+            continue
+        if b < 0xF0:
+            if p + 2 >= stop or not (_continuation(buf, p + 1) and _continuation(buf, p + 2)):
+                return False
+            b1 = buf[np.uint64(p + 1)]
+            if (b == 0xE0 and b1 < 0xA0) or (b == 0xED and b1 >= 0xA0):  # overlong, surrogate
+                return False
+            p += 3
+            continue
+        if b < 0xF5:
+            if p + 3 >= stop or not (_continuation(buf, p + 1) and _continuation(buf, p + 2)
+                                     and _continuation(buf, p + 3)):
+                return False
+            b1 = buf[np.uint64(p + 1)]
+            if (b == 0xF0 and b1 < 0x90) or (b == 0xF4 and b1 >= 0x90):  # overlong, > U+10FFFF
+                return False
+            p += 4
+            continue
+        return False
+    return True
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _plain_field(buf, i, stop):
+    """`_next_field`, for the few layouts `candidates_check` accepts: a one-byte tag (field numbers
+    1-15) of wire type 0 or 2, a length of at most 5 bytes. Next index -1 otherwise."""
+    if buf[np.uint64(i)] >= 0x80:
+        return np.uint64(0), np.uint64(0), np.uint64(0), 0, -1
+    number, wire, length, at, nxt = _next_field(buf, i, stop)
+    if wire == 2 and at - i > 6:
+        nxt = -1
+    elif wire != 0 and wire != 2:
+        nxt = -1
+    return number, wire, length, at, nxt
+
+
+@nb.njit(cache=True, nogil=True)
+def _double_column_ok(buf, i, stop, f_doubles):
+    while i < stop:
+        number, wire, length, at, i = _plain_field(buf, i, stop)
+        if i < 0 or number != f_doubles or wire != 2 or length % np.uint64(8) != np.uint64(0):
+            return False
+    return True
+
+
+@nb.njit(cache=True, nogil=True)
+def _string_column_ok(buf, i, stop, f_values, f_dictionary, f_codes):
+    """Values, or dictionary and codes, never both (those the caller leaves to the parser)."""
+    plain = False
+    coded = False
+    while i < stop:
+        number, wire, length, at, i = _plain_field(buf, i, stop)
+        if i < 0:
+            return False
+        if number == f_codes:
+            coded = True
+            if wire == 2:
+                p = at
+                while p < i:
+                    _, p = _varint(buf, p, i)
+                    if p < 0:
+                        return False
+        elif wire != 2:
+            return False
+        elif number == f_values:  # their UTF-8: the caller checks the distinct ones
+            plain = True
+        elif number == f_dictionary:
+            coded = True
+            if not _utf8(buf, at, np.int64(length)):
+                return False
+        else:
+            return False
+    return not (plain and coded)
+
+
+@nb.njit(cache=True, nogil=True)
+def candidates_check(buf, fields, counts):
+    """Whether the Candidates message in `buf` (uint8) is in the layout a lite parse reads
+    without the protobuf runtime, checked as strictly as a parser checks it: every tag one byte
+    (field numbers 1-15) and known; item ids, map entries (a key and a value, wire type 2), their
+    DoubleColumns (packed values, a whole number of doubles) and StringColumns (plain values, or
+    dictionary and codes, whose varints must be whole); every item id, key and dictionary value
+    valid UTF-8 (not the plain values: the caller checks their distinct ones once
+    `candidates_scan_at` has dictionary-encoded them); no embeddings, no unknown field. counts =
+    (item ids, map entries, attribute entries). Returns 0, or MALFORMED when the bytes are not in
+    that layout. With the caller's check of the plain values, it accepts no message a parser
+    refuses."""
+    f_ids = np.uint64(fields[F_ITEM_IDS])
+    f_scores = np.uint64(fields[F_SCORES])
+    f_attributes = np.uint64(fields[F_ATTRIBUTES])
+    f_numeric = np.uint64(fields[F_NUMERIC])
+    f_key = np.uint64(fields[F_MAP_KEY])
+    f_value = np.uint64(fields[F_MAP_VALUE])
+    f_doubles = np.uint64(fields[F_DOUBLE_VALUES])
+    f_codes = np.uint64(fields[F_STRING_CODES])
+    f_values = np.uint64(fields[F_STRING_VALUES])
+    f_dictionary = np.uint64(fields[F_STRING_DICTIONARY])
+    ids = 0
+    entries = 0
+    attributes = 0
+    i = 0
+    end = buf.shape[0]
+    while i < end:
+        number, wire, length, at, i = _plain_field(buf, i, end)
+        if i < 0 or wire != 2:
+            return MALFORMED
+        if number == f_ids:
+            if not _utf8(buf, at, np.int64(length)):
+                return MALFORMED
+            ids += 1
+            continue
+        strings = number == f_attributes
+        if not (strings or number == f_scores or number == f_numeric):
+            return MALFORMED
+        p = at
+        while p < i:
+            enumber, ewire, elen, eat, p = _plain_field(buf, p, i)
+            if p < 0 or ewire != 2:
+                return MALFORMED
+            if enumber == f_key:
+                if not _utf8(buf, eat, np.int64(elen)):
+                    return MALFORMED
+            elif enumber != f_value:
+                return MALFORMED
+            elif strings:
+                if not _string_column_ok(buf, eat, p, f_values, f_dictionary, f_codes):
+                    return MALFORMED
+            elif not _double_column_ok(buf, eat, p, f_doubles):
+                return MALFORMED
+        entries += 1
+        attributes += strings
+    counts[0] = ids
+    counts[1] = entries
+    counts[2] = attributes
+    return 0
 
 
 def warmup(fields) -> None:
@@ -568,6 +774,10 @@ def warmup(fields) -> None:
     codes, first, empty = (np.empty(3, dtype=np.int64) for _ in range(3))
     string_field_codes(np.frombuffer(b"\x0a\x01a\x0a\x00\x0a\x01a", dtype=np.uint8), 1, codes,
                        first, empty)
-    candidates_scan(np.frombuffer(b"\x0a\x01a" + entries.tobytes(), dtype=np.uint8), fields,
-                    codes[:1], first[:1], np.empty(2, dtype=np.int64),
+    cands = np.frombuffer(b"\x0a\x01a" + entries.tobytes(), dtype=np.uint8)
+    candidates_scan(cands, fields, codes[:1], first[:1], np.empty(2, dtype=np.int64),
                     np.empty((2, E_WIDTH), dtype=np.int64), np.empty((1, 1), dtype=np.int64), text)
+    candidates_scan_at(cands, fields, 0, codes[:1], first[:1], empty[:1], out[:1], np.empty(2, dtype=np.int64),
+                       np.empty((2, E_WIDTH), dtype=np.int64), np.empty((1, 1), dtype=np.int64), text)
+    candidates_check(cands, fields, out[:3])
+    utf8_valid(cands, 0, 3)

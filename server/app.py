@@ -23,7 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server import callclock
+from server import callclock, convert
 from server._gen.reranker.v1 import reranker_pb2 as pb
 from server.metrics import DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, ServerMetrics
 from server.servicer import SERVICE_NAME, WORKER_PID_METADATA_KEY, RerankerServicer
@@ -68,7 +68,8 @@ def add_servicer(servicer, server: grpc.Server) -> None:
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             _parsing(getattr(servicer, method.name), request_cls, pass_raw=lane,
                      admission=getattr(servicer, "admission", None) if lane else None,
-                     forward=getattr(servicer, "forward_unparsed", None) if lane else None),
+                     forward=getattr(servicer, "forward_unparsed", None) if lane else None,
+                     parse=convert.parse_rerank if method.name == "Rerank" else None),
             request_deserializer=None,  # raw bytes: parsed in _parsing
             response_serializer=_serializer(response_cls),
         )
@@ -96,9 +97,11 @@ def _serializer(response_cls):
     return serializer
 
 
-def _parsing(behaviour, request_cls, pass_raw: bool = False, admission=None, forward=None):
-    """`pass_raw`: also hand the request's bytes to `behaviour` (keyword `raw`), whose decoder
-    reads the large columns straight from them. `forward(method, raw, context)`: with the heavy
+def _parsing(behaviour, request_cls, pass_raw: bool = False, admission=None, forward=None, parse=None):
+    """`parse(raw)`: the request's parser (default `request_cls.FromString`; Rerank's is
+    convert.parse_rerank, whose lite parse leaves the Candidates to the wire kernels); it raises
+    DecodeError as FromString does. `pass_raw`: also hand the request's bytes to `behaviour`
+    (keyword `raw`), whose decoder reads the large columns straight from them. `forward(method, raw, context)`: with the heavy
     lane in a process of its own, a message over admission's heavy_bytes goes there unparsed
     (the servicer's forward_unparsed decides whether it may: None when the lane is in-thread)."""
     from google.protobuf.message import DecodeError
@@ -107,6 +110,8 @@ def _parsing(behaviour, request_cls, pass_raw: bool = False, admission=None, for
     method = getattr(behaviour, "__name__", name)
 
     perf = time.perf_counter_ns
+    if parse is None:
+        parse = request_cls.FromString
 
     def handle(raw: bytes, context: grpc.ServicerContext):
         _dispatched.started = True  # see _ShedCountingPool: this call reached its handler
@@ -129,7 +134,7 @@ def _parsing(behaviour, request_cls, pass_raw: bool = False, admission=None, for
                           f"{admission.limits.heavy_work:,} work units); retry with backoff, or send "
                           "a smaller request")
         try:
-            request = request_cls.FromString(raw)
+            request = parse(raw)
         except DecodeError as exc:
             context.set_trailing_metadata(((WORKER_PID_METADATA_KEY, str(os.getpid())),))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,

@@ -74,8 +74,17 @@ def decode_request(msg: pb.RerankRequest, raw: bytes | None = None, *,
     from them where they lie, instead of from re-serialized sub-messages. Same result either way.
     Raises `InvalidRequest` (every structural issue found, each with its proto field path).
     """
+    if type(msg) is LiteRerankRequest:
+        return _decode_lite(msg, deadline_ms)
     issues: list[FieldIssue] = []
     candidates = _decode_candidates(msg.candidates, issues, _candidates_wire(raw))
+    return _request(msg, candidates, issues, deadline_ms)
+
+
+def _request(msg, candidates: Candidates, issues: list[FieldIssue],
+             deadline_ms: float | None) -> RerankRequest:
+    """The engine request of `msg`'s top-level fields and `candidates`; InvalidRequest if
+    `issues` (the candidates') or the solver mode's are any."""
     solver = _SOLVER_MODES.get(msg.solver, _INVALID)
     if solver is _INVALID:
         known = ", ".join(f"{pb.SolverMode.Name(v)} ({v})" for v in _SOLVER_MODES)
@@ -441,6 +450,19 @@ def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue],
         return Attribute(codes, tuple(values[i] for i in first.tolist()))
 
     dictionary = tuple(col.dictionary[:])  # a slice is a list: faster than iterating the field
+    if wire is not None and wire.distinct < 0 and wire.codes.shape[0] == n_codes:
+        codes, top = wire.codes, wire.top
+    else:
+        codes = _uint32s(col, col.codes, wire_layout.STRING_CODES)
+        top = int(codes.max()) if n_codes else -1
+    return _coded_attribute(path, dictionary, codes, top, issues)
+
+
+def _coded_attribute(path: str, dictionary: tuple[str, ...], codes: np.ndarray, top: int,
+                     issues: list[FieldIssue]) -> Attribute | None:
+    """A dictionary-encoded column (`top`: its largest code, -1: none), or None with its issues
+    (a repeated dictionary value, codes out of range)."""
+    n_dict = len(dictionary)
     ok = True
     if len(set(dictionary)) != n_dict:
         seen: dict[str, int] = {}
@@ -453,11 +475,6 @@ def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue],
                 break
             seen[v] = j
         ok = False
-    if wire is not None and wire.distinct < 0 and wire.codes.shape[0] == n_codes:
-        codes, top = wire.codes, wire.top
-    else:
-        codes = _uint32s(col, col.codes, wire_layout.STRING_CODES)
-        top = int(codes.max()) if n_codes else -1
     bad = np.flatnonzero(codes >= n_dict) if top >= n_dict else ()
     if len(bad):
         first = int(bad[0])
@@ -487,6 +504,215 @@ def _decode_embeddings(e: pb.Embeddings, n: int, issues: list[FieldIssue]) -> np
         ))
         return None
     return _packed(e, e.values, wire_layout.EMBEDDING_VALUES, "<f4", np.float32).reshape(n, dim)
+
+
+# ----------------------------------------------------------------------------------- lite parse
+
+
+def _lite_request_classes():
+    """(RerankRequest, StringColumn) in a descriptor pool of their own, the request's
+    `candidates` declared `bytes` (same field number) and the column's `codes` left out: upb
+    parses (and checks) the request's small top-level fields and keeps the Candidates message as
+    bytes, for the wire kernels, and parses a column's dictionary without its codes (which the
+    kernels have read)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    proto = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(proto)
+    proto.name = "reranker_lite.proto"  # its own file: the pool holds nothing else
+    for message in proto.message_type:
+        if message.name == "RerankRequest":
+            for field in message.field:
+                if field.name == "candidates":
+                    field.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+                    field.ClearField("type_name")
+        if message.name == "StringColumn":
+            keep = [f for f in message.field if f.number != wire_layout.STRING_CODES]
+            del message.field[:]
+            message.field.extend(keep)
+    del proto.service[:]
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return tuple(message_factory.GetMessageClass(pool.FindMessageTypeByName(m.DESCRIPTOR.full_name))
+                 for m in (pb.RerankRequest, pb.StringColumn))
+
+
+_LITE_REQUEST, _LITE_STRING_COLUMN = _lite_request_classes()
+
+
+class LiteRerankRequest:
+    """A Rerank request as `parse_rerank` read it: its top-level fields parsed by upb (read as
+    attributes, like a `reranker.v1.RerankRequest`'s), its Candidates checked
+    (`_wire_kernels.candidates_check`) and read (`candidates_scan_at`) by the wire kernels, for
+    `decode_request` to assemble.
+
+    `candidates` parses them with the protobuf runtime when asked (a slow path: what the server
+    reads on every call is `candidates_shape`)."""
+
+    __slots__ = ("_msg", "raw", "offset", "length", "n", "rows", "distinct", "id_codes", "id_first",
+                 "id_start", "id_stop", "first_empty", "column_codes", "_candidates")
+
+    def __getattr__(self, name: str):
+        return getattr(self._msg, name)
+
+    @property
+    def candidates(self) -> pb.Candidates:
+        if self._candidates is None:
+            self._candidates = pb.Candidates.FromString(self.raw[self.offset:self.offset + self.length])
+        return self._candidates
+
+
+def parse_rerank(raw: bytes) -> LiteRerankRequest | pb.RerankRequest:
+    """The Rerank request in `raw`: a LiteRerankRequest when the wire kernels read its Candidates
+    alone (`_wire_kernels.candidates_check`, which accepts nothing a parser refuses, and
+    `candidates_scan_at` reads every column; plain values are checked UTF-8 here), else the
+    parsed `reranker.v1.RerankRequest` (DecodeError for bytes that are not one, as
+    `RerankRequest.FromString`)."""
+    lite = _parse_lite(raw)
+    return lite if lite is not None else pb.RerankRequest.FromString(raw)
+
+
+#: Column of a map entry's row (server._wire_kernels.E_*) that `_parse_lite` appends: the plain
+#: values of an attribute column, decoded (None: not a plain column).
+_E_VALUES = _wk.E_WIDTH
+
+
+def _parse_lite(raw: bytes) -> LiteRerankRequest | None:
+    try:
+        msg = _LITE_REQUEST.FromString(raw)
+    except Exception:  # noqa: BLE001 - the full parse gives the parser's own message
+        return None
+    view = np.frombuffer(raw, dtype=np.uint8)
+    offset, length = _wk.submessage(view, wire_layout.REQUEST_CANDIDATES)
+    if offset < 0:  # absent, repeated (a parser merges them) or unreadable
+        return None
+    cands = view[offset:offset + length]
+    counts = np.empty(3, dtype=np.int64)
+    if _wk.candidates_check(cands, wire_layout.KERNEL_FIELDS, counts) < 0:
+        return None
+    n, n_entries, n_attributes = counts.tolist()
+    ids = np.empty((4, n), dtype=np.int64)  # codes, first of each code, start, stop
+    info = np.empty(2, dtype=np.int64)
+    entries = np.empty((n_entries, _wk.E_WIDTH), dtype=np.int64)
+    column_codes = np.empty((n_attributes, n), dtype=np.int64)
+    text = np.empty(length, dtype=np.uint8)
+    id_codes, id_first, id_start, id_stop = ids
+    distinct = _wk.candidates_scan_at(cands, wire_layout.KERNEL_FIELDS, offset, id_codes, id_first, id_start,
+                                      id_stop, info, entries, column_codes, text)
+    if distinct < 0:
+        return None
+    rows = entries.tolist()
+    for row in rows:
+        if row[_wk.E_DATA] == _wk.UNREAD:  # doubles in several segments, a value given twice
+            return None
+        values = None
+        n_distinct = row[_wk.E_DISTINCT]
+        if n_distinct >= 0 and row[_wk.E_FIELD] == wire_layout.ATTRIBUTES:
+            at, size = row[_wk.E_TEXT_AT], row[_wk.E_TEXT_LEN]
+            if size < 0:  # a value holds a 0 byte: not split here
+                return None
+            try:  # the check left plain values' UTF-8 to here: only the distinct ones are decoded
+                values = tuple(str(text[at:at + size], "utf-8").split("\x00"))
+            except UnicodeDecodeError:  # the full parse refuses the request
+                return None
+            if len(values) != n_distinct:
+                return None
+        row.append(values)
+    req = LiteRerankRequest()
+    req._msg, req.raw, req.offset, req.length, req.n = msg, raw, offset, length, n
+    req.rows, req.distinct, req.first_empty, req.column_codes = rows, distinct, int(info[0]), column_codes
+    req.id_codes, req.id_first, req.id_start, req.id_stop = id_codes, id_first, id_start, id_stop
+    req._candidates = None
+    return req
+
+
+def candidates_shape(request) -> tuple[int, int]:
+    """(candidates, embedding dim) of a parsed Rerank request, either kind, without decoding it."""
+    if type(request) is LiteRerankRequest:
+        return request.n, 0  # embeddings are never lite
+    c = request.candidates
+    return len(c.item_ids), c.embeddings.dim
+
+
+class WireIds(Sequence):
+    """`Candidates.item_ids` where they lie in the request's bytes (checked UTF-8 by the lite
+    parse): the engine reads a few ids (the slate's), decoded when read."""
+
+    __slots__ = ("_raw", "_start", "_stop", "_n", "_list")
+
+    def __init__(self, raw: bytes, start: np.ndarray, stop: np.ndarray) -> None:
+        self._raw = raw
+        self._start = memoryview(start)  # int64 offsets into raw; indexing a memoryview gives ints
+        self._stop = memoryview(stop)
+        self._n = start.shape[0]
+        self._list: list[str] | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if type(i) is slice:
+            return self._all()[i]
+        return self._raw[self._start[i]:self._stop[i]].decode()
+
+    def _all(self) -> list[str]:
+        if self._list is None:
+            raw = self._raw
+            self._list = [raw[a:b].decode() for a, b in zip(self._start.tolist(), self._stop.tolist())]
+        return self._list
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def index(self, value, *args) -> int:  # pins by item id
+        return self._all().index(value, *args)
+
+    def __contains__(self, value) -> bool:
+        return value in self._all()
+
+
+def _decode_lite(req: LiteRerankRequest, deadline_ms: float | None) -> RerankRequest:
+    """The engine request of a lite-parsed request, from what the kernels read: the same result,
+    the same issues as decode_request on the parser's message (the issues of different columns
+    in wire order: a parser's map order is its hash table's, which differs between processes)."""
+    raw, base = req.raw, req.offset
+    scores: dict[str, np.ndarray] = {}
+    numeric: dict[str, np.ndarray] = {}
+    strings: dict[str, list] = {}
+    for row in req.rows:
+        field, key_at, key_len, _, _, data, count = row[:7]
+        key = raw[base + key_at:base + key_at + key_len].decode() if key_at >= 0 else ""
+        if field == wire_layout.ATTRIBUTES:
+            strings[key] = row  # a parser keeps a map's last entry of a key
+        else:
+            (scores if field == wire_layout.SCORES else numeric)[key] = (
+                np.frombuffer(raw, dtype="<f8", count=count // 8, offset=base + data).astype(np.float64)
+                if data >= 0 else np.empty(0, dtype=np.float64))
+    issues: list[FieldIssue] = []
+    attributes: dict[str, Attribute] = {}
+    for key, row in strings.items():
+        value_at, value_len, code_row, count, top = row[3:8]
+        values = row[_E_VALUES]
+        column = req.column_codes[code_row, :count] if code_row >= 0 else np.empty(0, dtype=np.int64)
+        if values is not None:  # plain (candidates_check: no dictionary, no codes)
+            attributes[key] = Attribute(column, values)
+            continue
+        # dictionary and codes (or neither): the dictionary's strings parsed by upb, not the codes
+        dictionary = (tuple(_LITE_STRING_COLUMN.FromString(raw[base + value_at:base + value_at + value_len])
+                            .dictionary[:]) if value_at >= 0 else ())
+        if not (dictionary or count):
+            attr = attribute_from_values([])
+        else:
+            attr = _coded_attribute(key_path("candidates.attributes", key), dictionary, column, top, issues)
+        if attr is not None:
+            attributes[key] = attr
+    if req.n:
+        item_ids: WireIds | list[str] = WireIds(raw, req.id_start, req.id_stop)
+        id_check = _id_check(req.id_codes, req.id_first[:req.distinct], req.first_empty)
+    else:
+        item_ids, id_check = [], None
+    candidates = Candidates(item_ids, scores, attributes, numeric, None, id_check)
+    return _request(req._msg, candidates, issues, deadline_ms)
 
 
 # --------------------------------------------------------------------------------------- encode

@@ -58,9 +58,10 @@ class RerankerServicer(pb_grpc.RerankerServicer):
 
     # ------------------------------------------------------------------------------- Rerank
 
-    def Rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext,
+    def Rerank(self, request: pb.RerankRequest | convert.LiteRerankRequest, context: grpc.ServicerContext,
                raw: bytes | None = None) -> bytes:
         """`raw`: the bytes `request` was parsed from, if at hand (the decoder reads columns there).
+        `request`: as server.app parses it (convert.parse_rerank), or a parsed message.
         Returns the response's bytes (server.encode; server.app's serializer sends bytes as they are)."""
         t0 = time.perf_counter()
         try:
@@ -163,10 +164,9 @@ class RerankerServicer(pb_grpc.RerankerServicer):
         estimate = getattr(self._engine, "estimate_work", None)
         if estimate is None:  # an engine without admission estimates (tests' stand-ins)
             return 0
-        c = request.candidates
+        n, dim = convert.candidates_shape(request)
         try:
-            greedy = estimate(request.policy, len(c.item_ids), request.slate_size,
-                              request.explain, c.embeddings.dim)
+            greedy = estimate(request.policy, n, request.slate_size, request.explain, dim)
             return greedy + self._exact_work(request, greedy)
         except Exception:  # noqa: BLE001 - unknown policy and the like: reported by the call itself
             return 0
@@ -241,7 +241,7 @@ class RerankerServicer(pb_grpc.RerankerServicer):
             log.debug(
                 "rerank",
                 extra={"request_id": request.request_id, "policy": request.policy,
-                       "n": len(request.candidates.item_ids), "k": len(result.items),
+                       "n": convert.candidates_shape(request)[0], "k": len(result.items),
                        "solver": resp.diagnostics.solver, "elapsed_us": dict(elapsed)},
             )
         if not as_bytes:

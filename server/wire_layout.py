@@ -75,6 +75,7 @@ class Layout(NamedTuple):
     string_values: int
     string_codes: int
     embedding_values: int
+    string_dictionary: int
 
     def kernel_fields(self) -> np.ndarray:
         """The int64 array the Candidates kernels take (indexed by `server._wire_kernels.F_*`)."""
@@ -88,6 +89,7 @@ class Layout(NamedTuple):
         fields[wk.F_DOUBLE_VALUES] = self.double_values
         fields[wk.F_STRING_CODES] = self.string_codes
         fields[wk.F_STRING_VALUES] = self.string_values
+        fields[wk.F_STRING_DICTIONARY] = self.string_dictionary
         return fields
 
 
@@ -117,6 +119,7 @@ def read_layout(messages) -> Layout:
         string_values=_field(string, "values", _F.TYPE_STRING, repeated=True).number,
         string_codes=_field(string, "codes", _F.TYPE_UINT32, repeated=True).number,
         embedding_values=_field(embeddings, "values", _F.TYPE_FLOAT, repeated=True).number,
+        string_dictionary=_field(string, "dictionary", _F.TYPE_STRING, repeated=True).number,
     )
 
 
@@ -132,3 +135,4 @@ DOUBLE_VALUES = LAYOUT.double_values
 STRING_VALUES = LAYOUT.string_values
 STRING_CODES = LAYOUT.string_codes
 EMBEDDING_VALUES = LAYOUT.embedding_values
+STRING_DICTIONARY = LAYOUT.string_dictionary

@@ -505,8 +505,9 @@ def test_the_layout_is_the_one_this_file_builds_its_bytes_with():
     a renumbered proto fails here first. Update the builders, then this line."""
     assert wire_layout.LAYOUT == wire_layout.Layout(
         request_candidates=5, item_ids=1, scores=2, attributes=3, numeric=4, map_key=1,
-        map_value=2, double_values=1, string_values=1, string_codes=3, embedding_values=2)
-    assert FIELDS.tolist() == [1, 2, 3, 4, 1, 2, 1, 3, 1]
+        map_value=2, double_values=1, string_values=1, string_codes=3, embedding_values=2,
+        string_dictionary=2)
+    assert FIELDS.tolist() == [1, 2, 3, 4, 1, 2, 1, 3, 1, 2]
 
 
 def _compiled_variant(tmp_path: Path, edits: list[tuple[str, str]], tag: str):
@@ -537,6 +538,7 @@ RENUMBER = [
     (r"(message DoubleColumn \{\s*)repeated double values = 1;", r"\1repeated double values = 7;"),
     (r"(message StringColumn \{.*?)repeated uint32 codes = 3;", r"\1repeated uint32 codes = 9;"),
     (r"(message StringColumn \{.*?)repeated string values = 1;", r"\1repeated string values = 8;"),
+    (r"(message StringColumn \{.*?)repeated string dictionary = 2;", r"\1repeated string dictionary = 6;"),
 ]
 
 
@@ -544,7 +546,7 @@ def test_the_decoder_follows_a_renumbered_proto(tmp_path):
     variant = _compiled_variant(tmp_path, RENUMBER, "renumbered")
     layout = wire_layout.read_layout(variant)
     assert (layout.item_ids, layout.scores, layout.attributes, layout.numeric) == (11, 14, 12, 2)
-    assert (layout.double_values, layout.string_codes, layout.string_values) == (7, 9, 8)
+    assert (layout.double_values, layout.string_codes, layout.string_values, layout.string_dictionary) == (7, 9, 8, 6)
     c = variant.Candidates(item_ids=["a", "b", "a", ""])
     c.scores["p"].values.extend([0.5, 1.5, 2.5, 3.5])
     c.numeric["price"].values.extend([1.0, 2.0, 3.0, 4.0])
