@@ -12,6 +12,10 @@ operations in the same order, so every result is the same bit for bit:
 * `finite_abs_max(u)`: max_i |u[i]| (0.0 for an empty u) when every u[i] is finite, -1.0 as soon
   as one is not.
 * `count_equal(x, v)`: how many x[i] == v (`np.count_nonzero(x == v)`).
+* `weighted_columns(x0, w0, x1, w1, x2, w2, x3, w3, k, first, out)`: the first k of up to four
+  columns, weighted, into out: out[i] = x0[i] * w0 (`first`) or out[i] + w0 * x0[i], then
+  + w1 * x1[i], ... in column order (per element the same operations as `scale_into` /
+  `add_scaled` column by column); returns `finite_abs_max(out)`. Unused columns are any array.
 
 Input arrays are typed read-only (a writable array is accepted as well), so that columns a caller
 passes as read-only views need no copy. tests/test_request_kernels.py checks every kernel against
@@ -65,3 +69,26 @@ def count_equal(x, v):
         if x[i] == v:
             n += 1
     return n
+
+
+@nb.njit(nb.float64(_F64_IN, nb.float64, _F64_IN, nb.float64, _F64_IN, nb.float64, _F64_IN,
+                    nb.float64, nb.int64, nb.boolean, nb.float64[::1]), cache=True, nogil=True)
+def weighted_columns(x0, w0, x1, w1, x2, w2, x3, w3, k, first, out):
+    m = 0.0
+    bad = False
+    for i in range(out.shape[0]):
+        v = x0[i] * w0 if first else out[i] + w0 * x0[i]
+        if k > 1:
+            v += w1 * x1[i]
+        if k > 2:
+            v += w2 * x2[i]
+        if k > 3:
+            v += w3 * x3[i]
+        out[i] = v
+        if not np.isfinite(v):
+            bad = True
+        else:
+            a = abs(v)
+            if a > m:
+                m = a
+    return -1.0 if bad else m

@@ -227,9 +227,10 @@ def slate_position_weights(cp: CompiledPolicy, req: RerankRequest) -> np.ndarray
 
 
 def _weighted_utility(weights: dict[str, float], cands: Candidates) -> tuple[np.ndarray, float]:
-    """`_weighted_sum` in one kernel pass per column (engine._request_kernels: the same products
-    and sums in the same order, so the same floats), and max |utility| when every utility is
-    finite, -1.0 when one is not (a float64[N] C-contiguous column each, else `_weighted_sum`)."""
+    """`_weighted_sum` in one kernel pass per four columns (engine._request_kernels: the same
+    products and sums in the same order, so the same floats), and max |utility| when every
+    utility is finite, -1.0 when one is not (a float64[N] C-contiguous column each, else
+    `_weighted_sum`)."""
     n = cands.n
     columns = []
     for name, w in weights.items():
@@ -239,10 +240,17 @@ def _weighted_utility(weights: dict[str, float], cands: Candidates) -> tuple[np.
                 u = _weighted_sum(weights, cands)  # (a wrong length raises there, as it did)
                 return u, _rk.finite_abs_max(u)
             columns.append((x, float(w)))
-    utility_all = np.empty(n, dtype=np.float64) if columns else np.zeros(n, dtype=np.float64)
-    for k, (x, w) in enumerate(columns):
-        (_rk.add_scaled if k else _rk.scale_into)(x, w, utility_all)
-    return utility_all, _rk.finite_abs_max(utility_all)
+    if not columns:
+        return np.zeros(n, dtype=np.float64), 0.0
+    utility_all = np.empty(n, dtype=np.float64)
+    umax = -1.0
+    for g in range(0, len(columns), 4):  # four columns per pass
+        group = columns[g:g + 4]
+        k = len(group)
+        group += [group[0]] * (4 - k)
+        umax = _rk.weighted_columns(group[0][0], group[0][1], group[1][0], group[1][1], group[2][0],
+                                    group[2][1], group[3][0], group[3][1], k, g == 0, utility_all)
+    return utility_all, umax
 
 
 def _weighted_sum(weights: dict[str, float], cands: Candidates) -> np.ndarray:

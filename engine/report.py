@@ -102,6 +102,23 @@ def constraint_reports(cp: CompiledPolicy, compiled: Compiled, result: SolveResu
     relaxed, penalties = result.relaxed.tolist(), t.penalty.tolist()
     out = []
     for j, (c, rows) in enumerate(zip(cp.policy.constraints, compiled.rule_rows)):
+        if len(rows) == 1:  # most rules: one row (the sums below, of one term: 0 + x)
+            r = rows[0]
+            violation = float(0 + violations[r])
+            slack = float(slacks[r])
+            relaxed_rows = [r] if relaxed[r] else []
+            reason = ""
+            if relaxed_rows:
+                if rank is None:
+                    rank = constraint_ranks(t.priority)
+                reason = relax_reason(cp, compiled, result, r, rank, list(conflicts))
+            elif not c.hard and violation > 0:
+                reason = compiled.reasons.get(r, "")
+            out.append(ConstraintReport(
+                c.name, c.type, bool(c.hard), violation == 0.0, slack, violation,
+                0.0 if c.hard else float(0 + penalties[r] * violations[r]), bool(relaxed_rows),
+                reason, None if costs is None else costs.get(j)))
+            continue
         violation = float(sum(violations[r] for r in rows))
         slack = float(min(slacks[r] for r in rows)) if rows else 0.0
         relaxed_rows = [r for r in rows if relaxed[r]]

@@ -71,6 +71,25 @@ def test_request_kernels_equal_their_numpy_twins(seed):
         finite = bool(np.isfinite(want).all())
         expect = (float(np.abs(want).max()) if n else 0.0) if finite else -1.0
     assert rk.finite_abs_max(want) == expect
+    z = _random_floats(rng, n, special)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k in (1, 2, 3, 4):
+            for first in (True, False):
+                cols = [x, y, z, x][:k]
+                ws = [w, -0.5, 3.0, 1e-7][:k]
+                base = _random_floats(rng, n, special)
+                want = base.copy() if not first else None
+                for j, (c, wj) in enumerate(zip(cols, ws)):
+                    if j == 0 and first:
+                        want = np.multiply(c, wj, dtype=np.float64)
+                    else:
+                        want += wj * c
+                got = base.copy()
+                args = [a for pair in zip(cols + [x] * (4 - k), ws + [0.0] * (4 - k)) for a in pair]
+                m = rk.weighted_columns(*args, k, first, got)
+                assert _same_bits(got, want), (k, first)
+                finite = bool(np.isfinite(want).all())
+                assert m == ((float(np.abs(want).max()) if n else 0.0) if finite else -1.0)
     codes = rng.integers(-1, 4, size=n)
     for v in (-1, 0, 3, 9):
         assert rk.count_equal(codes, v) == int(np.count_nonzero(codes == v))
@@ -107,7 +126,7 @@ def test_weighted_utility_is_the_weighted_sum_bit_for_bit(seed):
     rng = np.random.default_rng(seed)
     n = int(rng.choice([1, 3, 50, 1000]))
     special = float(rng.choice([0.0, 0.0, 0.01, 0.3]))
-    names = ["a", "b", "c", "d"][: int(rng.integers(1, 5))]
+    names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"][: int(rng.integers(1, 10))]
     scores = {s: _random_floats(rng, n, special) for s in names}
     weights = {s: float(rng.choice([0.0, 1.0, -2.5, 3.0, 1e300, 1e-3])) for s in names}
     if seed % 5 == 0:
@@ -289,16 +308,18 @@ def test_answers_with_warm_caches_equal_answers_of_fresh_engines(bound):
 def test_a_policy_revision_gets_its_own_tables():
     """Same name, other rule values: the new revision is compiled anew (the engine's cache is keyed
     by digest) and its shared tables are not the old revision's."""
-    old = policy(constraints=RULES)
+    solver = {"mode": "greedy", "budget_ms": 50}  # no clock in the answer
+    old = policy(constraints=RULES, solver=solver)
     new_rules = [dict(r) for r in RULES]
     new_rules[1]["value"] = "top"
     new_rules[4]["value"] = "brand2"
+    new = policy(constraints=new_rules, solver=solver)
     eng = engine_with(old)
     req = RerankRequest("p", _shuffled_candidates(100, seed=5))
     before = eng.rerank(req)
-    eng.store.add(LoadedPolicy(Policy.model_validate(policy(constraints=new_rules)), "<test>", "d2", 0.0))
+    eng.store.add(LoadedPolicy(Policy.model_validate(new), "<test>", "d2", 0.0))
     after = eng.rerank(req)
-    fresh = engine_with(policy(constraints=new_rules)).rerank(req)
+    fresh = engine_with(new).rerank(req)
     assert _answer(after) == _answer(fresh)
     assert _answer(engine_with(old).rerank(req)) == _answer(before)
 
@@ -323,3 +344,64 @@ def test_linear_objective_is_the_masked_dot_product():
         want = float(ev.utility_part - np.dot(t.penalty[soft], ev.violation[soft]))
         got = linear_objective(p, ev)
         assert got == want or (math.isnan(got) and math.isnan(want))
+
+
+def _constraint_reports_twin(cp, compiled, result, ev, costs, conflicts=()):
+    """engine.report.constraint_reports before its one-row shortcut."""
+    from engine.report import relax_reason
+    from engine.types import ConstraintReport
+    from solvers.greedy import constraint_ranks
+
+    t = compiled.problem.constraints
+    rank = None
+    violations, slacks = ev.violation.tolist(), ev.slack.tolist()
+    relaxed, penalties = result.relaxed.tolist(), t.penalty.tolist()
+    out = []
+    for j, (c, rows) in enumerate(zip(cp.policy.constraints, compiled.rule_rows)):
+        violation = float(sum(violations[r] for r in rows))
+        slack = float(min(slacks[r] for r in rows)) if rows else 0.0
+        relaxed_rows = [r for r in rows if relaxed[r]]
+        reason = ""
+        if relaxed_rows:
+            if rank is None:
+                rank = constraint_ranks(t.priority)
+            reason = relax_reason(cp, compiled, result, relaxed_rows[0], rank, list(conflicts))
+        elif not c.hard and violation > 0:
+            reason = next((compiled.reasons[r] for r in rows if r in compiled.reasons), "")
+        penalty = 0.0 if c.hard else float(sum(penalties[r] * violations[r] for r in rows))
+        out.append(ConstraintReport(
+            name=c.name, kind=c.type, hard=bool(c.hard), satisfied=violation == 0.0, slack=slack,
+            violation=violation, penalty=penalty, relaxed=bool(relaxed_rows), reason=reason,
+            cost=None if costs is None else costs.get(j),
+        ))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_constraint_reports_equal_the_twin(seed):
+    import time
+
+    from engine import portfolio
+    from engine.decide import rule_costs
+    from engine.report import constraint_reports
+
+    rng = np.random.default_rng(seed)
+    rules = [dict(r) for r in RULES] + [PIN]
+    rules.append({"name": "fair", "type": "fair_prefix", "attribute": "seller_tier",
+                  "protected": ["new"], "p": 0.4, "alpha": 0.1})
+    for r in rules:
+        if r["type"] != "fair_prefix" and rng.random() < 0.4:
+            r["hard"], r["penalty"] = not r.get("hard", True), float(rng.choice([0.5, 2.0]))
+            if r["hard"]:
+                r.pop("penalty")
+        if r["type"] == "min_count":
+            r["min"] = int(rng.choice([1, 4, 5]))
+    cp = C.compile_policy(Policy.model_validate(policy(constraints=rules, slate_size=12)))
+    for i in range(10):
+        req = RerankRequest("p", _shuffled_candidates(int(rng.choice([4, 30, 200])), seed=seed * 50 + i))
+        compiled = C.compile_request(cp, req)
+        out = portfolio.solve(compiled.problem, mode="greedy", deadline=time.perf_counter() + 1.0)
+        costs = rule_costs(compiled, out.result, out.evaluation.objective) if i % 2 else None
+        got = constraint_reports(cp, compiled, out.result, out.evaluation, costs, out.conflicts)
+        want = _constraint_reports_twin(cp, compiled, out.result, out.evaluation, costs, out.conflicts)
+        assert got == want
