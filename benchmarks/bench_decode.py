@@ -6,12 +6,11 @@ One process, no gRPC: each call parses the request's bytes afresh (timed: parse)
 message from them as the server does (timed: decode), the encodings alternating in blocks so that
 drift of the machine hits both alike. Medians over `--calls` calls each.
 
-Also measured, as a prototype for the parse (not used by the server): a "lite" RerankRequest
-whose `candidates` field is declared `bytes` (built at run time from the generated descriptor),
-so that upb parses only the request's top level and keeps the Candidates message as bytes for the
-wire kernels; the one kernel pass over those bytes (`_wire_kernels.candidates_scan`); and a
-prototype decoder of the lite message (`_lite_decode`: scores and attributes only, checked equal
-to decode_request's once; it lacks validation a real one would need).
+Also measured, interleaved with those: the lite parse the server now uses for Rerank
+(`convert.parse_rerank`: upb parses the request's top level only, its `candidates` declared
+`bytes`; the wire kernels check and read the Candidates) and `decode_request` of what it gives,
+checked equal to the full path's once; and the one kernel pass over the Candidates bytes alone
+(`_wire_kernels.candidates_scan`).
 
     python -m benchmarks.bench_decode [--calls 2000] [--profile]
     python -m benchmarks.bench_decode --against /work/wt   # A/B: that checkout's server/ vs this one
@@ -36,65 +35,23 @@ import numpy as np
 ENCODINGS = ("dictionary", "plain")
 COLUMNS = [("encoding", "string columns"), ("request_bytes", "request bytes"),
            ("parse_us", "parse µs (FromString)"), ("decode_us", "decode µs (decode_request)"),
-           ("parse_decode_us", "parse + decode µs"), ("lite_parse_us", "lite parse µs (candidates as bytes)"),
-           ("scan_us", "candidates_scan µs"), ("lite_decode_us", "lite decode µs (prototype)"),
-           ("lite_parse_decode_us", "lite parse + decode µs"),
-           ("parse_over_dictionary", "parse / dictionary"), ("decode_over_dictionary", "decode / dictionary")]
+           ("parse_decode_us", "parse + decode µs"), ("lite_parse_us", "lite parse µs (parse_rerank)"),
+           ("lite_decode_us", "lite decode µs"), ("lite_parse_decode_us", "lite parse + decode µs"),
+           ("lite_over_full", "lite / full parse + decode"), ("scan_us", "candidates_scan µs"),
+           ("parse_over_dictionary", "parse / dictionary"), ("decode_over_dictionary", "decode / dictionary"),
+           ("lite_over_dictionary", "lite parse + decode / dictionary")]
 
 
-def _lite_request_class():
-    """RerankRequest with `candidates` declared `bytes` (same field number), in a pool of its own."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    from server._gen.reranker.v1 import reranker_pb2 as pb
-
-    proto = descriptor_pb2.FileDescriptorProto()
-    pb.DESCRIPTOR.CopyToProto(proto)
-    proto.name = "reranker_lite.proto"
-    for message in proto.message_type:
-        if message.name == "RerankRequest":
-            for field in message.field:
-                if field.name == "candidates":
-                    field.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
-                    field.ClearField("type_name")
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("reranker.v1.RerankRequest"))
-
-
-def _lite_decode(lite_msg, raw: bytes):
-    """Prototype (not the server's decoder): the engine's columns from a lite-parsed request, whose
-    Candidates are bytes, with the wire kernels alone: one candidates_scan, scores by
-    np.frombuffer, plain columns from the joined distinct values, dictionary columns' strings by
-    upb from their StringColumn's bytes (small), item ids left as their offsets. No validation
-    beyond what the kernel does (a real one must also check UTF-8, which upb does in the parse).
-    Returns (scores, attributes as (codes, dictionary)) or None if this prototype cannot read them."""
-    from server import _wire_kernels as wk
-    from server import wire_layout
-    from server._gen.reranker.v1 import reranker_pb2 as pb
-
-    cands = lite_msg.candidates
-    view = np.frombuffer(cands, dtype=np.uint8)
-    n = 1000  # a real decoder would count the ids in the scan; the prototype knows N
-    codes, first, info = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(2, np.int64)
-    entries = np.empty((64, wk.E_WIDTH), dtype=np.int64)
-    column_codes = np.empty((8, n), dtype=np.int64)
-    text = np.empty(view.shape[0], dtype=np.uint8)
-    if wk.candidates_scan(view, wire_layout.KERNEL_FIELDS, codes, first, info, entries, column_codes, text) < 0:
-        return None
-    scores, attributes = {}, {}
-    for row in entries[:info[1]].tolist():
-        field, key_at, key_len, value_at, value_len, data, count, top, distinct, text_at, text_len = row
-        key = cands[key_at:key_at + key_len].decode() if key_at >= 0 else ""
-        if field == wire_layout.SCORES and data >= 0:
-            scores[key] = np.frombuffer(cands, dtype="<f8", count=count // 8, offset=data).astype(np.float64)
-        elif field == wire_layout.ATTRIBUTES and data >= 0:
-            if distinct >= 0:
-                dictionary = tuple(str(text[text_at:text_at + text_len], "utf-8").split("\x00"))
-            else:
-                dictionary = tuple(pb.StringColumn.FromString(cands[value_at:value_at + value_len]).dictionary)
-            attributes[key] = (column_codes[data, :count], dictionary)
-    return scores, attributes
+def _same_request(a, b) -> None:
+    """The lite path's engine request equals the full path's (map order aside)."""
+    assert (a.policy, a.slate_size, a.solver, a.request_id) == (b.policy, b.slate_size, b.solver, b.request_id)
+    x, y = a.candidates, b.candidates
+    assert list(x.item_ids) == list(y.item_ids) and x.id_check == y.id_check
+    for kind in ("scores", "numeric"):
+        u, v = getattr(x, kind), getattr(y, kind)
+        assert set(u) == set(v) and all(np.array_equal(u[k], v[k]) for k in v)
+    assert {k: (c.codes.tolist(), c.dictionary) for k, c in x.attributes.items()} == {
+        k: (c.codes.tolist(), c.dictionary) for k, c in y.attributes.items()}
 
 
 def measure(calls: int, block: int = 100) -> list[dict]:
@@ -104,34 +61,29 @@ def measure(calls: int, block: int = 100) -> list[dict]:
     from server._gen.reranker.v1 import reranker_pb2 as pb
 
     convert.warmup()
-    lite = _lite_request_class()
     raws = {enc: make_request(enc).SerializeToString() for enc in ENCODINGS}
     parse = {enc: [] for enc in ENCODINGS}
     decode = {enc: [] for enc in ENCODINGS}
     lite_parse = {enc: [] for enc in ENCODINGS}
+    lite_decode = {enc: [] for enc in ENCODINGS}
     scan = {enc: [] for enc in ENCODINGS}
     perf = time.perf_counter_ns
     from_string = pb.RerankRequest.FromString
-    lite_from_string = lite.FromString
-    joined = hasattr(wk, "E_WIDTH")  # the kernel takes the joined-values buffer (else: before it)
+    parse_rerank = getattr(convert, "parse_rerank", None)  # None: a checkout before the lite parse
     width = getattr(wk, "E_WIDTH", 8)
-    lite_decode = {enc: [] for enc in ENCODINGS}
-    for raw in raws.values():  # warm-up, and the lite message must carry the same bytes
+    joined = hasattr(wk, "E_WIDTH")  # the kernel takes the joined-values buffer (else: before it)
+    for raw in raws.values():  # warm-up, and the lite path must decode what the full one does
         for _ in range(50):
             convert.decode_request(from_string(raw), raw)
-        assert pb.Candidates.FromString(lite_from_string(raw).candidates) == from_string(raw).candidates
-        if joined:  # the prototype decodes what the server's decoder does
-            got = _lite_decode(lite_from_string(raw), raw)
-            want = convert.decode_request(from_string(raw), raw).candidates
-            assert got is not None and sorted(got[0]) == sorted(want.scores)
-            assert all(np.array_equal(got[0][k], want.scores[k]) for k in want.scores)
-            assert {k: (c.tolist(), d) for k, (c, d) in got[1].items()} == {
-                k: (a.codes.tolist(), a.dictionary) for k, a in want.attributes.items()}
+        if parse_rerank is not None:
+            lite = parse_rerank(raw)
+            assert type(lite) is convert.LiteRerankRequest
+            _same_request(convert.decode_request(lite, raw), convert.decode_request(from_string(raw), raw))
     done = 0
     while done < calls:
         m = min(block, calls - done)
         for enc, raw in raws.items():
-            p, d, lp, sc = parse[enc], decode[enc], lite_parse[enc], scan[enc]
+            p, d, lp, ld, sc = parse[enc], decode[enc], lite_parse[enc], lite_decode[enc], scan[enc]
             view = np.frombuffer(raw, dtype=np.uint8)
             for _ in range(m):
                 t0 = perf()
@@ -141,19 +93,18 @@ def measure(calls: int, block: int = 100) -> list[dict]:
                 t2 = perf()
                 p.append(t1 - t0)
                 d.append(t2 - t1)
+            if parse_rerank is not None:
+                for _ in range(m):
+                    t0 = perf()
+                    small = parse_rerank(raw)
+                    t1 = perf()
+                    convert.decode_request(small, raw)
+                    t2 = perf()
+                    lp.append(t1 - t0)
+                    ld.append(t2 - t1)
             c = msg.candidates
             n = len(c.item_ids)
-            ld = lite_decode[enc]
-            for _ in range(m):
-                t0 = perf()
-                small = lite_from_string(raw)
-                t1 = perf()
-                lp.append(t1 - t0)
-                if joined:
-                    t0 = perf()
-                    _lite_decode(small, raw)
-                    ld.append(perf() - t0)
-                # what a lite decoder's kernel pass costs (its outputs allocated as decode does)
+            for _ in range(m):  # the kernel pass alone (its outputs allocated as decode does)
                 t0 = perf()
                 offset, length = wk.submessage(view, wire_layout.REQUEST_CANDIDATES)
                 cands = view[offset:offset + length]
@@ -162,22 +113,24 @@ def measure(calls: int, block: int = 100) -> list[dict]:
                         np.empty((3, n), np.int64))
                 wk.candidates_scan(*args, np.empty(length, np.uint8)) if joined else wk.candidates_scan(*args)
                 sc.append(perf() - t0)
-            del small
         done += m
     rows = []
     for enc in ENCODINGS:
         p, d = np.asarray(parse[enc]) / 1e3, np.asarray(decode[enc]) / 1e3
-        rows.append({"encoding": enc, "request_bytes": len(raws[enc]), "calls": calls,
-                     "parse_us": float(np.median(p)), "decode_us": float(np.median(d)),
-                     "parse_decode_us": float(np.median(p + d)),
-                     "lite_parse_us": float(np.median(lite_parse[enc])) / 1e3,
-                     "scan_us": float(np.median(scan[enc])) / 1e3,
-                     "lite_decode_us": float(np.median(lite_decode[enc])) / 1e3 if lite_decode[enc] else None})
-        if rows[-1]["lite_decode_us"] is not None:
-            rows[-1]["lite_parse_decode_us"] = rows[-1]["lite_parse_us"] + rows[-1]["lite_decode_us"]
+        row = {"encoding": enc, "request_bytes": len(raws[enc]), "calls": calls,
+               "parse_us": float(np.median(p)), "decode_us": float(np.median(d)),
+               "parse_decode_us": float(np.median(p + d)), "scan_us": float(np.median(scan[enc])) / 1e3}
+        if lite_parse[enc]:
+            lp, ld = np.asarray(lite_parse[enc]) / 1e3, np.asarray(lite_decode[enc]) / 1e3
+            row.update(lite_parse_us=float(np.median(lp)), lite_decode_us=float(np.median(ld)),
+                       lite_parse_decode_us=float(np.median(lp + ld)))
+            row["lite_over_full"] = row["lite_parse_decode_us"] / row["parse_decode_us"]
+        rows.append(row)
     for row in rows:
         row["parse_over_dictionary"] = row["parse_us"] / rows[0]["parse_us"]
         row["decode_over_dictionary"] = row["decode_us"] / rows[0]["decode_us"]
+        if "lite_parse_decode_us" in row:
+            row["lite_over_dictionary"] = row["lite_parse_decode_us"] / rows[0]["lite_parse_decode_us"]
     return rows
 
 
@@ -231,6 +184,10 @@ def against(tree: Path, calls: int, rounds: int) -> tuple[list[dict], dict]:
             for key in ("parse_us", "decode_us", "parse_decode_us"):
                 row[f"{name}_{key}"] = float(np.median([run[enc_i][key] for run in runs[name]]))
         row["decode_this_over_base"] = row["this_decode_us"] / row["base_decode_us"]
+        if all("lite_parse_decode_us" in run[enc_i] for run in runs["this"]):  # as this server parses Rerank
+            row["this_lite_parse_decode_us"] = float(np.median([run[enc_i]["lite_parse_decode_us"]
+                                                                for run in runs["this"]]))
+            row["this_lite_over_base"] = row["this_lite_parse_decode_us"] / row["base_parse_decode_us"]
         rows.append(row)
     for row in rows:
         row["this_decode_over_dictionary"] = row["this_decode_us"] / rows[0]["this_decode_us"]
@@ -244,7 +201,9 @@ AB_COLUMNS = [("encoding", "string columns"), ("base_parse_us", "base parse µs"
               ("base_decode_over_dictionary", "base decode / dictionary"),
               ("this_decode_over_dictionary", "this decode / dictionary"),
               ("base_parse_decode_us", "base parse + decode µs"),
-              ("this_parse_decode_us", "this parse + decode µs")]
+              ("this_parse_decode_us", "this parse + decode µs"),
+              ("this_lite_parse_decode_us", "this lite parse + decode µs"),
+              ("this_lite_over_base", "this lite / base parse + decode")]
 
 
 def main() -> None:

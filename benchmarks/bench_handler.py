@@ -3,21 +3,23 @@
 server.app's handler does), then `RerankerServicer._rerank` (decode, compile, solve, report,
 encode, metrics) and the response's serialization, the trailers set on a stand-in context.
 
-Two paths in the same run, interleaved in blocks of 50 calls so that drift of the machine hits
-both alike:
-- `old`: the report builds one `SlateItem` per position (the list-building `slate_items` this
-  change replaced, kept here and patched into engine.decide for the old arm's calls), and
+Paths in the same run (`--paths`, default new,lite), interleaved in blocks of 50 calls so that
+drift of the machine hits them alike:
+- `old`: the report builds one `SlateItem` per position (the list-building `slate_items` the
+  columnar slate replaced, kept here and patched into engine.decide for the old arm's calls), and
   `convert.encode_result` + `SerializeToString` (one protobuf item per position);
 - `new`: the columnar slate (engine.types.SlateItems) and the fast encoder (server.encode),
-  which returns the response's bytes.
+  which returns the response's bytes; the request parsed by upb (`RerankRequest.FromString`);
+- `lite`: `new`, the request parsed as the server parses Rerank now (`convert.parse_rerank`:
+  upb for the top level, the wire kernels for the Candidates).
 
 Reported: medians of every stage the response reports (elapsed_us: decode, compile, solve,
-report, encode, total) and of the whole handler (parse to bytes), per path, and new / old.
-Also the per-call cost of `ServerMetrics.observe_ok` alone.
+report, encode, total) and of the whole handler (parse to bytes), per path, and the ratios of
+each path to the first. Also the per-call cost of `ServerMetrics.observe_ok` alone.
 
-    python -m benchmarks.bench_handler [--calls 2000] [--encodings dictionary,plain] [--profile]
+    python -m benchmarks.bench_handler [--calls 2000] [--encodings dictionary,plain] [--paths new,lite] [--profile]
 
-`--profile`: cProfile of the new path (top functions by own time) after the measurement.
+`--profile`: cProfile of the last path (top functions by own time) after the measurement.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from benchmarks.bench_grpc import POLICY, make_request
 from benchmarks.common import markdown_table, save
 
 STAGES = ("decode", "compile", "solve", "report", "encode", "total")
-PATHS = ("old", "new")
+PATHS = ("old", "new", "lite")
 
 
 class _Context:
@@ -80,6 +82,7 @@ def _setup():
 def _paths(servicer):
     """path -> call(raw) -> (response bytes, handler µs)."""
     import engine.decide as decide
+    from server import convert
     from server._gen.reranker.v1 import reranker_pb2 as pb
 
     ctx = _Context()
@@ -100,7 +103,7 @@ def _paths(servicer):
             decide.slate_items = new_items
         return out, (t1 - t0) / 1e3
 
-    def new(raw: bytes):
+    def new(raw: bytes, parse=parse):
         t0 = perf()
         msg = parse(raw)
         out = servicer._rerank(msg, ctx, raw, None, as_bytes=True)
@@ -108,30 +111,34 @@ def _paths(servicer):
         t1 = perf()
         return out, (t1 - t0) / 1e3
 
-    return {"old": old, "new": new}
+    def lite(raw: bytes):
+        return new(raw, convert.parse_rerank)
+
+    return {"old": old, "new": new, "lite": lite}
 
 
-def measure(servicer, encoding: str, calls: int, warmup: int = 200, block: int = 50) -> dict:
+def measure(servicer, encoding: str, calls: int, warmup: int = 200, block: int = 50,
+            paths_run: tuple[str, ...] = ("new", "lite")) -> dict:
     from server._gen.reranker.v1 import reranker_pb2 as pb
 
     raw = make_request(encoding).SerializeToString()
     paths = _paths(servicer)
-    answers = {p: paths[p](raw)[0] for p in PATHS}
-    a, b = (pb.RerankResponse.FromString(answers[p]) for p in PATHS)
-    for r in (a, b):  # timings differ; everything else must not
+    answers = {p: paths[p](raw)[0] for p in paths_run}
+    parsed = [pb.RerankResponse.FromString(answers[p]) for p in paths_run]
+    for r in parsed:  # timings differ; everything else must not
         for s in list(r.diagnostics.elapsed_us):
             r.diagnostics.elapsed_us[s] = 0.0
-    if a != b:
-        raise AssertionError("old and new paths answer differently")
+    if any(r != parsed[0] for r in parsed):
+        raise AssertionError(f"the paths {', '.join(paths_run)} answer differently")
     for _ in range(warmup):
-        for p in PATHS:
+        for p in paths_run:
             paths[p](raw)
-    handler = {p: [] for p in PATHS}
-    stages = {p: {s: [] for s in STAGES} for p in PATHS}
+    handler = {p: [] for p in paths_run}
+    stages = {p: {s: [] for s in STAGES} for p in paths_run}
     done = 0
     while done < calls:
         n = min(block, calls - done)
-        for p in PATHS:
+        for p in paths_run:
             call = paths[p]
             for _ in range(n):
                 out, us = call(raw)
@@ -140,15 +147,16 @@ def measure(servicer, encoding: str, calls: int, warmup: int = 200, block: int =
                 for s in STAGES:
                     stages[p][s].append(elapsed[s])
         done += n
-    row = {"encoding": encoding, "request_bytes": len(raw), "response_bytes": len(answers["new"]),
+    row = {"encoding": encoding, "request_bytes": len(raw), "response_bytes": len(answers[paths_run[0]]),
            "calls": calls}
-    for p in PATHS:
+    for p in paths_run:
         row[f"{p}_handler_us"] = float(np.median(handler[p]))
         for s in STAGES:
             row[f"{p}_{s}_us"] = float(np.median(stages[p][s]))
-    row["new_over_old_handler"] = row["new_handler_us"] / row["old_handler_us"]
-    for s in ("report", "encode", "total"):
-        row[f"new_over_old_{s}"] = row[f"new_{s}_us"] / row[f"old_{s}_us"]
+    base = paths_run[0]
+    for p in paths_run[1:]:
+        for s in ("handler", "decode", "report", "encode", "total"):
+            row[f"{p}_over_{base}_{s}"] = row[f"{p}_{s}_us"] / row[f"{base}_{s}_us"]
     return row
 
 
@@ -167,12 +175,12 @@ def metrics_cost(engine, metrics, calls: int) -> float:
     return float(np.median(out))
 
 
-def profile(servicer, calls: int, top: int = 30) -> None:
+def profile(servicer, calls: int, path: str = "lite", top: int = 30) -> None:
     import cProfile
     import pstats
 
     raw = make_request().SerializeToString()
-    new = _paths(servicer)["new"]
+    new = _paths(servicer)[path]
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(calls):
@@ -181,15 +189,16 @@ def profile(servicer, calls: int, top: int = 30) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(top)
 
 
-def _columns():
+def _columns(paths_run: tuple[str, ...]):
     cols = [("encoding", "string columns"), ("response_bytes", "response bytes")]
-    for p in PATHS:
+    for p in paths_run:
         cols.append((f"{p}_handler_us", f"{p} handler µs"))
     for s in STAGES:
-        for p in PATHS:
+        for p in paths_run:
             cols.append((f"{p}_{s}_us", f"{p} {s} µs"))
-    cols += [("new_over_old_handler", "new / old handler"), ("new_over_old_report", "new / old report"),
-             ("new_over_old_encode", "new / old encode"), ("new_over_old_total", "new / old total")]
+    base = paths_run[0]
+    for p in paths_run[1:]:
+        cols += [(f"{p}_over_{base}_{s}", f"{p} / {base} {s}") for s in ("handler", "decode", "report", "encode", "total")]
     return cols
 
 
@@ -197,19 +206,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=2000, help="calls per path and encoding")
     ap.add_argument("--encodings", default="dictionary,plain")
-    ap.add_argument("--profile", action="store_true", help="cProfile of the new path afterwards")
+    ap.add_argument("--paths", default="new,lite", help=f"some of {','.join(PATHS)}; ratios against the first")
+    ap.add_argument("--profile", action="store_true", help="cProfile of the last path afterwards")
     args = ap.parse_args()
+    paths_run = tuple(args.paths.split(","))
+    if not paths_run or any(p not in PATHS for p in paths_run):
+        ap.error(f"--paths: some of {', '.join(PATHS)}, got {args.paths!r}")
     engine, metrics, servicer = _setup()
-    rows = [measure(servicer, enc, args.calls) for enc in args.encodings.split(",")]
+    load0 = os.getloadavg()
+    rows = [measure(servicer, enc, args.calls, paths_run=paths_run) for enc in args.encodings.split(",")]
     observe_us = metrics_cost(engine, metrics, args.calls)
     load = os.getloadavg()
-    meta = {"calls": args.calls, "load_average": load, "observe_ok_us": observe_us,
-            "paths": "old: SlateItem list + encode_result + SerializeToString; new: SlateItems + server.encode"}
-    print(markdown_table(rows, _columns()))
-    print(f"ServerMetrics.observe_ok: {observe_us:.2f} µs median; load average {load}")
+    meta = {"calls": args.calls, "load_average": [load0, load], "observe_ok_us": observe_us,
+            "paths": "old: SlateItem list + encode_result + SerializeToString; new: SlateItems + server.encode; "
+                     "lite: new with convert.parse_rerank", "paths_run": list(paths_run)}
+    print(markdown_table(rows, _columns(paths_run)))
+    print(f"ServerMetrics.observe_ok: {observe_us:.2f} µs median; load average {load0} -> {load}")
     print(f"saved {save('handler', rows, meta)}")
     if args.profile:
-        profile(servicer, args.calls)
+        profile(servicer, args.calls, paths_run[-1])
 
 
 if __name__ == "__main__":

@@ -575,6 +575,28 @@ def _scan(buf, fields, id_codes, id_first, start, size, info, entries, codes, te
     return _dictionary_encode(buf, start, size, cap, id_codes, id_first, _table_slots(cap))
 
 
+@nb.njit(cache=True, nogil=True)
+def gather_doubles(buf, entries, count, f_attributes, out):
+    """The packed values of every DoubleColumn among the first `count` rows of `entries` (as
+    `map_entries` gives them: E_DATA / E_COUNT = offset / length in bytes in `buf`), copied one
+    after the other into `out` (uint64: the bits of little-endian doubles; room for len(buf) / 8);
+    each such row's E_MAX is set to where its values start in `out`. Rows of field `f_attributes`
+    and rows without values (E_DATA < 0) are skipped. Returns how many values were copied. One
+    call instead of a numpy array per column (~1.2 us each)."""
+    k = 0
+    for e in range(count):
+        row = entries[e]
+        at = row[E_DATA]
+        if row[E_FIELD] == f_attributes or at < 0:
+            continue
+        m = row[E_COUNT] // 8
+        for j in range(m):
+            out[k + j] = _load8(buf, at + 8 * j)
+        row[E_MAX] = k
+        k += m
+    return k
+
+
 # ------------------------------------------------------------------ what a parser would accept
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -780,4 +802,5 @@ def warmup(fields) -> None:
     candidates_scan_at(cands, fields, 0, codes[:1], first[:1], empty[:1], out[:1], np.empty(2, dtype=np.int64),
                        np.empty((2, E_WIDTH), dtype=np.int64), np.empty((1, 1), dtype=np.int64), text)
     candidates_check(cands, fields, out[:3])
+    gather_doubles(cands, np.zeros((1, E_WIDTH), dtype=np.int64), 1, 3, np.empty(4, dtype=np.uint64))
     utf8_valid(cands, 0, 3)

@@ -550,7 +550,7 @@ class LiteRerankRequest:
     reads on every call is `candidates_shape`)."""
 
     __slots__ = ("_msg", "raw", "offset", "length", "n", "rows", "distinct", "id_codes", "id_first",
-                 "id_start", "id_stop", "first_empty", "column_codes", "_candidates")
+                 "id_start", "id_stop", "first_empty", "column_codes", "doubles", "_candidates")
 
     def __getattr__(self, name: str):
         return getattr(self._msg, name)
@@ -601,6 +601,8 @@ def _parse_lite(raw: bytes) -> LiteRerankRequest | None:
                                       id_stop, info, entries, column_codes, text)
     if distinct < 0:
         return None
+    doubles = np.empty(length // 8, dtype=np.float64)
+    _wk.gather_doubles(cands, entries, n_entries, wire_layout.ATTRIBUTES, doubles.view(np.uint64))
     rows = entries.tolist()
     for row in rows:
         if row[_wk.E_DATA] == _wk.UNREAD:  # doubles in several segments, a value given twice
@@ -621,6 +623,7 @@ def _parse_lite(raw: bytes) -> LiteRerankRequest | None:
     req = LiteRerankRequest()
     req._msg, req.raw, req.offset, req.length, req.n = msg, raw, offset, length, n
     req.rows, req.distinct, req.first_empty, req.column_codes = rows, distinct, int(info[0]), column_codes
+    req.doubles = doubles
     req.id_codes, req.id_first, req.id_start, req.id_stop = id_codes, id_first, id_start, id_stop
     req._candidates = None
     return req
@@ -651,9 +654,12 @@ class WireIds(Sequence):
         return self._n
 
     def __getitem__(self, i):
-        if type(i) is slice:
-            return self._all()[i]
-        return self._raw[self._start[i]:self._stop[i]].decode()
+        try:  # an int (a memoryview's index gives an int, a slice of it a memoryview: TypeError)
+            return self._raw[self._start[i]:self._stop[i]].decode()
+        except TypeError:
+            if type(i) is slice:
+                return self._all()[i]
+            raise
 
     def _all(self) -> list[str]:
         if self._list is None:
@@ -679,15 +685,15 @@ def _decode_lite(req: LiteRerankRequest, deadline_ms: float | None) -> RerankReq
     scores: dict[str, np.ndarray] = {}
     numeric: dict[str, np.ndarray] = {}
     strings: dict[str, list] = {}
+    doubles = req.doubles  # every DoubleColumn's values, one after the other (gather_doubles)
     for row in req.rows:
-        field, key_at, key_len, _, _, data, count = row[:7]
+        field, key_at, key_len, _, _, data, count, at = row[:8]
         key = raw[base + key_at:base + key_at + key_len].decode() if key_at >= 0 else ""
         if field == wire_layout.ATTRIBUTES:
             strings[key] = row  # a parser keeps a map's last entry of a key
         else:
             (scores if field == wire_layout.SCORES else numeric)[key] = (
-                np.frombuffer(raw, dtype="<f8", count=count // 8, offset=base + data).astype(np.float64)
-                if data >= 0 else np.empty(0, dtype=np.float64))
+                doubles[at:at + count // 8] if data >= 0 else np.empty(0, dtype=np.float64))
     issues: list[FieldIssue] = []
     attributes: dict[str, Attribute] = {}
     for key, row in strings.items():
