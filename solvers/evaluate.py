@@ -77,6 +77,27 @@ def evaluate(problem: SlateProblem, slate: np.ndarray) -> Evaluation:
     parts = np.empty(2, dtype=np.float64)
     constraint_status(slate, problem.utility, problem.position_weight, problem.codes,
                       problem.n_values, *pack_table(t), violation, slack, parts)
+    return evaluation_of(problem, slate, violation, slack, parts)
+
+
+def evaluation_of(problem: SlateProblem, slate: np.ndarray, violation: np.ndarray,
+                  slack: np.ndarray, parts: np.ndarray) -> Evaluation:
+    """The Evaluation of `slate` from what `constraint_status` wrote for it (violation, slack,
+    parts = [utility part, penalty part]), with the diversity part added: what `evaluate`
+    returns (solvers.greedy.solve_greedy_evaluated has the kernel output already).
+
+    Parameters
+    ----------
+    problem : SlateProblem
+    slate : ndarray of int64, shape (L,), C-contiguous
+    violation, slack : ndarray of float64, shape (C,)
+    parts : ndarray of float64, shape (2,)
+
+    Returns
+    -------
+    Evaluation
+    """
+    L = slate.shape[0]
     utility_part = float(parts[0])
     penalty_part = float(parts[1])
     diversity_part = 0.0

@@ -15,8 +15,10 @@ import math
 import numpy as np
 
 from solvers import _greedy_kernels as _k
+from solvers._solve_kernels import greedy_evaluated as _greedy_evaluated
 from solvers.codes import CALIBRATION, COVERAGE, DIV_DPP, DIV_MMR, DIV_NONE, PIN, RELAX_NONE
-from solvers.problem import SlateProblem, SolveResult
+from solvers.evaluate import evaluation_of
+from solvers.problem import Evaluation, SlateProblem, SolveResult
 
 _NO_EMBEDDINGS = np.zeros((0, 0), dtype=np.float32)
 
@@ -153,6 +155,29 @@ def solve_greedy_with_bound(problem: SlateProblem, *,
         sum_p position_weight[p] * (the p-th largest utility): the same float as
         solvers.evaluate.objective_upper_bound_unconstrained.
     """
+    return _solve(problem, active, False)[:2]
+
+
+def solve_greedy_evaluated(problem: SlateProblem) -> tuple[SolveResult, float, Evaluation]:
+    """`solve_greedy_with_bound` and `solvers.evaluate.evaluate` of its slate, in one kernel call
+    (solvers._solve_kernels.greedy_evaluated: the same kernels on the same arrays, so the same
+    slate, sort bound and evaluation).
+
+    Parameters
+    ----------
+    problem : SlateProblem
+
+    Returns
+    -------
+    result : SolveResult
+    sort_bound : float
+    evaluation : Evaluation
+        `evaluate(problem, result.slate)`.
+    """
+    return _solve(problem, None, True)
+
+
+def _solve(problem: SlateProblem, active: np.ndarray | None, evaluated: bool):
     t = problem.constraints
     if problem.div_mode != DIV_NONE or (t.n and max(t.kind.tolist()) > PIN):
         check_extensions(problem)
@@ -162,11 +187,17 @@ def solve_greedy_with_bound(problem: SlateProblem, *,
     relax_pos = np.empty(t.n, dtype=np.int64)
     relaxed = np.empty(t.n, dtype=np.bool_)
     info = np.empty(1, dtype=np.float64)
-    n_relaxed = _k.greedy_slate(
-        problem.utility, problem.position_weight, problem.codes, problem.n_values,
-        *_k.pack_table(t), kernel_embeddings(problem), int(problem.div_mode),
-        float(problem.div_weight), int(problem.div_window), act, slate, reason, relax_pos,
-        relaxed, info)
+    args = (problem.utility, problem.position_weight, problem.codes, problem.n_values,
+            *_k.pack_table(t), kernel_embeddings(problem), int(problem.div_mode),
+            float(problem.div_weight), int(problem.div_window), act, slate, reason, relax_pos,
+            relaxed, info)
+    if evaluated:
+        violation = np.empty(t.n, dtype=np.float64)
+        slack = np.empty(t.n, dtype=np.float64)
+        parts = np.empty(2, dtype=np.float64)
+        n_relaxed = _greedy_evaluated(*args, violation, slack, parts)
+    else:
+        n_relaxed = _k.greedy_slate(*args)
     if n_relaxed < 0:  # the kernel assumes finite utilities and wrote nothing
         j = -1 - n_relaxed
         raise ValueError(f"utility[{j}]: must be finite, got {problem.utility[j]}")
@@ -175,7 +206,10 @@ def solve_greedy_with_bound(problem: SlateProblem, *,
         reason[~relaxed] = RELAX_NONE
         n_relaxed = int(relaxed.sum())
     status = "relaxed" if n_relaxed else "feasible"
-    return SolveResult(slate, relaxed, reason, relax_pos, "greedy", status), float(info[0])
+    result = SolveResult(slate, relaxed, reason, relax_pos, "greedy", status)
+    if evaluated:
+        return result, float(info[0]), evaluation_of(problem, slate, violation, slack, parts)
+    return result, float(info[0]), None
 
 
 def warmup_problem() -> SlateProblem:
@@ -213,6 +247,7 @@ def warmup() -> None:
 
     problem = warmup_problem()
     evaluate(problem, solve_greedy(problem).slate)
+    solve_greedy_evaluated(problem)
 
     # diversity (every mode, with and without a window) with coverage and calibration rows
     extended = ConstraintTable.from_rows([

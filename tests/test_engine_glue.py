@@ -405,3 +405,44 @@ def test_constraint_reports_equal_the_twin(seed):
         got = constraint_reports(cp, compiled, out.result, out.evaluation, costs, out.conflicts)
         want = _constraint_reports_twin(cp, compiled, out.result, out.evaluation, costs, out.conflicts)
         assert got == want
+
+
+def _same_evaluation(a, b) -> bool:
+    return (_same_bits(np.array([a.objective, a.utility_part, a.penalty_part, a.diversity_part]),
+                       np.array([b.objective, b.utility_part, b.penalty_part, b.diversity_part]))
+            and _same_bits(a.violation, b.violation) and _same_bits(a.slack, b.slack))
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_greedy_evaluated_equals_greedy_then_evaluate(seed):
+    from solvers.evaluate import evaluate
+    from solvers.greedy import solve_greedy_evaluated, solve_greedy_with_bound
+    from testing.random_problems import random_problem
+
+    problem = random_problem(seed, ties=seed % 3 == 0, div_mode=seed % 3 if seed % 5 else 0,
+                             extras=seed % 4)
+    res, sb, ev = solve_greedy_evaluated(problem)
+    want, want_sb = solve_greedy_with_bound(problem)
+    assert _same_bits(res.slate, want.slate) and _same_bits(res.relaxed, want.relaxed)
+    assert _same_bits(res.relax_reason, want.relax_reason)
+    assert _same_bits(res.relax_position, want.relax_position)
+    assert (res.solver, res.status) == (want.solver, want.status)
+    assert sb == want_sb or (math.isnan(sb) and math.isnan(want_sb))
+    assert _same_evaluation(ev, evaluate(problem, want.slate))
+
+
+def test_greedy_evaluated_refuses_what_greedy_refuses():
+    from dataclasses import replace
+
+    from solvers.greedy import solve_greedy_evaluated, solve_greedy_with_bound
+    from testing.random_problems import random_problem
+
+    problem = random_problem(3, n=10, k=4)
+    u = problem.utility.copy()
+    u[6] = np.nan
+    bad = replace(problem, utility=u)
+    with pytest.raises(ValueError) as want:
+        solve_greedy_with_bound(bad)
+    with pytest.raises(ValueError) as got:
+        solve_greedy_evaluated(bad)
+    assert str(got.value) == str(want.value)
