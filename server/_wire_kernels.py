@@ -320,14 +320,26 @@ UNREAD = -2
 _VALUE_SLOTS = 64
 
 
+#: `_double_column`'s offset when `strict` refuses the column (the caller refuses the message).
+_REFUSED = -3
+
+
 @nb.njit(cache=True, nogil=True)
-def _double_column(buf, i, stop, values):
+def _double_column(buf, i, stop, values, strict):
     """Packed field `values` (uint64; DoubleColumn.values) of the DoubleColumn in buf[i:stop]: its
-    one segment's offset and length, or UNREAD if the values are unpacked or in several segments."""
+    one segment's offset and length, or UNREAD if the values are unpacked or in several segments.
+    `strict`: _REFUSED unless every field is a packed segment of `values` of whole doubles, with
+    a one-byte tag and a length of at most 5 bytes (see `_strict_field`)."""
     at = -1
     size = 0
     while i < stop:
+        if strict and not _strict_tag(buf, i):
+            return _REFUSED, 0
+        tag_at = i
         number, wire, length, p, i = _next_field(buf, i, stop)
+        if strict and (i < 0 or number != values or wire != 2 or p - tag_at > 6
+                       or length % np.uint64(8) != np.uint64(0)):
+            return _REFUSED, 0
         if i < 0 or number == values and wire == 1:
             return UNREAD, 0
         if number == values and wire == 2:
@@ -339,20 +351,37 @@ def _double_column(buf, i, stop, values):
 
 
 @nb.njit(cache=True, nogil=True)
-def _string_column(buf, i, stop, f_codes, f_values, out, start, size):
+def _string_column(buf, i, stop, f_codes, f_values, out, start, size, strict, f_dictionary):
     """The StringColumn in buf[i:stop] in one pass: its codes (read as by `_uint32_values`) into
     `out`, and where its plain values lie (start, size; at most len(out) of them). Returns (codes,
     largest code (-1: none), values), or (MALFORMED, 0, 0) when the bytes are unreadable or there
-    are more codes or values than `out` holds."""
+    are more codes or values than `out` holds.
+    `strict`: also MALFORMED unless every field is a value, a dictionary value (its UTF-8 checked;
+    the values' is left to the caller) or codes, of their wire types, with one-byte tags and
+    lengths of at most 5 bytes, and the column has values or dictionary + codes, not both."""
     n = 0
     nv = 0
+    nd = 0
     top = np.int64(-1)
     cap = out.shape[0]
     mask = np.uint64(0xFFFFFFFF)
     while i < stop:
+        if strict and not _strict_tag(buf, i):
+            return MALFORMED, 0, 0
+        tag_at = i
         number, wire, length, p, i = _next_field(buf, i, stop)
         if i < 0:
             return MALFORMED, 0, 0
+        if strict:
+            if wire == 2 and p - tag_at > 6:
+                return MALFORMED, 0, 0
+            if number == f_dictionary and wire == 2:
+                if not _utf8(buf, p, np.int64(length)):
+                    return MALFORMED, 0, 0
+                nd += 1
+                continue
+            if not ((number == f_values and wire == 2) or (number == f_codes and (wire == 0 or wire == 2))):
+                return MALFORMED, 0, 0
         if number == f_values and wire == 2:
             if nv >= cap:
                 return MALFORMED, 0, 0
@@ -368,6 +397,8 @@ def _string_column(buf, i, stop, f_codes, f_values, out, start, size):
                 out[n] = v
                 top = max(top, v)
                 n += 1
+    if strict and nv > 0 and (n > 0 or nd > 0):
+        return MALFORMED, 0, 0
     return n, top, nv
 
 
@@ -397,10 +428,11 @@ def _join(buf, start, size, first, distinct, text, pos):
 
 
 @nb.njit(cache=True, nogil=True)
-def _candidates(buf, fields, id_start, id_size, entries, codes, text):
+def _candidates(buf, fields, id_start, id_size, entries, codes, text, strict):
     """(item ids, map entries, first empty item id) of the Candidates message in `buf`; see
     `candidates_scan`. Item ids are located (id_start, id_size) only if `id_start` has room
-    (more ids than that: MALFORMED); item ids = MALFORMED when the bytes are unreadable."""
+    (more ids than that: MALFORMED); item ids = MALFORMED when the bytes are unreadable.
+    `strict`: see `candidates_scan_at`."""
     f_ids = np.uint64(fields[F_ITEM_IDS])
     f_scores = np.uint64(fields[F_SCORES])
     f_attributes = np.uint64(fields[F_ATTRIBUTES])
@@ -410,6 +442,7 @@ def _candidates(buf, fields, id_start, id_size, entries, codes, text):
     f_doubles = np.uint64(fields[F_DOUBLE_VALUES])
     f_codes = np.uint64(fields[F_STRING_CODES])
     f_values = np.uint64(fields[F_STRING_VALUES])
+    f_dictionary = np.uint64(fields[F_STRING_DICTIONARY])
     i = 0
     end = buf.shape[0]
     n = 0
@@ -424,13 +457,20 @@ def _candidates(buf, fields, id_start, id_size, entries, codes, text):
     v_first = np.empty(max(cap, 1), dtype=np.int64)
     text_at = 0
     while i < end:
+        if strict and not _strict_tag(buf, i):
+            return MALFORMED, 0, -1
+        tag_at = i
         number, wire, length, at, i = _next_field(buf, i, end)
         if i < 0:
             return MALFORMED, 0, -1
         if wire != 2:
+            if strict:
+                return MALFORMED, 0, -1
             continue
+        if strict and at - tag_at > 6:
+            return MALFORMED, 0, -1
         if number == f_ids and want_ids:
-            if ids >= want_ids:
+            if ids >= want_ids or strict and not _utf8(buf, at, np.int64(length)):
                 return MALFORMED, 0, -1
             id_start[ids] = at
             id_size[ids] = np.int64(length)
@@ -447,14 +487,19 @@ def _candidates(buf, fields, id_start, id_size, entries, codes, text):
             twice = False
             p = at
             while p < i:  # the entry in buf[at:i]: its key and its value
+                if strict and not _strict_tag(buf, p):
+                    return MALFORMED, 0, -1
+                tag_at = p
                 enumber, ewire, elen, eat, p = _next_field(buf, p, i)
                 # Anything but one key and values (wire type 2) is left to the parser: an
                 # entry with unknown fields is not even stored by upb (it goes to the
                 # Candidates' unknown fields), so which entry wins would be a guess.
                 if p < 0 or ewire != np.uint64(2) or (enumber != f_key and enumber != f_value):
                     return MALFORMED, 0, -1
+                if strict and eat - tag_at > 6:
+                    return MALFORMED, 0, -1
                 if enumber == f_key:
-                    if key_at >= 0:
+                    if key_at >= 0 or strict and not _utf8(buf, eat, np.int64(elen)):
                         return MALFORMED, 0, -1
                     key_at = eat
                     key_len = np.int64(elen)
@@ -479,8 +524,11 @@ def _candidates(buf, fields, id_start, id_size, entries, codes, text):
             elif value_at >= 0 and number == f_attributes:
                 if rows < codes.shape[0]:
                     count, top, plain = _string_column(buf, value_at, value_at + value_len, f_codes,
-                                                       f_values, codes[rows], v_start, v_size)
+                                                       f_values, codes[rows], v_start, v_size, strict,
+                                                       f_dictionary)
                     if count < 0 or count > 0 and plain > 0:  # unreadable, or both encodings
+                        if strict:
+                            return MALFORMED, 0, -1
                         e[E_DATA] = UNREAD
                     elif count > 0:  # dictionary codes: the row is used
                         e[E_DATA] = rows
@@ -504,10 +552,14 @@ def _candidates(buf, fields, id_start, id_size, entries, codes, text):
                 else:
                     e[E_DATA] = UNREAD
             elif value_at >= 0:
-                at, size = _double_column(buf, value_at, value_at + value_len, f_doubles)
+                at, size = _double_column(buf, value_at, value_at + value_len, f_doubles, strict)
+                if at == _REFUSED:
+                    return MALFORMED, 0, -1
                 e[E_DATA] = at
                 e[E_COUNT] = size
             n += 1
+        elif strict:  # embeddings, unknown fields: left to the parser
+            return MALFORMED, 0, -1
     return ids, n, first_empty
 
 
@@ -533,7 +585,7 @@ def map_entries(buf, fields, entries, codes, text):
     than key and value, a key given twice in an entry, a key or value of the wrong wire type,
     more entries than `entries` holds)."""
     none = np.empty(0, dtype=np.int64)
-    ids, n, _ = _candidates(buf, fields, none, none, entries, codes, text)
+    ids, n, _ = _candidates(buf, fields, none, none, entries, codes, text, False)
     return MALFORMED if ids < 0 else n
 
 
@@ -547,16 +599,27 @@ def candidates_scan(buf, fields, id_codes, id_first, info, entries, codes, text)
     cap = id_codes.shape[0]
     start = np.empty(max(cap, 1), dtype=np.int64)
     size = np.empty(max(cap, 1), dtype=np.int64)
-    return _scan(buf, fields, id_codes, id_first, start, size, info, entries, codes, text)
+    return _scan(buf, fields, id_codes, id_first, start, size, info, entries, codes, text, False)
 
 
 @nb.njit(cache=True, nogil=True)
 def candidates_scan_at(buf, fields, base, id_codes, id_first, id_start, id_stop, info, entries, codes,
                        text):
-    """`candidates_scan`, also giving where each item id lies: at [id_start[j] - base,
-    id_stop[j] - base) of `buf` (`id_start` / `id_stop` int64, as long as `id_codes`; `base`:
-    where `buf` starts in the bytes the caller slices)."""
-    ids = _scan(buf, fields, id_codes, id_first, id_start, id_stop, info, entries, codes, text)
+    """`candidates_scan` for the lite parse, also giving where each item id lies: at
+    [id_start[j] - base, id_stop[j] - base) of `buf` (`id_start` / `id_stop` int64, as long as
+    `id_codes`; `base`: where `buf` starts in the bytes the caller slices). `codes` must have a
+    row per attribute entry (`candidates_count`).
+
+    Strict: MALFORMED unless the message is in the layout it reads alone, checked as strictly as
+    a parser checks it: every tag one byte (field numbers 1-15), every length at most 5 bytes;
+    item ids and map entries only (no embeddings, no unknown field); entries of one key and
+    values (wire type 2); DoubleColumns of packed values only, whole doubles; StringColumns of
+    plain values, or of dictionary and codes, not both, nothing else, and whole varints; every
+    item id, key and dictionary value valid UTF-8. Not checked: the plain values' UTF-8, which
+    the caller checks on their distinct ones (E_TEXT_*). With that check, it accepts no message a
+    parser refuses. Left UNREAD as by `map_entries` (the caller then parses): doubles in several
+    segments, a map value given twice, more codes or values than ids."""
+    ids = _scan(buf, fields, id_codes, id_first, id_start, id_stop, info, entries, codes, text, True)
     if ids >= 0:
         for j in range(id_codes.shape[0]):
             id_start[j] += base
@@ -565,9 +628,9 @@ def candidates_scan_at(buf, fields, base, id_codes, id_first, id_start, id_stop,
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan(buf, fields, id_codes, id_first, start, size, info, entries, codes, text):
+def _scan(buf, fields, id_codes, id_first, start, size, info, entries, codes, text, strict):
     cap = id_codes.shape[0]
-    ids, n, first_empty = _candidates(buf, fields, start, size, entries, codes, text)
+    ids, n, first_empty = _candidates(buf, fields, start, size, entries, codes, text, strict)
     if ids != cap:
         return MALFORMED
     info[0] = first_empty
@@ -669,114 +732,39 @@ def _utf8(buf, at, length):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _plain_field(buf, i, stop):
-    """`_next_field`, for the few layouts `candidates_check` accepts: a one-byte tag (field numbers
-    1-15) of wire type 0 or 2, a length of at most 5 bytes. Next index -1 otherwise."""
-    if buf[np.uint64(i)] >= 0x80:
-        return np.uint64(0), np.uint64(0), np.uint64(0), 0, -1
-    number, wire, length, at, nxt = _next_field(buf, i, stop)
-    if wire == 2 and at - i > 6:
-        nxt = -1
-    elif wire != 0 and wire != 2:
-        nxt = -1
-    return number, wire, length, at, nxt
+def _strict_tag(buf, i):
+    """The tag at buf[i] is one byte: field numbers 1-15 (a parser refuses tags of more than 5
+    bytes, which `_next_field` reads; no field the kernels read needs more than one)."""
+    return buf[np.uint64(i)] < 0x80
 
 
 @nb.njit(cache=True, nogil=True)
-def _double_column_ok(buf, i, stop, f_doubles):
-    while i < stop:
-        number, wire, length, at, i = _plain_field(buf, i, stop)
-        if i < 0 or number != f_doubles or wire != 2 or length % np.uint64(8) != np.uint64(0):
-            return False
-    return True
-
-
-@nb.njit(cache=True, nogil=True)
-def _string_column_ok(buf, i, stop, f_values, f_dictionary, f_codes):
-    """Values, or dictionary and codes, never both (those the caller leaves to the parser)."""
-    plain = False
-    coded = False
-    while i < stop:
-        number, wire, length, at, i = _plain_field(buf, i, stop)
-        if i < 0:
-            return False
-        if number == f_codes:
-            coded = True
-            if wire == 2:
-                p = at
-                while p < i:
-                    _, p = _varint(buf, p, i)
-                    if p < 0:
-                        return False
-        elif wire != 2:
-            return False
-        elif number == f_values:  # their UTF-8: the caller checks the distinct ones
-            plain = True
-        elif number == f_dictionary:
-            coded = True
-            if not _utf8(buf, at, np.int64(length)):
-                return False
-        else:
-            return False
-    return not (plain and coded)
-
-
-@nb.njit(cache=True, nogil=True)
-def candidates_check(buf, fields, counts):
-    """Whether the Candidates message in `buf` (uint8) is in the layout a lite parse reads
-    without the protobuf runtime, checked as strictly as a parser checks it: every tag one byte
-    (field numbers 1-15) and known; item ids, map entries (a key and a value, wire type 2), their
-    DoubleColumns (packed values, a whole number of doubles) and StringColumns (plain values, or
-    dictionary and codes, whose varints must be whole); every item id, key and dictionary value
-    valid UTF-8 (not the plain values: the caller checks their distinct ones once
-    `candidates_scan_at` has dictionary-encoded them); no embeddings, no unknown field. counts =
-    (item ids, map entries, attribute entries). Returns 0, or MALFORMED when the bytes are not in
-    that layout. With the caller's check of the plain values, it accepts no message a parser
-    refuses."""
+def candidates_count(buf, fields, counts):
+    """counts = (item ids, map entries, attribute entries) of the Candidates message in `buf`
+    (uint8), from its top-level fields alone (the room `candidates_scan_at` needs). Returns 0,
+    or MALFORMED when those fields are unreadable."""
     f_ids = np.uint64(fields[F_ITEM_IDS])
     f_scores = np.uint64(fields[F_SCORES])
     f_attributes = np.uint64(fields[F_ATTRIBUTES])
     f_numeric = np.uint64(fields[F_NUMERIC])
-    f_key = np.uint64(fields[F_MAP_KEY])
-    f_value = np.uint64(fields[F_MAP_VALUE])
-    f_doubles = np.uint64(fields[F_DOUBLE_VALUES])
-    f_codes = np.uint64(fields[F_STRING_CODES])
-    f_values = np.uint64(fields[F_STRING_VALUES])
-    f_dictionary = np.uint64(fields[F_STRING_DICTIONARY])
     ids = 0
     entries = 0
     attributes = 0
     i = 0
     end = buf.shape[0]
     while i < end:
-        number, wire, length, at, i = _plain_field(buf, i, end)
-        if i < 0 or wire != 2:
+        number, wire, _, _, i = _next_field(buf, i, end)
+        if i < 0:
             return MALFORMED
-        if number == f_ids:
-            if not _utf8(buf, at, np.int64(length)):
-                return MALFORMED
-            ids += 1
+        if wire != 2:
             continue
-        strings = number == f_attributes
-        if not (strings or number == f_scores or number == f_numeric):
-            return MALFORMED
-        p = at
-        while p < i:
-            enumber, ewire, elen, eat, p = _plain_field(buf, p, i)
-            if p < 0 or ewire != 2:
-                return MALFORMED
-            if enumber == f_key:
-                if not _utf8(buf, eat, np.int64(elen)):
-                    return MALFORMED
-            elif enumber != f_value:
-                return MALFORMED
-            elif strings:
-                if not _string_column_ok(buf, eat, p, f_values, f_dictionary, f_codes):
-                    return MALFORMED
-            elif not _double_column_ok(buf, eat, p, f_doubles):
-                return MALFORMED
-        entries += 1
-        attributes += strings
+        if number == f_ids:
+            ids += 1
+        elif number == f_attributes:
+            entries += 1
+            attributes += 1
+        elif number == f_scores or number == f_numeric:
+            entries += 1
     counts[0] = ids
     counts[1] = entries
     counts[2] = attributes
@@ -801,6 +789,6 @@ def warmup(fields) -> None:
                     np.empty((2, E_WIDTH), dtype=np.int64), np.empty((1, 1), dtype=np.int64), text)
     candidates_scan_at(cands, fields, 0, codes[:1], first[:1], empty[:1], out[:1], np.empty(2, dtype=np.int64),
                        np.empty((2, E_WIDTH), dtype=np.int64), np.empty((1, 1), dtype=np.int64), text)
-    candidates_check(cands, fields, out[:3])
+    candidates_count(cands, fields, out[:3])
     gather_doubles(cands, np.zeros((1, E_WIDTH), dtype=np.int64), 1, 3, np.empty(4, dtype=np.uint64))
     utf8_valid(cands, 0, 3)

@@ -11,6 +11,13 @@ one kernel pass over the Candidates bytes reads the item ids, locates every colu
 decodes the dictionary codes, so nothing is re-serialized; the parsed message still provides
 everything small (keys' order, dictionaries, scalars) and every column the kernel cannot read.
 
+Rerank's requests are not even parsed whole (`parse_rerank`, the server's parser for Rerank):
+upb parses the top level of a message type whose `candidates` field is `bytes`, and the kernels
+alone check the Candidates (as strictly as a parser: tags, lengths, UTF-8) and read them; a
+request in a layout they do not read (embeddings, unknown fields, unpacked doubles, ...) is
+parsed whole as before. Same engine request, same issues, same DecodeError either way
+(tests/test_lite_parse.py).
+
 Structural problems that only exist on the wire (dictionary codes out of range, both string
 encodings set, an embedding matrix that is not N x dim, an unknown enum value) are reported here,
 as `InvalidRequest` with the proto field path. Everything about the *content* of the columns
@@ -542,9 +549,8 @@ _LITE_REQUEST, _LITE_STRING_COLUMN = _lite_request_classes()
 
 class LiteRerankRequest:
     """A Rerank request as `parse_rerank` read it: its top-level fields parsed by upb (read as
-    attributes, like a `reranker.v1.RerankRequest`'s), its Candidates checked
-    (`_wire_kernels.candidates_check`) and read (`candidates_scan_at`) by the wire kernels, for
-    `decode_request` to assemble.
+    attributes, like a `reranker.v1.RerankRequest`'s), its Candidates checked and read by the
+    wire kernels (`_wire_kernels.candidates_scan_at`), for `decode_request` to assemble.
 
     `candidates` parses them with the protobuf runtime when asked (a slow path: what the server
     reads on every call is `candidates_shape`)."""
@@ -564,9 +570,9 @@ class LiteRerankRequest:
 
 def parse_rerank(raw: bytes) -> LiteRerankRequest | pb.RerankRequest:
     """The Rerank request in `raw`: a LiteRerankRequest when the wire kernels read its Candidates
-    alone (`_wire_kernels.candidates_check`, which accepts nothing a parser refuses, and
-    `candidates_scan_at` reads every column; plain values are checked UTF-8 here), else the
-    parsed `reranker.v1.RerankRequest` (DecodeError for bytes that are not one, as
+    alone (`_wire_kernels.candidates_scan_at`, which reads every column and accepts nothing a
+    parser refuses once the plain values' UTF-8 is checked, here), else the parsed
+    `reranker.v1.RerankRequest` (DecodeError for bytes that are not one, as
     `RerankRequest.FromString`)."""
     lite = _parse_lite(raw)
     return lite if lite is not None else pb.RerankRequest.FromString(raw)
@@ -588,7 +594,7 @@ def _parse_lite(raw: bytes) -> LiteRerankRequest | None:
         return None
     cands = view[offset:offset + length]
     counts = np.empty(3, dtype=np.int64)
-    if _wk.candidates_check(cands, wire_layout.KERNEL_FIELDS, counts) < 0:
+    if _wk.candidates_count(cands, wire_layout.KERNEL_FIELDS, counts) < 0:
         return None
     n, n_entries, n_attributes = counts.tolist()
     ids = np.empty((4, n), dtype=np.int64)  # codes, first of each code, start, stop
@@ -613,7 +619,7 @@ def _parse_lite(raw: bytes) -> LiteRerankRequest | None:
             at, size = row[_wk.E_TEXT_AT], row[_wk.E_TEXT_LEN]
             if size < 0:  # a value holds a 0 byte: not split here
                 return None
-            try:  # the check left plain values' UTF-8 to here: only the distinct ones are decoded
+            try:  # the kernel left plain values' UTF-8 to here: only the distinct ones are decoded
                 values = tuple(str(text[at:at + size], "utf-8").split("\x00"))
             except UnicodeDecodeError:  # the full parse refuses the request
                 return None
@@ -700,7 +706,7 @@ def _decode_lite(req: LiteRerankRequest, deadline_ms: float | None) -> RerankReq
         value_at, value_len, code_row, count, top = row[3:8]
         values = row[_E_VALUES]
         column = req.column_codes[code_row, :count] if code_row >= 0 else np.empty(0, dtype=np.int64)
-        if values is not None:  # plain (candidates_check: no dictionary, no codes)
+        if values is not None:  # plain (candidates_scan_at: no dictionary, no codes)
             attributes[key] = Attribute(column, values)
             continue
         # dictionary and codes (or neither): the dictionary's strings parsed by upb, not the codes

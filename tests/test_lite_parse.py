@@ -213,17 +213,32 @@ def test_utf8_kernel_equals_python(data, pad):
     assert wk.utf8_valid(buf, pad, len(data)) == _utf8_reference(data)
 
 
-@settings(max_examples=800, deadline=None)
-@given(st.binary(max_size=80))
-def test_candidates_check_accepts_only_what_upb_accepts(buf):
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(st.binary(max_size=80), _request_wire().map(lambda raw: pb.RerankRequest.FromString(raw)
+                                                              .candidates.SerializeToString())),
+       st.integers(min_value=0, max_value=79), st.integers(min_value=0, max_value=255))
+def test_the_strict_scan_accepts_only_what_upb_accepts(buf, at, byte):
+    """Arbitrary bytes, and real Candidates with one byte changed."""
+    if buf and at < len(buf) and byte % 2:
+        buf = buf[:at] + bytes([byte]) + buf[at + 1:]
+    view = np.frombuffer(buf, dtype=np.uint8)
     counts = np.full(3, -7, dtype=np.int64)
-    if wk.candidates_check(np.frombuffer(buf, dtype=np.uint8), FIELDS, counts) < 0:
+    if wk.candidates_count(view, FIELDS, counts) < 0:
+        return
+    n, n_entries, n_attributes = counts.tolist()
+    ids = np.empty((4, n), dtype=np.int64)
+    entries = np.empty((n_entries, wk.E_WIDTH), dtype=np.int64)
+    distinct = wk.candidates_scan_at(view, FIELDS, 0, ids[0], ids[1], ids[2], ids[3], np.empty(2, dtype=np.int64),
+                                     entries, np.empty((n_attributes, n), dtype=np.int64),
+                                     np.empty(len(buf), dtype=np.uint8))
+    if distinct < 0:
         return
     raw = b"\x2a" + _varint(len(buf)) + buf  # a request of these Candidates
     try:
         c = pb.Candidates.FromString(buf)
-    except DecodeError:  # the check leaves plain values' UTF-8 to the lite parse, which refuses it
+    except DecodeError:  # the kernel leaves plain values' UTF-8 to the lite parse, which refuses it
         assert convert._parse_lite(raw) is None
         return
-    assert counts[0] == len(c.item_ids) and not c.HasField("embeddings")
-    assert counts[1] >= len(c.scores) + len(c.numeric) + len(c.attributes)  # keys may repeat
+    assert n == len(c.item_ids) and not c.HasField("embeddings")
+    assert [buf[a:b].decode() for a, b in zip(ids[2].tolist(), ids[3].tolist())] == list(c.item_ids)
+    assert n_entries >= len(c.scores) + len(c.numeric) + len(c.attributes)  # keys may repeat
