@@ -354,37 +354,41 @@ def _double_column(buf, i, stop, values, strict):
 def _string_column(buf, i, stop, f_codes, f_values, out, start, size, strict, f_dictionary):
     """The StringColumn in buf[i:stop] in one pass: its codes (read as by `_uint32_values`) into
     `out`, and where its plain values lie (start, size; at most len(out) of them). Returns (codes,
-    largest code (-1: none), values), or (MALFORMED, 0, 0) when the bytes are unreadable or there
-    are more codes or values than `out` holds.
+    largest code (-1: none), values, see below), or (MALFORMED, 0, 0, 0) when the bytes are
+    unreadable or there are more codes or values than `out` holds.
     `strict`: also MALFORMED unless every field is a value, a dictionary value (its UTF-8 checked;
     the values' is left to the caller) or codes, of their wire types, with one-byte tags and
-    lengths of at most 5 bytes, and the column has values or dictionary + codes, not both."""
+    lengths of at most 5 bytes, and the column has values or dictionary + codes, not both. The
+    4th value returned: where its last dictionary value ends (-1: none; always -1 unless
+    `strict`)."""
     n = 0
     nv = 0
     nd = 0
+    dictionary_end = -1
     top = np.int64(-1)
     cap = out.shape[0]
     mask = np.uint64(0xFFFFFFFF)
     while i < stop:
         if strict and not _strict_tag(buf, i):
-            return MALFORMED, 0, 0
+            return MALFORMED, 0, 0, 0
         tag_at = i
         number, wire, length, p, i = _next_field(buf, i, stop)
         if i < 0:
-            return MALFORMED, 0, 0
+            return MALFORMED, 0, 0, 0
         if strict:
             if wire == 2 and p - tag_at > 6:
-                return MALFORMED, 0, 0
+                return MALFORMED, 0, 0, 0
             if number == f_dictionary and wire == 2:
                 if not _utf8(buf, p, np.int64(length)):
-                    return MALFORMED, 0, 0
+                    return MALFORMED, 0, 0, 0
                 nd += 1
+                dictionary_end = i
                 continue
             if not ((number == f_values and wire == 2) or (number == f_codes and (wire == 0 or wire == 2))):
-                return MALFORMED, 0, 0
+                return MALFORMED, 0, 0, 0
         if number == f_values and wire == 2:
             if nv >= cap:
-                return MALFORMED, 0, 0
+                return MALFORMED, 0, 0, 0
             start[nv] = p
             size[nv] = np.int64(length)
             nv += 1
@@ -392,14 +396,14 @@ def _string_column(buf, i, stop, f_codes, f_values, out, start, size, strict, f_
             while p < i:
                 value, p = _varint(buf, p, i)
                 if p < 0 or n >= cap:
-                    return MALFORMED, 0, 0
+                    return MALFORMED, 0, 0, 0
                 v = np.int64(value & mask)
                 out[n] = v
                 top = max(top, v)
                 n += 1
     if strict and nv > 0 and (n > 0 or nd > 0):
-        return MALFORMED, 0, 0
-    return n, top, nv
+        return MALFORMED, 0, 0, 0
+    return n, top, nv, dictionary_end
 
 
 @nb.njit(cache=True, nogil=True)
@@ -523,9 +527,11 @@ def _candidates(buf, fields, id_start, id_size, entries, codes, text, strict):
                 e[E_DATA] = UNREAD
             elif value_at >= 0 and number == f_attributes:
                 if rows < codes.shape[0]:
-                    count, top, plain = _string_column(buf, value_at, value_at + value_len, f_codes,
-                                                       f_values, codes[rows], v_start, v_size, strict,
-                                                       f_dictionary)
+                    count, top, plain, dictionary_end = _string_column(
+                        buf, value_at, value_at + value_len, f_codes, f_values, codes[rows], v_start,
+                        v_size, strict, f_dictionary)
+                    if strict and plain == 0:  # see candidates_scan_at
+                        e[E_TEXT_AT] = dictionary_end
                     if count < 0 or count > 0 and plain > 0:  # unreadable, or both encodings
                         if strict:
                             return MALFORMED, 0, -1
@@ -616,7 +622,9 @@ def candidates_scan_at(buf, fields, base, id_codes, id_first, id_start, id_stop,
     values (wire type 2); DoubleColumns of packed values only, whole doubles; StringColumns of
     plain values, or of dictionary and codes, not both, nothing else, and whole varints; every
     item id, key and dictionary value valid UTF-8. Not checked: the plain values' UTF-8, which
-    the caller checks on their distinct ones (E_TEXT_*). With that check, it accepts no message a
+    the caller checks on their distinct ones (E_TEXT_*). A StringColumn without plain values gets
+    E_TEXT_AT = where its last dictionary value ends (-1: none), so that buf[E_VALUE_AT:E_TEXT_AT]
+    holds its whole dictionary. With that check, it accepts no message a
     parser refuses. Left UNREAD as by `map_entries` (the caller then parses): doubles in several
     segments, a map value given twice, more codes or values than ids."""
     ids = _scan(buf, fields, id_codes, id_first, id_start, id_stop, info, entries, codes, text, True)

@@ -101,9 +101,10 @@ def _parsing(behaviour, request_cls, pass_raw: bool = False, admission=None, for
     """`parse(raw)`: the request's parser (default `request_cls.FromString`; Rerank's is
     convert.parse_rerank, whose lite parse leaves the Candidates to the wire kernels); it raises
     DecodeError as FromString does. `pass_raw`: also hand the request's bytes to `behaviour`
-    (keyword `raw`), whose decoder reads the large columns straight from them. `forward(method, raw, context)`: with the heavy
-    lane in a process of its own, a message over admission's heavy_bytes goes there unparsed
-    (the servicer's forward_unparsed decides whether it may: None when the lane is in-thread)."""
+    (keyword `raw`), whose decoder reads the large columns straight from them.
+    `forward(method, raw, context)`: with the heavy lane in a process of its own, a message over
+    admission's heavy_bytes goes there unparsed (the servicer's forward_unparsed decides whether
+    it may: None when the lane is in-thread)."""
     from google.protobuf.message import DecodeError
 
     name = request_cls.DESCRIPTOR.full_name

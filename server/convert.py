@@ -466,12 +466,13 @@ def _decode_attribute(path: str, col: pb.StringColumn, issues: list[FieldIssue],
 
 
 def _coded_attribute(path: str, dictionary: tuple[str, ...], codes: np.ndarray, top: int,
-                     issues: list[FieldIssue]) -> Attribute | None:
-    """A dictionary-encoded column (`top`: its largest code, -1: none), or None with its issues
-    (a repeated dictionary value, codes out of range)."""
+                     issues: list[FieldIssue], distinct: bool | None = None) -> Attribute | None:
+    """A dictionary-encoded column (`top`: its largest code, -1: none; `distinct`: whether the
+    dictionary's values are, if known), or None with its issues (a repeated dictionary value,
+    codes out of range)."""
     n_dict = len(dictionary)
     ok = True
-    if len(set(dictionary)) != n_dict:
+    if not (len(set(dictionary)) == n_dict if distinct is None else distinct):
         seen: dict[str, int] = {}
         for j, v in enumerate(dictionary):
             if v in seen:
@@ -683,6 +684,31 @@ class WireIds(Sequence):
         return value in self._all()
 
 
+#: Dictionaries of attribute columns already seen, by their bytes (requests from one caller
+#: mostly repeat them): (values, whether distinct). Bounded: cleared when full.
+_DICTIONARIES: dict[bytes, tuple[tuple[str, ...], bool]] = {}
+_DICTIONARIES_MAX = 256
+_DICTIONARY_BYTES_MAX = 8192  # larger dictionaries are parsed every time, never kept
+
+
+def _dictionary(raw: bytes, base: int, start: int, end: int) -> tuple[tuple[str, ...], bool]:
+    """The dictionary of the StringColumn at raw[base + start:] whose last dictionary value ends
+    at raw[base + end] (end < 0: none), parsed by upb without the codes, and whether its values
+    are distinct."""
+    if end < 0:
+        return (), True
+    data = raw[base + start:base + end]
+    found = _DICTIONARIES.get(data)
+    if found is None:
+        values = tuple(_LITE_STRING_COLUMN.FromString(data).dictionary[:])
+        found = values, len(set(values)) == len(values)
+        if len(data) <= _DICTIONARY_BYTES_MAX:
+            if len(_DICTIONARIES) >= _DICTIONARIES_MAX:
+                _DICTIONARIES.clear()
+            _DICTIONARIES[data] = found
+    return found
+
+
 def _decode_lite(req: LiteRerankRequest, deadline_ms: float | None) -> RerankRequest:
     """The engine request of a lite-parsed request, from what the kernels read: the same result,
     the same issues as decode_request on the parser's message (the issues of different columns
@@ -710,12 +736,12 @@ def _decode_lite(req: LiteRerankRequest, deadline_ms: float | None) -> RerankReq
             attributes[key] = Attribute(column, values)
             continue
         # dictionary and codes (or neither): the dictionary's strings parsed by upb, not the codes
-        dictionary = (tuple(_LITE_STRING_COLUMN.FromString(raw[base + value_at:base + value_at + value_len])
-                            .dictionary[:]) if value_at >= 0 else ())
+        dictionary, distinct = _dictionary(raw, base, value_at, row[_wk.E_TEXT_AT])
         if not (dictionary or count):
             attr = attribute_from_values([])
         else:
-            attr = _coded_attribute(key_path("candidates.attributes", key), dictionary, column, top, issues)
+            attr = _coded_attribute(key_path("candidates.attributes", key), dictionary, column, top, issues,
+                                    distinct)
         if attr is not None:
             attributes[key] = attr
     if req.n:

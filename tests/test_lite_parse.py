@@ -242,3 +242,20 @@ def test_the_strict_scan_accepts_only_what_upb_accepts(buf, at, byte):
     assert n == len(c.item_ids) and not c.HasField("embeddings")
     assert [buf[a:b].decode() for a, b in zip(ids[2].tolist(), ids[3].tolist())] == list(c.item_ids)
     assert n_entries >= len(c.scores) + len(c.numeric) + len(c.attributes)  # keys may repeat
+
+
+def test_a_dictionary_seen_before_decodes_as_the_first_time():
+    """The lite decoder keeps the dictionaries it parsed, by their bytes: the same bytes give the
+    same values, and a repeated value is reported every time."""
+    convert._DICTIONARIES.clear()
+    for _ in range(2):
+        for dictionary in (["x", "y", "z"], ["x", "y", "x"]):
+            for codes in ([0, 1, 2], [2, 2, 0], [0, 5, 1]):
+                req = pb.RerankRequest(policy="p")
+                req.candidates.item_ids.extend(["a", "b", "c"])
+                req.candidates.attributes["cat"].dictionary.extend(dictionary)
+                req.candidates.attributes["cat"].codes.extend(codes)
+                raw = req.SerializeToString()
+                _assert_same(raw)
+                assert type(convert.parse_rerank(raw)) is convert.LiteRerankRequest
+    assert len(convert._DICTIONARIES) == 2
