@@ -556,8 +556,11 @@ class LiteRerankRequest:
     `candidates` parses them with the protobuf runtime when asked (a slow path: what the server
     reads on every call is `candidates_shape`)."""
 
+    # the fields the servicer reads on every call, copied (a slot is read in ~20 ns; the others
+    # go through __getattr__, ~600 ns)
+    _COPIED = ("policy", "request_id", "slate_size", "explain", "solver")
     __slots__ = ("_msg", "raw", "offset", "length", "n", "rows", "distinct", "id_codes", "id_first",
-                 "id_start", "id_stop", "first_empty", "column_codes", "doubles", "_candidates")
+                 "id_start", "id_stop", "first_empty", "column_codes", "doubles", "_candidates", *_COPIED)
 
     def __getattr__(self, name: str):
         return getattr(self._msg, name)
@@ -629,6 +632,8 @@ def _parse_lite(raw: bytes) -> LiteRerankRequest | None:
         row.append(values)
     req = LiteRerankRequest()
     req._msg, req.raw, req.offset, req.length, req.n = msg, raw, offset, length, n
+    req.policy, req.request_id, req.slate_size, req.explain, req.solver = (
+        msg.policy, msg.request_id, msg.slate_size, msg.explain, msg.solver)
     req.rows, req.distinct, req.first_empty, req.column_codes = rows, distinct, int(info[0]), column_codes
     req.doubles = doubles
     req.id_codes, req.id_first, req.id_start, req.id_stop = id_codes, id_first, id_start, id_stop
