@@ -761,8 +761,9 @@ def _decode_lite(req: LiteRerankRequest, deadline_ms: float | None) -> RerankReq
 # --------------------------------------------------------------------------------------- encode
 
 
-def encode_result(result: RerankResult) -> pb.RerankResponse:
-    """`engine.types.RerankResult` -> `reranker.v1.RerankResponse`."""
+def encode_result(result: RerankResult, items: bool = True) -> pb.RerankResponse:
+    """`engine.types.RerankResult` -> `reranker.v1.RerankResponse`; `items` False: without the
+    slate's items (server.encode writes them)."""
     resp = pb.RerankResponse(
         policy=result.policy,
         policy_version=result.policy_version,
@@ -781,7 +782,7 @@ def encode_result(result: RerankResult) -> pb.RerankResponse:
             experiment=e.experiment, variant=e.variant, bucket=e.bucket, holdout=e.holdout,
             layer=e.layer, layer_bucket=max(e.layer_bucket, 0), unit=e.unit))
     add_item = resp.items.add
-    for it in result.items:  # the engine gives Python ints and floats (SlateItem)
+    for it in result.items if items else ():  # the engine gives Python ints and floats (SlateItem)
         item = add_item(item_id=it.item_id, index=it.index, position=it.position, utility=it.utility)
         if it.contributions:
             item.contributions.update({k: float(v) for k, v in it.contributions.items()})

@@ -46,8 +46,9 @@ def without_items(result: RerankResult) -> RerankResult:
 
 
 def encode_rest(result: RerankResult) -> pb.RerankResponse:
-    """Every field of the response but `items` (convert.encode_result on the result without them)."""
-    return convert.encode_result(without_items(result))
+    """Every field of the response but `items` (convert.encode_result without them: the same
+    message as encode_result(without_items(result)), without the copy's ~2.5 us)."""
+    return convert.encode_result(result, items=False)
 
 
 def slate_columns(items) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray] | None:
