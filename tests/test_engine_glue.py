@@ -232,7 +232,7 @@ RULES = [
     {"name": "win", "type": "window", "attribute": "seller", "size": 3, "max": 1},
     {"name": "brand", "type": "max_count", "attribute": "brand", "value": "brand1", "max": 1},
 ]
-PIN = {"name": "pin", "type": "pin", "position": 2, "attribute": "sponsored", "value": "yes",
+PIN_RULE = {"name": "pin", "type": "pin", "position": 2, "attribute": "sponsored", "value": "yes",
        "hard": False, "penalty": 1.0}
 FILTER = [{"attribute": "availability", "not_in": ["discontinued"]}]
 
@@ -243,7 +243,7 @@ def test_a_reused_compiled_policy_compiles_what_a_fresh_one_does(variant):
     if variant == "filters":
         doc["filters"] = FILTER
     if variant == "pins":
-        doc["constraints"] = RULES + [PIN]
+        doc["constraints"] = RULES + [PIN_RULE]
     if variant == "fair":
         doc["constraints"] = RULES[:1] + [{"name": "fair", "type": "fair_prefix",
                                            "attribute": "seller_tier", "protected": ["new"],
@@ -293,7 +293,7 @@ def _answer(result) -> tuple:
 def test_answers_with_warm_caches_equal_answers_of_fresh_engines(bound):
     solver = {"mode": "greedy", "budget_ms": 50, "bound": bound}
     docs = [policy(constraints=RULES, solver=solver),
-            {**policy(constraints=RULES + [PIN], solver=solver), "name": "q", "filters": FILTER}]
+            {**policy(constraints=RULES + [PIN_RULE], solver=solver), "name": "q", "filters": FILTER}]
     warm = engine_with(*docs)
     rng = np.random.default_rng(3)
     for i in range(30):
@@ -386,7 +386,7 @@ def test_constraint_reports_equal_the_twin(seed):
     from engine.report import constraint_reports
 
     rng = np.random.default_rng(seed)
-    rules = [dict(r) for r in RULES] + [PIN]
+    rules = [dict(r) for r in RULES] + [PIN_RULE]
     rules.append({"name": "fair", "type": "fair_prefix", "attribute": "seller_tier",
                   "protected": ["new"], "p": 0.4, "alpha": 0.1})
     for r in rules:
