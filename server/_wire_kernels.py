@@ -668,6 +668,28 @@ def gather_doubles(buf, entries, count, f_attributes, out):
     return k
 
 
+@nb.njit(cache=True, nogil=True)
+def join_strings(buf, start, stop, out):
+    """The strings buf[start[j]:stop[j]] (j < len(start)) copied into `out` (uint8, room for all
+    of them and a byte between each two) with a 0 byte between each two: returns the joined
+    length, or -1 when a string holds a 0 byte itself (the caller cannot split them apart)."""
+    p = 0
+    n = start.shape[0]
+    for j in range(n):
+        a = start[j]
+        m = stop[j] - a
+        for t in range(m):
+            b = buf[np.uint64(a + t)]
+            if b == 0:
+                return -1
+            out[np.uint64(p + t)] = b
+        p += m
+        if j + 1 < n:
+            out[np.uint64(p)] = 0
+            p += 1
+    return p
+
+
 # ------------------------------------------------------------------ what a parser would accept
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -798,5 +820,6 @@ def warmup(fields) -> None:
     candidates_scan_at(cands, fields, 0, codes[:1], first[:1], empty[:1], out[:1], np.empty(2, dtype=np.int64),
                        np.empty((2, E_WIDTH), dtype=np.int64), np.empty((1, 1), dtype=np.int64), text)
     candidates_count(cands, fields, out[:3])
+    join_strings(cands, out[:1] * 0, out[:1] * 0 + 1, text)
     gather_doubles(cands, np.zeros((1, E_WIDTH), dtype=np.int64), 1, 3, np.empty(4, dtype=np.uint64))
     utf8_valid(cands, 0, 3)

@@ -653,12 +653,13 @@ class WireIds(Sequence):
     """`Candidates.item_ids` where they lie in the request's bytes (checked UTF-8 by the lite
     parse): the engine reads a few ids (the slate's), decoded when read."""
 
-    __slots__ = ("_raw", "_start", "_stop", "_n", "_list")
+    __slots__ = ("_raw", "_start", "_stop", "_arrays", "_n", "_list")
 
     def __init__(self, raw: bytes, start: np.ndarray, stop: np.ndarray) -> None:
         self._raw = raw
         self._start = memoryview(start)  # int64 offsets into raw; indexing a memoryview gives ints
         self._stop = memoryview(stop)
+        self._arrays = start, stop
         self._n = start.shape[0]
         self._list: list[str] | None = None
 
@@ -674,9 +675,17 @@ class WireIds(Sequence):
             raise
 
     def _all(self) -> list[str]:
+        """Every id (iteration, index, `in`: the decision log, pins): joined by a kernel, decoded
+        and split in C (~10 us for 1,000 ids, against ~100 us one by one)."""
         if self._list is None:
-            raw = self._raw
-            self._list = [raw[a:b].decode() for a, b in zip(self._start.tolist(), self._stop.tolist())]
+            start, stop = self._arrays
+            text = np.empty(max(int(stop.sum() - start.sum()) + self._n - 1, 0), dtype=np.uint8)
+            size = _wk.join_strings(np.frombuffer(self._raw, dtype=np.uint8), start, stop, text)
+            if size >= 0 and self._n:
+                self._list = str(text[:size], "utf-8").split("\x00")
+            else:  # an id holds a 0 byte (or there are none): one by one
+                raw = self._raw
+                self._list = [raw[a:b].decode() for a, b in zip(start.tolist(), stop.tolist())]
         return self._list
 
     def __iter__(self):
