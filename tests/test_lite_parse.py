@@ -259,3 +259,22 @@ def test_a_dictionary_seen_before_decodes_as_the_first_time():
                 _assert_same(raw)
                 assert type(convert.parse_rerank(raw)) is convert.LiteRerankRequest
     assert len(convert._DICTIONARIES) == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=12), max_size=20), st.binary(max_size=5))
+def test_join_strings_equals_the_bytes_join(strings, gap):
+    """The kernel against b"\\0".join, the strings lying anywhere in a buffer (gaps between)."""
+    buf, start, stop = b"", [], []
+    for s in strings:
+        buf += gap
+        start.append(len(buf))
+        buf += s
+        stop.append(len(buf))
+    out = np.full(sum(map(len, strings)) + max(len(strings) - 1, 0), 0xEE, dtype=np.uint8)
+    got = wk.join_strings(np.frombuffer(buf, dtype=np.uint8), np.asarray(start, dtype=np.int64),
+                          np.asarray(stop, dtype=np.int64), out)
+    if any(b"\x00" in s for s in strings):
+        assert got == -1
+    else:
+        assert out[:got].tobytes() == b"\x00".join(strings) and got == len(out)
