@@ -319,10 +319,11 @@ def compile_request(cp: CompiledPolicy, req: RerankRequest,
                                            f"weights (objective.position_discount), so at most {len(discount)}, got {K}")
     fixed = _row_arrays(cp, L)
     pw = fixed.position_weight
-    if mask is not None or boost_all is not None or umax < 0.0:
+    # max |utility| of the eligible candidates: umax when utility is utility_all (no filter, no
+    # boost), else one pass; the full check (which names the culprit) only when it would fail
+    m = umax if mask is None and boost_all is None and umax >= 0.0 else _rk.finite_abs_max(utility)
+    if n and not (m >= 0.0 and m * fixed.position_weight_sum <= MAX_OBJECTIVE_SCALE):
         _check_objective_range(utility, fixed.position_weight_sum, index, weights, cands)
-    elif n and not umax * fixed.position_weight_sum <= MAX_OBJECTIVE_SCALE:  # utility is utility_all
-        _check_objective_range(utility, fixed.position_weight_sum, index, weights, cands)  # raises
 
     A = len(cp.attributes)
     codes = np.empty((A, n), dtype=np.int64)
