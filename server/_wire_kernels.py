@@ -415,20 +415,28 @@ def _join(buf, start, size, first, distinct, text, pos):
     room = text.shape[0]
     for k in range(distinct):
         f = first[k]
-        a = start[f]
-        m = size[f]
-        if p + m + 1 > room:
+        if p + size[f] + 1 > room:
             return -1
-        for t in range(m):
-            b = buf[np.uint64(a + t)]
-            if b == 0:
-                return -1
-            text[np.uint64(p + t)] = b
-        p += m
-        if k + 1 < distinct:
-            text[np.uint64(p)] = 0
-            p += 1
+        p = _copy_joined(buf, start[f], size[f], text, p, k + 1 < distinct)
+        if p < 0:
+            return -1
     return p - pos
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _copy_joined(buf, a, m, out, p, more):
+    """buf[a:a+m] copied to out[p:], then a 0 byte if `more`: the next free index, or -1 when the
+    string holds a 0 byte itself."""
+    for t in range(m):
+        b = buf[np.uint64(a + t)]
+        if b == 0:
+            return -1
+        out[np.uint64(p + t)] = b
+    p += m
+    if more:
+        out[np.uint64(p)] = 0
+        p += 1
+    return p
 
 
 @nb.njit(cache=True, nogil=True)
@@ -676,17 +684,9 @@ def join_strings(buf, start, stop, out):
     p = 0
     n = start.shape[0]
     for j in range(n):
-        a = start[j]
-        m = stop[j] - a
-        for t in range(m):
-            b = buf[np.uint64(a + t)]
-            if b == 0:
-                return -1
-            out[np.uint64(p + t)] = b
-        p += m
-        if j + 1 < n:
-            out[np.uint64(p)] = 0
-            p += 1
+        p = _copy_joined(buf, start[j], stop[j] - start[j], out, p, j + 1 < n)
+        if p < 0:
+            return -1
     return p
 
 
