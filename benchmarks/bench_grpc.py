@@ -14,9 +14,14 @@ of the machine hits all three alike:
 
 Reported: medians and p99 of the three, Rerank over each echo, the server's own stage timings
 (`diagnostics.elapsed_us`, medians) and the unaccounted time, Rerank - raw echo - server total:
-what the call costs beyond the transport floor and beyond every stage the server reports.
+what the call costs beyond the transport floor and beyond every stage the server reports. The
+raw echo times its own queue, receive and send as the real server does (server.callclock), so the
+unaccounted time splits into "Rerank's gRPC steps took longer than the echo's" and what is left
+(the poller thread, the transport, the client). With `--echo-busy-us US` the raw echo's handler
+works US µs before it answers (a diagnostic, no floor then): its steps show what a handler that
+works costs gRPC's own steps around it.
 
-    python -m benchmarks.bench_grpc [--quick] [--calls 2000]
+    python -m benchmarks.bench_grpc [--quick] [--calls 2000] [--echo-threads T] [--echo-busy-us US]
     python -m benchmarks.bench_grpc --in-process      # the earlier layout: server in this process
     python -m benchmarks.bench_grpc --decision-log    # server time with the decision log off / on
 """
@@ -24,6 +29,7 @@ what the call costs beyond the transport floor and beyond every stage the server
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from concurrent import futures
@@ -41,6 +47,8 @@ from server.app import DEFAULT_MAX_MESSAGE_BYTES, create_server
 N, K = 1000, 50
 STAGES = ("decode", "compile", "solve", "report", "encode", "total")
 ECHO_METHOD = "/reranker.bench.Echo/Rerank"
+#: the raw echo's own steps (queue, receive, send) since the last call, as JSON (benchmarks.echo_server)
+ECHO_STEPS_METHOD = "/reranker.bench.Echo/Steps"
 
 POLICY = f"""\
 name: bench_feed
@@ -201,11 +209,15 @@ class _Echo:
         return self.response
 
 
-def _echo_server(echo: _Echo | None, handler=None) -> tuple[grpc.Server, int]:
+#: handler threads of the echo servers
+ECHO_THREADS = 8
+
+
+def _echo_server(echo: _Echo | None, handler=None, pool=None) -> tuple[grpc.Server, int]:
     """An echo server with the real server's message limits; `handler` (a generic RPC handler)
-    replaces the parsed echo's."""
+    replaces the parsed echo's, `pool` the handler pool (ECHO_THREADS threads)."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=8),
+        pool or futures.ThreadPoolExecutor(max_workers=ECHO_THREADS),
         options=[("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
                  ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
                  ("grpc.so_reuseport", 0)],
@@ -236,14 +248,19 @@ OUT_COLUMNS = [("encoding", "string columns"), ("request_bytes", "request bytes"
                ("server_serialize_mean_us", "server serialize µs (mean)"),
                ("server_send_mean_us", "server send µs (mean)"),
                ("unaccounted_us", "unaccounted µs (bytes client - raw echo - server total)"),
-               ("unaccounted_after_us", "... less serialize and send (the echo sends too)")]
+               ("unaccounted_after_us", "... less serialize and send (the echo sends too)"),
+               ("raw_echo_queue_us", "raw echo queue µs"), ("raw_echo_receive_us", "raw echo receive µs"),
+               ("raw_echo_send_mean_us", "raw echo send µs (mean)"),
+               ("steps_over_echo_us", "Rerank's queue + receive + send - the raw echo's µs"),
+               ("left_us", "left: unaccounted - serialize - that (poller, transport, client)")]
 
 
 def _measure_processes(encoding: str, calls: int, warmup: int, rerank, rerank_bytes, echo, raw_echo,
-                       scrape, block: int = 50) -> dict:
+                       scrape, raw_steps, block: int = 50) -> dict:
     """Round trips to the three servers in alternating blocks (so that drift hits all alike):
     Rerank through the generated stub (a client that serializes the request and parses the
-    answer) and as bytes (the raw echo's client work), the parsed echo, the raw-bytes echo."""
+    answer) and as bytes (the raw echo's client work), the parsed echo, the raw-bytes echo.
+    `raw_steps()`: the raw echo's own queue / receive / send per call since the last call (ns)."""
     req = make_request(encoding)
     raw_req = req.SerializeToString()
     for _ in range(warmup):
@@ -254,6 +271,7 @@ def _measure_processes(encoding: str, calls: int, warmup: int, rerank, rerank_by
     times = {"rerank": [], "rerank_bytes": [], "echo": [], "raw": []}
     stages = {s: [] for s in STEPS}
     before = scrape()
+    raw_steps()  # drop the warm-up's
     perf = time.perf_counter_ns
     while len(times["rerank"]) < calls:
         for _ in range(block):
@@ -270,6 +288,7 @@ def _measure_processes(encoding: str, calls: int, warmup: int, rerank, rerank_by
                 call(arg, timeout=10)
                 times[key].append((perf() - t0) / 1e3)
     after = scrape()
+    echo_steps = {k: np.asarray(v, dtype=np.float64) / 1e3 for k, v in raw_steps().items()}
     steps_mean = {s: (after[s][0] - before[s][0]) / max(after[s][1] - before[s][1], 1) * 1e6
                   for s in ("serialize", "send")}
     r50, _, r99 = _percentiles(np.asarray(times["rerank"]))
@@ -278,6 +297,9 @@ def _measure_processes(encoding: str, calls: int, warmup: int, rerank, rerank_by
     w50, _, w99 = _percentiles(np.asarray(times["raw"]))
     med = {s: float(np.median(v)) for s, v in stages.items()}
     unaccounted = b50 - w50 - med["total"]
+    echo_queue, echo_receive = (float(np.median(echo_steps[k])) for k in ("queue", "receive"))
+    echo_send = float(np.mean(echo_steps["send"]))
+    over_echo = (med["queue"] - echo_queue) + (med["receive"] - echo_receive) + (steps_mean["send"] - echo_send)
     return {
         "encoding": encoding, "n": N, "k": K, "calls": len(times["rerank"]), "request_bytes": len(raw_req),
         "raw_echo_median_us": w50, "raw_echo_p99_us": w99, "echo_median_us": e50, "echo_p99_us": e99,
@@ -288,6 +310,9 @@ def _measure_processes(encoding: str, calls: int, warmup: int, rerank, rerank_by
         "server_serialize_mean_us": steps_mean["serialize"], "server_send_mean_us": steps_mean["send"],
         "unaccounted_us": unaccounted,
         "unaccounted_after_us": unaccounted - steps_mean["serialize"] - steps_mean["send"],
+        "raw_echo_queue_us": echo_queue, "raw_echo_receive_us": echo_receive, "raw_echo_send_mean_us": echo_send,
+        "raw_echo_steps_calls": len(echo_steps["send"]),
+        "steps_over_echo_us": over_echo, "left_us": unaccounted - steps_mean["serialize"] - over_echo,
     }
 
 
@@ -313,9 +338,13 @@ def _step_scraper(metrics_port: int):
     return scrape
 
 
-def run_processes(quick: bool = False, calls: int | None = None) -> dict:
+def run_processes(quick: bool = False, calls: int | None = None, echo_threads: int | None = None,
+                  echo_busy_us: float = 0.0) -> dict:
     """The real server (`reranker serve --processes 1`), the parsed echo and the raw-bytes echo,
-    each a process of its own; the client is this process, one call at a time."""
+    each a process of its own; the client is this process, one call at a time. `echo_threads`:
+    the echoes' handler threads (default ECHO_THREADS). `echo_busy_us`: the raw echo's handler
+    works that long before it answers (no longer a floor then: a diagnostic of what doing work
+    costs gRPC's own steps around the handler)."""
     from benchmarks.bench_load import _free_port, start_echo, start_server, stop
 
     calls = calls or (200 if quick else 2000)
@@ -334,9 +363,9 @@ def run_processes(quick: bool = False, calls: int | None = None) -> dict:
             with grpc.insecure_channel(address) as ch:
                 canned = pb_grpc.RerankerStub(ch).Rerank(make_request(), timeout=30)
             (responses / f"response_{N}.bin").write_bytes(canned.SerializeToString())
-            echo_proc, echo_address = start_echo(responses)
+            echo_proc, echo_address = start_echo(responses, threads=echo_threads)
             procs.append(echo_proc)
-            raw_proc, raw_address = start_echo(responses, raw=True)
+            raw_proc, raw_address = start_echo(responses, raw=True, threads=echo_threads, busy_us=echo_busy_us)
             procs.append(raw_proc)
             with grpc.insecure_channel(address) as ch_real, grpc.insecure_channel(echo_address) as ch_echo, \
                     grpc.insecure_channel(raw_address) as ch_raw:
@@ -346,12 +375,16 @@ def run_processes(quick: bool = False, calls: int | None = None) -> dict:
                                            response_deserializer=pb.RerankResponse.FromString)
                 raw_echo = ch_raw.unary_unary(ECHO_METHOD)  # bytes both ways
                 scrape = _step_scraper(metrics_port)
-                rows = [_measure_processes(enc, calls, warmup, rerank, rerank_bytes, echo, raw_echo, scrape)
+                take_steps = ch_raw.unary_unary(ECHO_STEPS_METHOD)
+                raw_steps = lambda: json.loads(take_steps(b"", timeout=10))  # noqa: E731
+                rows = [_measure_processes(enc, calls, warmup, rerank, rerank_bytes, echo, raw_echo, scrape,
+                                           raw_steps)
                         for enc in encodings]
         finally:
             for p in procs:
                 stop(p)
     meta = {"quick": quick, "calls": calls, "warmup": warmup, "n": N, "k": K, "layout": "processes",
+            "echo_threads": echo_threads or ECHO_THREADS, "raw_echo_busy_us": echo_busy_us, "server_threads": "reranker serve's default",
             "policy": "bench_feed (max_count + min_count within_top + window, greedy)",
             "client": "sync stub and a bytes client, one call at a time; server, parsed echo and raw echo "
                       "each in a process of its own"}
@@ -363,13 +396,13 @@ COLUMNS = OUT_COLUMNS
 
 
 def run(quick: bool = False, calls: int | None = None, decision_log: bool = False,
-        in_process: bool = False) -> dict:
+        in_process: bool = False, echo_threads: int | None = None, echo_busy_us: float = 0.0) -> dict:
     """Measure; returns {"rows": [one dict per string encoding], "meta": {...}}. By default
     every server runs in a process of its own (`run_processes`); with `in_process` (or
     `decision_log`, which switches the log of the server's engine between calls) the real server
     and the parsed echo share this process (and "log_rows": the decision log off / on)."""
     if not (in_process or decision_log):
-        return run_processes(quick, calls)
+        return run_processes(quick, calls, echo_threads, echo_busy_us)
     from engine.engine import Engine
 
     calls = calls or (200 if quick else 2000)
@@ -433,9 +466,17 @@ def main() -> None:
                         help="the earlier layout: real server and parsed echo in the client's process "
                              "(they share its interpreter lock); the default runs each server in a "
                              "process of its own, with the raw-bytes echo beside them")
+    parser.add_argument("--echo-threads", type=int, default=None,
+                        help=f"handler threads of the echo servers (default {ECHO_THREADS}; the real "
+                             "server runs reranker serve's default)")
+    parser.add_argument("--echo-busy-us", type=float, default=0.0,
+                        help="a diagnostic: the raw echo's handler works this long (holding the GIL, "
+                             "touching 256 KiB) before answering, so its queue / receive / send show "
+                             "what a handler's work costs gRPC's steps around it")
     args = parser.parse_args()
     if not (args.in_process or args.decision_log):
-        result = run(quick=args.quick, calls=args.calls)
+        result = run(quick=args.quick, calls=args.calls, echo_threads=args.echo_threads,
+                     echo_busy_us=args.echo_busy_us)
         path = save("grpc", result["rows"], result["meta"])
         print_result(result, OUT_COLUMNS)
         Console().out(markdown_table(result["rows"], OUT_COLUMNS))

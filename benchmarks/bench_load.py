@@ -144,10 +144,14 @@ def start_server(policies: Path, processes: int | None, metrics_port: int = 0) -
     return proc, address
 
 
-def start_echo(responses: Path, raw: bool = False) -> tuple[subprocess.Popen, str]:
-    """The echo server subprocess (`benchmarks.echo_server`; `raw`: the raw-bytes echo)."""
+def start_echo(responses: Path, raw: bool = False, threads: int | None = None,
+               busy_us: float = 0.0) -> tuple[subprocess.Popen, str]:
+    """The echo server subprocess (`benchmarks.echo_server`; `raw`: the raw-bytes echo; `threads`:
+    its handler threads, default echo_server's; `busy_us`: the raw echo works that long a call)."""
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.echo_server", "--responses",
-                             str(responses), *(["--raw"] if raw else [])], cwd=ROOT,
+                             str(responses), *(["--raw"] if raw else []),
+                             *(["--threads", str(threads)] if threads else []),
+                             *(["--busy-us", str(busy_us)] if busy_us else [])], cwd=ROOT,
                             stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline())
     return proc, f"127.0.0.1:{port}"
