@@ -140,7 +140,8 @@ def constraint_reports(cp: CompiledPolicy, compiled: Compiled, result: SolveResu
 
 def slate_items(compiled: Compiled, slate: np.ndarray, item_ids: list[str], scores,
                 explain: bool) -> SlateItems:
-    """The slate's items as columns (engine.types.SlateItems: SlateItem objects only if read)."""
+    """The slate's items as columns (engine.types.SlateItems: SlateItem objects only if read).
+    `item_ids`: a sequence; one with `take(rows) -> list[str]` (server.convert's) is read through it."""
     idx = compiled.index[slate]
     util = compiled.problem.utility[slate]
     contributions = None
@@ -148,7 +149,9 @@ def slate_items(compiled: Compiled, slate: np.ndarray, item_ids: list[str], scor
         contributions = {name: w * scores[name][idx] for name, w in compiled.weights.items()}
         if compiled.boost is not None:
             contributions["exposure_boost"] = np.asarray(compiled.boost[slate], dtype=np.float64)
-    return SlateItems([item_ids[r] for r in idx.tolist()], idx, util, contributions)
+    take = getattr(item_ids, "take", None)  # the server's id sequences read the slate's ids at once
+    ids = take(idx) if take is not None else [item_ids[r] for r in idx.tolist()]
+    return SlateItems(ids, idx, util, contributions)
 
 
 def gap_kind(objective: float, bound: float) -> str:

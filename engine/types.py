@@ -48,7 +48,7 @@ class Attribute:
 class Candidates:
     """Columnar candidates; every column has one entry per candidate (validated by the engine)."""
 
-    item_ids: Sequence[str]  # a list, or any sequence with len / indexing / index()
+    item_ids: Sequence[str]  # a list, or any sequence with len / indexing / index() (take(rows): optional)
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # float64[N] each
     attributes: dict[str, Attribute] = field(default_factory=dict)
     numeric: dict[str, np.ndarray] = field(default_factory=dict)  # float64[N] each

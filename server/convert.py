@@ -247,6 +247,11 @@ class ItemIds(Sequence):
     def __contains__(self, value) -> bool:
         return value in self._ids
 
+    def take(self, rows: np.ndarray) -> list[str]:
+        """The ids at `rows` (int64), in order: the slate's ids in one call (engine.report)."""
+        ids = self._ids
+        return [ids[r] for r in rows.tolist()]
+
 
 def _string_codes(msg, values, field_number: int, wire: np.ndarray | None = None):
     """(codes, first, first_empty) of repeated string field `field_number` (see
@@ -696,6 +701,16 @@ class WireIds(Sequence):
 
     def __contains__(self, value) -> bool:
         return value in self._all()
+
+    def take(self, rows: np.ndarray) -> list[str]:
+        """The ids at `rows` (int64), in order: the slate's ids in one call (engine.report),
+        each decoded from its bytes (~3x cheaper than reading them one by one by index)."""
+        if self._list is not None:
+            ids = self._list
+            return [ids[r] for r in rows.tolist()]
+        raw = self._raw
+        start, stop = self._arrays
+        return [raw[a:b].decode() for a, b in zip(start[rows].tolist(), stop[rows].tolist())]
 
 
 #: Dictionaries of attribute columns already seen, by their bytes (requests from one caller

@@ -186,6 +186,26 @@ def test_what_the_servicer_reads_of_a_lite_request():
         ids[30]
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=40, unique=True), st.data())
+def test_the_slates_ids_taken_at_once_are_the_ids_read_one_by_one(names, data):
+    """WireIds.take / ItemIds.take (engine.report.slate_items reads the slate's ids through them)
+    against indexing, before and after the whole list is decoded, and against the request."""
+    msg = pb.RerankRequest(policy="p", slate_size=3)
+    msg.candidates.item_ids.extend(names)
+    msg.candidates.scores["s"].values.extend(range(len(names)))
+    full = convert.decode_request(pb.RerankRequest.FromString(msg.SerializeToString())).candidates.item_ids
+    lite_req = convert.parse_rerank(msg.SerializeToString())
+    assert type(lite_req) is convert.LiteRerankRequest
+    lite = convert.decode_request(lite_req).candidates.item_ids
+    rows = np.asarray(data.draw(st.lists(st.integers(0, len(names) - 1), max_size=12)), dtype=np.int64)
+    want = [names[r] for r in rows.tolist()]
+    assert isinstance(full, convert.ItemIds) and isinstance(lite, convert.WireIds)
+    assert full.take(rows) == lite.take(rows) == [lite[r] for r in rows.tolist()] == want
+    list(lite)  # decodes every id: take reads the list from now on
+    assert lite.take(rows) == want
+
+
 # ------------------------------------------------------------------------- the kernels alone
 
 
