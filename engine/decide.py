@@ -192,14 +192,16 @@ def decide(version: PolicyVersion, req: RerankRequest, *, limits: Limits,
     elif lp_out is not None and lp_out.problem is not None:
         # the sampled fair ranking, within the hard rules: greedy on the steered utilities,
         # reported against the policy's own objective
-        outcome = portfolio.solve(lp_out.problem, mode="greedy", deadline=deadline)
+        outcome = portfolio.solve(lp_out.problem, mode="greedy", deadline=deadline,
+                                  budget_s=budget_ms / 1000.0)
         outcome.evaluation = evaluate(problem, outcome.result.slate)  # the policy's objective
         outcome.objective = outcome.evaluation.objective
         outcome.bound, outcome.bound_method = portfolio.answer_bound(problem, outcome.result,
                                                                      outcome.evaluation)
         outcome.status = "relaxed" if outcome.result.relaxed.any() else "feasible"
     else:
-        outcome = portfolio.solve(problem, mode=mode, deadline=deadline, bound=loaded.policy.solver.bound)
+        outcome = portfolio.solve(problem, mode=mode, deadline=deadline, bound=loaded.policy.solver.bound,
+                                  budget_s=budget_ms / 1000.0)
     result = outcome.result
     if mode != "greedy" or req.explain:
         outcome.conflicts = portfolio.explain_conflicts(problem, outcome, deadline=deadline)

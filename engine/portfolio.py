@@ -64,8 +64,12 @@ BOUND_GREEDY_MAX_UNITS = 1_500_000
 #: request gets the same bytes in every process (the serving process, its heavy worker, a
 #: replay): a step costs about max(STEP_NS_NL * N * L, STEP_NS_NLL * N * L * L) ns, the first
 #: one FIRST_STEP_S more (set-up), measured on windowed rules, the costliest kind
-#: (`python -m benchmarks.bench_certify --only steps`). Only when less than GREEDY_PLAN_MIN_LEFT_S
-#: is left does the clock decide, as in the other modes.
+#: (`python -m benchmarks.bench_certify --only steps`). Only when the answer's whole budget
+#: (`solve`'s budget_s: the budget_ms the answer reports) is GREEDY_PLAN_MIN_LEFT_S or less does
+#: the clock decide, as in the other modes. Not the time left: that depends on how fast the
+#: process got there (a heavy worker at nice +10 on a loaded machine can spend the whole 10 ms
+#: budget before the bound), and deciding on it gave the heavy and the in-thread lane different
+#: bounds for the same request.
 STEP_NS_NL = 2.6
 STEP_NS_NLL = 0.11
 FIRST_STEP_S = 30e-6
@@ -173,7 +177,8 @@ def _relax_key(result: SolveResult, rank: np.ndarray) -> tuple:
     return tuple(ranks)
 
 
-def solve(problem: SlateProblem, *, mode: str, deadline: float, bound: str = "lagrangian") -> Outcome:
+def solve(problem: SlateProblem, *, mode: str, deadline: float, bound: str = "lagrangian",
+          budget_s: float | None = None) -> Outcome:
     """Greedy, then (mode auto/exact, time permitting) the exact MIP warm-started from it.
 
     The exact solve is skipped in greedy mode, for an empty slate, when
@@ -195,6 +200,11 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float, bound: str = "la
         The policy's `solver.bound`: "lagrangian" (the greedy answer's bound from
         `solvers.bound`, time-boxed) or "sort" (the sort bound the greedy kernel gives for free,
         where it is valid: a looser certificate, ~0.1-0.2 ms less per call at N=1000, K=20).
+    budget_s : float, optional
+        The answer's whole budget in seconds (the caller's budget_ms / 1000). In greedy mode the
+        bound's steps are planned from the problem's size when it is over
+        GREEDY_PLAN_MIN_LEFT_S, however little of it is left: the answer is then a function of
+        the problem and the budget alone. Default: the time left when `solve` is called.
 
     Returns
     -------
@@ -215,7 +225,8 @@ def solve(problem: SlateProblem, *, mode: str, deadline: float, bound: str = "la
     t_b = time.perf_counter()
     # greedy mode (no exact solve for the bound to save) and short budgets take fewer steps
     full = mode != "greedy" and deadline - t_b > BOUND_FULL_S
-    planned = mode == "greedy" and deadline - t_b > GREEDY_PLAN_MIN_LEFT_S
+    # greedy mode: planned from the budget, never from the time left (see GREEDY_PLAN_MIN_LEFT_S)
+    planned = mode == "greedy" and (deadline - t0 if budget_s is None else budget_s) > GREEDY_PLAN_MIN_LEFT_S
     lag = _greedy_bound(problem, greedy.relaxed, linear_objective(problem, g_ev), sort_bound,
                         BOUND_STEPS if full else BOUND_STEPS_SHORT,
                         BOUND_MAX_S if planned else
