@@ -8,6 +8,8 @@ called one at a time from this process with bench_grpc's N=1000 plain-strings re
 servers' calls interleaved in blocks of 100 so that drift on the machine hits all alike.
 
     python -m benchmarks.bench_echo_servers [--calls N]
+    python -m benchmarks.bench_echo_servers --modes options [--encoding plain|dictionary]
+                    # the sync server's channel arguments: BDP probe, lookahead, TCP read chunks, ...
 """
 
 from __future__ import annotations
@@ -27,7 +29,18 @@ import numpy as np
 from benchmarks.common import print_table, save
 
 SERVICE, METHOD = "reranker.bench.Echo", "Rerank"
+#: the sync servers: threads and channel arguments beyond OPTIONS (`--modes options` runs these)
+SYNC_MODES = {
+    "sync, 8 threads": (8, []),
+    "sync, 2 threads": (2, []),
+    "sync, 2 threads, no BDP probe": (2, [("grpc.http2.bdp_probe", 0)]),
+    "sync, 2 threads, 1 MiB lookahead": (2, [("grpc.http2.lookahead_bytes", 1 << 20)]),
+    "sync, 2 threads, 256 KiB TCP reads": (2, [("grpc.experimental.tcp_min_read_chunk_size", 256 << 10),
+                                               ("grpc.experimental.tcp_read_chunk_size", 256 << 10)]),
+    "sync, 2 threads, latency target": (2, [("grpc.optimization_target", "latency")]),
+}
 MODES = ("sync, 8 threads", "sync, 2 threads", "aio")
+OPTION_MODES = ("sync, 2 threads", *[m for m in SYNC_MODES if m.count(",") > 1])
 RESPONSE_BYTES = 1791  # the real server's response to bench_grpc's request (K=50), as RESULTS.md records
 OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)]
 
@@ -51,8 +64,8 @@ def _serve(mode: str, response_bytes: int) -> None:
 
         asyncio.run(main())
         return
-    threads = int(mode.split(",")[1].split()[0])
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=OPTIONS)
+    threads, extra = SYNC_MODES[mode]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=OPTIONS + extra)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(lambda request, context: response)}),))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -61,14 +74,14 @@ def _serve(mode: str, response_bytes: int) -> None:
     threading.Event().wait()
 
 
-def run(calls: int = 2000, block: int = 100) -> dict:
+def run(calls: int = 2000, block: int = 100, modes: tuple[str, ...] = MODES, encoding: str = "plain") -> dict:
     from benchmarks.bench_grpc import make_request
 
-    payload = make_request("plain").SerializeToString()
+    payload = make_request(encoding).SerializeToString()
     response_bytes = RESPONSE_BYTES
     procs, stubs = [], {}
     try:
-        for mode in MODES:
+        for mode in modes:
             p = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_echo_servers", "--serve", mode,
                                   "--response-bytes", str(response_bytes)], stdout=subprocess.PIPE, text=True)
             procs.append(p)
@@ -77,7 +90,7 @@ def run(calls: int = 2000, block: int = 100) -> dict:
         for call in stubs.values():
             for _ in range(200):
                 call(payload, timeout=10)
-        lat = {m: [] for m in MODES}
+        lat = {m: [] for m in modes}
         perf = time.perf_counter
         for b in range(max(calls // block, 1)):
             for mode, call in stubs.items():
@@ -91,35 +104,41 @@ def run(calls: int = 2000, block: int = 100) -> dict:
         for p in procs:
             p.kill()
             p.wait()
-    base = float(np.median(lat[MODES[0]]))
+    base = float(np.median(lat[modes[0]]))
     rows = []
-    for mode in MODES:
+    for mode in modes:
         v = np.array(lat[mode]) * 1e6
         rows.append({"server": mode, "calls": len(v), "median_us": float(np.median(v)),
                      "p99_us": float(np.percentile(v, 99)),
-                     "vs_sync8": float(np.median(v)) / (base * 1e6)})
-    meta = {"request_bytes": len(payload), "response_bytes": response_bytes, "block": block,
+                     "vs_first": float(np.median(v)) / (base * 1e6)})
+    meta = {"request_bytes": len(payload), "response_bytes": response_bytes, "block": block, "encoding": encoding,
             "loadavg_1m": os.getloadavg()[0]}
     return {"rows": rows, "meta": meta}
 
 
 COLUMNS = [("server", "echo server"), ("calls", "calls"), ("median_us", "median µs"),
-           ("p99_us", "p99 µs"), ("vs_sync8", "median / sync 8 threads")]
+           ("p99_us", "p99 µs"), ("vs_first", "median / the first server's")]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=2000)
-    ap.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
+    ap.add_argument("--modes", choices=("servers", "options"), default="servers",
+                    help="servers: sync with 8 / 2 threads and aio; options: the sync server with 2 "
+                         "threads and each channel-argument variant of SYNC_MODES")
+    ap.add_argument("--encoding", choices=("plain", "dictionary"), default="plain",
+                    help="bench_grpc's request with plain (69,787 bytes) or dictionary (40,926) strings")
+    ap.add_argument("--serve", choices=(*SYNC_MODES, "aio"), help=argparse.SUPPRESS)
     ap.add_argument("--response-bytes", type=int, default=RESPONSE_BYTES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         _serve(args.serve, args.response_bytes)
         return
-    result = run(args.calls)
+    result = run(args.calls, modes=MODES if args.modes == "servers" else OPTION_MODES, encoding=args.encoding)
     print_table(f"raw-bytes echo floors, {result['meta']['request_bytes']:,}-byte requests, "
                 f"load average {result['meta']['loadavg_1m']:.1f}", result["rows"], COLUMNS)
-    save("echo_servers", result["rows"], result["meta"])
+    save("echo_servers" if args.modes == "servers" else f"echo_servers_options_{args.encoding}",
+         result["rows"], result["meta"])
 
 
 if __name__ == "__main__":
