@@ -203,15 +203,19 @@ def decide(version: PolicyVersion, req: RerankRequest, *, limits: Limits,
         outcome = portfolio.solve(problem, mode=mode, deadline=deadline, bound=loaded.policy.solver.bound,
                                   budget_s=budget_ms / 1000.0)
     result = outcome.result
+    unsettled = ""  # why the conflict search could not settle the greedy's relaxations
     if mode != "greedy" or req.explain:
-        outcome.conflicts = portfolio.explain_conflicts(problem, outcome, deadline=deadline)
+        outcome.conflicts, unsettled = portfolio.search_conflicts(problem, outcome, deadline=deadline)
     t_solved = time.perf_counter_ns()
     elapsed.update(outcome.elapsed_us)
     elapsed["solve"] = (t_solved - t_compiled) / 1000.0
 
     ev = outcome.evaluation  # computed by the portfolio for the winning slate
     costs = rule_costs(compiled, result, ev.objective) if req.explain else None
-    report = constraint_reports(cp, compiled, result, ev, costs, outcome.conflicts)
+    # asked to explain: a relaxation the search did not settle says so (it depends on the time
+    # the search had, so on the process's speed)
+    report = constraint_reports(cp, compiled, result, ev, costs, outcome.conflicts,
+                                unsettled if req.explain else "")
     items = slate_items(compiled, result.slate, req.candidates.item_ids,
                         req.candidates.scores, req.explain)
     deltas = ({ledger_namespace(version.name, rule.name): slate_exposure(rule, compiled, req, result.slate)

@@ -335,13 +335,61 @@ def answer_bound(problem: SlateProblem, result: SolveResult,
     return max(b.value, evaluation.objective), b.method
 
 
+#: Why `search_conflicts` could not settle whether the greedy's relaxations are true conflicts
+#: (each depends on the time left, so on the process's speed: the answer says which).
+UNSETTLED_EXACT_TIMEOUT = ("the conflict search was not run: the exact solve ran out of its share of "
+                           "the budget on these rules")
+UNSETTLED_NO_TIME = "the conflict search was not run: too little of the budget was left"
+UNSETTLED_TIMEOUT = "the conflict search ran out of time"
+UNSETTLED_FAILED = "the conflict search failed"
+
+
+def search_conflicts(problem: SlateProblem, outcome: Outcome, *,
+                     deadline: float) -> tuple[list[list[int]], str]:
+    """`explain_conflicts`, and why the search did not settle, when it did not.
+
+    Returns
+    -------
+    conflicts : list of list of int
+        As `explain_conflicts`.
+    unsettled : str
+        "" when the conflicts are settled (found, the rules proven feasible together, or no
+        search needed); else why not, one of the UNSETTLED_* texts: the greedy's conflict
+        relaxations then stand unexplained, and a larger budget may explain them.
+    """
+    if outcome.conflicts or not outcome.result.relaxed.any():
+        return outcome.conflicts, ""
+    if not np.any(outcome.result.relax_reason == RELAX_CONFLICT):
+        return [], ""
+    if outcome.exact_status == "timeout":
+        # the search decides the whole rule set with the same MIP first: when the exact solve
+        # just ran out of its share of this budget on it, the rest of the budget cannot do it
+        # either (it used to try, and answered milliseconds late)
+        return [], UNSETTLED_EXACT_TIMEOUT
+    left = deadline - time.perf_counter() - SAFETY_S
+    if left < MIN_EXACT_S:
+        return [], UNSETTLED_NO_TIME
+    # imported lazily: greedy-only users never load HiGHS or OR-Tools
+    from solvers.exact import ConflictSearchTimeout, find_conflict
+
+    try:
+        core = find_conflict(problem, time_limit_s=left)
+    except ConflictSearchTimeout:
+        return [], UNSETTLED_TIMEOUT
+    except Exception:  # noqa: BLE001 - a failed explanation must never fail the request
+        log.exception("conflict search failed")
+        return [], UNSETTLED_FAILED
+    return ([core] if core else []), ""
+
+
 def explain_conflicts(problem: SlateProblem, outcome: Outcome, *, deadline: float) -> list[list[int]]:
     """Minimal conflicting rule sets behind the relaxations of `outcome`, if time allows.
 
     The greedy relaxes a rule when it cannot place a candidate; whether the rules truly conflict
     (rather than the greedy having painted itself into a corner) is settled here: the HiGHS MIP
     decides the whole rule set, then CP-SAT finds a minimal conflict
-    (`solvers.exact.find_conflict`, which decides with the MIP first).
+    (`solvers.exact.find_conflict`, which decides with the MIP first). `search_conflicts` also
+    says why, when the search could not settle it.
 
     Parameters
     ----------
@@ -360,32 +408,11 @@ def explain_conflicts(problem: SlateProblem, outcome: Outcome, *, deadline: floa
         nothing for a conflict, the rules are feasible together, time ran out or the search
         failed (logged).
     """
-    if outcome.conflicts or not outcome.result.relaxed.any():
-        return outcome.conflicts
-    if not np.any(outcome.result.relax_reason == RELAX_CONFLICT):
-        return []
-    if outcome.exact_status == "timeout":
-        # the search decides the whole rule set with the same MIP first: when the exact solve
-        # just ran out of its share of this budget on it, the rest of the budget cannot do it
-        # either (it used to try, and answered milliseconds late)
-        return []
-    left = deadline - time.perf_counter() - SAFETY_S
-    if left < MIN_EXACT_S:
-        return []
-    # imported lazily: greedy-only users never load HiGHS or OR-Tools
-    from solvers.exact import ConflictSearchTimeout, find_conflict
-
-    try:
-        core = find_conflict(problem, time_limit_s=left)
-    except ConflictSearchTimeout:
-        return []
-    except Exception:  # noqa: BLE001 - a failed explanation must never fail the request
-        log.exception("conflict search failed")
-        return []
-    return [core] if core else []
+    return search_conflicts(problem, outcome, deadline=deadline)[0]
 
 
-__all__ = ["Outcome", "solve", "explain_conflicts", "greedy_is_optimal", "answer_bound"]
+__all__ = ["Outcome", "solve", "explain_conflicts", "search_conflicts", "greedy_is_optimal",
+           "answer_bound"]
 
 
 def warmup() -> None:

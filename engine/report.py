@@ -65,9 +65,17 @@ def conflict_text(cp: CompiledPolicy, compiled: Compiled, core: list[int], gave_
     return text
 
 
+def unsettled_note(why: str) -> str:
+    """What a conflict relaxation's reason adds when the conflict search asked for by `explain`
+    did not settle it (`why`: engine.portfolio.search_conflicts' text): the answer then depends
+    on the time the search had, and says so."""
+    return f" (whether the rules truly conflict is not settled: {why}; a larger budget_ms may settle it)"
+
+
 def relax_reason(cp: CompiledPolicy, compiled: Compiled, result: SolveResult, r: int,
-                 rank: np.ndarray, conflicts: list[list[int]]) -> str:
-    """Why row r was relaxed, in the policy's words."""
+                 rank: np.ndarray, conflicts: list[list[int]], unsettled: str = "") -> str:
+    """Why row r was relaxed, in the policy's words; `unsettled`: why the conflict search did
+    not settle the greedy's conflict relaxations ("" when it did or was not asked for)."""
     head = row_text(cp, compiled, r)
     if r in compiled.reasons and not compiled.problem.active[r]:
         return f"{head} relaxed: {compiled.reasons[r]}"
@@ -88,14 +96,16 @@ def relax_reason(cp: CompiledPolicy, compiled: Compiled, result: SolveResult, r:
             if t.hard[k] and not result.relaxed[k] and rank[k] > rank[r] and name not in stronger:
                 stronger.append(name)
         others = f" together with {', '.join(repr(s) for s in stronger)}" if stronger else ""
-        return f"{head} gave way at position {pos + 1}: no remaining candidate could satisfy it{others}"
+        note = unsettled_note(unsettled) if unsettled else ""
+        return f"{head} gave way at position {pos + 1}: no remaining candidate could satisfy it{others}{note}"
     return f"{head} relaxed"
 
 
 def constraint_reports(cp: CompiledPolicy, compiled: Compiled, result: SolveResult,
                        ev: Evaluation, costs: dict[int, float] | None,
-                       conflicts: list[list[int]] = ()) -> list[ConstraintReport]:
-    """One report per policy rule (a rule expanded into several rows is summed over them)."""
+                       conflicts: list[list[int]] = (), unsettled: str = "") -> list[ConstraintReport]:
+    """One report per policy rule (a rule expanded into several rows is summed over them);
+    `unsettled` as `relax_reason`'s."""
     t = compiled.problem.constraints
     rank = None
     violations, slacks = ev.violation.tolist(), ev.slack.tolist()
@@ -111,7 +121,7 @@ def constraint_reports(cp: CompiledPolicy, compiled: Compiled, result: SolveResu
             if relaxed_rows:
                 if rank is None:
                     rank = constraint_ranks(t.priority)
-                reason = relax_reason(cp, compiled, result, r, rank, list(conflicts))
+                reason = relax_reason(cp, compiled, result, r, rank, list(conflicts), unsettled)
             elif not c.hard and violation > 0:
                 reason = compiled.reasons.get(r, "")
             out.append(ConstraintReport(
@@ -126,7 +136,8 @@ def constraint_reports(cp: CompiledPolicy, compiled: Compiled, result: SolveResu
         if relaxed_rows:
             if rank is None:
                 rank = constraint_ranks(t.priority)
-            reason = relax_reason(cp, compiled, result, relaxed_rows[0], rank, list(conflicts))
+            reason = relax_reason(cp, compiled, result, relaxed_rows[0], rank, list(conflicts),
+                                  unsettled)
         elif not c.hard and violation > 0:
             reason = next((compiled.reasons[r] for r in rows if r in compiled.reasons), "")
         penalty = 0.0 if c.hard else float(sum(penalties[r] * violations[r] for r in rows))
