@@ -175,6 +175,24 @@ def test_heavy_calls_are_answered_by_the_heavy_worker_as_the_in_thread_lane_answ
     assert _pid(call) == os.getpid()
     _assert_same_answer(resp, same)
 
+    # rules that conflict (one category: at most 3 of it cannot fill 10) and a budget that lets
+    # the conflict search, which runs on the time left, finish in both lanes: the heavy worker
+    # relays the same settled conflict (engine.portfolio.search_conflicts; short of time, the
+    # relaxed rule's reason would say the conflict is not settled)
+    conflicted = _greedy(3000, explain=True)
+    category = conflicted.candidates.attributes["category"]
+    del category.codes[:]
+    category.codes.extend([0] * 3000)
+    conflicted.budget_ms = 10_000
+    resp, call = server.stub.Rerank.with_call(conflicted, timeout=TIMEOUT_S)
+    assert _pid(call) == server.heavy_pid
+    same = thread_lane.Rerank(conflicted, timeout=TIMEOUT_S)
+    assert [list(c.rules) for c in resp.diagnostics.conflicts] == [["max_3_per_category"]]
+    cap = resp.diagnostics.constraints[0]
+    assert cap.relaxed and cap.reason == ("relaxed: 'max_3_per_category' (at most 3 of one category) "
+                                          "cannot hold for these candidates")
+    _assert_same_answer(resp, same)
+
     # a batch, and a message over --heavy-bytes (512 KiB), which the serving process never parses
     for batch in (pb.RerankBatchRequest(requests=[_greedy(3000), _greedy(1000, k=5)]),
                   pb.RerankBatchRequest(requests=[_greedy(3000)] * 4)):
