@@ -14,6 +14,7 @@ checked equal to the full path's once; and the one kernel pass over the Candidat
 
     python -m benchmarks.bench_decode [--calls 2000] [--profile]
     python -m benchmarks.bench_decode --against /work/wt   # A/B: that checkout's server/ vs this one
+    python -m benchmarks.bench_decode --batch 8 --calls 300  # a RerankBatch: full parse vs parse_rerank_batch
 
 `--against DIR` runs the measurement in child processes, alternately with this checkout's code
 and with DIR's (DIR on PYTHONPATH: its `server` package, its generated code), several rounds, and
@@ -206,6 +207,49 @@ AB_COLUMNS = [("encoding", "string columns"), ("base_parse_us", "base parse µs"
               ("this_lite_over_base", "this lite / base parse + decode")]
 
 
+BATCH_COLUMNS = [("encoding", "string columns"), ("requests", "requests"), ("batch_bytes", "batch bytes"),
+                 ("full_us", "parse + decode µs (RerankBatchRequest.FromString)"),
+                 ("lite_us", "parse + decode µs (parse_rerank_batch)"), ("lite_over_full", "lite / full")]
+
+
+def measure_batch(calls: int, size: int, block: int = 20) -> list[dict]:
+    """A RerankBatch of `size` of bench_grpc's requests (seeds 0..size-1): upb's parse of the
+    batch and `decode_request` of each request, against `convert.parse_rerank_batch` (each
+    request read by the lite parse) and the same decodes; interleaved in blocks."""
+    from benchmarks.bench_grpc import make_request
+    from server import convert
+    from server._gen.reranker.v1 import reranker_pb2 as pb
+
+    convert.warmup()
+    raws = {enc: pb.RerankBatchRequest(requests=[make_request(enc, seed=i) for i in range(size)]).SerializeToString()
+            for enc in ENCODINGS}
+    ways = {"full": pb.RerankBatchRequest.FromString, "lite": convert.parse_rerank_batch}
+    times = {(enc, way): [] for enc in ENCODINGS for way in ways}
+    perf = time.perf_counter_ns
+    for raw in raws.values():  # warm-up; both ways decode the same requests
+        for a, b in zip(ways["lite"](raw).requests, ways["full"](raw).requests, strict=True):
+            assert type(a) is convert.LiteRerankRequest
+            _same_request(convert.decode_request(a), convert.decode_request(b))
+    done = 0
+    while done < calls:
+        m = min(block, calls - done)
+        for enc, raw in raws.items():
+            for way, parse in ways.items():
+                out = times[enc, way]
+                for _ in range(m):
+                    t0 = perf()
+                    for one in parse(raw).requests:
+                        convert.decode_request(one)
+                    out.append(perf() - t0)
+        done += m
+    rows = []
+    for enc in ENCODINGS:
+        full, lite = (float(np.median(times[enc, w])) / 1e3 for w in ways)
+        rows.append({"encoding": enc, "requests": size, "batch_bytes": len(raws[enc]), "calls": calls,
+                     "full_us": full, "lite_us": lite, "lite_over_full": lite / full})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=2000)
@@ -213,6 +257,8 @@ def main() -> None:
     ap.add_argument("--against", type=Path, help="A/B against the server/ code of that checkout")
     ap.add_argument("--rounds", type=int, default=4, help="with --against: child runs per side")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, metavar="B",
+                    help="a RerankBatch of B requests instead: full parse + decodes vs parse_rerank_batch")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(measure(args.calls)))
@@ -221,6 +267,15 @@ def main() -> None:
 
     if args.profile:
         profile(args.calls)
+        return
+    if args.batch:
+        load0 = _loadavg()
+        rows = measure_batch(args.calls, args.batch)
+        meta = {"calls": args.calls, "requests": args.batch, "loadavg_1m": [load0, _loadavg()]}
+        print_table(f"RerankBatch of {args.batch}: parse and decode, in process (load average {load0:.2f} -> "
+                    f"{meta['loadavg_1m'][1]:.2f})", rows, BATCH_COLUMNS)
+        print(save("decode_batch", rows, meta))
+        print(markdown_table(rows, BATCH_COLUMNS))
         return
     if args.against is not None:
         rows, meta = against(args.against.resolve(), args.calls, args.rounds)

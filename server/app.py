@@ -69,12 +69,16 @@ def add_servicer(servicer, server: grpc.Server) -> None:
             _parsing(getattr(servicer, method.name), request_cls, pass_raw=lane,
                      admission=getattr(servicer, "admission", None) if lane else None,
                      forward=getattr(servicer, "forward_unparsed", None) if lane else None,
-                     parse=convert.parse_rerank if method.name == "Rerank" else None),
+                     parse=_LANE_PARSERS.get(method.name)),
             request_deserializer=None,  # raw bytes: parsed in _parsing
             response_serializer=_serializer(response_cls),
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+#: the lane's parsers: the wire kernels read the Candidates (server.convert's lite parse)
+_LANE_PARSERS = {"Rerank": convert.parse_rerank, "RerankBatch": convert.parse_rerank_batch}
 
 
 def _serializer(response_cls):

@@ -523,11 +523,12 @@ def _decode_embeddings(e: pb.Embeddings, n: int, issues: list[FieldIssue]) -> np
 
 
 def _lite_request_classes():
-    """(RerankRequest, StringColumn) in a descriptor pool of their own, the request's
-    `candidates` declared `bytes` (same field number) and the column's `codes` left out: upb
-    parses (and checks) the request's small top-level fields and keeps the Candidates message as
-    bytes, for the wire kernels, and parses a column's dictionary without its codes (which the
-    kernels have read)."""
+    """(RerankRequest, StringColumn, RerankBatchRequest) in a descriptor pool of their own, the
+    request's `candidates` declared `bytes` (same field number), the column's `codes` left out
+    and the batch's `requests` declared `repeated bytes`: upb parses (and checks) the request's
+    small top-level fields and keeps the Candidates message as bytes, for the wire kernels,
+    parses a column's dictionary without its codes (which the kernels have read), and splits a
+    batch into its requests' bytes, each then parsed as a Rerank request is."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
     proto = descriptor_pb2.FileDescriptorProto()
@@ -543,14 +544,19 @@ def _lite_request_classes():
             keep = [f for f in message.field if f.number != wire_layout.STRING_CODES]
             del message.field[:]
             message.field.extend(keep)
+        if message.name == "RerankBatchRequest":
+            for field in message.field:
+                if field.name == "requests":
+                    field.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+                    field.ClearField("type_name")
     del proto.service[:]
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     return tuple(message_factory.GetMessageClass(pool.FindMessageTypeByName(m.DESCRIPTOR.full_name))
-                 for m in (pb.RerankRequest, pb.StringColumn))
+                 for m in (pb.RerankRequest, pb.StringColumn, pb.RerankBatchRequest))
 
 
-_LITE_REQUEST, _LITE_STRING_COLUMN = _lite_request_classes()
+_LITE_REQUEST, _LITE_STRING_COLUMN, _LITE_BATCH = _lite_request_classes()
 
 
 class LiteRerankRequest:
@@ -585,6 +591,34 @@ def parse_rerank(raw: bytes) -> LiteRerankRequest | pb.RerankRequest:
     `RerankRequest.FromString`)."""
     lite = _parse_lite(raw)
     return lite if lite is not None else pb.RerankRequest.FromString(raw)
+
+
+class LiteRerankBatch:
+    """A RerankBatch request as `parse_rerank_batch` read it: `requests`, each as `parse_rerank`
+    reads a Rerank request (a LiteRerankRequest, or the parsed message)."""
+
+    __slots__ = ("requests",)
+
+    def __init__(self, requests: list) -> None:
+        self.requests = requests
+
+
+def parse_rerank_batch(raw: bytes) -> LiteRerankBatch | pb.RerankBatchRequest:
+    """The RerankBatch request in `raw`: its requests split by upb and each read by
+    `parse_rerank` (the wire kernels read every Candidates they can); the parsed
+    `reranker.v1.RerankBatchRequest` when the bytes do not split (DecodeError for bytes that are
+    not one, with the message `RerankBatchRequest.FromString` gives, also when only one of the
+    requests is not a valid RerankRequest)."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        parts = _LITE_BATCH.FromString(raw).requests
+    except DecodeError:
+        return pb.RerankBatchRequest.FromString(raw)  # raises the batch's own error
+    try:
+        return LiteRerankBatch([parse_rerank(part) for part in parts])
+    except DecodeError:  # one request is not valid: the batch's parser says so in its words
+        return pb.RerankBatchRequest.FromString(raw)
 
 
 #: Column of a map entry's row (server._wire_kernels.E_*) that `_parse_lite` appends: the plain

@@ -82,8 +82,11 @@ class RerankerServicer(pb_grpc.RerankerServicer):
         abort(context, status, self._pid_metadata)
 
     def RerankBatch(
-        self, request: pb.RerankBatchRequest, context: grpc.ServicerContext, raw: bytes | None = None
+        self, request: pb.RerankBatchRequest | convert.LiteRerankBatch, context: grpc.ServicerContext,
+        raw: bytes | None = None,
     ) -> pb.RerankBatchResponse:
+        """`request`: as server.app parses it (convert.parse_rerank_batch: each request read as
+        Rerank's are), or a parsed message."""
         t_batch = time.perf_counter()
         try:
             self._shed_if_expired(context, "")
@@ -107,7 +110,7 @@ class RerankerServicer(pb_grpc.RerankerServicer):
             self._metrics.observe_error("RerankBatch", "", status.code.name, time.perf_counter() - t_batch)
         abort(context, status, self._pid_metadata)
 
-    def _batch(self, request: pb.RerankBatchRequest, context) -> pb.RerankBatchResponse:
+    def _batch(self, request: pb.RerankBatchRequest | convert.LiteRerankBatch, context) -> pb.RerankBatchResponse:
         out = pb.RerankBatchResponse()
         for one in request.requests:
             result = out.results.add()

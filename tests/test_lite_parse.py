@@ -298,3 +298,81 @@ def test_join_strings_equals_the_bytes_join(strings, gap):
         assert got == -1
     else:
         assert out[:got].tobytes() == b"\x00".join(strings) and got == len(out)
+
+
+# ------------------------------------------------------------------------- RerankBatch
+
+
+def _batch_outcome(raw: bytes, lite: bool):
+    """What the server makes of a RerankBatch's bytes: ("decode", message), or per request its
+    decoded request, ("invalid", issues) of its own."""
+    try:
+        batch = convert.parse_rerank_batch(raw) if lite else pb.RerankBatchRequest.FromString(raw)
+    except DecodeError as exc:
+        return "decode", str(exc)
+    out = []
+    for one in batch.requests:
+        try:
+            out.append(convert.decode_request(one))
+        except InvalidRequest as exc:
+            out.append(("invalid", sorted((i.path, i.message) for i in exc.issues)))
+    return out
+
+
+def _request_fields(r) -> tuple:
+    c = r.candidates
+    return (r.policy, r.slate_size, r.solver, dict(r.objective_weights), r.explain, r.request_id, list(c.item_ids),
+            {k: v.tolist() for k, v in c.scores.items()}, {k: v.tolist() for k, v in c.numeric.items()},
+            {k: (a.dictionary, a.codes.tolist()) for k, a in c.attributes.items()},
+            None if c.embeddings is None else c.embeddings.tolist())
+
+
+def test_a_batch_parses_as_its_requests_do_on_random_batches_and_damage():
+    """parse_rerank_batch against RerankBatchRequest.FromString: the same requests (each read by
+    the lite parse where it can), the same errors, the batch's own parse error when only one
+    request is not valid, also after damage anywhere in the batch."""
+    rng = random.Random(161)
+    lite = decode_errors = 0
+    for _ in range(600):
+        batch = pb.RerankBatchRequest(requests=[_random_request(rng) for _ in range(rng.choice([0, 1, 2, 4]))])
+        raw = batch.SerializeToString()
+        if rng.random() < 0.6:
+            raw = _damaged(raw, rng)
+        full, got = _batch_outcome(raw, lite=False), _batch_outcome(raw, lite=True)
+        if isinstance(full, tuple):  # ("decode", message)
+            assert got == full
+            decode_errors += 1
+            continue
+        assert len(got) == len(full)
+        for a, b in zip(got, full, strict=True):
+            if isinstance(b, tuple):
+                assert a == b
+            else:
+                assert _request_fields(a) == _request_fields(b)
+        parsed = convert.parse_rerank_batch(raw)
+        lite += isinstance(parsed, convert.LiteRerankBatch) and any(
+            type(one) is convert.LiteRerankRequest for one in parsed.requests)
+    assert lite > 50 and decode_errors > 50  # both paths taken
+
+
+def test_the_servicer_answers_a_lite_batch_as_the_parsed_one():
+    """RerankBatch through the servicer, the batch parsed both ways: the same answers (clock-free)."""
+    from benchmarks.bench_grpc import make_request
+    from benchmarks.bench_glue import _Context, _servicer
+
+    servicer = _servicer()
+    requests = [make_request("dictionary", n=300, seed=1), make_request("plain", n=200, seed=2),
+                make_request("plain", n=50, seed=3)]
+    requests[2].candidates.scores["p_click"].values[3] = float("nan")  # an invalid one: its own error
+    raw = pb.RerankBatchRequest(requests=requests).SerializeToString()
+    lite = convert.parse_rerank_batch(raw)
+    assert [type(one) for one in lite.requests] == [convert.LiteRerankRequest] * 3
+    answers = []
+    for batch in (lite, pb.RerankBatchRequest.FromString(raw)):
+        out = servicer.RerankBatch(batch, _Context())
+        for result in out.results:
+            if result.HasField("response"):  # (reading .response of an error would set it)
+                result.response.diagnostics.ClearField("elapsed_us")
+        answers.append(out.SerializeToString(deterministic=True))
+    assert answers[0] == answers[1]
+    assert pb.RerankBatchResponse.FromString(answers[0]).results[2].error.message
