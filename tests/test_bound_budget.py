@@ -17,7 +17,7 @@ import pytest
 from engine import portfolio
 from server import convert
 from server._gen.reranker.v1 import reranker_pb2 as pb
-from tests.test_server import grown_request
+from tests.test_heavy_process import _greedy  # the heavy lane test's request: the flake this file pins down
 
 #: every perf_counter reading this much past the one before: the greedy "takes" longer than the
 #: whole 10 ms budget of home_feed, as it did in the loaded heavy worker
@@ -28,15 +28,6 @@ def _slow_clock(monkeypatch, tick_s: float = SLOW_TICK_S) -> None:
     real = time.perf_counter
     ticks = itertools.count()
     monkeypatch.setattr(portfolio.time, "perf_counter", lambda: real() + tick_s * next(ticks))
-
-
-def _greedy(n: int, *, explain: bool = False, k: int | None = None) -> pb.RerankRequest:
-    req = grown_request(n)
-    req.solver = pb.SOLVER_MODE_GREEDY
-    req.explain = explain
-    if k is not None:
-        req.slate_size = k
-    return req
 
 
 def _clock_free(engine, req: pb.RerankRequest) -> tuple[bytes, pb.Diagnostics]:
