@@ -385,10 +385,16 @@ def _round_robin(channels: list[grpc.aio.Channel], method: str):
 
 # ---------------------------------------------------------------- the run
 
-def _prepare(tmp: Path) -> tuple[Path, Path, dict[int, bytes]]:
+def _prepare(tmp: Path, bound: str = "lagrangian") -> tuple[Path, Path, dict[int, bytes]]:
+    """`bound`: the policy's solver.bound (the greedy answer's certificate: the Lagrangian bound,
+    the default, or the sort bound, which costs almost nothing and certifies less)."""
     policies = tmp / "policies"
     policies.mkdir()
-    (policies / "bench_feed.yaml").write_text(POLICY.replace("slate_size: 50", f"slate_size: {K}"))
+    policy = POLICY.replace("slate_size: 50", f"slate_size: {K}")
+    if bound != "lagrangian":
+        policy = policy.replace("  budget_ms: 10\n", f"  budget_ms: 10\n  bound: {bound}\n")
+        assert f"bound: {bound}" in policy
+    (policies / "bench_feed.yaml").write_text(policy)
     payloads = {}
     for n in SIZES:
         req = make_request("dictionary", n=n)
@@ -486,7 +492,8 @@ async def _soak(address: str, payload: bytes, rate: float, seconds: float, pid: 
 
 
 def run_all(quick: bool = False, soak_s: float = 0.0, duration_s: float | None = None,
-            processes: tuple[int, ...] | None = None, plot: bool = True, log=print) -> dict:
+            processes: tuple[int, ...] | None = None, plot: bool = True, log=print,
+            bound: str = "lagrangian") -> dict:
     """Everything; returns {"rows", "soak", "meta", "targets"}."""
     duration_s = duration_s or (2.0 if quick else 10.0)
     multi = has_processes_flag()
@@ -497,11 +504,11 @@ def run_all(quick: bool = False, soak_s: float = 0.0, duration_s: float | None =
         "concurrency": CONCURRENCY, "processes_flag": multi, "processes": processes,
         "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
         "client": "grpc.aio, 1 process (this one), pre-serialised requests, responses unparsed",
-        "policy": "bench_feed (max_count + min_count within_top + window, greedy), K=20",
+        "policy": f"bench_feed (max_count + min_count within_top + window, greedy), K=20, solver.bound {bound}",
     }
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        policies, responses, payloads = _prepare(tmp)
+        policies, responses, payloads = _prepare(tmp, bound)
         meta["request_bytes"] = {n: len(p) for n, p in payloads.items()}
         echo = None
         try:
@@ -659,9 +666,13 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="+", default=None,
                         help="server process counts to measure (default 1 2 if the CLI has "
                              "--processes, else 1)")
+    parser.add_argument("--bound", choices=("lagrangian", "sort"), default="lagrangian",
+                        help="the policy's solver.bound (default lagrangian, the policies' default)")
+    parser.add_argument("--out", default="load", help="results/<OUT>.json (default load)")
     args = parser.parse_args()
     result = run_all(quick=args.quick, soak_s=args.soak, duration_s=args.duration,
-                     processes=tuple(args.processes) if args.processes else None, log=_log_row)
+                     processes=tuple(args.processes) if args.processes else None, log=_log_row,
+                     bound=args.bound, plot=args.out == "load")
     rows, soak, meta = result["rows"], result["soak"], result["meta"]
     if not meta["processes_flag"]:
         print("note: `reranker serve` has no --processes in this checkout: one server process")
@@ -681,7 +692,7 @@ def main() -> None:
     if soak:
         meta["soak"] = {k: v for k, v in soak.items() if k != "windows"}
         meta["soak_windows"] = soak["windows"]
-    path = save("load", rows, meta)
+    path = save(args.out, rows, meta)
     print(markdown_table(rows, COLUMNS))
     if soak:
         print(markdown_table(soak["windows"], SOAK_COLUMNS))
