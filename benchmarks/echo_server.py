@@ -90,8 +90,8 @@ class _StepClock:
         `busy_kb` KiB buffer, holding the interpreter lock as a handler of ours does), so that the
         steps around a handler that does work can be set beside those around one that does none."""
         local, perf = self.local, time.perf_counter_ns
-        buffer = np.zeros(busy_kb * 1024 // 8)
         busy_ns = int(busy_us * 1e3)
+        buffer = np.zeros(busy_kb * 1024 // 8) if busy_ns else None
 
         def handle(_request: bytes, _context) -> bytes:
             local.handled = perf()

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from engine.errors import FieldIssue, InvalidRequest
 from engine.types import (
@@ -609,8 +610,6 @@ def parse_rerank_batch(raw: bytes) -> LiteRerankBatch | pb.RerankBatchRequest:
     `reranker.v1.RerankBatchRequest` when the bytes do not split (DecodeError for bytes that are
     not one, with the message `RerankBatchRequest.FromString` gives, also when only one of the
     requests is not a valid RerankRequest)."""
-    from google.protobuf.message import DecodeError
-
     try:
         parts = _LITE_BATCH.FromString(raw).requests
     except DecodeError:

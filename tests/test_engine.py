@@ -123,8 +123,10 @@ def test_minimum_shortage_reason():
                           "only 0 eligible candidates have content_type = 'unknown-type'; 2 required")
 
 
-def test_conflict_relaxes_lower_priority_and_names_the_stronger_rule():
-    # one category only: a cap of 2 and a window cannot both give a 10-item slate
+def cap_against_window():
+    """(engine, candidates): one category only, so a cap of 2 and a window cannot both give a
+    10-item slate (the greedy relaxes the cap, the lower priority; the search proves the cap
+    alone cannot hold)."""
     n = 30
     c = candidates(n)
     c.attributes["category"] = Attribute.from_values(["only"] * n)
@@ -132,6 +134,11 @@ def test_conflict_relaxes_lower_priority_and_names_the_stronger_rule():
         {"name": "cap", "type": "max_count", "attribute": "category", "max": 2, "priority": 1},
         {"name": "spacing", "type": "window", "attribute": "seller", "size": 2, "max": 1, "priority": 9},
     ]))
+    return eng, c
+
+
+def test_conflict_relaxes_lower_priority_and_names_the_stronger_rule():
+    eng, c = cap_against_window()
     r = eng.rerank(RerankRequest("p", c, solver="greedy"))
     cap, spacing = r.constraints
     assert cap.relaxed and not spacing.relaxed

@@ -15,9 +15,9 @@ import pytest
 
 from engine import portfolio
 from engine.report import unsettled_note
-from engine.types import Attribute, RerankRequest
-from testing.engines import candidates, engine_with, policy
+from engine.types import RerankRequest
 from tests.test_bound_budget import _slow_clock
+from tests.test_engine import cap_against_window
 
 GAVE_WAY = ("'cap' (at most 2 of one category) gave way at position 3: no remaining candidate could "
             "satisfy it together with 'spacing'")
@@ -26,16 +26,8 @@ SETTLED = "relaxed: 'cap' (at most 2 of one category) cannot hold for these cand
 
 @pytest.fixture(scope="module")
 def conflicted():
-    """One category only: a cap of 2 and a window cannot both give a 10-item slate (the greedy
-    relaxes the cap; the search proves the cap alone cannot hold), as in test_engine."""
-    n = 30
-    c = candidates(n)
-    c.attributes["category"] = Attribute.from_values(["only"] * n)
-    eng = engine_with(policy(constraints=[
-        {"name": "cap", "type": "max_count", "attribute": "category", "max": 2, "priority": 1},
-        {"name": "spacing", "type": "window", "attribute": "seller", "size": 2, "max": 1, "priority": 9},
-    ]))
-    return eng, c
+    """test_engine's cap against a window: the greedy relaxes the cap, the search settles it."""
+    return cap_against_window()
 
 
 def _cap(eng, c, **kw):
